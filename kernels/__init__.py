@@ -1,0 +1,5 @@
+"""Fused Pallas kernels for the hot paths, installed as ``momentum_jax.kernels``.
+
+Every kernel has a pure-JAX reference in ``momentum_jax.attention`` and is tested against it
+in Pallas interpret mode on the CPU. jax-triton is imported only where a GPU is present.
+"""

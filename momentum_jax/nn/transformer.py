@@ -1,0 +1,199 @@
+"""Flax NNX decoder-only transformer whose attention variant is chosen by name.
+
+Pre-norm residual blocks (RMSNorm), RoPE on q and k, the registered attention variant from
+``momentum_jax.attention`` (softmax, momentum, kv_shift, ema_value, ...), an optional GELU MLP
+(``mlp_dim=0`` gives the attention-only models of the induction experiments) and tied or untied
+embeddings. Activations are capturable under TransformerLens hook names (see ``hooks.py``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from momentum_jax.attention import apply_rope, get_attention
+from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.hooks import NO_CAPTURE, NamesFilter, Recorder
+
+# Variant parameters that are learned per layer rather than fixed in the config:
+# name -> {argument: initial value as a function of num_kv_heads}.
+_LEARNED_VARIANT_PARAMS = {
+    # KV shifting (arXiv 2411.19574): start at the identity, k̃_t = k_t, ṽ_t = v_t.
+    "kv_shift": {
+        "alpha": lambda num_kv_heads: jnp.tile(jnp.array([1.0, 0.0]), (num_kv_heads, 1)),
+        "beta": lambda num_kv_heads: jnp.tile(jnp.array([1.0, 0.0]), (num_kv_heads, 1)),
+    },
+}
+
+
+def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
+  """Position of each token inside its segment (restarts at 0 where the segment id changes)."""
+  t = jnp.arange(segment_ids_BxT.shape[1], dtype=jnp.int32)
+  is_start_BxT = jnp.concatenate(
+      [jnp.ones_like(segment_ids_BxT[:, :1], dtype=bool),
+       segment_ids_BxT[:, 1:] != segment_ids_BxT[:, :-1]], axis=1)
+  start_BxT = jax.lax.cummax(jnp.where(is_start_BxT, t, 0), axis=1)
+  return t - start_BxT
+
+
+class Attention(nnx.Module):
+  """Multi-head (grouped-query) attention with the variant named by ``config.attention``."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
+    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+    self.q_proj = dense(d, n * h)
+    self.k_proj = dense(d, k * h)
+    self.v_proj = dense(d, k * h)
+    self.o_proj = dense(n * h, d)
+    self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
+    learned = _LEARNED_VARIANT_PARAMS.get(config.attention, {})
+    self.variant_params = nnx.Dict({name: nnx.Param(init(k)) for name, init in learned.items()})
+
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+               segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str) -> jax.Array:
+    cfg = self.config
+    b, t, _ = x_BxTxD.shape
+    q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
+    k_BxTxKxH = self.k_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
+    recorder.record(prefix + "hook_q", q_BxTxNxH)
+    recorder.record(prefix + "hook_k", k_BxTxKxH)
+    recorder.record(prefix + "hook_v", v_BxTxKxH)
+    if cfg.rope:
+      q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, base=cfg.rope_base)
+      k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, base=cfg.rope_base)
+      recorder.record(prefix + "hook_rot_q", q_BxTxNxH)
+      recorder.record(prefix + "hook_rot_k", k_BxTxKxH)
+
+    variant = get_attention(cfg.attention)
+    kwargs = dict(cfg.attention_params)
+    kwargs.update({name: p[...] for name, p in self.variant_params.items()})
+    kwargs.update(causal=True, window=cfg.window, segment_ids=segment_ids_BxT,
+                  sinks=None if self.sinks is None else self.sinks[...])
+    if recorder.wants(prefix + "hook_pattern") or recorder.wants(prefix + "hook_attn_scores"):
+      z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = variant.reference(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, return_weights=True, **kwargs)
+      recorder.record(prefix + "hook_attn_scores", scores_BxNxTxS)
+      recorder.record(prefix + "hook_pattern", pattern_BxNxTxS)
+    else:
+      z_BxTxNxH = variant.fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, **kwargs)
+    recorder.record(prefix + "hook_z", z_BxTxNxH)
+    return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim))
+
+
+class Mlp(nnx.Module):
+  """GELU MLP: W_out · gelu(W_in · x)."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+    self.up = dense(config.d_model, config.mlp_dim)
+    self.down = dense(config.mlp_dim, config.d_model)
+
+  def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
+    return self.down(jax.nn.gelu(self.up(x_BxTxD)))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) when ``mlp_dim > 0``."""
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    norm = lambda: nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
+                               dtype=config.compute_dtype, rngs=rngs)
+    self.attn_norm = norm()
+    self.attn = Attention(config, rngs=rngs)
+    if config.mlp_dim:
+      self.mlp_norm = norm()
+      self.mlp = Mlp(config, rngs=rngs)
+    else:
+      self.mlp_norm = self.mlp = None
+
+  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, recorder: Recorder,
+               prefix: str) -> jax.Array:
+    recorder.record(prefix + "hook_resid_pre", x_BxTxD)
+    attn_out = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT, recorder,
+                         prefix + "attn.")
+    recorder.record(prefix + "hook_attn_out", attn_out)
+    x_BxTxD = x_BxTxD + attn_out
+    if self.mlp is not None:
+      recorder.record(prefix + "hook_resid_mid", x_BxTxD)
+      mlp_out = self.mlp(self.mlp_norm(x_BxTxD))
+      recorder.record(prefix + "hook_mlp_out", mlp_out)
+      x_BxTxD = x_BxTxD + mlp_out
+    recorder.record(prefix + "hook_resid_post", x_BxTxD)
+    return x_BxTxD
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer: ``logits_BxTxV = model(tokens_BxT)``.
+
+  Example:
+    >>> from flax import nnx
+    >>> cfg = TransformerConfig(vocab_size=64, context_len=49, attention="momentum",
+    ...                         attention_params={"gamma": 0.5})
+    >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
+    >>> logits, cache = model.run_with_cache(jnp.zeros((2, 49), jnp.int32),
+    ...                                      names_filter="blocks.0.attn.hook_pattern")
+  """
+
+  def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
+                           rngs=rngs)
+    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
+                                  dtype=config.compute_dtype, rngs=rngs)
+    self.unembed = None if config.tie_embeddings else nnx.Linear(
+        config.d_model, config.vocab_size, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+
+  def __call__(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
+               segment_ids_BxT: jax.Array | None = None) -> jax.Array:
+    """Float32 next-token logits [B,T,V]."""
+    return self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE)
+
+  def run_with_cache(self, tokens_BxT: jax.Array, names_filter: NamesFilter = None, *,
+                     positions_BxT: jax.Array | None = None,
+                     segment_ids_BxT: jax.Array | None = None
+                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Logits and the activations whose hook names pass ``names_filter`` (None = all)."""
+    recorder = Recorder(names_filter)
+    logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
+    return logits, recorder.cache
+
+  def _forward(self, tokens_BxT, positions_BxT, segment_ids_BxT, recorder: Recorder):
+    tokens_BxT = jnp.asarray(tokens_BxT)
+    self._validate_inputs(tokens_BxT, positions_BxT, segment_ids_BxT)
+    if positions_BxT is None:
+      if segment_ids_BxT is None:
+        positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
+      else:
+        positions_BxT = segment_positions(segment_ids_BxT)
+    x_BxTxD = self.embed(tokens_BxT)
+    recorder.record("hook_embed", x_BxTxD)
+    for layer, block in enumerate(self.blocks):
+      x_BxTxD = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, f"blocks.{layer}.")
+    x_BxTxD = self.final_norm(x_BxTxD)
+    recorder.record("ln_final.hook_normalized", x_BxTxD)
+    if self.unembed is None:
+      logits_BxTxV = self.embed.attend(x_BxTxD)
+    else:
+      logits_BxTxV = self.unembed(x_BxTxD)
+    return logits_BxTxV.astype(jnp.float32)
+
+  def _validate_inputs(self, tokens_BxT, positions_BxT, segment_ids_BxT) -> None:
+    if tokens_BxT.ndim != 2:
+      raise ValueError(f"tokens must have shape [batch, seq], got tokens.shape={tokens_BxT.shape}")
+    if not jnp.issubdtype(tokens_BxT.dtype, jnp.integer):
+      raise TypeError(f"tokens must be integer token ids, got tokens.dtype={tokens_BxT.dtype}")
+    seq_len = tokens_BxT.shape[1]
+    if seq_len > self.config.context_len:
+      raise ValueError(
+          f"tokens has seq_len={seq_len} > context_len={self.config.context_len} "
+          f"(tokens.shape={tokens_BxT.shape})")
+    for name, arr in (("positions", positions_BxT), ("segment_ids", segment_ids_BxT)):
+      if arr is not None and tuple(arr.shape) != tuple(tokens_BxT.shape):
+        raise ValueError(
+            f"{name} must have the shape of tokens, got {name}.shape={tuple(arr.shape)} and "
+            f"tokens.shape={tuple(tokens_BxT.shape)}")

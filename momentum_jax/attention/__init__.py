@@ -1,0 +1,55 @@
+"""Pure attention functions in the layout of ``jax.nn.dot_product_attention`` and their registry.
+
+Every variant has a fast form and a float32 reference of the same signature; importing this
+package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"`` and ``"ema_value"``.
+"""
+
+import functools
+
+from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
+from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
+from momentum_jax.attention.momentum import (
+    momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
+)
+from momentum_jax.attention.registry import (
+    AttentionVariant, available_attention, get_attention, register_attention,
+)
+from momentum_jax.attention.rope import apply_rope, rope_frequencies
+from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+
+register_attention("softmax", AttentionVariant(softmax_attention, softmax_attention_reference))
+register_attention(
+    "momentum",
+    AttentionVariant(
+        functools.partial(momentum_attention, rope=False),
+        functools.partial(momentum_attention_reference, rope=False),
+        params=("gamma", "boundary"),
+    ),
+)
+register_attention(
+    "kv_shift",
+    AttentionVariant(kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta")),
+)
+register_attention(
+    "ema_value",
+    AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",)),
+)
+
+__all__ = [
+    "AttentionVariant",
+    "apply_rope",
+    "available_attention",
+    "ema_value_attention",
+    "ema_value_attention_reference",
+    "get_attention",
+    "kv_shift_attention",
+    "kv_shift_attention_reference",
+    "momentum_attention",
+    "momentum_attention_reference",
+    "momentum_shear",
+    "momentum_shear_reference",
+    "register_attention",
+    "rope_frequencies",
+    "softmax_attention",
+    "softmax_attention_reference",
+]

@@ -1,0 +1,140 @@
+"""Trace-time validation shared by every attention function.
+
+Shapes and dtypes are static under ``jax.jit``, so these checks run once while tracing and cost
+nothing at run time. Messages name the argument and the offending shapes or values.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_floating(name: str, x: jax.Array) -> None:
+  """Raises ``TypeError`` unless ``x`` has a floating dtype."""
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"{name} must have a floating dtype, got {name}.dtype={x.dtype}")
+
+
+def check_rank4(name: str, x: jax.Array) -> None:
+  """Raises ``ValueError`` unless ``x`` is a rank-4 ``[B, T, N, H]`` array."""
+  if x.ndim != 4:
+    raise ValueError(f"{name} must have rank 4 [B, T, N, H], got {name}.shape={x.shape}")
+
+
+def is_concrete(x: object) -> bool:
+  """True when the value of ``x`` is known at trace time (not a tracer)."""
+  return not isinstance(x, jax.core.Tracer)
+
+
+def check_attention_inputs(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    causal: bool,
+    window: int | None,
+    segment_ids: jax.Array | None,
+    bias: jax.Array | None,
+    sinks: jax.Array | None,
+) -> None:
+  """Validates the arguments common to every attention function.
+
+  q is ``[B, T, N, H]``, k and v are ``[B, S, K, H]`` with ``N % K == 0``.
+  """
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    check_rank4(name, x)
+    check_floating(name, x)
+  if k.shape != v.shape:
+    raise ValueError(f"k and v must have the same shape, got k.shape={k.shape} and v.shape={v.shape}")
+  if not q.dtype == k.dtype == v.dtype:
+    raise TypeError(
+        f"q, k and v must share a dtype, got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}"
+    )
+  if q.shape[0] != k.shape[0]:
+    raise ValueError(f"q and k must have the same batch size, got q.shape={q.shape} and k.shape={k.shape}")
+  if q.shape[3] != k.shape[3]:
+    raise ValueError(f"q and k must have the same head dim, got q.shape={q.shape} and k.shape={k.shape}")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(
+        f"q heads must be a multiple of k heads, got q.shape={q.shape} and k.shape={k.shape}"
+    )
+  batch, seq_q, heads, _ = q.shape
+  seq_k = k.shape[1]
+  if window is not None:
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+      raise ValueError(f"window must be a positive int or None, got window={window!r}")
+    if not causal:
+      raise ValueError(f"window={window} requires causal=True")
+  if segment_ids is not None:
+    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise TypeError(f"segment_ids must have an integer dtype, got segment_ids.dtype={segment_ids.dtype}")
+    if segment_ids.shape != (batch, seq_q) or seq_q != seq_k:
+      raise ValueError(
+          f"segment_ids must have shape [B, T] = {(batch, seq_q)} with k's S == T, "
+          f"got segment_ids.shape={segment_ids.shape}, q.shape={q.shape} and k.shape={k.shape}"
+      )
+  if bias is not None:
+    check_floating("bias", bias)
+    target = (batch, heads, seq_q, seq_k)
+    try:
+      ok = bias.ndim <= 4 and np.broadcast_shapes(bias.shape, target) == target
+    except ValueError:
+      ok = False
+    if not ok:
+      raise ValueError(f"bias must be broadcastable to [B, N, T, S] = {target}, got bias.shape={bias.shape}")
+  if sinks is not None:
+    check_floating("sinks", sinks)
+    if sinks.shape != (heads,):
+      raise ValueError(f"sinks must have shape [N] = {(heads,)}, got sinks.shape={sinks.shape}")
+
+
+def check_positions(name: str, positions: jax.Array | None, x: jax.Array) -> None:
+  """Raises ``ValueError`` unless ``positions`` is None, ``[T]`` or ``[B, T]`` for ``x`` ``[B, T, N, H]``."""
+  if positions is None:
+    return
+  batch, seq = x.shape[:2]
+  if positions.shape not in ((seq,), (batch, seq)):
+    raise ValueError(
+        f"positions must have shape [B, T] = {(batch, seq)} or [T], "
+        f"got positions.shape={positions.shape} and {name}.shape={x.shape}"
+    )
+
+
+def check_boundary(boundary: str) -> None:
+  """Raises ``ValueError`` unless ``boundary`` is ``"zero"`` or ``"replicate"``."""
+  if boundary not in ("zero", "replicate"):
+    raise ValueError(f"boundary must be 'zero' or 'replicate', got boundary={boundary!r}")
+
+
+def check_segment_ids(segment_ids: jax.Array | None, x: jax.Array, name: str = "x") -> None:
+  """Raises unless ``segment_ids`` is None or an integer ``[B, T]`` array matching ``x`` ``[B, T, ...]``."""
+  if segment_ids is None:
+    return
+  if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise TypeError(f"segment_ids must have an integer dtype, got segment_ids.dtype={segment_ids.dtype}")
+  if segment_ids.shape != x.shape[:2]:
+    raise ValueError(
+        f"segment_ids must have shape [B, T] = {x.shape[:2]}, "
+        f"got segment_ids.shape={segment_ids.shape} and {name}.shape={x.shape}"
+    )
+
+
+def check_per_head(
+    name: str, value: object, heads: int, *, unit: str = "head", nonnegative: bool = False
+) -> None:
+  """Raises ``ValueError`` unless ``value`` is a scalar or has shape ``[heads]``.
+
+  With ``nonnegative``, concrete values must also be >= 0 and not NaN; traced values (under jit or
+  grad) cannot be inspected and are not checked.
+  """
+  shape = np.shape(value)
+  if shape not in ((), (heads,)):
+    raise ValueError(
+        f"{name} must be a scalar or have shape [{heads}] (one per {unit}), got {name}.shape={shape}"
+    )
+  if nonnegative and is_concrete(value):
+    array = np.asarray(value, dtype=np.float64)
+    if np.isnan(array).any() or (array < 0).any():
+      raise ValueError(f"{name} must be >= 0 and not NaN, got {name}={value}")

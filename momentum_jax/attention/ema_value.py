@@ -1,0 +1,141 @@
+"""Softmax attention plus an exponential moving average of past values (Dai et al., "Why Can GPT
+Learn In-Context? Language Models Secretly Perform Gradient Descent as Meta-Optimizers",
+arXiv 2212.10559):
+
+    MoAttn(q_t) = softmax attention(q_t) + Σ_{i<t} η^{t−i} v_i,        0 < η < 1
+
+The EMA term m_t = Σ_{i<t} η^{t−i} v_i obeys the linear recurrence m_t = η (m_{t−1} + v_{t−1}),
+m_0 = 0, evaluated in O(T) work with ``jax.lax.associative_scan``. It restarts at every segment
+start, ignores ``window`` (it spans the whole past of the segment), and for GQA the EMA of kv head
+j is added to each of its query heads. The EMA term is causal by definition, so ``causal=False``
+raises, and it pairs query t with value t, so it needs S == T. η is fixed (not learned).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from momentum_jax.attention._checks import check_attention_inputs, is_concrete
+from momentum_jax.attention._mask import previous_step, segment_starts, visibility_mask
+from momentum_jax.attention.softmax import (
+    repeat_kv, softmax_attention, softmax_attention_reference,
+)
+
+
+def _check_ema(q: jax.Array, k: jax.Array, eta: float | jax.Array, causal: bool) -> None:
+  if not causal:
+    raise ValueError("ema_value attention is causal by definition, got causal=False")
+  if q.shape[1] != k.shape[1]:
+    raise ValueError(f"ema_value attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}")
+  if np.shape(eta) != ():
+    raise ValueError(f"eta must be a scalar, got eta.shape={np.shape(eta)}")
+  if is_concrete(eta) and not 0 < float(eta) < 1:
+    raise ValueError(f"eta must lie in (0, 1), got eta={eta}")
+
+
+def value_ema(
+    v_BxTxKxH: jax.Array, eta: float | jax.Array, segment_ids: jax.Array | None = None
+) -> jax.Array:
+  """Float32 m_t = Σ_{i<t, same segment} η^{t−i} v_i via an associative scan of
+  m_t = a_t m_{t−1} + b_t with a_t = η (0 at segment starts) and b_t = η v_{t−1}."""
+  seq = v_BxTxKxH.shape[1]
+  eta = jnp.asarray(eta, jnp.float32)
+  decay_BxTx1x1 = jnp.where(segment_starts(seq, segment_ids), 0.0, eta)[:, :, None, None]
+  prev_BxTxKxH = previous_step(v_BxTxKxH.astype(jnp.float32), segment_ids=segment_ids)
+  decay_BxTx1x1 = jnp.broadcast_to(decay_BxTx1x1, prev_BxTxKxH.shape[:2] + (1, 1))
+
+  def combine(earlier, later):
+    a1, b1 = earlier
+    a2, b2 = later
+    return a1 * a2, a2 * b1 + b2
+
+  _, ema_BxTxKxH = jax.lax.associative_scan(combine, (decay_BxTx1x1, eta * prev_BxTxKxH), axis=1)
+  return ema_BxTxKxH
+
+
+def ema_value_attention(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    eta: float | jax.Array,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+  """:func:`softmax_attention` plus Σ_{i<t} η^{t−i} v_i (O(T) associative scan).
+
+  Args:
+    q_BxTxNxH, k_BxSxKxH, v_BxSxKxH: as in :func:`softmax_attention`, with S == T.
+    eta: fixed decay, a scalar in (0, 1); concrete values outside raise ``ValueError``.
+    causal: must be True.
+    window, segment_ids, bias, sinks, scale: as in :func:`softmax_attention`; ``segment_ids``
+      restart the EMA, ``window`` does not limit it.
+
+  Returns:
+    ``[B, T, N, H]`` in q's dtype.
+  """
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _check_ema(q_BxTxNxH, k_BxSxKxH, eta, causal)
+  batch, seq, heads, head_dim = q_BxTxNxH.shape
+  kv_heads = k_BxSxKxH.shape[2]
+  attn_BxTxNxH = softmax_attention(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
+      bias=bias, sinks=sinks, scale=scale,
+  )
+  ema_BxTxKx1xH = value_ema(v_BxSxKxH, eta, segment_ids)[:, :, :, None]
+  attn_BxTxKxGxH = attn_BxTxNxH.reshape(batch, seq, kv_heads, heads // kv_heads, head_dim)
+  out_BxTxKxGxH = attn_BxTxKxGxH.astype(jnp.float32) + ema_BxTxKx1xH
+  return out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype)
+
+
+def ema_value_attention_reference(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    eta: float | jax.Array,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+  """Float32 reference of :func:`ema_value_attention` with the explicit T×T decay matrix
+  D[t, i] = η^{t−i} (i < t, same segment); with ``return_weights`` the scores and weights are
+  those of the softmax part."""
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _check_ema(q_BxTxNxH, k_BxSxKxH, eta, causal)
+  seq, heads = q_BxTxNxH.shape[1:3]
+  result = softmax_attention_reference(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
+      bias=bias, sinks=sinks, scale=scale, return_weights=return_weights,
+  )
+  attn_BxTxNxH = result[0] if return_weights else result
+  lag_TxT = jnp.arange(seq)[:, None] - jnp.arange(seq)[None, :]
+  past_Bx1xTxT = visibility_mask(seq, seq, causal=True, window=None, segment_ids=segment_ids)
+  past_BxTxT = past_Bx1xTxT[:, 0] & (lag_TxT > 0)
+  eta = jnp.asarray(eta, jnp.float32)
+  decay_BxTxT = jnp.where(past_BxTxT, eta ** jnp.maximum(lag_TxT, 0), 0.0)
+  v_BxTxNxH = repeat_kv(v_BxSxKxH.astype(jnp.float32), heads)
+  ema_BxTxNxH = jnp.einsum(
+      "bts,bsnh->btnh", decay_BxTxT, v_BxTxNxH, precision=jax.lax.Precision.HIGHEST
+  )
+  out_BxTxNxH = (attn_BxTxNxH.astype(jnp.float32) + ema_BxTxNxH).astype(q_BxTxNxH.dtype)
+  if return_weights:
+    return out_BxTxNxH, result[1], result[2]
+  return out_BxTxNxH
+

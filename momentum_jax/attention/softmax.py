@@ -1,0 +1,168 @@
+"""Softmax attention with causal / sliding-window / segment masks, additive bias and learned sinks.
+
+    out_t = Σ_s e^{l_ts} v_s / (e^{sink_n} + Σ_s e^{l_ts}),   l_ts = scale · q_t·k_s + bias_ts
+
+over the keys s visible to query t (causal: s <= t; window w: t - w < s <= t; equal segment ids).
+Without sinks the e^{sink_n} term is absent. Learned sinks as in gpt-oss and StreamingLLM
+(Xiao et al., arXiv 2309.17453). A query row with no visible key (every visible logit is -inf,
+which only an additive ``bias`` can cause) returns zeros, and its gradients are zeros.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from momentum_jax.attention._checks import check_attention_inputs
+from momentum_jax.attention._mask import visibility_mask
+
+# -inf entries of ``bias`` are clamped to this finite value so that no softmax row is all -inf.
+_BIAS_FLOOR = -1e30
+
+
+def _bias_4d(bias: jax.Array) -> jax.Array:
+  return jnp.reshape(bias, (1,) * (4 - bias.ndim) + bias.shape)
+
+
+def softmax_attention(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+  """Softmax attention on ``jax.nn.dot_product_attention``, layout ``[B, T, N, H]``.
+
+  Causal and window masks go through ``is_causal`` / ``local_window_size`` so that backend fast
+  paths apply; a boolean mask is built only for ``segment_ids`` (or with ``sinks``). Sinks are a
+  zero key/value column prepended to k and v whose logit is ``sinks[n]`` (given as bias).
+  GQA: query head n reads kv head n // (N // K).
+
+  Args:
+    q_BxTxNxH: queries (after any RoPE).
+    k_BxSxKxH: keys; K divides N.
+    v_BxSxKxH: values.
+    causal: mask keys s > t.
+    window: with ``causal``, query t sees the ``window`` keys t - window < s <= t.
+    segment_ids: ``[B, T]`` ints for packed sequences (needs S == T); attend within equal ids.
+    bias: additive logits broadcastable to ``[B, N, T, S]``; -inf masks an entry.
+    sinks: ``[N]`` per-head sink logits (an extra softmax term with a zero value vector).
+    scale: logit scale, default ``1 / sqrt(H)``.
+
+  Returns:
+    ``[B, T, N, H]`` in q's dtype.
+  """
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _, seq_q, _, head_dim = q_BxTxNxH.shape
+  seq_k = k_BxSxKxH.shape[1]
+  scale = head_dim**-0.5 if scale is None else scale
+  keep_BxNxT = None
+  if bias is not None:
+    bias = _bias_4d(bias).astype(jnp.float32)
+    if sinks is None:
+      visible = visibility_mask(seq_q, seq_k, causal=causal, window=window, segment_ids=segment_ids)
+      finite = bias > -jnp.inf
+      keep_BxNxT = jnp.any(finite if visible is None else visible & finite, axis=-1)
+    bias = jnp.maximum(bias, _BIAS_FLOOR)
+
+  if sinks is None:
+    mask = None
+    if segment_ids is not None:
+      mask = visibility_mask(seq_q, seq_k, causal=False, window=None, segment_ids=segment_ids)
+    out_BxTxNxH = jax.nn.dot_product_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, scale=scale, is_causal=causal,
+        local_window_size=None if window is None else (window - 1, 0),
+    )
+    if keep_BxNxT is None:
+      return out_BxTxNxH
+    # Rows whose every visible logit was -inf: the clamp kept them finite, now zero them.
+    keep_BxTxNx1 = jnp.transpose(keep_BxNxT, (0, 2, 1))[..., None]
+    return out_BxTxNxH * keep_BxTxNx1.astype(out_BxTxNxH.dtype)
+
+  heads = q_BxTxNxH.shape[2]
+  pad_S = ((0, 0), (1, 0), (0, 0), (0, 0))
+  k_Bx1SxKxH = jnp.pad(k_BxSxKxH, pad_S)
+  v_Bx1SxKxH = jnp.pad(v_BxSxKxH, pad_S)
+  body = jnp.zeros((1, heads, 1, seq_k), jnp.float32) if bias is None else bias
+  bb, _, bt, _ = body.shape
+  sink_bbxNxbtx1 = jnp.broadcast_to(
+      sinks.astype(jnp.float32)[None, :, None, None], (bb, heads, bt, 1)
+  )
+  body = jnp.broadcast_to(body, (bb, heads, bt, seq_k))
+  bias_1S = jnp.concatenate([sink_bbxNxbtx1, body], axis=-1)
+  mask = visibility_mask(seq_q, seq_k, causal=causal, window=window, segment_ids=segment_ids)
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (1, 0)), constant_values=True)
+  return jax.nn.dot_product_attention(
+      q_BxTxNxH, k_Bx1SxKxH, v_Bx1SxKxH, bias=bias_1S, mask=mask, scale=scale
+  )
+
+
+def repeat_kv(x_BxSxKxH: jax.Array, heads: int) -> jax.Array:
+  """GQA: ``[B, S, K, H] -> [B, S, N, H]`` so that query head n reads kv head n // (N // K)."""
+  return jnp.repeat(x_BxSxKxH, heads // x_BxSxKxH.shape[2], axis=2)
+
+
+def softmax_attention_reference(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+  """Float32 reference of :func:`softmax_attention` with an explicit T×S einsum.
+
+  Returns ``out_BxTxNxH`` in q's dtype, or with ``return_weights`` the tuple
+  ``(out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS)`` in float32: scores are the scaled logits plus
+  bias with masked entries set to -inf; weights are the softmax rows without the sink column (so
+  with sinks a row sums to less than 1, and a row with no visible key is all zeros).
+  """
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _, seq_q, heads, head_dim = q_BxTxNxH.shape
+  seq_k = k_BxSxKxH.shape[1]
+  scale = head_dim**-0.5 if scale is None else scale
+  hi = jax.lax.Precision.HIGHEST
+  q32 = q_BxTxNxH.astype(jnp.float32)
+  k32 = repeat_kv(k_BxSxKxH.astype(jnp.float32), heads)
+  v32 = repeat_kv(v_BxSxKxH.astype(jnp.float32), heads)
+
+  scores_BxNxTxS = scale * jnp.einsum("btnh,bsnh->bnts", q32, k32, precision=hi)
+  if bias is not None:
+    scores_BxNxTxS = scores_BxNxTxS + bias.astype(jnp.float32)
+  visible = visibility_mask(seq_q, seq_k, causal=causal, window=window, segment_ids=segment_ids)
+  if visible is not None:
+    scores_BxNxTxS = jnp.where(visible, scores_BxNxTxS, -jnp.inf)
+
+  max_BxNxTx1 = jnp.max(scores_BxNxTxS, axis=-1, keepdims=True)
+  if sinks is not None:
+    sink_1xNx1x1 = sinks.astype(jnp.float32)[None, :, None, None]
+    max_BxNxTx1 = jnp.maximum(max_BxNxTx1, sink_1xNx1x1)
+  max_BxNxTx1 = jax.lax.stop_gradient(jnp.where(jnp.isfinite(max_BxNxTx1), max_BxNxTx1, 0.0))
+  exp_BxNxTxS = jnp.exp(scores_BxNxTxS - max_BxNxTx1)
+  denom_BxNxTx1 = jnp.sum(exp_BxNxTxS, axis=-1, keepdims=True)
+  if sinks is not None:
+    denom_BxNxTx1 = denom_BxNxTx1 + jnp.exp(sink_1xNx1x1 - max_BxNxTx1)
+  weights_BxNxTxS = exp_BxNxTxS / jnp.where(denom_BxNxTx1 > 0, denom_BxNxTx1, 1.0)
+
+  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", weights_BxNxTxS, v32, precision=hi)
+  out_BxTxNxH = out_BxTxNxH.astype(q_BxTxNxH.dtype)
+  if return_weights:
+    return out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS
+  return out_BxTxNxH

@@ -54,25 +54,27 @@ class AssociativeRecallTask:
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def sample(self, key: jax.Array, batch_size: int) -> Batch:
-    """Samples ``batch_size`` sequences; deterministic in ``key``, jitted with B static."""
-    keys_B = jax.random.split(key, batch_size)
-    raw_Bx1T = jax.vmap(self._sample_one)(keys_B)
-    pos_T = jnp.arange(self.seq_len)
-    first_query = 2 * self.num_pairs
-    mask_T = ((pos_T >= first_query) & ((pos_T - first_query) % 2 == 0)).astype(jnp.float32)
-    return Batch(
-        tokens=raw_Bx1T[:, :-1],
-        targets=raw_Bx1T[:, 1:],
-        loss_mask=jnp.broadcast_to(mask_T, (batch_size, self.seq_len)),
-    )
+    """Samples ``batch_size`` sequences; deterministic in ``key``, jitted with B static.
 
-  def _sample_one(self, key: jax.Array) -> jax.Array:
-    """One raw sequence of length T+1 = 2 (num_pairs + num_queries)."""
-    half = self.vocab_size // 2
-    key_key, value_key, query_key = jax.random.split(key, 3)
-    keys_P = jax.random.permutation(key_key, half)[: self.num_pairs]
-    values_P = jax.random.randint(value_key, (self.num_pairs,), half, self.vocab_size)
-    which_Q = jax.random.permutation(query_key, self.num_pairs)[: self.num_queries]
-    pairs_Px2 = jnp.stack([keys_P, values_P], axis=-1)
-    queries_Qx2 = pairs_Px2[which_Q]
-    return jnp.concatenate([pairs_Px2.reshape(-1), queries_Qx2.reshape(-1)]).astype(jnp.int32)
+    All randomness comes from one draw of 32-bit words (one threefry call keeps compile time
+    small): keys and queried pairs are prefixes of per-sequence permutations (argsort of random
+    words), values are words reduced modulo ``vocab_size // 2`` (bias below 2^-24).
+    """
+    half, p, q = self.vocab_size // 2, self.num_pairs, self.num_queries
+    bits_BxW = jax.random.bits(key, (batch_size, half + 2 * p))
+    keys_BxP = jnp.argsort(bits_BxW[:, :half], axis=-1)[:, :p]
+    values_BxP = half + bits_BxW[:, half : half + p] % (self.vocab_size - half)
+    which_BxQ = jnp.argsort(bits_BxW[:, half + p :], axis=-1)[:, :q]
+    pairs_BxPx2 = jnp.stack([keys_BxP, values_BxP.astype(keys_BxP.dtype)], axis=-1)
+    queries_BxQx2 = jnp.take_along_axis(pairs_BxPx2, which_BxQ[:, :, None], axis=1)
+    raw_BxT1 = jnp.concatenate(
+        [pairs_BxPx2.reshape(batch_size, -1), queries_BxQx2.reshape(batch_size, -1)], axis=1
+    ).astype(jnp.int32)
+
+    pos_T = jnp.arange(self.seq_len)
+    mask_T = (pos_T >= 2 * p) & ((pos_T - 2 * p) % 2 == 0)
+    return Batch(
+        tokens=raw_BxT1[:, :-1],
+        targets=raw_BxT1[:, 1:],
+        loss_mask=jnp.broadcast_to(mask_T.astype(jnp.float32), (batch_size, self.seq_len)),
+    )

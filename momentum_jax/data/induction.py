@@ -53,33 +53,33 @@ class InductionTask:
 
   @functools.partial(jax.jit, static_argnums=(0, 2))
   def sample(self, key: jax.Array, batch_size: int) -> Batch:
-    """Samples ``batch_size`` sequences; deterministic in ``key``, jitted with B static."""
-    keys_B = jax.random.split(key, batch_size)
-    tokens_Bx1T, mask_BxT = jax.vmap(self._sample_one)(keys_B)
-    return Batch(
-        tokens=tokens_Bx1T[:, :-1],
-        targets=tokens_Bx1T[:, 1:],
-        loss_mask=mask_BxT,
-    )
+    """Samples ``batch_size`` sequences; deterministic in ``key``, jitted with B static.
 
-  def _sample_one(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """One raw sequence of length T+1 (inputs and shifted targets) and its [T] loss mask."""
-    m, t = self.segment_len, self.seq_len
-    perm_key, gap_key, fill_key = jax.random.split(key, 3)
-    # The first M ids of a permutation form S; the remaining V-M are the gap alphabet.
-    perm_V = jax.random.permutation(perm_key, self.vocab_size).astype(jnp.int32)
-    gap = jax.random.randint(gap_key, (), 0, self.max_gap + 1)
-    fill_T1 = perm_V[m + jax.random.randint(fill_key, (t + 1,), 0, self.vocab_size - m)]
+    All randomness comes from one draw of 32-bit words (one threefry call keeps compile time
+    small): S is the first M entries of a per-sequence permutation of the vocabulary (argsort of
+    random words), the gap length and gap tokens are words reduced modulo their range (bias
+    below 2^-24 for these ranges).
+    """
+    v, m, t = self.vocab_size, self.segment_len, self.seq_len
+    bits_BxW = jax.random.bits(key, (batch_size, v + 1 + t + 1))
+    perm_BxV = jnp.argsort(bits_BxW[:, :v], axis=-1).astype(jnp.int32)
+    second_Bx1 = m + (bits_BxW[:, v : v + 1] % (self.max_gap + 1)).astype(jnp.int32)
+    # Gap and padding tokens: the permutation's entries after S, i.e. ids outside S.
+    fill_idx_BxT1 = m + (bits_BxW[:, v + 1 :] % (v - m)).astype(jnp.int32)
+    fill_BxT1 = jnp.take_along_axis(perm_BxV, fill_idx_BxT1, axis=-1)
 
     pos_T1 = jnp.arange(t + 1)
-    second = m + gap  # start of the second copy
-    in_first = pos_T1 < m
-    in_second = (pos_T1 >= second) & (pos_T1 < second + m)
-    seg_idx = jnp.where(in_first, pos_T1, pos_T1 - second)
-    seg_T1 = perm_V[jnp.clip(seg_idx, 0, m - 1)]
-    raw_T1 = jnp.where(in_first | in_second, seg_T1, fill_T1)
+    in_first_T1 = pos_T1 < m
+    in_second_BxT1 = (pos_T1 >= second_Bx1) & (pos_T1 < second_Bx1 + m)
+    seg_idx_BxT1 = jnp.clip(jnp.where(in_first_T1, pos_T1, pos_T1 - second_Bx1), 0, m - 1)
+    seg_BxT1 = jnp.take_along_axis(perm_BxV, seg_idx_BxT1, axis=-1)
+    raw_BxT1 = jnp.where(in_first_T1 | in_second_BxT1, seg_BxT1, fill_BxT1)
 
-    # targets[t] = raw[t+1] is the copy's element j = t+1-second; j in 1..M-1 is determined.
+    # targets[t] = raw[t+1] is the second copy's element j = t+1-second; j in 1..M-1 count.
     pos_T = jnp.arange(t)
-    mask_T = ((pos_T >= second) & (pos_T < second + m - 1)).astype(jnp.float32)
-    return raw_T1, mask_T
+    mask_BxT = (pos_T >= second_Bx1) & (pos_T < second_Bx1 + m - 1)
+    return Batch(
+        tokens=raw_BxT1[:, :-1],
+        targets=raw_BxT1[:, 1:],
+        loss_mask=mask_BxT.astype(jnp.float32),
+    )

@@ -1,0 +1,96 @@
+"""Orbax checkpoints of a training run: ``{params, opt_state, step}`` plus the run's config.
+
+Layout: ``workdir/checkpoints/<step>/{state, config}``; ``state`` is a ``StandardSave`` pytree,
+``config`` a JSON record of what determines the trajectory (model, optimisation, task), used to
+refuse resuming a run under a different configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from momentum_jax.data import Task
+from momentum_jax.nn import TransformerConfig
+from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
+
+_MAX_TO_KEEP = 3
+
+
+def run_signature(
+    model_config: TransformerConfig, train_config: TrainConfig, task: Task
+) -> dict[str, Any]:
+  """The JSON record saved with every checkpoint and compared on resume.
+
+  ``train`` omits ``SCHEDULE_ONLY_FIELDS`` (run length and eval / log / save cadence), which may
+  change between a run and its resumption.
+  """
+  train = {k: v for k, v in train_config.to_dict().items() if k not in SCHEDULE_ONLY_FIELDS}
+  signature = {
+      "model": model_config.to_dict(),
+      "train": train,
+      "task": {"name": type(task).__name__, **dataclasses.asdict(task)},
+  }
+  return json.loads(json.dumps(signature))  # the form it has after a JSON round trip
+
+
+def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """``"section.key: saved X vs current Y"`` for each differing leaf, sorted by key."""
+  def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in d.items():
+      if isinstance(value, dict) and value:
+        flat.update(flatten(value, f"{prefix}{key}."))
+      else:
+        flat[f"{prefix}{key}"] = value
+    return flat
+
+  missing = object()
+  saved_flat, current_flat = flatten(saved), flatten(current)
+  return [
+      f"{key}: saved {saved_flat.get(key, '<absent>')!r} vs current "
+      f"{current_flat.get(key, '<absent>')!r}"
+      for key in sorted(saved_flat.keys() | current_flat.keys())
+      if saved_flat.get(key, missing) != current_flat.get(key, missing)
+  ]
+
+
+def checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
+  """An async ``CheckpointManager`` over ``workdir/checkpoints`` keeping the last few steps."""
+  return ocp.CheckpointManager(
+      workdir.absolute() / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=_MAX_TO_KEEP, create=True),
+  )
+
+
+def save(
+    manager: ocp.CheckpointManager, step: int, state: dict[str, Any], signature: dict[str, Any]
+) -> None:
+  """Starts an async save of ``state`` (``{params, opt_state, step}``) and ``signature``."""
+  manager.save(
+      step,
+      args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(signature)
+      ),
+  )
+
+
+def restore_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The config record saved at ``step``."""
+  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+
+def restore_state(
+    manager: ocp.CheckpointManager, step: int, target: dict[str, Any]
+) -> dict[str, Any]:
+  """The ``{params, opt_state, step}`` saved at ``step``, shaped and sharded like ``target``."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = manager.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+  )
+  return restored["state"]

@@ -1,0 +1,104 @@
+"""train(): metrics, checkpoints, bit-identical resume, config mismatch and bad inputs."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh
+
+from momentum_jax.data import AssociativeRecallTask, InductionTask
+from momentum_jax.nn import TransformerConfig
+from momentum_jax.train import METRICS_FILE, TrainConfig, data_parallel_shardings, train
+
+TASK = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
+MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=1, d_model=32,
+                          num_heads=2)
+TRAIN = TrainConfig(steps=20, batch_size=8, learning_rate=1e-2, eval_every=10, eval_batches=2,
+                    checkpoint_every=10, log_every=5)
+
+
+def _assert_params_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    assert np.array_equal(np.asarray(x), np.asarray(y))
+
+
+def _records(workdir):
+  return [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
+
+
+def test_train_logs_evaluates_checkpoints_and_learns(tmp_path):
+  cfg = dataclasses.replace(TRAIN, steps=60, checkpoint_every=25, eval_every=30, log_every=10)
+  task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=3)
+  model_config = dataclasses.replace(MODEL, context_len=task.seq_len)
+  result = train(model_config, cfg, task, tmp_path, progress=False)
+
+  records = _records(tmp_path)
+  assert result.history == records
+  train_steps = [r["step"] for r in records if "train_loss" in r]
+  eval_steps = [r["step"] for r in records if "eval_loss" in r]
+  assert train_steps == [10, 20, 30, 40, 50, 60]
+  assert eval_steps == [30, 60]
+  assert set(result.final_eval) == {"loss", "accuracy"}
+  assert result.final_eval["loss"] == records[-1]["eval_loss"]
+  losses = [r["train_loss"] for r in records if "train_loss" in r]
+  assert losses[-1] < losses[0] - 0.2, losses  # 60 steps of recall already lower the loss
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["25", "50", "60"]
+  logits = result.model(np.zeros((2, task.seq_len), np.int32))
+  assert logits.shape == (2, task.seq_len, task.vocab_size)
+
+
+def test_resume_is_bit_identical(tmp_path):
+  straight = train(MODEL, TRAIN, TASK, tmp_path / "straight", progress=False)
+  half = dataclasses.replace(TRAIN, steps=TRAIN.steps // 2)
+  train(MODEL, half, TASK, tmp_path / "resumed", progress=False)
+  resumed = train(MODEL, TRAIN, TASK, tmp_path / "resumed", progress=False)
+  _assert_params_equal(straight.params, resumed.params)
+  assert resumed.final_eval == straight.final_eval
+  keys = [(r["step"], k) for r in _records(tmp_path / "resumed") for k in r if k != "step"]
+  assert len(keys) == len(set(keys))  # no duplicated records
+
+  again = train(MODEL, TRAIN, TASK, tmp_path / "resumed", progress=False)  # nothing left to do
+  _assert_params_equal(straight.params, again.params)
+  assert again.history == resumed.history
+
+  shorter = dataclasses.replace(TRAIN, steps=5)
+  with pytest.raises(ValueError, match="step 20 > steps=5"):
+    train(MODEL, shorter, TASK, tmp_path / "resumed", progress=False)
+
+
+def test_resume_under_another_config_names_each_difference(tmp_path):
+  train(MODEL, dataclasses.replace(TRAIN, steps=10), TASK, tmp_path, progress=False)
+  other_train = dataclasses.replace(TRAIN, learning_rate=3e-3)
+  with pytest.raises(ValueError, match=r"train\.learning_rate: saved 0\.01 vs current 0\.003"):
+    train(MODEL, other_train, TASK, tmp_path, progress=False)
+  other_model = dataclasses.replace(MODEL, attention="momentum", attention_params={"gamma": 0.5})
+  with pytest.raises(ValueError) as info:
+    train(other_model, TRAIN, TASK, tmp_path, progress=False)
+  assert "model.attention: saved 'softmax' vs current 'momentum'" in str(info.value)
+  assert "model.attention_params.gamma: saved '<absent>' vs current 0.5" in str(info.value)
+  # Cadence and length may change between a run and its resumption.
+  train(MODEL, dataclasses.replace(TRAIN, log_every=3, eval_every=0), TASK, tmp_path,
+        progress=False)
+
+
+@pytest.mark.parametrize(
+    "model_config, match",
+    [
+        (dataclasses.replace(MODEL, vocab_size=17), "task.vocab_size=16.*model_config.vocab_size=17"),
+        (dataclasses.replace(MODEL, context_len=12), "task.seq_len=13.*model_config.context_len=12"),
+    ],
+)
+def test_incompatible_task_and_model_raise(tmp_path, model_config, match):
+  with pytest.raises(ValueError, match=match):
+    train(model_config, TRAIN, TASK, tmp_path, progress=False)
+
+
+def test_batch_must_divide_by_the_data_axis():
+  with pytest.raises(ValueError, match="batch_size=6 must be divisible .* 'data' axis size 4"):
+    data_parallel_shardings(AbstractMesh((4,), ("data",)), 6)
+  with pytest.raises(ValueError, match="'data' axis"):
+    data_parallel_shardings(AbstractMesh((4,), ("model",)), 8)

@@ -1,0 +1,13 @@
+"""Benchmark scripts run in a tiny configuration, so they are known to work before a long run."""
+
+import pytest
+
+from momentum_jax.experiments import bench_train_step
+
+
+@pytest.mark.slow
+def test_bench_train_step_tiny(capsys):
+  results = bench_train_step.main(["--preset", "induction", "--repeats", "1"])
+  assert set(results["induction"]) == {"pure", "nnx", "nnx.jit"}
+  assert all(t > 0 for t in results["induction"].values())
+  assert "nnx/pure" in capsys.readouterr().out

@@ -44,19 +44,20 @@ def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
   def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat = {}
     for key, value in d.items():
-      if isinstance(value, dict) and value:
+      if isinstance(value, dict):
         flat.update(flatten(value, f"{prefix}{key}."))
       else:
         flat[f"{prefix}{key}"] = value
     return flat
 
-  missing = object()
+  def show(flat: dict[str, Any], key: str) -> str:
+    return repr(flat[key]) if key in flat else "<absent>"
+
   saved_flat, current_flat = flatten(saved), flatten(current)
   return [
-      f"{key}: saved {saved_flat.get(key, '<absent>')!r} vs current "
-      f"{current_flat.get(key, '<absent>')!r}"
+      f"{key}: saved {show(saved_flat, key)} vs current {show(current_flat, key)}"
       for key in sorted(saved_flat.keys() | current_flat.keys())
-      if saved_flat.get(key, missing) != current_flat.get(key, missing)
+      if key not in saved_flat or key not in current_flat or saved_flat[key] != current_flat[key]
   ]
 
 

@@ -152,13 +152,15 @@ def train(
   ``eval_every`` steps and at the end) and orbax checkpoints in ``workdir/checkpoints`` (every
   ``checkpoint_every`` steps and at the end). If ``workdir`` holds a checkpoint, training resumes
   from the latest one, bit-identically to an uninterrupted run; resuming under a different model,
-  optimisation or task config raises ``ValueError`` listing each differing key.
+  optimisation or task config raises ``ValueError`` listing each differing key. Only
+  ``nnx.Param`` state is trained and checkpointed; any other module state keeps its initial value.
 
   Args:
     model_config: the model; its ``vocab_size`` must equal the task's and its ``context_len``
       cover ``task.seq_len``.
     train_config: optimizer, schedule, batch size and cadences.
-    task: a synthetic task (``momentum_jax.data``), sampled inside the jitted step.
+    task: a synthetic task, a frozen dataclass such as those of ``momentum_jax.data``, sampled
+      inside the jitted step.
     workdir: directory for metrics and checkpoints (created if absent).
     mesh: a mesh with a ``"data"`` axis; the batch is sharded over it, params and optimizer state
       are replicated. Default: one device.

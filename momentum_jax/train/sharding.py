@@ -1,4 +1,4 @@
-"""Data parallelism on a ``jax.sharding.Mesh``: the batch is split over ``"data"``, the rest is replicated."""
+"""Data parallelism on a ``jax.sharding.Mesh``: batch split over ``"data"``, rest replicated."""
 
 from __future__ import annotations
 

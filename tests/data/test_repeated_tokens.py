@@ -17,7 +17,8 @@ def test_repeats_and_is_deterministic():
 
 
 @pytest.mark.parametrize(
-    "args, field", [((0, 4, 8), "batch_size=0"), ((2, 0, 8), "seq_len=0"), ((2, 4, 1), "vocab_size=1")]
+    "args, field",
+    [((0, 4, 8), "batch_size=0"), ((2, 0, 8), "seq_len=0"), ((2, 4, 1), "vocab_size=1")],
 )
 def test_bad_arguments_raise(args, field):
   with pytest.raises(ValueError, match=field):

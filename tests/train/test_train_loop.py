@@ -88,8 +88,10 @@ def test_resume_under_another_config_names_each_difference(tmp_path):
 @pytest.mark.parametrize(
     "model_config, match",
     [
-        (dataclasses.replace(MODEL, vocab_size=17), "task.vocab_size=16.*model_config.vocab_size=17"),
-        (dataclasses.replace(MODEL, context_len=12), "task.seq_len=13.*model_config.context_len=12"),
+        (dataclasses.replace(MODEL, vocab_size=17),
+         "task.vocab_size=16.*model_config.vocab_size=17"),
+        (dataclasses.replace(MODEL, context_len=12),
+         "task.seq_len=13.*model_config.context_len=12"),
     ],
 )
 def test_incompatible_task_and_model_raise(tmp_path, model_config, match):

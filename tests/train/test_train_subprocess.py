@@ -72,8 +72,9 @@ print(json.dumps({
     "losses_one": [r["train_loss"] for r in one.history if "train_loss" in r],
     "losses_four": [r["train_loss"] for r in four.history if "train_loss" in r],
     "eval_one": one.final_eval, "eval_four": four.final_eval,
-    "max_param_diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-                          for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params))),
+    "max_param_diff": max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(four.params))),
     "param_devices": sorted({len(x.sharding.device_set) for x in jax.tree.leaves(four.params)}),
     "bad_batch_error": bad_batch_error,
 }))

@@ -47,15 +47,22 @@ def check_attention_inputs(
     check_rank4(name, x)
     check_floating(name, x)
   if k.shape != v.shape:
-    raise ValueError(f"k and v must have the same shape, got k.shape={k.shape} and v.shape={v.shape}")
+    raise ValueError(
+        f"k and v must have the same shape, got k.shape={k.shape} and v.shape={v.shape}"
+    )
   if not q.dtype == k.dtype == v.dtype:
     raise TypeError(
-        f"q, k and v must share a dtype, got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}"
+        f"q, k and v must share a dtype, "
+        f"got q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype}"
     )
   if q.shape[0] != k.shape[0]:
-    raise ValueError(f"q and k must have the same batch size, got q.shape={q.shape} and k.shape={k.shape}")
+    raise ValueError(
+        f"q and k must have the same batch size, got q.shape={q.shape} and k.shape={k.shape}"
+    )
   if q.shape[3] != k.shape[3]:
-    raise ValueError(f"q and k must have the same head dim, got q.shape={q.shape} and k.shape={k.shape}")
+    raise ValueError(
+        f"q and k must have the same head dim, got q.shape={q.shape} and k.shape={k.shape}"
+    )
   if q.shape[2] % k.shape[2]:
     raise ValueError(
         f"q heads must be a multiple of k heads, got q.shape={q.shape} and k.shape={k.shape}"
@@ -68,9 +75,8 @@ def check_attention_inputs(
     if not causal:
       raise ValueError(f"window={window} requires causal=True")
   if segment_ids is not None:
-    if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-      raise TypeError(f"segment_ids must have an integer dtype, got segment_ids.dtype={segment_ids.dtype}")
-    if segment_ids.shape != (batch, seq_q) or seq_q != seq_k:
+    check_segment_ids(segment_ids, q, "q")
+    if seq_q != seq_k:
       raise ValueError(
           f"segment_ids must have shape [B, T] = {(batch, seq_q)} with k's S == T, "
           f"got segment_ids.shape={segment_ids.shape}, q.shape={q.shape} and k.shape={k.shape}"
@@ -83,7 +89,9 @@ def check_attention_inputs(
     except ValueError:
       ok = False
     if not ok:
-      raise ValueError(f"bias must be broadcastable to [B, N, T, S] = {target}, got bias.shape={bias.shape}")
+      raise ValueError(
+          f"bias must be broadcastable to [B, N, T, S] = {target}, got bias.shape={bias.shape}"
+      )
   if sinks is not None:
     check_floating("sinks", sinks)
     if sinks.shape != (heads,):
@@ -91,7 +99,7 @@ def check_attention_inputs(
 
 
 def check_positions(name: str, positions: jax.Array | None, x: jax.Array) -> None:
-  """Raises ``ValueError`` unless ``positions`` is None, ``[T]`` or ``[B, T]`` for ``x`` ``[B, T, N, H]``."""
+  """Raises ``ValueError`` unless ``positions`` is None, ``[T]`` or ``[B, T]`` for ``x``."""
   if positions is None:
     return
   batch, seq = x.shape[:2]
@@ -109,11 +117,13 @@ def check_boundary(boundary: str) -> None:
 
 
 def check_segment_ids(segment_ids: jax.Array | None, x: jax.Array, name: str = "x") -> None:
-  """Raises unless ``segment_ids`` is None or an integer ``[B, T]`` array matching ``x`` ``[B, T, ...]``."""
+  """Raises unless ``segment_ids`` is None or an integer ``[B, T]`` array matching ``x``."""
   if segment_ids is None:
     return
   if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-    raise TypeError(f"segment_ids must have an integer dtype, got segment_ids.dtype={segment_ids.dtype}")
+    raise TypeError(
+        f"segment_ids must have an integer dtype, got segment_ids.dtype={segment_ids.dtype}"
+    )
   if segment_ids.shape != x.shape[:2]:
     raise ValueError(
         f"segment_ids must have shape [B, T] = {x.shape[:2]}, "
@@ -132,7 +142,8 @@ def check_per_head(
   shape = np.shape(value)
   if shape not in ((), (heads,)):
     raise ValueError(
-        f"{name} must be a scalar or have shape [{heads}] (one per {unit}), got {name}.shape={shape}"
+        f"{name} must be a scalar or have shape [{heads}] (one per {unit}), "
+        f"got {name}.shape={shape}"
     )
   if nonnegative and is_concrete(value):
     array = np.asarray(value, dtype=np.float64)

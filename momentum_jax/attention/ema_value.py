@@ -6,9 +6,10 @@ arXiv 2212.10559):
 
 The EMA term m_t = Σ_{i<t} η^{t−i} v_i obeys the linear recurrence m_t = η (m_{t−1} + v_{t−1}),
 m_0 = 0, evaluated in O(T) work with ``jax.lax.associative_scan``. It restarts at every segment
-start, ignores ``window`` (it spans the whole past of the segment), and for GQA the EMA of kv head
-j is added to each of its query heads. The EMA term is causal by definition, so ``causal=False``
-raises, and it pairs query t with value t, so it needs S == T. η is fixed (not learned).
+start, ignores ``window`` (it spans the whole past of the segment), and for GQA the EMA of kv
+head j is added to each of its query heads. The EMA term is causal by definition, so
+``causal=False`` raises, and it pairs query t with value t, so it needs S == T. η is fixed (not
+learned).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def _check_ema(q: jax.Array, k: jax.Array, eta: float | jax.Array, causal: bool)
   if not causal:
     raise ValueError("ema_value attention is causal by definition, got causal=False")
   if q.shape[1] != k.shape[1]:
-    raise ValueError(f"ema_value attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}")
+    raise ValueError(
+        f"ema_value attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}"
+    )
   if np.shape(eta) != ():
     raise ValueError(f"eta must be a scalar, got eta.shape={np.shape(eta)}")
   if is_concrete(eta) and not 0 < float(eta) < 1:

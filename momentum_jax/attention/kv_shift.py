@@ -1,4 +1,5 @@
-"""KV-shift attention (Xu et al., "KV Shifting Attention Enhances Language Modeling", arXiv 2411.19574).
+"""KV-shift attention (Xu et al., "KV Shifting Attention Enhances Language Modeling",
+arXiv 2411.19574).
 
 Keys and values are mixed with their previous token before softmax attention:
 
@@ -23,7 +24,9 @@ from momentum_jax.attention.softmax import softmax_attention, softmax_attention_
 def _check_pair(name: str, pair: jax.Array, kv_heads: int) -> None:
   shape = np.shape(pair)
   if shape not in ((2,), (kv_heads, 2)):
-    raise ValueError(f"{name} must have shape [2] or [K, 2] = {(kv_heads, 2)}, got {name}.shape={shape}")
+    raise ValueError(
+        f"{name} must have shape [2] or [K, 2] = {(kv_heads, 2)}, got {name}.shape={shape}"
+    )
 
 
 def _pair_Kx2(pair: jax.Array, kv_heads: int) -> jax.Array:
@@ -38,7 +41,9 @@ def _shift(x_BxSxKxH: jax.Array, pair: jax.Array, segment_ids: jax.Array | None)
   return out.astype(x_BxSxKxH.dtype)
 
 
-def _shift_reference(x_BxSxKxH: jax.Array, pair: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+def _shift_reference(
+    x_BxSxKxH: jax.Array, pair: jax.Array, segment_ids: jax.Array | None
+) -> jax.Array:
   seq, kv_heads = x_BxSxKxH.shape[1:3]
   pair_1xKx1x1x2 = _pair_Kx2(pair, kv_heads)[None, :, None, None, :]
   prev_Bx1xSxS = previous_step_matrix(seq, boundary="zero", segment_ids=segment_ids)[:, None]

@@ -3,6 +3,7 @@
     out_t = Σ_s e^{l_ts} v_s / (e^{sink_n} + Σ_s e^{l_ts}),   l_ts = scale · q_t·k_s + bias_ts
 
 over the keys s visible to query t (causal: s <= t; window w: t - w < s <= t; equal segment ids).
+For S != T the causal mask is aligned at the first position, as in jax.nn.dot_product_attention.
 Without sinks the e^{sink_n} term is absent. Learned sinks as in gpt-oss and StreamingLLM
 (Xiao et al., arXiv 2309.17453). A query row with no visible key (every visible logit is -inf,
 which only an additive ``bias`` can cause) returns zeros, and its gradients are zeros.
@@ -87,22 +88,22 @@ def softmax_attention(
     keep_BxTxNx1 = jnp.transpose(keep_BxNxT, (0, 2, 1))[..., None]
     return out_BxTxNxH * keep_BxTxNx1.astype(out_BxTxNxH.dtype)
 
+  # Sinks: key/value column 0 is zero, its logit 0·scale + bias is sinks[n]; B, T may be 1 here.
   heads = q_BxTxNxH.shape[2]
   pad_S = ((0, 0), (1, 0), (0, 0), (0, 0))
-  k_Bx1SxKxH = jnp.pad(k_BxSxKxH, pad_S)
-  v_Bx1SxKxH = jnp.pad(v_BxSxKxH, pad_S)
-  body = jnp.zeros((1, heads, 1, seq_k), jnp.float32) if bias is None else bias
-  bb, _, bt, _ = body.shape
-  sink_bbxNxbtx1 = jnp.broadcast_to(
-      sinks.astype(jnp.float32)[None, :, None, None], (bb, heads, bt, 1)
-  )
-  body = jnp.broadcast_to(body, (bb, heads, bt, seq_k))
-  bias_1S = jnp.concatenate([sink_bbxNxbtx1, body], axis=-1)
+  k_BxS1xKxH = jnp.pad(k_BxSxKxH, pad_S)
+  v_BxS1xKxH = jnp.pad(v_BxSxKxH, pad_S)
+  bias_BxNxTxS = jnp.zeros((1, heads, 1, seq_k), jnp.float32) if bias is None else bias
+  batch, _, rows, _ = bias_BxNxTxS.shape
+  sink_1xNx1x1 = sinks.astype(jnp.float32)[None, :, None, None]
+  sink_BxNxTx1 = jnp.broadcast_to(sink_1xNx1x1, (batch, heads, rows, 1))
+  bias_BxNxTxS = jnp.broadcast_to(bias_BxNxTxS, (batch, heads, rows, seq_k))
+  bias_BxNxTxS1 = jnp.concatenate([sink_BxNxTx1, bias_BxNxTxS], axis=-1)
   mask = visibility_mask(seq_q, seq_k, causal=causal, window=window, segment_ids=segment_ids)
   if mask is not None:
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (1, 0)), constant_values=True)
   return jax.nn.dot_product_attention(
-      q_BxTxNxH, k_Bx1SxKxH, v_Bx1SxKxH, bias=bias_1S, mask=mask, scale=scale
+      q_BxTxNxH, k_BxS1xKxH, v_BxS1xKxH, bias=bias_BxNxTxS1, mask=mask, scale=scale
   )
 
 

@@ -34,7 +34,8 @@ def test_per_head_gamma_matches_scalar_per_head():
   gamma = jnp.array([0.0, 0.5, 1.0, 2.0])
   out = attn.momentum_shear(x, gamma)
   for n in range(4):
-    np.testing.assert_allclose(out[:, :, n], attn.momentum_shear(x, float(gamma[n]))[:, :, n], rtol=1e-6)
+    single = attn.momentum_shear(x, float(gamma[n]))
+    np.testing.assert_allclose(out[:, :, n], single[:, :, n], rtol=1e-6)
 
 
 @pytest.mark.parametrize("boundary", ["zero", "replicate"])
@@ -42,7 +43,8 @@ def test_segments_restart_the_difference(boundary):
   x = normal(np.random.default_rng(1), 1, 9, 4, 24)
   ids = jnp.array([[3, 3, 3, 3, 7, 7, 1, 1, 1]])
   out = attn.momentum_shear(x, 0.8, boundary=boundary, segment_ids=ids)
-  pieces = [attn.momentum_shear(x[:, a:b], 0.8, boundary=boundary) for a, b in ((0, 4), (4, 6), (6, 9))]
+  pieces = [attn.momentum_shear(x[:, a:b], 0.8, boundary=boundary)
+            for a, b in ((0, 4), (4, 6), (6, 9))]
   np.testing.assert_allclose(out, jnp.concatenate(pieces, axis=1), rtol=1e-6)
 
 
@@ -51,12 +53,14 @@ def test_segments_restart_the_difference(boundary):
 def test_steady_state_gain_and_phase(omega, gamma):
   # x_t = e^{iωt} as a (cos, sin) channel pair: x̂_t = H(e^{iω}) e^{iωt} for t >= 1.
   t = np.arange(33)
-  x = jnp.asarray(np.stack([np.cos(omega * t), np.sin(omega * t)], -1)[None, :, None, :], jnp.float32)
+  x = np.stack([np.cos(omega * t), np.sin(omega * t)], -1)[None, :, None, :]
+  x = jnp.asarray(x, jnp.float32)
   out = np.asarray(attn.momentum_shear(x, gamma), np.float64)[0, 1:, 0]
   response = (out[:, 0] + 1j * out[:, 1]) * np.exp(-1j * omega * t[1:])
   transfer = 1 + gamma * (1 - np.exp(-1j * omega))
   np.testing.assert_allclose(np.abs(response), np.abs(transfer), rtol=1e-5)
-  np.testing.assert_allclose(np.abs(transfer) ** 2, 1 + 2 * gamma * (1 + gamma) * (1 - np.cos(omega)), rtol=1e-12)
+  gain_squared = 1 + 2 * gamma * (1 + gamma) * (1 - np.cos(omega))
+  np.testing.assert_allclose(np.abs(transfer) ** 2, gain_squared, rtol=1e-12)
   phase = np.arctan2(gamma * np.sin(omega), 1 + gamma - gamma * np.cos(omega))
   np.testing.assert_allclose(response, np.abs(transfer) * np.exp(1j * phase), atol=1e-5)
 
@@ -82,7 +86,8 @@ def test_kv_shift_generalises_the_key_shear():
   gamma = 0.6
   shifted = attn.kv_shift_attention(q, k, v, alpha=jnp.array([1 + gamma, -gamma]),
                                     beta=jnp.array([1.0, 0.0]), segment_ids=ids)
-  sheared = attn.softmax_attention(q, attn.momentum_shear(k, gamma, segment_ids=ids), v, segment_ids=ids)
+  k_hat = attn.momentum_shear(k, gamma, segment_ids=ids)
+  sheared = attn.softmax_attention(q, k_hat, v, segment_ids=ids)
   np.testing.assert_allclose(shifted, sheared, rtol=1e-5, atol=1e-6)
 
 

@@ -58,14 +58,14 @@ def test_causal_by_gradient(name, extras):
 def test_jit_and_vmap(name):
   variant = attn.get_attention(name)
   q, k, v = inputs(seq=7)
-  eager = variant.fn(q, k, v, **PARAMS[name])
-  jitted = jit(lambda q, k, v: variant.fn(q, k, v, **PARAMS[name]))(q, k, v)
-  np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-6)
+  fn = functools.partial(variant.fn, **PARAMS[name])
+  jitted = jit(fn)
+  reference = jit(functools.partial(variant.reference, **PARAMS[name]))
+  np.testing.assert_allclose(jitted(q, k, v), reference(q, k, v), rtol=1e-5, atol=1e-6)
   stacked = [jnp.stack([x, x[::-1]]) for x in (q, k, v)]
-  mapped = jit(jax.vmap(lambda q, k, v: variant.fn(q, k, v, **PARAMS[name])))(*stacked)
-  np.testing.assert_allclose(mapped[0], eager, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(mapped[1], variant.fn(q[::-1], k[::-1], v[::-1], **PARAMS[name]),
-                             rtol=1e-5, atol=1e-6)
+  mapped = jit(jax.vmap(fn))(*stacked)
+  np.testing.assert_allclose(mapped[0], jitted(q, k, v), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(mapped[1], jitted(q[::-1], k[::-1], v[::-1]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("with_sinks", [False, True])
@@ -75,11 +75,15 @@ def test_fully_masked_head_has_no_nan(name, with_sinks):
   q, k, v = inputs(seq=7)
   bias = jnp.zeros((1, 4, 7, 7)).at[:, 2].set(-jnp.inf)  # head 2 sees no key at all
   kwargs = dict(PARAMS[name], bias=bias, sinks=jnp.ones(4) if with_sinks else None)
-  loss = lambda fn, q, k, v: jnp.sum(fn(q, k, v, **kwargs) ** 2)
-  for fn in (variant.fn, variant.reference):
+
+  def loss(fn, q, k, v):
     out = fn(q, k, v, **kwargs)
-    grads = jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2)))(q, k, v)
-    assert all(np.isfinite(g).all() for g in grads)
+    return jnp.sum(out**2), out
+
+  for fn in (variant.fn, variant.reference):
+    grad_fn = jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2), has_aux=True)
+    grads, out = jit(grad_fn)(q, k, v)
+    assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads)
     if name == "softmax":
       np.testing.assert_array_equal(out[:, :, 2], 0.0)
       np.testing.assert_array_equal(grads[0][:, :, 2], 0.0)
@@ -88,21 +92,24 @@ def test_fully_masked_head_has_no_nan(name, with_sinks):
 def test_segments_without_causality_are_block_diagonal():
   q, k, v = inputs(seq=7, kv_heads=4)
   ids = jnp.array([[0, 0, 0, 1, 1, 1, 1]] * 2)
-  out = attn.softmax_attention(q, k, v, causal=False, segment_ids=ids)
-  first = attn.softmax_attention(q[:, :3], k[:, :3], v[:, :3], causal=False)
-  second = attn.softmax_attention(q[:, 3:], k[:, 3:], v[:, 3:], causal=False)
+  out = jit(functools.partial(attn.softmax_attention, causal=False, segment_ids=ids))(q, k, v)
+  whole = jit(functools.partial(attn.softmax_attention, causal=False))
+  first, second = whole(q[:, :3], k[:, :3], v[:, :3]), whole(q[:, 3:], k[:, 3:], v[:, 3:])
   np.testing.assert_allclose(out, jnp.concatenate([first, second], axis=1), rtol=1e-5, atol=1e-6)
 
 
 def test_window_one_returns_values():
   q, k, v = inputs(seq=7, kv_heads=4)
-  np.testing.assert_allclose(attn.softmax_attention(q, k, v, window=1), v, rtol=1e-6)
+  out = jit(functools.partial(attn.softmax_attention, window=1))(q, k, v)
+  np.testing.assert_allclose(out, v, rtol=1e-6)
 
 
 def test_ema_value_adds_the_decayed_past():
   q, k, v = inputs(seq=7, kv_heads=4)
   q = jnp.zeros_like(q)  # uniform causal weights: attention is the running mean of values
-  out = attn.ema_value_attention(q, k, v, eta=0.5)
-  running_mean = jnp.cumsum(v, axis=1) / jnp.arange(1, 8)[None, :, None, None]
-  ema = sum(0.5**lag * jnp.pad(v[:, :-lag], ((0, 0), (lag, 0), (0, 0), (0, 0))) for lag in range(1, 7))
+  out = jit(functools.partial(attn.ema_value_attention, eta=0.5))(q, k, v)
+  v64 = np.asarray(v, np.float64)
+  running_mean = np.cumsum(v64, axis=1) / np.arange(1, 8)[None, :, None, None]
+  lagged = lambda lag: np.pad(v64[:, :-lag], ((0, 0), (lag, 0), (0, 0), (0, 0)))
+  ema = sum(0.5**lag * lagged(lag) for lag in range(1, 7))
   np.testing.assert_allclose(out, running_mean + ema, rtol=1e-5, atol=1e-6)

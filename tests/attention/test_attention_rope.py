@@ -44,7 +44,8 @@ def test_preserves_norms_and_dtype():
 def test_default_positions_are_arange():
   x = normal(np.random.default_rng(2), 2, 7, 4, 24)
   np.testing.assert_array_equal(attn.apply_rope(x), attn.apply_rope(x, jnp.arange(7)))
-  np.testing.assert_array_equal(attn.apply_rope(x), attn.apply_rope(x, jnp.tile(jnp.arange(7), (2, 1))))
+  per_batch = jnp.tile(jnp.arange(7), (2, 1))
+  np.testing.assert_array_equal(attn.apply_rope(x), attn.apply_rope(x, per_batch))
   np.testing.assert_array_equal(attn.apply_rope(x, jnp.zeros((2, 7), jnp.int32)), x)
 
 

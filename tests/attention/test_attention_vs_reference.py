@@ -118,7 +118,8 @@ def test_empty_rows_are_zero_with_zero_gradients():
 def test_momentum_with_rope_matches_reference():
   arrays, kwargs = make_case(33, 40, 2, {"segments": True, "sinks": True})
   positions = jnp.broadcast_to(jnp.arange(33) + 5, (B, 33))
-  args = dict(gamma=jnp.array([0.5, 1.5]), boundary="zero", positions=positions, sinks=arrays["sinks"],
+  args = dict(gamma=jnp.array([0.5, 1.5]), boundary="zero", positions=positions,
+              sinks=arrays["sinks"],
               **kwargs)
 
   def loss(fn, q, k, v, gamma):

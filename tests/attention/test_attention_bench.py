@@ -1,0 +1,11 @@
+"""The attention benchmark runs in a tiny configuration."""
+
+from momentum_jax.experiments import bench_attention
+
+
+def test_bench_attention_tiny(capsys):
+  results = bench_attention.main(["--seq-lens", "16", "--batch", "1", "--heads", "2",
+                                  "--head-dim", "8", "--repeats", "1"])
+  assert set(results) == {16}
+  assert all(results[16][name] > 0 for name in bench_attention.CANDIDATES)
+  assert "shear/dpa" in capsys.readouterr().out

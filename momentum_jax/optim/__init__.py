@@ -3,3 +3,14 @@
 SPAM and Stable-SPAM (spike-aware Adam with momentum reset), adaptive memory momentum (AM-SGD,
 AM-AdamW), MKOR (rank-1 K-FAC preconditioning) and momentum (EMA) teachers.
 """
+
+from momentum_jax.optim.adaptive_momentum import (
+    AdaptiveMemoryAdamState,
+    AdaptiveMemoryState,
+    adaptive_memory_beta,
+    adaptive_memory_coefficient,
+    am_adamw,
+    am_sgd,
+    scale_by_adaptive_memory_adam,
+    scale_by_adaptive_memory_momentum,
+)

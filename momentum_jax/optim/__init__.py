@@ -14,3 +14,13 @@ from momentum_jax.optim.adaptive_momentum import (
     scale_by_adaptive_memory_adam,
     scale_by_adaptive_memory_momentum,
 )
+from momentum_jax.optim.teachers import (
+    MomentumQueue,
+    ema_momentum_schedule,
+    ema_update,
+    ema_update_model,
+    momentum_distillation_loss,
+    queue_init,
+    queue_push,
+    queue_valid_mask,
+)

@@ -15,7 +15,7 @@ from momentum_jax.optim.spam import warmup_scale
 
 # Small periods so that a short run crosses several resets: resets at k = 7, 14, 21, 28, 35.
 DELTA_T, WARMUP, ACCU, STEPS = 7, 3, 2, 38
-# Gradients x1000 at these steps: clipping is active at 10, 16, 23, 30 (k % 7 >= 2); at 15 it is not.
+# Gradients x1000 at these steps: clipping is active at 10, 16, 23, 30 (k % 7 >= 2), not at 15.
 SPIKES = (10, 15, 16, 23, 30)
 
 

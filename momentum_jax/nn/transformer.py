@@ -15,6 +15,7 @@ from flax import nnx
 from momentum_jax.attention import apply_rope, get_attention
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.hooks import NO_CAPTURE, NamesFilter, Recorder
+from momentum_jax.nn.layer_stats import Dense
 
 # Variant parameters that are learned per layer rather than fixed in the config:
 # name -> {argument: initial value as a function of num_kv_heads}.
@@ -43,7 +44,7 @@ class Attention(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
     d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
-    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+    dense = lambda i, o: Dense(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
     self.q_proj = dense(d, n * h)
     self.k_proj = dense(d, k * h)
     self.v_proj = dense(d, k * h)
@@ -88,7 +89,7 @@ class Mlp(nnx.Module):
   """GELU MLP: W_out · gelu(W_in · x)."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+    dense = lambda i, o: Dense(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
     self.up = dense(config.d_model, config.mlp_dim)
     self.down = dense(config.mlp_dim, config.d_model)
 
@@ -145,7 +146,7 @@ class Transformer(nnx.Module):
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
                                   dtype=config.compute_dtype, rngs=rngs)
-    self.unembed = None if config.tie_embeddings else nnx.Linear(
+    self.unembed = None if config.tie_embeddings else Dense(
         config.d_model, config.vocab_size, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
 
   def __call__(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,

@@ -190,6 +190,14 @@ def mkor(
   ``optax.apply_if_finite(mkor(inner), max_consecutive_errors=5)`` (it checks the gradients,
   not ``layer_stats``, and forwards ``layer_stats`` to MKOR).
 
+  Differences from the reference implementation: the statistics are clamped after the batch
+  reduction (the reference clamps each token's input and N-scaled output gradient before
+  averaging; the results agree when no token exceeds ``clipping``); factors are float32 (the
+  reference defaults to float16); a non-finite factor is flagged for reset (the reference's
+  ``max > 2`` test is false for NaN, so a NaN factor would persist). Starting from I, F⁻¹ stays
+  in (0, I] in exact arithmetic for damping in [0, 1], so the stabiliser only catches numerical
+  breakdown. Under ``optax.MultiSteps`` the statistics of the last micro-batch are used.
+
   Per step this costs O(d_a² d_out + d_a d_out²) per layer for the preconditioning and, at a
   factor update, O(d_a² + d_out²) for the factors; the state holds d_a² + d_out² float32 per
   layer. Exclude large layers (e.g. a vocabulary-sized output projection) with ``precondition``.

@@ -177,15 +177,20 @@ def _check_learning_rate(learning_rate: Any) -> None:
     raise ValueError(f"learning_rate must be >= 0, got learning_rate={v}")
 
 
+def _compute_dtype(tree: optax.Updates) -> jnp.dtype:
+  """float32, or float64 when the leaves are float64 (bf16/f16 leaves are computed in float32)."""
+  return jnp.result_type(jnp.float32, *(x.dtype for x in jax.tree.leaves(tree)))
+
+
 def _vdot(a: optax.Updates, b: optax.Updates, weight: optax.Updates | None) -> jax.Array:
-  """Sum over all leaves of a * b (* weight), accumulated in float32."""
+  """Sum over all leaves of a * b (* weight), accumulated in at least float32."""
+  acc = _compute_dtype(a)
   if weight is None:
-    terms = jax.tree.map(
-        lambda x, y: jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32)), a, b)
+    terms = jax.tree.map(lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), a, b)
   else:
     terms = jax.tree.map(
-        lambda x, y, w: jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32) * w), a, b, weight)
-  return sum(jax.tree.leaves(terms), jnp.zeros((), jnp.float32))
+        lambda x, y, w: jnp.sum(x.astype(acc) * y.astype(acc) * w), a, b, weight)
+  return sum(jax.tree.leaves(terms), jnp.zeros((), acc))
 
 
 def adaptive_memory_coefficient(
@@ -197,7 +202,7 @@ def adaptive_memory_coefficient(
     memory_plane: MemoryPlane = "previous_loss",
     inv_metric: optax.Updates | None = None,
 ) -> jax.Array:
-  r"""The adaptive momentum coefficient :math:`\beta_t` for one step (float32 scalar).
+  r"""The adaptive momentum coefficient :math:`\beta_t` for one step (a scalar, >= float32).
 
   .. math::
 
@@ -218,7 +223,7 @@ def adaptive_memory_coefficient(
       structure as ``grads``); ``None`` is the Euclidean metric.
 
   Returns:
-    The coefficient, a float32 scalar in :math:`[0, \beta_{\max}]`.
+    The coefficient, a scalar (float32, or float64 for float64 inputs) in :math:`[0, \beta_{\max}]`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -229,18 +234,17 @@ def adaptive_memory_coefficient(
   References:
     Topollai & Choromanska, https://arxiv.org/abs/2510.04988
   """
-  lam = jnp.asarray(lam, jnp.float32)
-  residual = jax.tree.map(lambda d, g: d.astype(jnp.float32) - g.astype(jnp.float32),
-                          direction, grads)
-  damped = jax.tree.map(lambda g, d: g.astype(jnp.float32) + lam * d.astype(jnp.float32),
-                        grads, direction)
+  acc = _compute_dtype(grads)
+  lam = jnp.asarray(lam, acc)
+  residual = jax.tree.map(lambda d, g: d.astype(acc) - g.astype(acc), direction, grads)
+  damped = jax.tree.map(lambda g, d: g.astype(acc) + lam * d.astype(acc), grads, direction)
   rr = _vdot(residual, residual, inv_metric)
   numerator = -_vdot(residual, damped, inv_metric)
   if memory_plane == "previous_loss":
     numerator = numerator + (1.0 + lam) * _vdot(grads, direction, inv_metric)
   positive = rr > 0.0
   ratio = numerator / jnp.where(positive, rr, 1.0)
-  beta = jnp.clip(ratio, 0.0, jnp.asarray(beta_max, jnp.float32))
+  beta = jnp.clip(ratio, 0.0, jnp.asarray(beta_max, acc))
   return jnp.where(positive, beta, 0.0)
 
 
@@ -259,19 +263,21 @@ def _next_direction(
     beta = adaptive_memory_coefficient(
         grads, direction, lam, beta_max, memory_plane=memory_plane, inv_metric=inv_metric)
   else:
-    beta = jnp.asarray(fixed_beta, jnp.float32)
+    beta = jnp.asarray(fixed_beta, _compute_dtype(grads))
+  acc = _compute_dtype(grads)
   first = count == 0
-  beta = jnp.where(first, 0.0, beta)
-  lam = jnp.asarray(lam, jnp.float32)
+  beta = jnp.where(first, 0.0, beta).astype(acc)
+  lam = jnp.asarray(lam, acc)
   keep = (beta + lam) / (1.0 + lam)
   take = (1.0 - beta) / (1.0 + lam)
 
   def leaf(g, d):
-    g32 = g.astype(jnp.float32)
-    new = keep * d.astype(jnp.float32) + take * g32
-    return jnp.where(first, g32, new).astype(d.dtype)
+    g_acc = g.astype(acc)
+    new = keep * d.astype(acc) + take * g_acc
+    return jnp.where(first, g_acc, new).astype(d.dtype)
 
-  return jax.tree.map(leaf, grads, direction), beta
+  # The state keeps beta as a float32 scalar (for logging) whatever the compute dtype.
+  return jax.tree.map(leaf, grads, direction), beta.astype(jnp.float32)
 
 
 def scale_by_adaptive_memory_momentum(
@@ -396,20 +402,20 @@ def scale_by_adaptive_memory_adam(
       updates: optax.Updates, state: AdaptiveMemoryAdamState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, AdaptiveMemoryAdamState]:
     del params
-    b2_ = jnp.asarray(b2, jnp.float32)
+    acc = _compute_dtype(updates)
+    b2_ = jnp.asarray(b2, acc)
     nu = jax.tree.map(
-        lambda n, g: (b2_ * n.astype(jnp.float32)
-                      + (1.0 - b2_) * jnp.square(g.astype(jnp.float32))).astype(n.dtype),
+        lambda n, g: (b2_ * n.astype(acc) + (1.0 - b2_) * jnp.square(g.astype(acc))).astype(
+            n.dtype),
         state.nu, updates)
     count = optax.safe_increment(state.count)
-    correction = 1.0 - b2_ ** count.astype(jnp.float32)
-    inv_metric = jax.tree.map(
-        lambda n: 1.0 / (jnp.sqrt(n.astype(jnp.float32) / correction) + eps), nu)
+    correction = 1.0 - b2_ ** count.astype(acc)
+    inv_metric = jax.tree.map(lambda n: 1.0 / (jnp.sqrt(n.astype(acc) / correction) + eps), nu)
     direction, beta = _next_direction(
         updates, state.direction, state.count, lam, beta_max, memory_plane, fixed_beta,
         inv_metric)
     new_updates = jax.tree.map(
-        lambda d, w, g: (d.astype(jnp.float32) * w).astype(g.dtype), direction, inv_metric,
+        lambda d, w, g: (d.astype(acc) * w).astype(g.dtype), direction, inv_metric,
         updates)
     return new_updates, AdaptiveMemoryAdamState(
         count=count, direction=direction, nu=nu, beta=beta)

@@ -16,6 +16,7 @@ from momentum_jax.optim.adaptive_momentum import (
 )
 from momentum_jax.optim.mkor import MkorHState, MkorLayerState, MkorState, mkor, mkor_h
 from momentum_jax.optim.spam import ScaleBySpamState, scale_by_spam, spam
+from momentum_jax.optim.spikes import InjectGradientSpikesState, inject_gradient_spikes
 from momentum_jax.optim.stable_spam import ScaleByStableSpamState, scale_by_stable_spam, stable_spam
 from momentum_jax.optim.teachers import (
     MomentumQueue,

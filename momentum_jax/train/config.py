@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import optax
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from momentum_jax.optim.adaptive_momentum import am_adamw, am_sgd
+from momentum_jax.optim.spam import spam
+from momentum_jax.optim.spikes import inject_gradient_spikes
+from momentum_jax.optim.stable_spam import stable_spam
+
+# Each optimizer's factory and the factory arguments that TrainConfig fields set ("momentum" is
+# SGD's name for ``b1``). ``learning_rate`` is always the schedule; the rest of the factory's
+# keyword arguments may be given through ``TrainConfig.optimizer_params``.
+_OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], tuple[str, ...]]] = {
+    "adam": (optax.adam, ("b1", "b2")),
+    "adamw": (optax.adamw, ("b1", "b2", "weight_decay")),
+    "sgd": (optax.sgd, ("momentum",)),
+    "spam": (spam, ("b1", "b2", "weight_decay")),
+    "stable_spam": (stable_spam, ("b1", "b2", "weight_decay")),
+    "am_sgd": (am_sgd, ("weight_decay",)),
+    "am_adamw": (am_adamw, ("b2", "weight_decay")),
+}
+OPTIMIZERS = tuple(_OPTIMIZERS)
+_PARAM_TYPES = (bool, int, float, str, type(None))  # JSON scalars: hashable, saved in checkpoints
 
 # Fields that only say how often to evaluate, log or save, or how long to run: changing them
 # between a run and its resumption does not change the trajectory.
@@ -24,12 +44,28 @@ class TrainConfig:
     batch_size: sequences per step; must divide by the mesh's ``"data"`` axis size.
     learning_rate: peak learning rate, reached after ``warmup_steps``.
     optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay, Loshchilov & Hutter,
-      arXiv 1711.05101) or ``"sgd"`` (heavy-ball momentum ``b1``; 0 = plain SGD).
-    b1: first-moment decay (Adam/AdamW) or momentum (SGD), in [0, 1).
-    b2: second-moment decay (Adam/AdamW), in [0, 1).
-    weight_decay: decoupled weight decay, AdamW only (must be 0 for the others).
+      arXiv 1711.05101), ``"sgd"`` (heavy-ball momentum ``b1``; 0 = plain SGD), ``"spam"``
+      (:func:`momentum_jax.optim.spam`), ``"stable_spam"`` (:func:`momentum_jax.optim.stable_spam`),
+      ``"am_sgd"`` or ``"am_adamw"`` (adaptive memory momentum,
+      :func:`momentum_jax.optim.am_sgd` / :func:`momentum_jax.optim.am_adamw`).
+    b1: first-moment decay (Adam, AdamW, SPAM, Stable-SPAM) or momentum (SGD), in [0, 1); unused
+      by ``am_*``, whose momentum is adaptive (cap it with ``optimizer_params={"beta_max": ...}``).
+    b2: second-moment decay (Adam, AdamW, SPAM, Stable-SPAM, AM-AdamW), in [0, 1).
+    weight_decay: weight decay of ``adamw``, ``spam``, ``stable_spam``, ``am_adamw`` (decoupled)
+      and ``am_sgd`` (coupled, an L2 term); must be 0 for the others. The default 0 overrides
+      the 1e-2 default of ``am_adamw``.
+    optimizer_params: further keyword arguments of the optimizer's factory, e.g.
+      ``{"threshold": 5000.0, "reset_interval": 500}`` for SPAM or ``{"beta_max": 0.9}`` for
+      AM-SGD; values are JSON scalars. Stored as a sorted tuple of pairs so the config stays
+      hashable. Arguments that other fields set (``learning_rate``, ``b1``, ``b2``,
+      ``weight_decay``, SGD's ``momentum``) are not accepted here.
     warmup_steps: linear warmup length, 0 = none (see ``make_schedule``).
     grad_clip_norm: clip gradients to this global L2 norm; ``None`` = no clipping.
+    gradient_spikes: 1-indexed steps at which the gradient is multiplied by ``spike_factor``
+      before clipping and the optimizer (:func:`momentum_jax.optim.inject_gradient_spikes`,
+      simulating the loss spikes of the SPAM paper); ``()`` = none. Stored sorted, without
+      duplicates.
+    spike_factor: the multiplier of the spiked gradients.
     eval_every: evaluate every this many steps (0 = only at the end); always at the end.
     eval_batches: held-out batches per evaluation.
     checkpoint_every: save every this many steps (0 = only at the end); always at the end.
@@ -46,6 +82,9 @@ class TrainConfig:
   weight_decay: float = 0.0
   warmup_steps: int = 0
   grad_clip_norm: float | None = None
+  optimizer_params: Any = ()
+  gradient_spikes: tuple[int, ...] = ()
+  spike_factor: float = 1000.0
   eval_every: int = 100
   eval_batches: int = 4
   checkpoint_every: int = 0
@@ -53,6 +92,13 @@ class TrainConfig:
   seed: int = 0
 
   def __post_init__(self):
+    params = self.optimizer_params
+    params = params.items() if isinstance(params, Mapping) else params
+    object.__setattr__(self, "optimizer_params", tuple(sorted(tuple(pair) for pair in params)))
+    object.__setattr__(self, "gradient_spikes", tuple(sorted(set(self.gradient_spikes))))
+    self._validate()
+
+  def _validate(self) -> None:
     def _int(name: str, minimum: int) -> None:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
@@ -77,19 +123,44 @@ class TrainConfig:
         raise ValueError(f"{name} must be in [0, 1), got {name}={getattr(self, name)!r}")
     if not self.weight_decay >= 0.0:
       raise ValueError(f"weight_decay must be >= 0, got weight_decay={self.weight_decay!r}")
-    if self.weight_decay and self.optimizer != "adamw":
+    decayed = tuple(name for name, (_, fields) in _OPTIMIZERS.items() if "weight_decay" in fields)
+    if self.weight_decay and self.optimizer not in decayed:
       raise ValueError(
-          f"weight_decay={self.weight_decay} is only used by optimizer='adamw', got "
+          f"weight_decay={self.weight_decay} is only used by the optimizers {decayed}, got "
           f"optimizer={self.optimizer!r}"
       )
     if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
       raise ValueError(
           f"grad_clip_norm must be None or > 0, got grad_clip_norm={self.grad_clip_norm!r}"
       )
+    bad = [s for s in self.gradient_spikes if not isinstance(s, int) or isinstance(s, bool)
+           or s < 1]
+    if bad:
+      raise ValueError(f"gradient_spikes must be 1-indexed steps (ints >= 1), got {bad} in "
+                       f"gradient_spikes={self.gradient_spikes!r}")
+    if not math.isfinite(self.spike_factor):
+      raise ValueError(f"spike_factor must be finite, got spike_factor={self.spike_factor!r}")
+    self._validate_optimizer_params()
+
+  def _validate_optimizer_params(self) -> None:
+    factory, fields = _OPTIMIZERS[self.optimizer]
+    accepted = sorted(set(inspect.signature(factory).parameters) - {"learning_rate", *fields})
+    unknown = sorted(set(dict(self.optimizer_params)) - set(accepted))
+    if unknown:
+      raise ValueError(
+          f"optimizer_params {unknown} are not accepted by optimizer={self.optimizer!r}; it "
+          f"takes {accepted} (learning_rate and {list(fields)} come from the TrainConfig fields)")
+    bad = [name for name, value in self.optimizer_params if not isinstance(value, _PARAM_TYPES)]
+    if bad:
+      raise ValueError(f"optimizer_params {bad} must be JSON scalars (bool, int, float, str or "
+                       f"None), got optimizer_params={dict(self.optimizer_params)!r}")
+    make_optimizer(self)  # the factory checks the values (its ValueError names the argument)
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-serialisable form."""
-    return dataclasses.asdict(self)
+    """JSON-serialisable form (``optimizer_params`` as a dict)."""
+    d = dataclasses.asdict(self)
+    d["optimizer_params"] = dict(self.optimizer_params)
+    return d
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -104,18 +175,25 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-  """The optimizer of ``cfg``: optional ``clip_by_global_norm``, then Adam / AdamW / SGD.
+  """The optimizer of ``cfg``: ``chain(spikes, clip, optimizer)``, each stage only if configured.
+
+  The optional stages, in order: ``inject_gradient_spikes(gradient_spikes, spike_factor)``, then
+  ``clip_by_global_norm(grad_clip_norm)``, then the optimizer's factory called with the schedule,
+  the config fields it takes and ``optimizer_params``. Without spikes and clipping the optimizer
+  is returned unchained.
 
   Example:
     >>> tx = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.01, warmup_steps=100))
+    >>> tx = make_optimizer(TrainConfig(optimizer="spam", optimizer_params={"threshold": 1e3},
+    ...                                 gradient_spikes=(100, 250)))
   """
-  schedule = make_schedule(cfg)
-  if cfg.optimizer == "adam":
-    tx = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
-  elif cfg.optimizer == "adamw":
-    tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
-  else:
-    tx = optax.sgd(schedule, momentum=cfg.b1 or None)
-  if cfg.grad_clip_norm is None:
-    return tx
-  return optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), tx)
+  factory, fields = _OPTIMIZERS[cfg.optimizer]
+  from_fields = {name: (cfg.b1 or None) if name == "momentum" else getattr(cfg, name)
+                 for name in fields}
+  tx = factory(make_schedule(cfg), **from_fields, **dict(cfg.optimizer_params))
+  stages = []
+  if cfg.gradient_spikes:
+    stages.append(inject_gradient_spikes(cfg.gradient_spikes, cfg.spike_factor))
+  if cfg.grad_clip_norm is not None:
+    stages.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  return optax.chain(*stages, tx) if stages else tx

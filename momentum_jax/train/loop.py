@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+import optax.tree_utils as otu
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -50,8 +51,10 @@ class TrainResult(NamedTuple):
     params: the final ``nnx.Param`` state (a pytree).
     final_eval: held-out ``{"loss", "accuracy"}`` at the final step, as Python floats.
     history: every record of ``metrics.jsonl`` (train records carry ``train_loss``,
-      ``train_accuracy``, ``grad_norm``, ``learning_rate``; eval records ``eval_loss``,
-      ``eval_accuracy``), in order.
+      ``train_accuracy``, ``grad_norm`` (of the raw gradient, before any injected spike or
+      clipping), ``learning_rate``, and ``beta`` when the optimizer state has a field of that
+      name (the adaptive momentum β_t of ``am_sgd`` / ``am_adamw`` after the step);
+      eval records ``eval_loss``, ``eval_accuracy``), in order.
     model: the trained ``Transformer`` (``nnx.merge`` of the final state).
   """
 
@@ -118,6 +121,9 @@ def _train_step(params, opt_state, rest, data_key, step, *, graphdef, cfg, task,
       "grad_norm": optax.tree.norm(grads),
       "learning_rate": schedule(step),
   }
+  beta = otu.tree_get(opt_state, "beta")  # found at trace time, so the choice is static
+  if beta is not None:
+    metrics["beta"] = beta
   return _replicate((params, opt_state, metrics), batch_sharding)
 
 

@@ -1,0 +1,40 @@
+"""The spike-robustness experiment runs end to end in its --quick configuration."""
+
+import json
+
+import pytest
+
+from momentum_jax.experiments.spike_robustness.__main__ import main
+from momentum_jax.experiments.spike_robustness.config import get_config
+
+RUNS = ["adamw_no_spikes", "adamw", "adamw_clip", "spam", "stable_spam"]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
+  summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
+  assert list(summary["results"]) == RUNS
+  saved = json.loads((tmp_path / "results.json").read_text())
+  steps = get_config(quick=True).runs[0][1].steps
+  for result in saved["results"].values():
+    assert 0.0 <= result["eval_accuracy"] <= 1.0
+    assert result["curves"]["steps"] == list(range(1, steps + 1))  # the loss of every step
+    assert result["max_loss_after_spikes"] > 0.0
+  assert saved["spikes"] and "best under spikes" in saved["verdict"]
+  assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+  out = capsys.readouterr().out
+  assert all(name in out for name in RUNS) and "best under spikes" in out
+
+
+def test_default_runs_share_budget_data_and_spikes():
+  config = get_config()
+  runs = dict(config.runs)
+  assert list(runs) == RUNS
+  assert len(config.spikes) == 3 and all(100 <= s <= 600 for s in config.spikes)
+  assert runs["adamw_no_spikes"].gradient_spikes == ()
+  assert {runs[n].gradient_spikes for n in RUNS[1:]} == {config.spikes}
+  for field in ("steps", "batch_size", "learning_rate", "weight_decay", "seed", "spike_factor"):
+    assert len({getattr(cfg, field) for cfg in runs.values()}) == 1, field
+  assert runs["adamw_clip"].grad_clip_norm == 1.0
+  assert [runs[n].optimizer for n in RUNS] == ["adamw"] * 3 + ["spam", "stable_spam"]
+  assert config.model.num_layers == 2 and config.model.d_model == 128 and config.model.mlp_dim

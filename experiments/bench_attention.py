@@ -20,7 +20,7 @@ Hardware and runtime: the defaults (B=4, N=8, H=64, T up to 4096) take about 10 
 Expected result: both programs are the same attention plus a few O(T·H) elementwise fusions, so
 the bytes ratios are about 1.04 / 1.02 / 1.01 (momentum / rope+dpa) and 1.015 / 1.008 / 1.004
 (shear / dpa) at T = 1024 / 2048 / 4096. On a shared 2-core CPU the wall-clock ratios scatter
-around 1.0 with the machine's load (0.72 to 1.19 seen between runs), so time it on an idle
+around 1.0 with the machine's load (0.72 to 1.50 seen between runs), so time it on an idle
 machine and raise ``--repeats`` before reading them.
 """
 

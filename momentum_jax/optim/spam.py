@@ -50,6 +50,17 @@ def _float_dtype() -> jnp.dtype:
   return jnp.result_type(float)
 
 
+def _after(x: jax.Array, dep: jax.Array, always: jax.Array) -> jax.Array:
+  """``x``, computed only once ``dep`` is; ``always`` is a traced scalar that is true at run time.
+
+  XLA:CPU computes each output array in a loop of its own and orders loops only by their data
+  dependencies. When one loop overwrites a donated state buffer in place while another still reads
+  the old contents, it copies the buffer to a fresh allocation first, on every step. Making the
+  overwriting loop depend on the reader's result removes that copy; the value is ``x`` unchanged.
+  """
+  return jnp.where(always, x, jnp.asarray(dep).astype(x.dtype))
+
+
 def warmup_scale(t: jax.Array, warmup_steps: int | jax.Array) -> jax.Array:
   r"""Post-reset cosine warmup factor of SPAM.
 
@@ -258,9 +269,13 @@ def scale_by_spam(
       m = jnp.where(reset, jnp.zeros_like(m), m)
       v = jnp.where(reset, jnp.zeros_like(v), v)
       spike = clip_on & (g * g > threshold * v)
-      g = jnp.where(spike, jnp.sign(g) * jnp.sqrt(threshold * v), g)
-      m = b1 * m + (1.0 - b1) * g
-      v = b2 * v + (1.0 - b2) * g * g
+      clipped = jnp.where(spike, jnp.sign(g) * jnp.sqrt(threshold * v), g)
+      m = b1 * m + (1.0 - b1) * clipped
+      # A clipped entry squares to threshold * v: no square root in the second moment, so the
+      # square root above is only computed where m is, and not materialised for both.
+      v = b2 * v + (1.0 - b2) * jnp.where(spike, threshold * v, g * g)
+      # Old v is read by the first moment above: overwrite it only after that (see `_after`).
+      v = _after(v, m, k > 0)
       u = m / (jnp.sqrt(v) + eps) * factor
       if keep is not None:
         m, v, u = (jnp.where(keep, x, jnp.zeros_like(x)) for x in (m, v, u))

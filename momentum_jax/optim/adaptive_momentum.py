@@ -104,6 +104,8 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
+from momentum_jax.optim.spam import _after
+
 MemoryPlane = Literal["previous_loss", "tangent"]
 _MEMORY_PLANES = ("previous_loss", "tangent")
 
@@ -182,17 +184,6 @@ def _compute_dtype(tree: optax.Updates) -> jnp.dtype:
   return jnp.result_type(jnp.float32, *(x.dtype for x in jax.tree.leaves(tree)))
 
 
-def _vdot(a: optax.Updates, b: optax.Updates, weight: optax.Updates | None) -> jax.Array:
-  """Sum over all leaves of a * b (* weight), accumulated in at least float32."""
-  acc = _compute_dtype(a)
-  if weight is None:
-    terms = jax.tree.map(lambda x, y: jnp.sum(x.astype(acc) * y.astype(acc)), a, b)
-  else:
-    terms = jax.tree.map(
-        lambda x, y, w: jnp.sum(x.astype(acc) * y.astype(acc) * w), a, b, weight)
-  return sum(jax.tree.leaves(terms), jnp.zeros((), acc))
-
-
 def adaptive_memory_coefficient(
     grads: optax.Updates,
     direction: optax.Updates,
@@ -234,14 +225,26 @@ def adaptive_memory_coefficient(
   References:
     Topollai & Choromanska, https://arxiv.org/abs/2510.04988
   """
+  # Both sums come from one two-output reduction per leaf, the numerator's terms combined per
+  # entry, so that a computed ``inv_metric`` is evaluated inline once and never stored.
   acc = _compute_dtype(grads)
   lam = jnp.asarray(lam, acc)
-  residual = jax.tree.map(lambda d, g: d.astype(acc) - g.astype(acc), direction, grads)
-  damped = jax.tree.map(lambda g, d: g.astype(acc) + lam * d.astype(acc), grads, direction)
-  rr = _vdot(residual, residual, inv_metric)
-  numerator = -_vdot(residual, damped, inv_metric)
-  if memory_plane == "previous_loss":
-    numerator = numerator + (1.0 + lam) * _vdot(grads, direction, inv_metric)
+  zero = jnp.zeros((), acc)
+
+  def sums(g, d, w=None):
+    g, d = g.astype(acc), d.astype(acc)
+    r = d - g
+    wr = r if w is None else r * w
+    numerator = -wr * (g + lam * d)
+    if memory_plane == "previous_loss":
+      numerator = numerator + (1.0 + lam) * (g * d if w is None else g * d * w)
+    return jax.lax.reduce((wr * r, numerator), (zero, zero),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1]), tuple(range(g.ndim)))
+
+  trees = (grads, direction) + (() if inv_metric is None else (inv_metric,))
+  leaf_sums = jax.tree.leaves(jax.tree.map(sums, *trees), is_leaf=lambda x: isinstance(x, tuple))
+  rr = sum((x[0] for x in leaf_sums), zero)
+  numerator = sum((x[1] for x in leaf_sums), zero)
   positive = rr > 0.0
   ratio = numerator / jnp.where(positive, rr, 1.0)
   beta = jnp.clip(ratio, 0.0, jnp.asarray(beta_max, acc))
@@ -410,13 +413,16 @@ def scale_by_adaptive_memory_adam(
         state.nu, updates)
     count = optax.safe_increment(state.count)
     correction = 1.0 - b2_ ** count.astype(acc)
-    inv_metric = jax.tree.map(lambda n: 1.0 / (jnp.sqrt(n.astype(acc) / correction) + eps), nu)
+    inv_metric = lambda n: 1.0 / (jnp.sqrt(n.astype(acc) / correction) + eps)
     direction, beta = _next_direction(
         updates, state.direction, state.count, lam, beta_max, memory_plane, fixed_beta,
-        inv_metric)
+        jax.tree.map(inv_metric, nu))
+    # The inverse metric costs a square root and a division per entry: XLA:CPU would store it
+    # rather than recompute it in both the reduction above and the update below. Reading the
+    # second moments through `_after` here gives the update its own copy of the expression.
     new_updates = jax.tree.map(
-        lambda d, w, g: (d.astype(acc) * w).astype(g.dtype), direction, inv_metric,
-        updates)
+        lambda d, n, g: (d.astype(acc) * inv_metric(_after(n, beta, count > 0))).astype(g.dtype),
+        direction, nu, updates)
     return new_updates, AdaptiveMemoryAdamState(
         count=count, direction=direction, nu=nu, beta=beta)
 

@@ -17,11 +17,21 @@ attention-only, RoPE, RMS-normalised residual): 1-layer softmax, 1-layer momentu
 Command:   python -m momentum_jax.experiments.single_layer_induction
            (add --quick for a <1 minute smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores), float32.
-Runtime:   see RESULT below.
+Runtime:   7.9 min wall on a 2-core CPU shared with other jobs (load average 3-4); 38-125 s
+           per model. --quick: about 20 s.
 Targets:   best 1-layer momentum >= 80 %, 1-layer softmax <= 20 %, 2-layer softmax >= 95 %.
 
-RESULT (CPU, 2 cores, default config; filled in from the run recorded in the issue note):
-  pending first full run.
+RESULT (CPU, 2 cores, default config, seed 0; two runs gave identical numbers):
+  model               held-out acc   loss
+  softmax_1L              10.0 %    2.934
+  momentum_1L_g0.1        88.8 %    0.413
+  momentum_1L_g0.25       95.1 %    0.193
+  momentum_1L_g0.5        97.2 %    0.101   <- best 1-layer momentum
+  momentum_1L_g1          94.7 %    0.209
+  momentum_1L_g2          74.2 %    1.097
+  softmax_2L             100.0 %    0.001
+  All three targets met. The γ optimum for one layer at this scale is ~0.5, far below the
+  paper's γ*(1) = 4.17: large γ multiplies high-frequency q·k by up to (1+2γ)² (spec §3).
 """
 
 from __future__ import annotations

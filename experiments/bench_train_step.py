@@ -8,7 +8,8 @@ Three Adam train steps on one fixed batch, measured side by side in one run:
   nnx       the trainer's step: ``nnx.split`` once, ``nnx.merge`` inside a plain ``jax.jit``;
   nnx.jit   ``nnx.jit`` over the model and an ``nnx.Optimizer`` (NNX's graph traversal each step).
 The pure forward is first checked to give the NNX model's loss. Method: jit, two warm-up calls,
-then the median wall time of ``--repeats`` calls, each blocked until ready.
+then the median wall time of ``--repeats`` calls, each blocked until ready, the three candidates
+interleaved call by call so that background load falls on all alike.
 """
 
 from __future__ import annotations
@@ -64,15 +65,18 @@ def pure_forward(params: dict, tokens_BxT: jax.Array, cfg: TransformerConfig) ->
   return x @ params["embed"]["embedding"].T
 
 
-def _median_seconds(step: Callable[[], object], repeats: int) -> float:
-  for _ in range(2):
-    jax.block_until_ready(step())
-  times = []
+def _median_seconds(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Median wall time per candidate, calls interleaved so that background load hits all alike."""
+  for step in steps.values():
+    for _ in range(2):
+      jax.block_until_ready(step())
+  times = {name: [] for name in steps}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for name, step in steps.items():
+      start = time.perf_counter()
+      jax.block_until_ready(step())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
@@ -126,12 +130,11 @@ def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
     grads = nnx.grad(lambda m: masked_cross_entropy(m(batch.tokens), batch))(model)
     optimizer.update(model, grads)
 
-  return {
-      "pure": _median_seconds(call("pure", pure_step), repeats),
-      "nnx": _median_seconds(call("nnx", nnx_step), repeats),
-      "nnx.jit": _median_seconds(lambda: nnx_jit_step(model, optimizer) or
-                                 nnx.state(model, nnx.Param), repeats),
-  }
+  return _median_seconds({
+      "pure": call("pure", pure_step),
+      "nnx": call("nnx", nnx_step),
+      "nnx.jit": lambda: nnx_jit_step(model, optimizer) or nnx.state(model, nnx.Param),
+  }, repeats)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:

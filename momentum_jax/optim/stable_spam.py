@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from momentum_jax.optim.spam import (
-    ScalarOrSchedule, _check, _check_beta, _check_count, _check_learning_rate, _float_dtype)
+    ScalarOrSchedule, _after, _check, _check_beta, _check_count, _check_learning_rate, _float_dtype)
 
 
 class ScaleByStableSpamState(NamedTuple):
@@ -172,29 +172,47 @@ def scale_by_stable_spam(
 
     def leaf(g, m, v, max_abs, norm_mu, norm_nu):
       dtype = _stat_dtype(g)
-      x = g.astype(dtype)
+      mu_type = g.dtype if mu_dtype is None else mu_dtype
       # AdaClip: rescale entries above the bias-corrected running max of |g|.
-      peak = jnp.max(jnp.abs(x), initial=0.0)
+      peak = jnp.max(jnp.abs(g.astype(dtype)), initial=0.0)
       max_abs = gamma3 * max_abs + (1.0 - gamma3) * peak
       limit = max_abs / (1.0 - gamma3**jf)
-      spike = jnp.abs(x) > limit
-      x = jnp.where(spike, x / jnp.where(peak > 0, peak, 1.0) * limit, x)
+      shrink = limit / jnp.where(peak > 0, peak, 1.0)
+
+      def clipped(g):
+        x = g.astype(dtype)
+        return jnp.where((x > limit) | (-x > limit), x * shrink, x)
+
       # AdaGN: give the gradient the norm mu_hat / (sqrt(nu_hat) + eps) of its running statistics.
-      norm = jnp.sqrt(jnp.sum(x * x))
+      norm = jnp.sqrt(jnp.sum(jnp.square(clipped(g))))
       norm_mu = g1 * norm_mu + (1.0 - g1) * norm
       norm_nu = gamma2 * norm_nu + (1.0 - gamma2) * norm * norm
       target = (norm_mu / (1.0 - g1**jf)) / (jnp.sqrt(norm_nu / (1.0 - gamma2**jf)) + eps)
-      x = jnp.where(norm > 0, x / jnp.where(norm > 0, norm, 1.0) * target, x)
-      # Adam on the moments held so far; a reset zeroes them only for the next step.
-      x = x.astype(g.dtype)
-      m = beta1 * m + (1.0 - beta1) * x
-      v = b2 * v + (1.0 - b2) * x * x
-      u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
-      m = jnp.where(reset, jnp.zeros_like(m), m)
-      v = jnp.where(reset, jnp.zeros_like(v), v)
-      mu_type = g.dtype if mu_dtype is None else mu_dtype
-      return (u.astype(g.dtype), m.astype(mu_type), v.astype(g.dtype),
-              max_abs.astype(dtype), norm_mu.astype(dtype), norm_nu.astype(dtype))
+      scale = jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1.0), 1.0)
+
+      # The normalised gradient is cheap elementwise work: each consumer below recomputes it.
+      def normalised(g):
+        return (clipped(g) * scale).astype(g.dtype)
+
+      def first(g, m):
+        return beta1 * m + (1.0 - beta1) * normalised(g)
+
+      def second(g, v):
+        x = normalised(g)
+        return b2 * v + (1.0 - b2) * x * x
+
+      # Adam on the moments held so far; a reset zeroes them only for the next step. The update
+      # reads the old moments, so it is computed (and stored) first, and the moments are
+      # overwritten in place only once it exists (see `_after`): no copy of them is made.
+      u = (first(g, m).astype(mu_type) / bc1) / (
+          jnp.sqrt(second(g, v).astype(g.dtype)) / jnp.sqrt(bc2) + eps)
+      u = u.astype(g.dtype)
+      # One entry of the update orders the writes: a scalar, so they read nothing more.
+      done = u.reshape(-1)[:1].reshape(()) if u.size else jnp.zeros((), u.dtype)
+      always = k > 0
+      m = _after(jnp.where(reset, jnp.zeros_like(m), first(g, m)).astype(mu_type), done, always)
+      v = _after(jnp.where(reset, jnp.zeros_like(v), second(g, v)).astype(g.dtype), done, always)
+      return u, m, v, max_abs.astype(dtype), norm_mu.astype(dtype), norm_nu.astype(dtype)
 
     out = jax.tree.map(
         leaf, updates, state.mu, state.nu, state.max_abs, state.norm_mu, state.norm_nu)

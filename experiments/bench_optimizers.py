@@ -4,8 +4,9 @@
 
 The parameter pytree has transformer shapes (token embedding, per layer q/k/v/o [D, D], MLP
 [D, 4D] and [4D, D], RMSNorm scales): about 31M parameters at the defaults. Each optimiser's
-``update`` + ``apply_updates`` is jitted with donated buffers; two warm-up calls, then the median
-of ``--repeats`` calls, each blocked until ready. MKOR (inner AdamW) is timed over whole
+``update`` + ``apply_updates`` is jitted with donated buffers; two warm-up calls each, then
+``--repeats`` rounds in which every optimiser is called once in turn, each call blocked until
+ready, so that background load drifts onto all of them alike; the median per optimiser. MKOR (inner AdamW) is timed over whole
 ``inv_freq`` cycles and reported per step (amortised), with its layer statistics given as inputs.
 """
 
@@ -52,20 +53,9 @@ def mkor_layer_stats(params: dict, key: jax.Array) -> dict:
   return stats
 
 
-def _median_seconds(step: Callable[[], object], repeats: int) -> float:
-  for _ in range(2):
-    jax.block_until_ready(step())
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(step())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
-def time_update(tx: optax.GradientTransformation, params: dict, grads: dict, repeats: int,
-                steps_per_call: int = 1, **extra_args) -> float:
-  """Median seconds per optimiser step (``steps_per_call`` steps fused in one jitted call)."""
+def update_step(tx: optax.GradientTransformation, params: dict, grads: dict,
+                steps_per_call: int = 1, **extra_args) -> Callable[[], object]:
+  """A call running ``steps_per_call`` optimiser steps in one jitted, buffer-donating call."""
 
   def run(params, state, grads):
     def body(_, carry):
@@ -81,7 +71,21 @@ def time_update(tx: optax.GradientTransformation, params: dict, grads: dict, rep
     carry[:] = run(*carry, grads)
     return carry
 
-  return _median_seconds(call, repeats) / steps_per_call
+  return call
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+  """Median seconds per call of each candidate, the candidates called in turn ``repeats`` times."""
+  for call in calls.values():
+    for _ in range(2):
+      jax.block_until_ready(call())
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -101,15 +105,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
   print(f"backend={jax.default_backend()} params={n_params / 1e6:.1f}M repeats={args.repeats}")
 
   lr = 1e-3
-  seconds = {
-      "adamw": time_update(optax.adamw(lr), params, grads, args.repeats),
-      "spam": time_update(spam(lr), params, grads, args.repeats),
-      "stable_spam": time_update(stable_spam(lr), params, grads, args.repeats),
-      "am_adamw": time_update(am_adamw(lr), params, grads, args.repeats),
-      "mkor (amortised)": time_update(
-          mkor(optax.adamw(lr), inv_freq=args.inv_freq), params, grads, args.repeats,
+  steps = {"mkor (amortised)": args.inv_freq}
+  calls = {
+      "adamw": update_step(optax.adamw(lr), params, grads),
+      "spam": update_step(spam(lr), params, grads),
+      "stable_spam": update_step(stable_spam(lr), params, grads),
+      "am_adamw": update_step(am_adamw(lr), params, grads),
+      "mkor (amortised)": update_step(
+          mkor(optax.adamw(lr), inv_freq=args.inv_freq), params, grads,
           steps_per_call=args.inv_freq, layer_stats=mkor_layer_stats(params, key_s)),
   }
+  seconds = {name: t / steps.get(name, 1)
+             for name, t in interleaved_medians(calls, args.repeats).items()}
   print(f"{'optimizer':<18}{'ms/step':>10}{'vs adamw':>10}{'target':>9}")
   ratios = {}
   for name, t in seconds.items():

@@ -1,7 +1,5 @@
 """SPAM against a NumPy float64 oracle of the reference, plus the optax contract."""
 
-import doctest
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -237,9 +235,3 @@ def test_default_spam_on_empty_and_none_leaves_and_under_multisteps():
       updates, state = update(params, state, params)
     assert updates["empty"] == {} and updates["none"] is None
     assert np.all(np.isfinite(np.asarray(updates["w"])))
-
-
-def test_docstring_examples():
-  module = importlib.import_module("momentum_jax.optim.spam")
-  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-  assert result.attempted > 0 and result.failed == 0

@@ -1,6 +1,5 @@
 """inject_gradient_spikes: exact values at the spike steps, the count, dtypes, jit, validation."""
 
-import doctest
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from momentum_jax.optim import inject_gradient_spikes, spikes
+from momentum_jax.optim import inject_gradient_spikes
 
 
 def _run(tx, grads, steps, jit=False):
@@ -73,8 +72,3 @@ def test_state_carries_the_step_across_a_restart():
 def test_bad_arguments_raise(steps, factor, match):
   with pytest.raises(ValueError, match=match):
     inject_gradient_spikes(steps, factor)
-
-
-def test_docstring_examples_run():
-  result = doctest.testmod(spikes)
-  assert result.attempted > 0 and result.failed == 0

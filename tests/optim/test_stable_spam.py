@@ -1,8 +1,5 @@
 """Stable-SPAM against a NumPy float64 oracle of the reference, plus the optax contract."""
 
-import doctest
-import importlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -177,9 +174,3 @@ def test_default_stable_spam_on_empty_and_none_leaves_and_under_multisteps():
       updates, state = update(params, state, params)
     assert updates["empty"] == {} and updates["none"] is None
     assert np.all(np.isfinite(np.asarray(updates["w"])))
-
-
-def test_docstring_examples():
-  module = importlib.import_module("momentum_jax.optim.stable_spam")
-  result = doctest.testmod(module)
-  assert result.attempted > 0 and result.failed == 0

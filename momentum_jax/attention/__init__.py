@@ -1,13 +1,18 @@
 """Pure attention functions in the layout of ``jax.nn.dot_product_attention`` and their registry.
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
-package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"`` and ``"ema_value"``.
+package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"`` and
+``"lightning"``.
 """
 
 import functools
 
 from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
 from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
+from momentum_jax.attention.lightning import (
+    alibi_slopes, lightning_attention, lightning_attention_reference,
+)
+from momentum_jax.attention.linear import linear_attention, linear_attention_reference
 from momentum_jax.attention.momentum import (
     momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
 )
@@ -34,9 +39,20 @@ register_attention(
     "ema_value",
     AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",)),
 )
+register_attention(
+    "linear",
+    AttentionVariant(linear_attention, linear_attention_reference,
+                     params=("feature_map", "eps", "block_size")),
+)
+register_attention(
+    "lightning",
+    AttentionVariant(lightning_attention, lightning_attention_reference,
+                     params=("decay", "block_size")),
+)
 
 __all__ = [
     "AttentionVariant",
+    "alibi_slopes",
     "apply_rope",
     "available_attention",
     "ema_value_attention",
@@ -44,6 +60,10 @@ __all__ = [
     "get_attention",
     "kv_shift_attention",
     "kv_shift_attention_reference",
+    "lightning_attention",
+    "lightning_attention_reference",
+    "linear_attention",
+    "linear_attention_reference",
     "momentum_attention",
     "momentum_attention_reference",
     "momentum_shear",

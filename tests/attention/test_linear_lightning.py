@@ -16,6 +16,7 @@ import pytest
 from flax import nnx
 
 import momentum_jax.attention as attn
+from momentum_jax.experiments import bench_linear_attention
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
@@ -234,3 +235,13 @@ def test_registry_and_transformer_forward():
     model = Transformer(cfg, rngs=nnx.Rngs(0))
     logits = model(jnp.zeros((2, 12), jnp.int32))
     assert logits.shape == (2, 12, 32) and np.isfinite(logits).all()
+
+
+def test_bench_linear_attention_tiny(capsys):
+  results = bench_linear_attention.main([
+      "--seq-lens", "8", "16", "--dense-seq-lens", "16", "--memory-seq-len", "16", "--heads", "2",
+      "--head-dim", "8", "--block-size", "4", "--repeats", "1"])
+  assert set(results["times"]) == {8, 16}
+  assert {"lightning x2", "linear x2", "dense/lightning"} <= set(results["times"][16])
+  assert results["memory"]["dense"] > 0 and results["memory"]["lightning/dense"] > 0
+  assert "dense/lightning" in capsys.readouterr().out

@@ -6,7 +6,6 @@ fixed b1 on a small transformer. Writes tables, JSON and one figure.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -24,6 +23,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
 from momentum_jax.experiments.adaptive_momentum.config import (  # noqa: E402
     TARGET_ACCURACY,
     TARGET_LOSS_RATIO,
@@ -195,16 +195,8 @@ def _verdicts(quad: dict, nets: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke configuration (<1 min)")
-  parser.add_argument("--output-dir", default="runs/adaptive_momentum",
-                      help="where checkpoints, metrics, results.json and the plot go")
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-  args = parser.parse_args(argv)
-
+  args, out_dir = parse_experiment_args(argv, __doc__, "adaptive_momentum")
   config = get_config(quick=args.quick)
-  out_dir = pathlib.Path(args.output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   total = time.perf_counter()
   quad = run_quadratic(config.quadratic)
   quad_seconds = time.perf_counter() - total
@@ -214,8 +206,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     start = time.perf_counter()
     result = train(config.model, train_config, config.task, out_dir / name,
                    progress=not args.no_progress)
-    history = [json.loads(line)
-               for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+    history = result.history
     loss_steps, train_loss = _history_series(history, "train_loss")
     beta_steps, beta = _history_series(history, "beta")
     eval_steps, eval_acc = _history_series(history, "eval_accuracy")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
@@ -16,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
 from momentum_jax.experiments.single_layer_induction.config import get_config  # noqa: E402
 from momentum_jax.train import train  # noqa: E402
 
@@ -23,14 +23,9 @@ TARGETS = {"momentum_1L (best)": (">=", 0.80), "softmax_1L": ("<=", 0.20),
            "softmax_2L": (">=", 0.95)}
 
 
-def _eval_curve(metrics_path: pathlib.Path) -> tuple[list[int], list[float]]:
-  steps, accs = [], []
-  for line in metrics_path.read_text().splitlines():
-    record = json.loads(line)
-    if "eval_accuracy" in record:
-      steps.append(record["step"])
-      accs.append(record["eval_accuracy"])
-  return steps, accs
+def _eval_curve(history: list[dict]) -> tuple[list[int], list[float]]:
+  evals = [record for record in history if "eval_accuracy" in record]
+  return [r["step"] for r in evals], [r["eval_accuracy"] for r in evals]
 
 
 def _check(results: dict[str, dict]) -> dict[str, dict]:
@@ -62,22 +57,14 @@ def _plot(results: dict[str, dict], path: pathlib.Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke configuration (<1 min)")
-  parser.add_argument("--output-dir", default="runs/single_layer_induction",
-                      help="where checkpoints, metrics, results.json and the plot go")
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-  args = parser.parse_args(argv)
-
+  args, out_dir = parse_experiment_args(argv, __doc__, "single_layer_induction")
   config = get_config(quick=args.quick)
-  out_dir = pathlib.Path(args.output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   results: dict[str, dict] = {}
   for name, model_config in config.models:
     start = time.perf_counter()
     result = train(model_config, config.train, config.task, out_dir / name,
                    progress=not args.no_progress)
-    steps, accs = _eval_curve(out_dir / name / "metrics.jsonl")
+    steps, accs = _eval_curve(result.history)
     results[name] = {
         "eval_accuracy": float(result.final_eval["accuracy"]),
         "eval_loss": float(result.final_eval["loss"]),

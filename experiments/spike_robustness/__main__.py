@@ -6,7 +6,6 @@ plot.
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import time
@@ -17,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
 from momentum_jax.experiments.spike_robustness.config import (  # noqa: E402
     SPIKE_FACTOR,
     WINDOW,
@@ -80,16 +80,8 @@ def _verdict(results: dict[str, dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--quick", action="store_true", help="tiny smoke configuration (<1 min)")
-  parser.add_argument("--output-dir", default="runs/spike_robustness",
-                      help="where checkpoints, metrics, results.json and the plot go")
-  parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
-  args = parser.parse_args(argv)
-
+  args, out_dir = parse_experiment_args(argv, __doc__, "spike_robustness")
   config = get_config(quick=args.quick)
-  out_dir = pathlib.Path(args.output_dir)
-  out_dir.mkdir(parents=True, exist_ok=True)
   total = time.perf_counter()
   results: dict[str, dict] = {}
   for name, train_config in config.runs:

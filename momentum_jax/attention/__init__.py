@@ -1,8 +1,8 @@
 """Pure attention functions in the layout of ``jax.nn.dot_product_attention`` and their registry.
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
-package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"`` and
-``"lightning"``.
+package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
+``"lightning"`` and ``"sigmoid"``.
 """
 
 import functools
@@ -20,6 +20,7 @@ from momentum_jax.attention.registry import (
     AttentionVariant, available_attention, get_attention, register_attention,
 )
 from momentum_jax.attention.rope import apply_rope, rope_frequencies
+from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 
 register_attention("softmax", AttentionVariant(softmax_attention, softmax_attention_reference))
@@ -49,6 +50,11 @@ register_attention(
     AttentionVariant(lightning_attention, lightning_attention_reference,
                      params=("decay", "block_size")),
 )
+register_attention(
+    "sigmoid",
+    AttentionVariant(sigmoid_attention, sigmoid_attention_reference,
+                     params=("sigmoid_bias", "normalize", "block_size")),
+)
 
 __all__ = [
     "AttentionVariant",
@@ -70,6 +76,8 @@ __all__ = [
     "momentum_shear_reference",
     "register_attention",
     "rope_frequencies",
+    "sigmoid_attention",
+    "sigmoid_attention_reference",
     "softmax_attention",
     "softmax_attention_reference",
 ]

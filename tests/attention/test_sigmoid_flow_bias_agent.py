@@ -1,0 +1,160 @@
+"""Sigmoid, flow, FlashBias and agent attention: fast forms against their explicit references
+(outputs and every gradient), causality by gradient, bf16, jit, large logits and validation.
+
+The fast-versus-reference comparisons run in float64 (``jax.enable_x64``): at T = 1 normalised
+rows have gradients that are pure rounding noise in float32. Float32 is checked separately.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import momentum_jax.attention as attn
+from momentum_jax.nn import Transformer, TransformerConfig
+
+B, N = 2, 4
+TOL = 1e-5
+
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+# (T, H, K): odd lengths, head dims not a power of two, GQA 4:2 and 4:4.
+CASES = [(1, 24, 2), (7, 40, 4), (33, 24, 2)]
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def normal(rng, *shape, dtype=jnp.float32, std=1.0):
+  return jnp.asarray(std * rng.standard_normal(shape), dtype)
+
+
+def make_qkv(seq, head_dim, kv_heads, dtype=jnp.float32, seed=0, seq_k=None):
+  rng = np.random.default_rng(seed)
+  seq_k = seq if seq_k is None else seq_k
+  return {"q": normal(rng, B, seq, N, head_dim, dtype=dtype),
+          "k": normal(rng, B, seq_k, kv_heads, head_dim, dtype=dtype),
+          "v": normal(rng, B, seq_k, kv_heads, head_dim, dtype=dtype)}
+
+
+def compare(name, diff, tol=TOL, **kwargs):
+  """Fast form vs reference: output and the gradient of every array in ``diff``."""
+  variant = attn.get_attention(name)
+  cotangent = normal(np.random.default_rng(9), *diff["q"].shape[:3], diff["v"].shape[3])
+
+  def loss(fn, d):
+    extra = {key: val for key, val in d.items() if key not in ("q", "k", "v")}
+    out = fn(d["q"], d["k"], d["v"], **extra, **kwargs)
+    return jnp.sum(out.astype(jnp.float32) * cotangent), out
+
+  (_, out), grads = jit(jax.value_and_grad(lambda d: loss(variant.fn, d), has_aux=True))(diff)
+  (_, ref), grads_ref = jit(
+      jax.value_and_grad(lambda d: loss(variant.reference, d), has_aux=True))(diff)
+  assert out.dtype == ref.dtype == diff["q"].dtype
+  assert np.isfinite(out).all() and rel_err(out, ref) <= tol, rel_err(out, ref)
+  for arg in diff:
+    assert np.isfinite(grads[arg]).all(), arg
+    assert rel_err(grads[arg], grads_ref[arg]) <= tol, (arg, rel_err(grads[arg], grads_ref[arg]))
+  return out, grads
+
+
+def causal_by_gradient(fn, arrays, seq):
+  per_t = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32), axis=(0, 2, 3))
+  for jac_TxBxSxKxH in jit(jax.jacrev(per_t, argnums=(0, 1, 2)))(*arrays.values()):
+    jac = np.asarray(jac_TxBxSxKxH)
+    assert jac.any()
+    for t in range(seq):
+      assert not jac[t, :, t + 1:].any(), t
+
+
+# ---------------------------------------------------------------------------------------------
+# sigmoid
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("kwargs", [
+    {"causal": True, "block_size": 5},
+    {"causal": False, "block_size": 64, "normalize": True},
+    {"causal": True, "window": 3, "block_size": 4, "sigmoid_bias": -1.5},
+], ids=["causal", "normalized", "window"])
+def test_sigmoid_matches_reference_x64(case, kwargs):
+  with jax.enable_x64(True):
+    compare("sigmoid", make_qkv(*case, dtype=jnp.float64), **kwargs)
+
+
+def test_sigmoid_segments_bias_and_cross_lengths():
+  with jax.enable_x64(True):
+    diff = make_qkv(11, 24, 2, dtype=jnp.float64)
+    ids = jnp.asarray(np.repeat([[0] * 4 + [1] * 7], B, axis=0))
+    diff["bias"] = normal(np.random.default_rng(3), N, 11, 11, dtype=jnp.float64)
+    compare("sigmoid", diff, segment_ids=ids, block_size=3)
+    diff = make_qkv(5, 24, 2, dtype=jnp.float64, seq_k=13)
+    diff["bias"] = normal(np.random.default_rng(4), B, 1, 5, 13, dtype=jnp.float64)
+    compare("sigmoid", diff, causal=False, block_size=4, normalize=True)
+
+
+def test_sigmoid_float32_matches_reference():
+  compare("sigmoid", make_qkv(33, 40, 2), tol=1e-5, block_size=8)
+  compare("sigmoid", make_qkv(33, 40, 2), tol=1e-4, causal=False, normalize=True)
+
+
+def test_sigmoid_reference_matches_numpy():
+  arrays = make_qkv(7, 24, 2)
+  q, k, v = (np.asarray(arrays[n], np.float64) for n in "qkv")
+  expected = np.zeros_like(q)
+  for b in range(B):
+    for n in range(N):
+      for t in range(7):
+        logits = k[b, :t + 1, n // 2] @ q[b, t, n] / np.sqrt(24) - np.log(7)
+        expected[b, t, n] = (1 / (1 + np.exp(-logits))) @ v[b, :t + 1, n // 2]
+  out, scores, weights = attn.sigmoid_attention_reference(*arrays.values(), return_weights=True)
+  assert rel_err(out, expected) <= TOL
+  assert np.isneginf(scores[0, 0, 0, 1]) and weights[0, 0, 0, 1] == 0
+  assert rel_err(attn.sigmoid_attention(*arrays.values(), block_size=3), expected) <= TOL
+
+
+def test_sigmoid_causal_by_gradient():
+  arrays = make_qkv(9, 24, 2)
+  causal_by_gradient(functools.partial(attn.sigmoid_attention, block_size=4), arrays, 9)
+
+
+def test_sigmoid_bf16_and_large_logits():
+  arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
+  fn = functools.partial(attn.sigmoid_attention, block_size=8)
+  out = jit(fn)(*arrays.values())
+  ref = attn.sigmoid_attention_reference(*arrays.values())
+  assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
+  arrays = make_qkv(33, 40, 2)
+  big = {n: x * (1e2 if n in "qk" else 1.0) for n, x in arrays.items()}  # logits ~ ±1e4
+  for norm in (False, True):
+    loss = lambda q, k, v: jnp.mean(fn(q, k, v, normalize=norm))
+    grads = jit(jax.grad(loss, argnums=(0, 1, 2)))(*big.values())
+    assert all(np.isfinite(g).all() for g in grads)
+
+
+def test_sigmoid_in_transformer():
+  config = TransformerConfig(vocab_size=32, context_len=16, num_layers=1, d_model=32,
+                             num_heads=4, num_kv_heads=2, attention="sigmoid",
+                             attention_params={"normalize": True})
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  logits = model(jnp.zeros((2, 16), jnp.int32))
+  assert logits.shape == (2, 16, 32) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("fn", [attn.sigmoid_attention, attn.sigmoid_attention_reference],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kwargs,message", [
+    ({"sinks": jnp.zeros(4)}, "sinks.shape=(4,)"),
+    ({"sigmoid_bias": jnp.zeros(2)}, "sigmoid_bias.shape=(2,)"),
+    ({"block_size": 0}, "block_size=0"),
+    ({"bias": jnp.zeros((3, 7))}, "bias.shape=(3, 7)"),
+])
+def test_sigmoid_validation(fn, kwargs, message):
+  q, k, v = make_qkv(7, 24, 2).values()
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    fn(q, k, v, **kwargs)

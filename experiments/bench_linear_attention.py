@@ -14,7 +14,9 @@ Then the compiled peak memory of each forward + backward at ``--memory-seq-len``
 ``memory_analysis()`` (arguments + outputs + temporaries; compile only, dense is never run there),
 and lightning / dense and linear / dense (target < 0.25). Method: jit, one warm-up call, then the
 median of ``--repeats`` calls, each blocked until ready, the candidates interleaved call by call so
-that background load falls on all alike.
+that background load falls on all alike; each timed call follows an untimed call of the same
+candidate, because right after dense has freed its gigabytes the next candidate pays for fresh
+pages (lightning measured 2-3× slower at T = 4096 and 8192 without it).
 
 Hardware and runtime: the defaults take several minutes on a 2-core CPU, most of it in dense at
 T = 8192 (about 20 s per call; dense runs out of memory at T = 16384: its T×T logits and their
@@ -65,7 +67,8 @@ def _inputs(seq_len: int, batch: int, heads: int, head_dim: int) -> tuple[jax.Ar
 
 def time_step(names: Sequence[str], seq_len: int, batch: int, heads: int, head_dim: int,
               block_size: int, repeats: int) -> dict[str, float]:
-  """Median seconds of one forward + backward for each named candidate, interleaved."""
+  """Median seconds of one forward + backward for each named candidate, interleaved; each timed
+  call follows an untimed one of the same candidate."""
   candidates = _candidates(block_size)
   args = _inputs(seq_len, batch, heads, head_dim)
   steps = {name: _forward_backward(candidates[name]).lower(*args).compile() for name in names}
@@ -74,6 +77,7 @@ def time_step(names: Sequence[str], seq_len: int, batch: int, heads: int, head_d
   times = {name: [] for name in steps}
   for _ in range(repeats):
     for name, step in steps.items():
+      jax.block_until_ready(step(*args))  # settle: the previous candidate's memory is released
       start = time.perf_counter()
       jax.block_until_ready(step(*args))
       times[name].append(time.perf_counter() - start)

@@ -8,6 +8,11 @@ package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``
 import functools
 
 from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
+from momentum_jax.attention.flex import (
+    BlockMask, alibi_score, and_masks, causal_mask, create_block_mask, flex_attention,
+    flex_attention_reference, flex_softmax_attention, flex_softmax_attention_reference, no_mask,
+    segment_mask, sliding_window_mask, softcap_score, streaming_llm_mask,
+)
 from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
 from momentum_jax.attention.lightning import (
     alibi_slopes, lightning_attention, lightning_attention_reference,
@@ -55,14 +60,28 @@ register_attention(
     AttentionVariant(sigmoid_attention, sigmoid_attention_reference,
                      params=("sigmoid_bias", "normalize", "block_size")),
 )
+register_attention(
+    "flex",
+    AttentionVariant(flex_softmax_attention, flex_softmax_attention_reference,
+                     params=("block_q", "block_k")),
+)
 
 __all__ = [
     "AttentionVariant",
+    "BlockMask",
+    "alibi_score",
     "alibi_slopes",
+    "and_masks",
     "apply_rope",
     "available_attention",
+    "causal_mask",
+    "create_block_mask",
     "ema_value_attention",
     "ema_value_attention_reference",
+    "flex_attention",
+    "flex_attention_reference",
+    "flex_softmax_attention",
+    "flex_softmax_attention_reference",
     "get_attention",
     "kv_shift_attention",
     "kv_shift_attention_reference",
@@ -74,10 +93,15 @@ __all__ = [
     "momentum_attention_reference",
     "momentum_shear",
     "momentum_shear_reference",
+    "no_mask",
     "register_attention",
     "rope_frequencies",
+    "segment_mask",
     "sigmoid_attention",
     "sigmoid_attention_reference",
+    "sliding_window_mask",
+    "softcap_score",
     "softmax_attention",
     "softmax_attention_reference",
+    "streaming_llm_mask",
 ]

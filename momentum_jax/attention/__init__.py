@@ -2,7 +2,7 @@
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
-``"lightning"`` and ``"sigmoid"``.
+``"lightning"``, ``"sigmoid"`` and ``"flash_bias"``.
 """
 
 import functools
@@ -12,6 +12,9 @@ from momentum_jax.attention.flex import (
     BlockMask, alibi_score, and_masks, causal_mask, create_block_mask, flex_attention,
     flex_attention_reference, flex_softmax_attention, flex_softmax_attention_reference, no_mask,
     segment_mask, sliding_window_mask, softcap_score, streaming_llm_mask,
+)
+from momentum_jax.attention.flash_bias import (
+    flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
 from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
 from momentum_jax.attention.lightning import (
@@ -61,6 +64,11 @@ register_attention(
                      params=("sigmoid_bias", "normalize", "block_size")),
 )
 register_attention(
+    "flash_bias",
+    AttentionVariant(flash_bias_attention, flash_bias_attention_reference,
+                     params=("q_bias", "k_bias")),
+)
+register_attention(
     "flex",
     AttentionVariant(flex_softmax_attention, flex_softmax_attention_reference,
                      params=("block_q", "block_k")),
@@ -82,6 +90,8 @@ __all__ = [
     "flex_attention_reference",
     "flex_softmax_attention",
     "flex_softmax_attention_reference",
+    "flash_bias_attention",
+    "flash_bias_attention_reference",
     "get_attention",
     "kv_shift_attention",
     "kv_shift_attention_reference",
@@ -89,6 +99,7 @@ __all__ = [
     "lightning_attention_reference",
     "linear_attention",
     "linear_attention_reference",
+    "low_rank_bias_factors",
     "momentum_attention",
     "momentum_attention_reference",
     "momentum_shear",

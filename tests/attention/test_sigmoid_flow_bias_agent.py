@@ -158,3 +158,103 @@ def test_sigmoid_validation(fn, kwargs, message):
   q, k, v = make_qkv(7, 24, 2).values()
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
     fn(q, k, v, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# FlashBias
+
+
+def bias_factors(seq, seq_k, heads, rank, dtype=jnp.float32, seed=5):
+  rng = np.random.default_rng(seed)
+  return {"q_bias": normal(rng, B, seq, N, rank, dtype=dtype),
+          "k_bias": normal(rng, B, seq_k, heads, rank, dtype=dtype)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("causal,factor_heads", [(True, "kv"), (False, "q")])
+def test_flash_bias_matches_reference(case, causal, factor_heads):
+  seq, head_dim, kv_heads = case
+  diff = make_qkv(*case)
+  diff.update(bias_factors(seq, seq, kv_heads if factor_heads == "kv" else N, 3))
+  compare("flash_bias", diff, causal=causal)
+
+
+def test_flash_bias_with_masks_bias_and_sinks():
+  diff = make_qkv(11, 40, 2)
+  diff.update(bias_factors(11, 11, 2, 5))
+  diff["bias"] = normal(np.random.default_rng(6), N, 11, 11)
+  diff["sinks"] = normal(np.random.default_rng(7), N)
+  ids = jnp.asarray(np.repeat([[0] * 4 + [1] * 7], B, axis=0))
+  compare("flash_bias", diff, segment_ids=ids)
+  del diff["sinks"], diff["bias"]
+  compare("flash_bias", diff, window=3)
+
+
+def test_flash_bias_equals_softmax_with_explicit_bias():
+  arrays = make_qkv(9, 24, 2)
+  factors = bias_factors(9, 9, 2, 4)
+  explicit = jnp.einsum("btnr,bsnr->bnts", factors["q_bias"],
+                        jnp.repeat(factors["k_bias"], 2, axis=2))
+  out = jit(attn.flash_bias_attention)(*arrays.values(), **factors)
+  expected = attn.softmax_attention(*arrays.values(), bias=explicit)
+  assert rel_err(out, expected) <= TOL
+  plain = attn.flash_bias_attention(*arrays.values())
+  assert rel_err(plain, attn.softmax_attention(*arrays.values())) <= TOL
+
+
+def test_low_rank_bias_factors():
+  rng = np.random.default_rng(8)
+  exact = jnp.asarray(rng.standard_normal((N, 7, 3)) @ rng.standard_normal((N, 3, 13)),
+                      jnp.float32)
+  q_bias, k_bias, err = attn.low_rank_bias_factors(exact, 3)
+  assert q_bias.shape == (1, 7, N, 3) and k_bias.shape == (1, 13, N, 3)
+  assert float(err) <= 1e-5
+  rebuilt = jnp.einsum("btnr,bsnr->bnts", q_bias, k_bias)[0]
+  assert rel_err(rebuilt, exact) <= 1e-5
+  noisy = exact + 0.1 * jnp.asarray(rng.standard_normal(exact.shape), jnp.float32)
+  errors = [float(attn.low_rank_bias_factors(noisy[None], r)[2]) for r in (1, 3, 7)]
+  assert errors[0] > errors[1] > 0.0 and errors[2] <= 1e-5
+  q_bias, k_bias, err = attn.low_rank_bias_factors(noisy, 2)
+  direct = rel_err(jnp.einsum("btnr,bsnr->bnts", q_bias, k_bias)[0], noisy)
+  assert abs(float(err) - direct) <= 1e-5
+
+
+def test_flash_bias_bf16_and_large_logits():
+  arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
+  factors = bias_factors(33, 33, 2, 4, dtype=jnp.bfloat16)
+  out = jit(attn.flash_bias_attention)(*arrays.values(), **factors)
+  ref = attn.flash_bias_attention_reference(*arrays.values(), **factors)
+  assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
+  arrays = make_qkv(33, 40, 2)
+  factors = {n: 1e2 * x for n, x in bias_factors(33, 33, 2, 4).items()}  # bias logits ~ ±1e4
+  loss = lambda d: jnp.mean(attn.flash_bias_attention(
+      d["q"], d["k"], d["v"], q_bias=d["q_bias"], k_bias=d["k_bias"]))
+  grads = jit(jax.grad(loss))({**arrays, **factors})
+  assert all(np.isfinite(g).all() for g in grads.values())
+  causal_by_gradient(functools.partial(attn.flash_bias_attention, **bias_factors(9, 9, 2, 2)),
+                     make_qkv(9, 24, 2), 9)
+
+
+@pytest.mark.parametrize("fn", [attn.flash_bias_attention, attn.flash_bias_attention_reference],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kwargs,message", [
+    ({"q_bias": jnp.zeros((2, 7, 4, 3))}, "q_bias and k_bias"),
+    ({"q_bias": jnp.zeros((2, 7, 3)), "k_bias": jnp.zeros((2, 7, 2, 3))}, "q_bias.shape=(2, 7, 3)"),
+    ({"q_bias": jnp.zeros((2, 7, 4, 3)), "k_bias": jnp.zeros((2, 7, 3, 3))},
+     "k_bias.shape=(2, 7, 3, 3)"),
+    ({"q_bias": jnp.zeros((2, 7, 4, 3)), "k_bias": jnp.zeros((2, 7, 2, 2))},
+     "k_bias.shape=(2, 7, 2, 2)"),
+])
+def test_flash_bias_validation(fn, kwargs, message):
+  q, k, v = make_qkv(7, 24, 2).values()
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    fn(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [({"rank": 0}, "rank=0"), ({"rank": 8}, "rank=8"),
+                                            ({"rank": 2.0}, "rank=2.0")])
+def test_low_rank_bias_factors_validation(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    attn.low_rank_bias_factors(jnp.zeros((4, 7, 9)), **kwargs)
+  with pytest.raises(ValueError, match="bias.shape="):
+    attn.low_rank_bias_factors(jnp.zeros((7, 9)), 2)

@@ -1,0 +1,184 @@
+"""FlashBias: softmax attention with a low-rank additive bias (Wu et al., "FlashBias: Fast
+Computation of Attention with Bias", arXiv 2505.12044):
+
+    out_t = Σ_s softmax_s(scale · q_t·k_s + qb_t·kb_s) v_s
+
+with per-head bias factors qb ``[B, T, N, R]`` and kb ``[B, S, K or N, R]``. The bias never
+appears as a T×S array: it is folded exactly into one softmax attention call on concatenated
+features q' = [scale·q, qb], k' = [k, kb] with scale 1, since q'_t·k'_s = scale·q_t·k_s + qb_t·kb_s.
+The values are zero-padded to the width H + R of q' and the output sliced back to H.
+
+A general ``[N, T, S]`` bias is approximated by :func:`low_rank_bias_factors` (truncated SVD).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from momentum_jax.attention._checks import check_attention_inputs, check_floating
+from momentum_jax.attention.softmax import (
+    repeat_kv, softmax_attention, softmax_attention_reference,
+)
+
+
+def _check_factors(
+    q: jax.Array, k: jax.Array, q_bias: jax.Array | None, k_bias: jax.Array | None
+) -> None:
+  if (q_bias is None) != (k_bias is None):
+    raise ValueError(
+        f"q_bias and k_bias must be given together, got q_bias.shape={np.shape(q_bias)} "
+        f"and k_bias.shape={np.shape(k_bias)}"
+    )
+  if q_bias is None:
+    return
+  check_floating("q_bias", q_bias)
+  check_floating("k_bias", k_bias)
+  batch, seq_q, heads, _ = q.shape
+  seq_k, kv_heads = k.shape[1:3]
+  if q_bias.ndim != 4 or q_bias.shape[:3] != (batch, seq_q, heads):
+    raise ValueError(
+        f"q_bias must have shape [B, T, N, R] = {(batch, seq_q, heads)} + (R,), "
+        f"got q_bias.shape={q_bias.shape} and q.shape={q.shape}"
+    )
+  if (k_bias.ndim != 4 or k_bias.shape[:2] != (batch, seq_k)
+      or k_bias.shape[2] not in (kv_heads, heads) or k_bias.shape[3] != q_bias.shape[3]):
+    raise ValueError(
+        f"k_bias must have shape [B, S, K or N, R] with S={seq_k}, K={kv_heads}, N={heads} and "
+        f"R={q_bias.shape[3]} from q_bias, got k_bias.shape={k_bias.shape} and k.shape={k.shape}"
+    )
+
+
+def flash_bias_attention(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+    q_bias: jax.Array | None = None,
+    k_bias: jax.Array | None = None,
+) -> jax.Array:
+  """Softmax attention plus the low-rank bias q_bias·k_biasᵀ, by feature concatenation.
+
+      out = softmax(scale · q kᵀ + q_bias k_biasᵀ + bias, masked) v
+
+  Masks, ``bias`` and ``sinks`` behave as in :func:`softmax_attention`, which does the work.
+
+  Args:
+    q_BxTxNxH: queries (after any RoPE).
+    k_BxSxKxH: keys; K divides N.
+    v_BxSxKxH: values.
+    causal, window, segment_ids, bias, sinks: as in :func:`softmax_attention`.
+    scale: logit scale of q·k, default ``1 / sqrt(H)`` (the bias term is not scaled).
+    q_bias: ``[B, T, N, R]`` query-side bias factors.
+    k_bias: ``[B, S, K or N, R]`` key-side factors; with K heads, query head n reads kv head
+      n // (N // K) as for k. Both None: plain softmax attention.
+
+  Returns:
+    ``[B, T, N, H]`` in q's dtype.
+  """
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
+  head_dim = q_BxTxNxH.shape[3]
+  scale = head_dim**-0.5 if scale is None else scale
+  kwargs = dict(causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks)
+  if q_bias is None:
+    return softmax_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, **kwargs)
+  dtype = q_BxTxNxH.dtype
+  heads = q_BxTxNxH.shape[2]
+  if k_bias.shape[2] != k_BxSxKxH.shape[2]:  # per-query-head key factors: k and v to N heads
+    k_BxSxKxH = repeat_kv(k_BxSxKxH, heads)
+    v_BxSxKxH = repeat_kv(v_BxSxKxH, heads)
+  rank = q_bias.shape[3]
+  q_BxTxNxHR = jnp.concatenate([scale * q_BxTxNxH, q_bias.astype(dtype)], axis=-1)
+  k_BxSxKxHR = jnp.concatenate([k_BxSxKxH, k_bias.astype(dtype)], axis=-1)
+  v_BxSxKxHR = jnp.pad(v_BxSxKxH, ((0, 0), (0, 0), (0, 0), (0, rank)))
+  out_BxTxNxHR = softmax_attention(q_BxTxNxHR, k_BxSxKxHR, v_BxSxKxHR, scale=1.0, **kwargs)
+  return out_BxTxNxHR[..., :head_dim]
+
+
+def flash_bias_attention_reference(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    causal: bool = True,
+    window: int | None = None,
+    segment_ids: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    sinks: jax.Array | None = None,
+    scale: float | None = None,
+    q_bias: jax.Array | None = None,
+    k_bias: jax.Array | None = None,
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array, jax.Array]:
+  """Float32 reference of :func:`flash_bias_attention`: the explicit ``[B, N, T, S]`` bias
+  q_bias·k_biasᵀ (+ ``bias``) handed to :func:`softmax_attention_reference`, whose
+  ``return_weights`` output it returns unchanged."""
+  check_attention_inputs(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+      causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
+  )
+  _check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
+  if q_bias is not None:
+    heads = q_BxTxNxH.shape[2]
+    k_bias_BxSxNxR = repeat_kv(k_bias.astype(jnp.float32), heads)
+    low_rank_BxNxTxS = jnp.einsum("btnr,bsnr->bnts", q_bias.astype(jnp.float32), k_bias_BxSxNxR,
+                                  precision=jax.lax.Precision.HIGHEST)
+    bias = low_rank_BxNxTxS if bias is None else low_rank_BxNxTxS + bias.astype(jnp.float32)
+  return softmax_attention_reference(
+      q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
+      bias=bias, sinks=sinks, scale=scale, return_weights=return_weights,
+  )
+
+
+def low_rank_bias_factors(
+    bias_NxTxS: jax.Array, rank: int
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Rank-``rank`` factors of a per-head bias by truncated SVD, for :func:`flash_bias_attention`.
+
+  Per head, bias = U Σ Vᵀ; q_bias = U_R Σ_R^½ and k_bias = V_R Σ_R^½, the best rank-R approximation
+  in the Frobenius norm (Eckart–Young).
+
+  Args:
+    bias_NxTxS: ``[N, T, S]`` or ``[B, N, T, S]`` floating bias.
+    rank: R, with 1 <= R <= min(T, S).
+
+  Returns:
+    ``(q_bias_BxTxNxR, k_bias_BxSxNxR, relative_error)`` with B = 1 for a 3-d bias, the factors in
+    the bias's dtype, and relative_error = ‖bias − q_bias·k_biasᵀ‖_F / ‖bias‖_F (0 for a zero bias)
+    as a float32 scalar.
+  """
+  check_floating("bias", bias_NxTxS)
+  if bias_NxTxS.ndim not in (3, 4):
+    raise ValueError(
+        f"bias must have shape [N, T, S] or [B, N, T, S], got bias.shape={bias_NxTxS.shape}"
+    )
+  bias_BxNxTxS = bias_NxTxS if bias_NxTxS.ndim == 4 else bias_NxTxS[None]
+  seq_q, seq_k = bias_BxNxTxS.shape[2:]
+  if (isinstance(rank, bool) or not isinstance(rank, (int, np.integer))
+      or not 1 <= rank <= min(seq_q, seq_k)):
+    raise ValueError(
+        f"rank must be an int in [1, min(T, S)] = [1, {min(seq_q, seq_k)}], got rank={rank!r} "
+        f"and bias.shape={bias_NxTxS.shape}"
+    )
+  bias32 = bias_BxNxTxS.astype(jnp.promote_types(bias_BxNxTxS.dtype, jnp.float32))
+  u_BxNxTxM, sv_BxNxM, vt_BxNxMxS = jnp.linalg.svd(bias32, full_matrices=False)
+  root_BxNx1xR = jnp.sqrt(sv_BxNxM[..., None, :rank])
+  q_bias_BxNxTxR = u_BxNxTxM[..., :rank] * root_BxNx1xR
+  k_bias_BxNxSxR = jnp.swapaxes(vt_BxNxMxS[..., :rank, :], -1, -2) * root_BxNx1xR
+  approx_BxNxTxS = jnp.einsum("bntr,bnsr->bnts", q_bias_BxNxTxR, k_bias_BxNxSxR,
+                              precision=jax.lax.Precision.HIGHEST)
+  norm = jnp.linalg.norm(bias32)
+  relative_error = jnp.linalg.norm(bias32 - approx_BxNxTxS) / jnp.where(norm > 0, norm, 1.0)
+  to_layout = lambda x: jnp.swapaxes(x, 1, 2).astype(bias_NxTxS.dtype)
+  return to_layout(q_bias_BxNxTxR), to_layout(k_bias_BxNxSxR), relative_error.astype(jnp.float32)

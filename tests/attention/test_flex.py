@@ -11,6 +11,7 @@ import pytest
 
 import momentum_jax.attention as attn
 from momentum_jax.attention import flex
+from momentum_jax.experiments import bench_flex_attention
 
 B, N, K, H = 2, 4, 2, 24
 BLOCK = 16
@@ -233,3 +234,13 @@ def test_bad_mod_and_registry_arguments_raise():
       fn(Q, KV, KV, bias=jnp.zeros((33, 33)))
     with pytest.raises(ValueError, match=r"sinks.shape=\(4,\)"):
       fn(Q, KV, KV, sinks=jnp.zeros(4))
+
+
+def test_bench_flex_attention_tiny(capsys):
+  results = bench_flex_attention.main([
+      "--seq-len", "32", "--window-seq-len", "64", "--memory-seq-len", "32", "--window", "8",
+      "--heads", "2", "--head-dim", "8", "--block", "8", "--repeats", "1"])
+  assert results["causal"]["flex causal"] > 0 and results["causal"]["dense/flex"] > 0
+  assert results["window"]["flex window"] > 0
+  assert results["memory"]["flex window long"] > 0 and results["memory"]["flex/dense"] > 0
+  assert "dense/flex" in capsys.readouterr().out

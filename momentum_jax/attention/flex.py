@@ -12,11 +12,13 @@ entry), full (every entry visible) or partial, once, by :func:`create_block_mask
 per query block the indices of its non-empty key blocks. :func:`flex_attention` loops over query
 blocks and, inside, runs an online-softmax scan over only those key blocks: empty tiles are never
 touched (a causal mask does about half the work of dense attention) and on full tiles mask_mod is
-not evaluated. At most one [block_q, block_k] tile of logits per head is live at a time, and the
-tile and query-block bodies are rematerialised in the backward pass (``jax.checkpoint``), so memory
-is O(T·H + tile) per head. Gradients are autodiff through the scans. T and S are padded internally
-to multiples of the block sizes; padded positions are invisible. A query row with no visible key
-returns zeros, and its gradients are zeros.
+not evaluated. At most one [block_q, block_k] tile of logits per head is live at a time. The
+backward pass is a custom VJP, FlashAttention-2's (Dao, arXiv 2307.08691): it recomputes each
+listed tile from q, k, v and the saved row log-sum-exp, so memory is O(T·H + tile) per head, and
+pulls the logit gradients back through score_mod (giving the gradients of arrays it closes over,
+for example ALiBi slopes). T and S are padded internally to multiples of the block sizes; padded
+positions are invisible. A query row with no visible key returns zeros, and its gradients are
+zeros.
 
 GQA: query head n reads kv head n // (N // K). Computation is in float32 (float64 for float64
 inputs), the output in q's dtype.
@@ -101,13 +103,14 @@ def create_block_mask(
     block_q: int = 128,
     block_k: int = 128,
 ) -> BlockMask:
-  """Evaluates ``mask_mod`` one query block at a time and classifies every tile.
+  """Evaluates ``mask_mod`` on the index grid and classifies every tile.
 
-  A tile is FULL when mask_mod holds on all its entries with t < T and it has no padded key,
-  EMPTY when it holds on no in-range entry, PARTIAL otherwise. ``B`` / ``N`` None means the mask does not depend
-  on b / n (it is evaluated at b = 0 / n = 0 and broadcast). Build it once and pass it to every
-  call. Under a trace whose mask_mod closes over traced values the key-block lists are padded to
-  all key blocks (no skipping); otherwise to the largest non-empty count.
+  The grid is evaluated at once when it has at most 2^24 entries, else one query block at a time.
+  A tile is FULL when mask_mod holds on all its entries with t < T and it has no padded key, EMPTY
+  when it holds on no in-range entry, PARTIAL otherwise. ``B`` / ``N`` None means the mask does not
+  depend on b / n (it is evaluated at b = 0 / n = 0 and broadcast). Build it once and pass it to
+  every call. Under a trace whose mask_mod closes over traced values the key-block lists are padded
+  to all key blocks (no skipping); otherwise to the largest non-empty count.
 
   Returns:
     A :class:`BlockMask` for T queries and S keys.
@@ -430,7 +433,8 @@ def flex_attention(
 
   For each query block, an online-softmax scan (running max m, normaliser l, accumulator a)
 
-      m' = max(m, max_s ℓ_ts),   l' = e^{m−m'} l + Σ_s e^{ℓ_ts−m'},   a' = e^{m−m'} a + Σ_s e^{ℓ_ts−m'} v_s
+      m' = max(m, max_s ℓ_ts),   l' = e^{m−m'} l + Σ_s e^{ℓ_ts−m'},
+      a' = e^{m−m'} a + Σ_s e^{ℓ_ts−m'} v_s
 
   runs over the key blocks the block mask lists as non-empty for it; out = a / l.
 
@@ -668,7 +672,8 @@ def streaming_llm_mask(n_sink: int, window: int) -> MaskMod:
 
 
 def alibi_score(slopes: jax.Array) -> ScoreMod:
-  """ALiBi (Press et al., arXiv 2108.12409): score − slopes[n] · (t − s), ``slopes`` of shape [N]."""
+  """ALiBi (Press et al., arXiv 2108.12409): score − slopes[n] · (t − s), ``slopes`` of shape
+  [N]."""
   slopes = jnp.asarray(slopes)
 
   def score_mod(score, b, n, t, s):

@@ -2,11 +2,12 @@
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
-``"lightning"``, ``"sigmoid"`` and ``"flash_bias"``.
+``"lightning"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"`` and ``"agent"``.
 """
 
 import functools
 
+from momentum_jax.attention.agent import agent_attention, agent_attention_reference, pooling_matrix
 from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
 from momentum_jax.attention.flex import (
     BlockMask, alibi_score, and_masks, causal_mask, create_block_mask, flex_attention,
@@ -16,6 +17,7 @@ from momentum_jax.attention.flex import (
 from momentum_jax.attention.flash_bias import (
     flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
+from momentum_jax.attention.flow import flow_attention, flow_attention_reference
 from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
 from momentum_jax.attention.lightning import (
     alibi_slopes, lightning_attention, lightning_attention_reference,
@@ -69,6 +71,15 @@ register_attention(
                      params=("q_bias", "k_bias")),
 )
 register_attention(
+    "flow",
+    AttentionVariant(flow_attention, flow_attention_reference, params=("eps", "block_size")),
+)
+register_attention(
+    "agent",
+    AttentionVariant(agent_attention, agent_attention_reference,
+                     params=("num_agents", "agent_bias", "query_bias")),
+)
+register_attention(
     "flex",
     AttentionVariant(flex_softmax_attention, flex_softmax_attention_reference,
                      params=("block_q", "block_k")),
@@ -77,6 +88,8 @@ register_attention(
 __all__ = [
     "AttentionVariant",
     "BlockMask",
+    "agent_attention",
+    "agent_attention_reference",
     "alibi_score",
     "alibi_slopes",
     "and_masks",
@@ -92,6 +105,8 @@ __all__ = [
     "flex_softmax_attention_reference",
     "flash_bias_attention",
     "flash_bias_attention_reference",
+    "flow_attention",
+    "flow_attention_reference",
     "get_attention",
     "kv_shift_attention",
     "kv_shift_attention_reference",
@@ -104,6 +119,7 @@ __all__ = [
     "momentum_attention_reference",
     "momentum_shear",
     "momentum_shear_reference",
+    "pooling_matrix",
     "no_mask",
     "register_attention",
     "rope_frequencies",

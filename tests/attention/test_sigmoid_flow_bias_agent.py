@@ -258,3 +258,143 @@ def test_low_rank_bias_factors_validation(kwargs, message):
     attn.low_rank_bias_factors(jnp.zeros((4, 7, 9)), **kwargs)
   with pytest.raises(ValueError, match="bias.shape="):
     attn.low_rank_bias_factors(jnp.zeros((7, 9)), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# flow (Flowformer)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_flow_matches_reference_x64(case, causal):
+  with jax.enable_x64(True):
+    compare("flow", make_qkv(*case, dtype=jnp.float64), causal=causal, block_size=5)
+
+
+def test_flow_float32_and_cross_lengths():
+  compare("flow", make_qkv(33, 40, 2), tol=1e-4, block_size=8)
+  compare("flow", make_qkv(7, 24, 2, seq_k=13), tol=1e-4, causal=False, scale=0.5)
+
+
+def test_flow_matches_numpy_port_of_the_formulas():
+  arrays = make_qkv(6, 5, 1)
+  q, k, v = (np.asarray(arrays[n][0, :, 0], np.float64) for n in "qkv")
+  sig = lambda x: 1 / (1 + np.exp(-x))
+  fq, fk, eps, norm = sig(q), sig(k), 1e-6, np.arange(1.0, 7.0)
+  incoming = norm / np.sum((fq + eps) * (np.cumsum(fk, 0) + eps), 1)
+  outgoing = norm / np.sum((fk + eps) * (np.cumsum(fq, 0) + eps), 1)
+  sink = np.sum((fq + eps) * (np.cumsum(fk * outgoing[:, None], 0) + eps), 1) / norm
+  source = np.sum((fk + eps) * (np.cumsum(fq * incoming[:, None], 0) + eps), 1) / norm
+  competition = np.exp(np.clip(source, -1, 1)) / np.cumsum(np.exp(np.clip(source, -1, 1))) * norm
+  expected = np.stack([
+      sig(sink[t]) * (fq[t] * incoming[t] / norm[t])
+      @ (fk[:t + 1].T @ (v[:t + 1] * competition[:t + 1, None])) for t in range(6)])
+  out = attn.flow_attention(*[x[:1, :, :1] for x in arrays.values()], block_size=4)
+  assert rel_err(out[0, :, 0], expected) <= TOL
+  incoming = 1 / np.sum((fq + eps) * (fk.sum(0) + eps), 1)
+  outgoing = 1 / np.sum((fk + eps) * (fq.sum(0) + eps), 1)
+  sink = np.sum((fq + eps) * ((fk * outgoing[:, None]).sum(0) + eps), 1)
+  source = np.clip(np.sum((fk + eps) * ((fq * incoming[:, None]).sum(0) + eps), 1), -1, 1)
+  competition = np.exp(source) / np.exp(source).sum() * 6
+  expected = sig(sink)[:, None] * (fq * incoming[:, None]) @ (fk.T @ (v * competition[:, None]))
+  out = attn.flow_attention_reference(*[x[:1, :, :1] for x in arrays.values()], causal=False)
+  assert rel_err(out[0, :, 0], expected) <= TOL
+
+
+def test_flow_causal_by_gradient_bf16_and_large_inputs():
+  causal_by_gradient(functools.partial(attn.flow_attention, block_size=4), make_qkv(9, 24, 2), 9)
+  arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
+  for causal in (True, False):
+    fn = functools.partial(attn.flow_attention, causal=causal, block_size=8)
+    out = jit(fn)(*arrays.values())
+    ref = attn.flow_attention_reference(*arrays.values(), causal=causal)
+    assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 3e-2
+    big = [1e4 * x.astype(jnp.float32) for x in arrays.values()]
+    grads = jit(jax.grad(lambda q, k, v: jnp.mean(fn(q, k, v)), argnums=(0, 1, 2)))(*big)
+    assert all(np.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("fn", [attn.flow_attention, attn.flow_attention_reference],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kwargs,message", [
+    ({"window": 3}, "window=3"),
+    ({"sinks": jnp.zeros(4)}, "sinks.shape=(4,)"),
+    ({"segment_ids": jnp.zeros((2, 7), jnp.int32)}, "segment_ids.shape=(2, 7)"),
+    ({"eps": 0.0}, "eps=0.0"),
+    ({"block_size": 0}, "block_size=0"),
+    ({"k": jnp.ones((2, 5, 2, 24))}, "S == T"),
+])
+def test_flow_validation(fn, kwargs, message):
+  arrays = make_qkv(7, 24, 2)
+  kwargs = dict(kwargs)
+  arrays.update({n: kwargs.pop(n) for n in list(kwargs) if n in "qkv"})
+  if arrays["k"].shape != arrays["v"].shape:
+    arrays["v"] = jnp.ones_like(arrays["k"])
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    fn(*arrays.values(), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# agent
+
+
+def agent_biases(seq, seq_k, agents, seed=11):
+  rng = np.random.default_rng(seed)
+  return {"agent_bias": normal(rng, N, agents, seq_k), "query_bias": normal(rng, N, seq, agents)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("agents", [3, 8])
+def test_agent_matches_reference(case, agents):
+  diff = make_qkv(*case)
+  diff.update(agent_biases(case[0], case[0], agents))
+  compare("agent", diff, causal=False, num_agents=agents)
+  compare("agent", make_qkv(*case), causal=False, num_agents=agents, scale=0.3)
+
+
+def test_agent_pooling_and_weights():
+  np.testing.assert_allclose(attn.pooling_matrix(5, 2),
+                             [[1 / 3] * 3 + [0, 0], [0, 0] + [1 / 3] * 3])
+  np.testing.assert_allclose(attn.pooling_matrix(2, 3), [[1, 0], [0.5, 0.5], [0, 1]])
+  arrays = make_qkv(7, 24, 2, seq_k=13)
+  out, scores, weights = attn.agent_attention_reference(
+      *arrays.values(), causal=False, num_agents=3, return_weights=True)
+  np.testing.assert_allclose(np.sum(weights, -1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jax.nn.softmax(scores, -1), weights, rtol=1e-4, atol=1e-7)
+  v = jnp.repeat(arrays["v"], 2, axis=2)
+  assert rel_err(jnp.einsum("bnts,bsnh->btnh", weights, v), out) <= TOL
+  fast = attn.agent_attention(*arrays.values(), causal=False, num_agents=3)
+  assert rel_err(fast, out) <= TOL
+  q, k, v = (np.asarray(arrays[n][0, :, 0], np.float64) for n in "qkv")
+  softmax = lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(
+      x - x.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  agents = np.stack([q[0:3].mean(0), q[2:5].mean(0), q[4:7].mean(0)])  # bins of T = 7 into 3
+  agent_v = softmax(agents @ k.T / np.sqrt(24)) @ v
+  assert rel_err(out[0, :, 0], softmax(q @ agents.T / np.sqrt(24)) @ agent_v) <= TOL
+
+
+def test_agent_bf16_and_large_logits():
+  arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
+  fn = functools.partial(attn.agent_attention, causal=False, num_agents=4)
+  out = jit(fn)(*arrays.values())
+  ref = attn.agent_attention_reference(*arrays.values(), causal=False, num_agents=4)
+  assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
+  big = [x.astype(jnp.float32) * s for x, s in zip(arrays.values(), (1e2, 1e2, 1.0))]
+  grads = jit(jax.grad(lambda q, k, v: jnp.mean(fn(q, k, v)), argnums=(0, 1, 2)))(*big)
+  assert all(np.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("fn", [attn.agent_attention, attn.agent_attention_reference],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("kwargs,message", [
+    ({"causal": True}, "causal=True"),
+    ({"num_agents": 0}, "num_agents=0"),
+    ({"agent_bias": jnp.zeros((4, 5, 7))}, "agent_bias.shape=(4, 5, 7)"),
+    ({"query_bias": jnp.zeros((4, 3, 4))}, "query_bias.shape=(4, 3, 4)"),
+    ({"bias": jnp.zeros((7, 7))}, "bias.shape=(7, 7)"),
+    ({"segment_ids": jnp.zeros((2, 7), jnp.int32)}, "segment_ids.shape=(2, 7)"),
+])
+def test_agent_validation(fn, kwargs, message):
+  kwargs = {"causal": False, "num_agents": 4, **kwargs}
+  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    fn(*make_qkv(7, 24, 2).values(), **kwargs)

@@ -2,7 +2,7 @@
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
-``"lightning"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"`` and ``"agent"``.
+``"lightning"``, ``"flex"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"`` and ``"agent"``.
 """
 
 import functools

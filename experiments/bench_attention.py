@@ -27,24 +27,17 @@ machine and raise ``--repeats`` before reading them.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from momentum_jax.attention import apply_rope, momentum_attention
+from momentum_jax.experiments.timing import (
+    attention_grad_step, attention_inputs, interleaved_medians,
+)
 
 GAMMA = 0.5
-
-
-def _forward_backward(attend: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, ...]]:
-  def loss(q, k, v, cotangent):
-    return jnp.sum(attend(q, k, v) * cotangent)
-
-  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
 CANDIDATES = {
@@ -61,22 +54,11 @@ RATIOS = {"momentum/rope+dpa": ("momentum", "rope+dpa"), "shear/dpa": ("shear", 
 def run(seq_len: int, batch: int, heads: int, head_dim: int, repeats: int) -> dict[str, float]:
   """Median seconds of one forward + backward per candidate, the two overhead ratios and their
   bytes-accessed counterparts from XLA's cost model."""
-  rng = np.random.default_rng(0)
-  shape = (batch, seq_len, heads, head_dim)
-  q, k, v, cotangent = (jnp.asarray(rng.standard_normal(shape), jnp.float32) for _ in range(4))
-  steps = {
-      name: _forward_backward(attend).lower(q, k, v, cotangent).compile()
-      for name, attend in CANDIDATES.items()
-  }
-  for step in steps.values():
-    jax.block_until_ready(step(q, k, v, cotangent))
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      jax.block_until_ready(step(q, k, v, cotangent))
-      times[name].append(time.perf_counter() - start)
-  seconds = {name: statistics.median(t) for name, t in times.items()}
+  args = attention_inputs(seq_len, batch, heads, head_dim)
+  steps = {name: attention_grad_step(attend).lower(*args).compile()
+           for name, attend in CANDIDATES.items()}
+  seconds = interleaved_medians({name: functools.partial(step, *args)
+                                 for name, step in steps.items()}, repeats, warmup=1)
   ratios = {label: seconds[a] / seconds[b] for label, (a, b) in RATIOS.items()}
   bytes_accessed = {name: step.cost_analysis()["bytes accessed"] for name, step in steps.items()}
   model_ratios = {

@@ -27,24 +27,18 @@ is a small fraction of dense's.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import functools
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from momentum_jax.attention import (
     causal_mask, create_block_mask, flex_attention, sliding_window_mask,
 )
-
-
-def _forward_backward(attend: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, ...]]:
-  def loss(q, k, v, cotangent):
-    return jnp.sum(attend(q, k, v) * cotangent)
-
-  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+from momentum_jax.experiments.timing import (
+    attention_grad_step, attention_inputs, interleaved_medians,
+)
 
 
 def _flex(mask_mod, seq_len: int, block: int) -> Callable[..., jax.Array]:
@@ -58,33 +52,20 @@ def _dense(window: int | None) -> Callable[..., jax.Array]:
                                                       local_window_size=local)
 
 
-def _inputs(seq_len: int, batch: int, heads: int, head_dim: int) -> tuple[jax.Array, ...]:
-  rng = np.random.default_rng(0)
-  shape = (batch, seq_len, heads, head_dim)
-  return tuple(jnp.asarray(rng.standard_normal(shape) / 4, jnp.float32) for _ in range(4))
-
-
 def time_steps(candidates: dict[str, Callable[..., jax.Array]], seq_len: int, batch: int,
                heads: int, head_dim: int, repeats: int) -> dict[str, float]:
   """Median seconds of one forward + backward for each candidate, interleaved call by call."""
-  args = _inputs(seq_len, batch, heads, head_dim)
-  steps = {name: _forward_backward(fn).lower(*args).compile() for name, fn in candidates.items()}
-  for step in steps.values():
-    jax.block_until_ready(step(*args))
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      jax.block_until_ready(step(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  args = attention_inputs(seq_len, batch, heads, head_dim, std=0.25)
+  steps = {name: attention_grad_step(fn).lower(*args).compile() for name, fn in candidates.items()}
+  return interleaved_medians({name: functools.partial(step, *args)
+                              for name, step in steps.items()}, repeats, warmup=1)
 
 
 def peak_bytes(attend: Callable[..., jax.Array], seq_len: int, batch: int, heads: int,
                head_dim: int) -> int:
   """Compiled forward + backward memory (arguments + outputs + temporaries), compile only."""
   shape = jax.ShapeDtypeStruct((batch, seq_len, heads, head_dim), jnp.float32)
-  stats = _forward_backward(attend).lower(shape, shape, shape, shape).compile().memory_analysis()
+  stats = attention_grad_step(attend).lower(shape, shape, shape, shape).compile().memory_analysis()
   return (stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
           - stats.alias_size_in_bytes)
 

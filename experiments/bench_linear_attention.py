@@ -31,15 +31,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from momentum_jax.attention import lightning_attention, linear_attention
+from momentum_jax.experiments.timing import (
+    attention_grad_step, attention_inputs, interleaved_medians,
+)
 
 LINEAR_CANDIDATES = ("lightning", "linear")
 
@@ -52,36 +52,15 @@ def _candidates(block_size: int) -> dict[str, Callable[..., jax.Array]]:
   }
 
 
-def _forward_backward(attend: Callable[..., jax.Array]) -> Callable[..., tuple[jax.Array, ...]]:
-  def loss(q, k, v, cotangent):
-    return jnp.sum(attend(q, k, v) * cotangent)
-
-  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-
-
-def _inputs(seq_len: int, batch: int, heads: int, head_dim: int) -> tuple[jax.Array, ...]:
-  rng = np.random.default_rng(0)
-  shape = (batch, seq_len, heads, head_dim)
-  return tuple(jnp.asarray(rng.standard_normal(shape) / 4, jnp.float32) for _ in range(4))
-
-
 def time_step(names: Sequence[str], seq_len: int, batch: int, heads: int, head_dim: int,
               block_size: int, repeats: int) -> dict[str, float]:
   """Median seconds of one forward + backward for each named candidate, interleaved; each timed
   call follows an untimed one of the same candidate."""
   candidates = _candidates(block_size)
-  args = _inputs(seq_len, batch, heads, head_dim)
-  steps = {name: _forward_backward(candidates[name]).lower(*args).compile() for name in names}
-  for step in steps.values():
-    jax.block_until_ready(step(*args))
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, step in steps.items():
-      jax.block_until_ready(step(*args))  # settle: the previous candidate's memory is released
-      start = time.perf_counter()
-      jax.block_until_ready(step(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+  args = attention_inputs(seq_len, batch, heads, head_dim, std=0.25)
+  steps = {name: attention_grad_step(candidates[name]).lower(*args).compile() for name in names}
+  return interleaved_medians({name: functools.partial(step, *args)
+                              for name, step in steps.items()}, repeats, warmup=1, settle=True)
 
 
 def peak_bytes(seq_len: int, batch: int, heads: int, head_dim: int,
@@ -90,7 +69,8 @@ def peak_bytes(seq_len: int, batch: int, heads: int, head_dim: int,
   shape = jax.ShapeDtypeStruct((batch, seq_len, heads, head_dim), jnp.float32)
   result = {}
   for name, attend in _candidates(block_size).items():
-    stats = _forward_backward(attend).lower(shape, shape, shape, shape).compile().memory_analysis()
+    compiled = attention_grad_step(attend).lower(shape, shape, shape, shape).compile()
+    stats = compiled.memory_analysis()
     result[name] = (stats.argument_size_in_bytes + stats.output_size_in_bytes
                     + stats.temp_size_in_bytes - stats.alias_size_in_bytes)
   return result

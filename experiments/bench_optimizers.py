@@ -13,14 +13,13 @@ ready, so that background load drifts onto all of them alike; the median per opt
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from momentum_jax.experiments.timing import interleaved_medians
 from momentum_jax.optim import am_adamw, mkor, spam, stable_spam
 
 TARGETS = {"spam": 1.15, "stable_spam": 1.25, "am_adamw": 1.30, "mkor (amortised)": 1.5}
@@ -72,20 +71,6 @@ def update_step(tx: optax.GradientTransformation, params: dict, grads: dict,
     return carry
 
   return call
-
-
-def interleaved_medians(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-  """Median seconds per call of each candidate, the candidates called in turn ``repeats`` times."""
-  for call in calls.values():
-    for _ in range(2):
-      jax.block_until_ready(call())
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:

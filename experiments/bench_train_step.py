@@ -15,9 +15,7 @@ interleaved call by call so that background load falls on all alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +25,7 @@ from flax import nnx
 
 from momentum_jax.attention import apply_rope, get_attention
 from momentum_jax.data import Batch, InductionTask
+from momentum_jax.experiments.timing import interleaved_medians
 from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.train import masked_cross_entropy
 
@@ -63,20 +62,6 @@ def pure_forward(params: dict, tokens_BxT: jax.Array, cfg: TransformerConfig) ->
       x = x + jax.nn.gelu(h @ m["up"]["kernel"]) @ m["down"]["kernel"]
   x = _rms_norm(x, params["final_norm"]["scale"], cfg.norm_eps)
   return x @ params["embed"]["embedding"].T
-
-
-def _median_seconds(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-  """Median wall time per candidate, calls interleaved so that background load hits all alike."""
-  for step in steps.values():
-    for _ in range(2):
-      jax.block_until_ready(step())
-  times = {name: [] for name in steps}
-  for _ in range(repeats):
-    for name, step in steps.items():
-      start = time.perf_counter()
-      jax.block_until_ready(step())
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
@@ -130,7 +115,7 @@ def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
     grads = nnx.grad(lambda m: masked_cross_entropy(m(batch.tokens), batch))(model)
     optimizer.update(model, grads)
 
-  return _median_seconds({
+  return interleaved_medians({
       "pure": call("pure", pure_step),
       "nnx": call("nnx", nnx_step),
       "nnx.jit": lambda: nnx_jit_step(model, optimizer) or nnx.state(model, nnx.Param),

@@ -18,7 +18,9 @@ from momentum_jax.attention.flash_bias import (
     flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
 from momentum_jax.attention.flow import flow_attention, flow_attention_reference
-from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
+from momentum_jax.attention.kv_shift import (
+    kv_shift_attention, kv_shift_attention_reference, kv_shift_identity_init,
+)
 from momentum_jax.attention.lightning import (
     alibi_slopes, lightning_attention, lightning_attention_reference,
 )
@@ -27,7 +29,7 @@ from momentum_jax.attention.momentum import (
     momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
 )
 from momentum_jax.attention.registry import (
-    AttentionVariant, available_attention, get_attention, register_attention,
+    AttentionDims, AttentionVariant, available_attention, get_attention, register_attention,
 )
 from momentum_jax.attention.rope import apply_rope, rope_frequencies
 from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
@@ -44,7 +46,11 @@ register_attention(
 )
 register_attention(
     "kv_shift",
-    AttentionVariant(kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta")),
+    AttentionVariant(
+        kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta"),
+        # KV shifting (arXiv 2411.19574) learns start at the identity: k̃_t = k_t, ṽ_t = v_t.
+        learned={"alpha": kv_shift_identity_init, "beta": kv_shift_identity_init},
+    ),
 )
 register_attention(
     "ema_value",
@@ -86,6 +92,7 @@ register_attention(
 )
 
 __all__ = [
+    "AttentionDims",
     "AttentionVariant",
     "BlockMask",
     "agent_attention",
@@ -110,6 +117,7 @@ __all__ = [
     "get_attention",
     "kv_shift_attention",
     "kv_shift_attention_reference",
+    "kv_shift_identity_init",
     "lightning_attention",
     "lightning_attention_reference",
     "linear_attention",

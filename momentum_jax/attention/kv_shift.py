@@ -18,7 +18,14 @@ import numpy as np
 
 from momentum_jax.attention._checks import check_attention_inputs
 from momentum_jax.attention._mask import previous_step, previous_step_matrix
+from momentum_jax.attention.registry import AttentionDims
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+
+
+def kv_shift_identity_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """Per-kv-head shift pair ``[K, 2]`` = (1, 0): the shifted k̃_t = k_t (identity) at init."""
+  del key
+  return jnp.tile(jnp.array([1.0, 0.0]), (dims.num_kv_heads, 1))
 
 
 def _check_pair(name: str, pair: jax.Array, kv_heads: int) -> None:

@@ -12,21 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.attention import apply_rope, get_attention
+from momentum_jax.attention import AttentionDims, apply_rope, get_attention
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.hooks import NO_CAPTURE, NamesFilter, Recorder
 from momentum_jax.nn.layer_stats import Dense
-
-# Variant parameters that are learned per layer rather than fixed in the config:
-# name -> {argument: initial value as a function of num_kv_heads}.
-_LEARNED_VARIANT_PARAMS = {
-    # KV shifting (arXiv 2411.19574): start at the identity, k̃_t = k_t, ṽ_t = v_t.
-    "kv_shift": {
-        "alpha": lambda num_kv_heads: jnp.tile(jnp.array([1.0, 0.0]), (num_kv_heads, 1)),
-        "beta": lambda num_kv_heads: jnp.tile(jnp.array([1.0, 0.0]), (num_kv_heads, 1)),
-    },
-}
-
 
 def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
   """Position of each token inside its segment (restarts at 0 where the segment id changes)."""
@@ -50,8 +39,10 @@ class Attention(nnx.Module):
     self.v_proj = dense(d, k * h)
     self.o_proj = dense(n * h, d)
     self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
-    learned = _LEARNED_VARIANT_PARAMS.get(config.attention, {})
-    self.variant_params = nnx.Dict({name: nnx.Param(init(k)) for name, init in learned.items()})
+    dims = AttentionDims(n, k, h, config.context_len)
+    learned = get_attention(config.attention).learned
+    self.variant_params = nnx.Dict(
+        {name: nnx.Param(init(dims, rngs.params())) for name, init in learned.items()})
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str) -> jax.Array:

@@ -4,3 +4,10 @@ Head scores, attention sinks, interventions on attention weights, reasoning metr
 forensics of the momentum shear. Every function takes arrays (``weights_BxNxTxS``, hidden states,
 q/k), not models, so it works on attention maps from any source.
 """
+
+from momentum_jax.analysis.spectral import (
+    BandEnergies, BodeResponse, FirFit, Spectrum, band_energies, bode, fir_response,
+    fit_causal_fir, lagged, momentum_gain_squared, momentum_pair_norms, momentum_phase,
+    momentum_response, rope_momentum_gain, rope_pair_band_energies, rope_pair_norms,
+    rope_pair_spectrum, shear_taps, time_power_spectrum,
+)

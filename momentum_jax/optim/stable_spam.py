@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from momentum_jax.optim.spam import (
-    ScalarOrSchedule, _after, _check, _check_beta, _check_count, _check_learning_rate, _float_dtype)
+    ScalarOrSchedule, _check, _check_beta, _check_count, _check_learning_rate, _float_dtype)
 
 
 class ScaleByStableSpamState(NamedTuple):
@@ -77,7 +77,12 @@ def scale_by_stable_spam(
     v \leftarrow \beta_2 v + (1 - \beta_2) g^2, \quad
     u = \frac{m / (1 - (\beta_1 \sigma)^j)}{\sqrt{v / (1 - \beta_2^{\,j})} + \epsilon}
 
-  and on a reset step the stored :math:`m, v` become zero *after* this step's update.
+  and the moments :math:`m, v` a reset step produced are replaced by zero at the start of the
+  next step, so that step starts from zero moments. The state's ``mu``/``nu`` therefore still hold
+  them right after a reset step (its ``step`` is 1); they are discarded when the next update runs.
+  This keeps one elementwise pass per moment, each overwriting its own donated buffer, and the
+  update reading only the new moments: no buffer is read after it is overwritten, so none is
+  copied.
 
   This is the reference's behaviour, which differs from the paper's algorithm in three ways we
   keep: (1) on a reset step the update still uses the moments accumulated so far, bias-corrected
@@ -170,6 +175,10 @@ def scale_by_stable_spam(
     bc1 = 1.0 - beta1**ajf
     bc2 = 1.0 - b2**ajf
 
+    # The previous step was a reset: the moments it stored are discarded now (see the docstring).
+    discard = (reset_interval > 0) & (state.count > 0) & (
+        state.count % jnp.maximum(reset_interval, 1) == 0)
+
     def leaf(g, m, v, max_abs, norm_mu, norm_nu):
       dtype = _stat_dtype(g)
       mu_type = g.dtype if mu_dtype is None else mu_dtype
@@ -184,35 +193,25 @@ def scale_by_stable_spam(
         return jnp.where((x > limit) | (-x > limit), x * shrink, x)
 
       # AdaGN: give the gradient the norm mu_hat / (sqrt(nu_hat) + eps) of its running statistics.
-      norm = jnp.sqrt(jnp.sum(jnp.square(clipped(g))))
+      # ||clip(g)||^2 = sum(x^2 - [x^2 > limit^2] (1 - shrink^2) x^2), the indicator written as
+      # sign(d + |d|), d = x^2 - limit^2: in this arithmetic form XLA:CPU reads g inside the
+      # reduction loop, where a select (or a broadcast constant) would be written to memory first.
+      x2 = jnp.square(g.astype(dtype))
+      excess = x2 - limit * limit
+      over = jnp.sign(excess + jnp.abs(excess))
+      norm = jnp.sqrt(jnp.sum(x2 - x2 * over * (1.0 - shrink * shrink)))
       norm_mu = g1 * norm_mu + (1.0 - g1) * norm
       norm_nu = gamma2 * norm_nu + (1.0 - gamma2) * norm * norm
       target = (norm_mu / (1.0 - g1**jf)) / (jnp.sqrt(norm_nu / (1.0 - gamma2**jf)) + eps)
       scale = jnp.where(norm > 0, target / jnp.where(norm > 0, norm, 1.0), 1.0)
-
-      # The normalised gradient is cheap elementwise work: each consumer below recomputes it.
-      def normalised(g):
-        return (clipped(g) * scale).astype(g.dtype)
-
-      def first(g, m):
-        return beta1 * m + (1.0 - beta1) * normalised(g)
-
-      def second(g, v):
-        x = normalised(g)
-        return b2 * v + (1.0 - b2) * x * x
-
-      # Adam on the moments held so far; a reset zeroes them only for the next step. The update
-      # reads the old moments, so it is computed (and stored) first, and the moments are
-      # overwritten in place only once it exists (see `_after`): no copy of them is made.
-      u = (first(g, m).astype(mu_type) / bc1) / (
-          jnp.sqrt(second(g, v).astype(g.dtype)) / jnp.sqrt(bc2) + eps)
-      u = u.astype(g.dtype)
-      # One entry of the update orders the writes: a scalar, so they read nothing more.
-      done = u.reshape(-1)[:1].reshape(()) if u.size else jnp.zeros((), u.dtype)
-      always = k > 0
-      m = _after(jnp.where(reset, jnp.zeros_like(m), first(g, m)).astype(mu_type), done, always)
-      v = _after(jnp.where(reset, jnp.zeros_like(v), second(g, v)).astype(g.dtype), done, always)
-      return u, m, v, max_abs.astype(dtype), norm_mu.astype(dtype), norm_nu.astype(dtype)
+      # Each moment is one elementwise pass that overwrites its own buffer; the update below reads
+      # only the new moments, so no old buffer is needed after it is overwritten.
+      x = (clipped(g) * scale).astype(g.dtype)
+      m = beta1 * jnp.where(discard, jnp.zeros_like(m), m) + (1.0 - beta1) * x
+      v = b2 * jnp.where(discard, jnp.zeros_like(v), v) + (1.0 - b2) * x * x
+      m, v = m.astype(mu_type), v.astype(g.dtype)
+      u = (m / bc1) / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps)
+      return u.astype(g.dtype), m, v, max_abs.astype(dtype), norm_mu.astype(dtype), norm_nu.astype(dtype)
 
     out = jax.tree.map(
         leaf, updates, state.mu, state.nu, state.max_abs, state.norm_mu, state.norm_nu)

@@ -50,7 +50,7 @@ def test_matches_reference_oracle(total_steps):
     assert all(clipped[k - 1] > 0 for k in SPIKES)
 
 
-def test_reset_step_uses_old_moments_then_zeroes_them():
+def test_reset_step_uses_old_moments_then_the_next_step_starts_from_zero():
   tx = scale_by_stable_spam(reset_interval=3)
   g = jnp.array([1.0, -2.0, 0.5])
   state = tx.init(g)
@@ -58,11 +58,17 @@ def test_reset_step_uses_old_moments_then_zeroes_them():
     updates, state = tx.update(g, state)
     if k == 3:
       assert int(state.step) == 1
-      assert not np.any(np.asarray(state.mu)) and not np.any(np.asarray(state.nu))
       # Three steps of moments of a constant-direction gradient, bias-corrected as if one step:
       # |u| = ((1 - b1^3) / (1 - b1)) / sqrt((1 - b2^3) / (1 - b2)) instead of Adam's 1.
       want = ((1 - 0.9**3) / (1 - 0.9)) / np.sqrt((1 - 0.999**3) / (1 - 0.999))
       np.testing.assert_allclose(jnp.abs(updates), want, rtol=1e-4)
+    if k == 4:
+      # The reset step's moments were discarded: one step from zero, m = (1 - b1) x and
+      # v = (1 - b2) x^2 for the normalised gradient x, so m^2 / v = (1 - b1)^2 / (1 - b2), and
+      # bias-corrected with j = 2 (as the reference does) |u| = sqrt(1 + b2) / (1 + b1).
+      np.testing.assert_allclose(
+          np.square(state.mu) / np.asarray(state.nu), (1 - 0.9) ** 2 / (1 - 0.999), rtol=1e-4)
+      np.testing.assert_allclose(jnp.abs(updates), np.sqrt(1.999) / 1.9, rtol=1e-4)
   assert int(state.step) == 2 and int(state.count) == 4
 
 

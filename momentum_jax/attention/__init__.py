@@ -20,6 +20,10 @@ from momentum_jax.attention.flash_bias import (
     flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
 from momentum_jax.attention.flow import flow_attention, flow_attention_reference
+from momentum_jax.attention.grat import (
+    block_local_mask, criss_cross_mask, grat_attention, grat_attention_reference,
+    grat_causal_mask, grat_mask, grat_mask_numpy, grat_to_grid, grat_to_groups,
+)
 from momentum_jax.attention.kv_shift import (
     kv_shift_attention, kv_shift_attention_reference, kv_shift_identity_init,
 )
@@ -29,6 +33,10 @@ from momentum_jax.attention.lightning import (
 from momentum_jax.attention.linear import linear_attention, linear_attention_reference
 from momentum_jax.attention.momentum import (
     momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
+)
+from momentum_jax.attention.radial import (
+    radial_attention, radial_attention_reference, radial_block_mask, radial_mask,
+    radial_mask_numpy,
 )
 from momentum_jax.attention.registry import (
     AttentionDims, AttentionVariant, available_attention, get_attention, register_attention,
@@ -97,6 +105,16 @@ register_attention(
     AttentionVariant(flex_softmax_attention, flex_softmax_attention_reference,
                      params=("block_q", "block_k")),
 )
+register_attention(
+    "radial",
+    AttentionVariant(radial_attention, radial_attention_reference,
+                     params=("tokens_per_frame", "decay", "block_size")),
+)
+register_attention(
+    "grat",
+    AttentionVariant(grat_attention, grat_attention_reference,
+                     params=("grid", "group", "pattern", "radius", "block_size")),
+)
 
 __all__ = [
     "AttentionDims",
@@ -111,8 +129,10 @@ __all__ = [
     "and_masks",
     "apply_rope",
     "available_attention",
+    "block_local_mask",
     "causal_mask",
     "create_block_mask",
+    "criss_cross_mask",
     "ema_value_attention",
     "ema_value_attention_reference",
     "flex_attention",
@@ -124,6 +144,13 @@ __all__ = [
     "flow_attention",
     "flow_attention_reference",
     "get_attention",
+    "grat_attention",
+    "grat_attention_reference",
+    "grat_causal_mask",
+    "grat_mask",
+    "grat_mask_numpy",
+    "grat_to_grid",
+    "grat_to_groups",
     "kv_shift_attention",
     "kv_shift_attention_reference",
     "kv_shift_identity_init",
@@ -137,6 +164,11 @@ __all__ = [
     "momentum_shear",
     "momentum_shear_reference",
     "pooling_matrix",
+    "radial_attention",
+    "radial_attention_reference",
+    "radial_block_mask",
+    "radial_mask",
+    "radial_mask_numpy",
     "no_mask",
     "register_attention",
     "rope_frequencies",

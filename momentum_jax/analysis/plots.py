@@ -54,7 +54,7 @@ def plot_attention_patterns(
   labels = layer_labels or [f"layer {i}" for i in range(layers)]
   if len(labels) != layers:
     raise ValueError(f"layer_labels needs {layers} entries, got {len(labels)}")
-  fig = Figure(figsize=(2.6 * heads + 0.6, 2.6 * layers + 0.6))
+  fig = Figure(figsize=(2.6 * heads + 0.8, 2.6 * layers + 0.6), layout="constrained")
   axes = fig.subplots(layers, heads, squeeze=False)
   for layer in range(layers):
     for head in range(heads):
@@ -62,8 +62,10 @@ def plot_attention_patterns(
       image = ax.imshow(weights[layer, head], cmap="viridis", vmin=0.0, aspect="auto",
                         interpolation="nearest")
       ax.set_title(f"{labels[layer]}, head {head}", fontsize=8)
-      ax.set_xlabel("key s", fontsize=7)
-      ax.set_ylabel("query t", fontsize=7)
+      if layer == layers - 1:
+        ax.set_xlabel("key s", fontsize=7)
+      if head == 0:
+        ax.set_ylabel("query t", fontsize=7)
       ax.tick_params(labelsize=6)
   fig.colorbar(image, ax=axes, shrink=0.8)
   fig.suptitle(title)

@@ -31,6 +31,9 @@ from momentum_jax.attention.lightning import (
     alibi_slopes, lightning_attention, lightning_attention_reference,
 )
 from momentum_jax.attention.linear import linear_attention, linear_attention_reference
+from momentum_jax.attention.mega_ema import (
+    mega_ema_attention, mega_ema_attention_reference, mega_ema_delta_init, mega_ema_gamma_init,
+)
 from momentum_jax.attention.momentum import (
     momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
 )
@@ -65,6 +68,14 @@ register_attention(
 register_attention(
     "ema_value",
     AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",)),
+)
+register_attention(
+    "ema_value_learned",
+    AttentionVariant(
+        mega_ema_attention, mega_ema_attention_reference, params=("delta", "gamma"),
+        # Mega's initialisation (arXiv 2209.10655): δ ~ N(0, 0.2²), γ ~ N(0, 1), 8 components.
+        learned={"delta": mega_ema_delta_init, "gamma": mega_ema_gamma_init},
+    ),
 )
 register_attention(
     "linear",
@@ -159,6 +170,10 @@ __all__ = [
     "linear_attention",
     "linear_attention_reference",
     "low_rank_bias_factors",
+    "mega_ema_attention",
+    "mega_ema_attention_reference",
+    "mega_ema_delta_init",
+    "mega_ema_gamma_init",
     "momentum_attention",
     "momentum_attention_reference",
     "momentum_shear",

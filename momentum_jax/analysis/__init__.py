@@ -5,8 +5,27 @@ forensics of the momentum shear. Every function takes arrays (``weights_BxNxTxS`
 q/k), not models, so it works on attention maps from any source.
 """
 
+from momentum_jax.analysis.head_scores import (
+    HeadScore, detect_heads, duplicate_token_pattern, duplicate_token_score, induction_pattern,
+    induction_score, pattern_score, prefix_matching_score, previous_token_pattern,
+    previous_token_score,
+)
+from momentum_jax.analysis.interventions import (
+    act_calibrate, act_sink_columns, debias_scores, fit_recency_trend, replace_token_columns,
+    reweight_heads, scale_token_columns, suppress_tokens, var_redistribute, var_selection,
+    vhr_head_scales,
+)
 from momentum_jax.analysis.plots import (
     plot_attention_patterns, plot_band_energies, plot_bode, plot_head_scores, plot_sink_heatmap,
+)
+from momentum_jax.analysis.reasoning import (
+    fai, head_distance, head_divergence, mean_head_attention, split_local_global,
+    top_k_head_score, waad,
+)
+from momentum_jax.analysis.sinks import (
+    SinkLevels, TopActivations, dimension_sink_tokens, head_sink_scores, massive_activation_dims,
+    secondary_sinks, select_bos, sink_alpha, sink_flags, sink_rate, sink_thresholds,
+    top_activations,
 )
 from momentum_jax.analysis.spectral import (
     BandEnergies, BodeResponse, FirFit, Spectrum, band_energies, bode, fir_response,

@@ -189,7 +189,7 @@ def test_positional_debiasing():
 def test_jit_and_validation():
   weights = jnp.asarray(random_weights(np.random.default_rng(2), 1, 2, 5))
   np.testing.assert_allclose(jax.jit(iv.act_calibrate)(weights), iv.act_calibrate(weights),
-                             atol=1e-7)
+                             atol=1e-6)
   with pytest.raises(ValueError, match="weights"):
     iv.act_calibrate(jnp.ones((1, 2, 4, 5)))
   with pytest.raises(ValueError, match="heads"):

@@ -44,7 +44,8 @@ def head_distance(weights_BxNxTxT: jax.Array, rows: jax.Array | None = None) -> 
 
   Args:
     weights_BxNxTxT: causal attention weights, square in (query, key).
-    rows: optional ``[T]`` or ``[B, T]`` bool, the response rows R; default every row.
+    rows: optional ``[T]`` or ``[B, T]`` bool, the response rows R; default every row (a
+      sequence with no selected row gets NaN).
   """
   check_weights("weights", weights_BxNxTxT, square=True)
   batch, _, seq, _ = weights_BxNxTxT.shape

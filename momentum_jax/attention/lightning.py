@@ -53,10 +53,11 @@ def alibi_slopes(heads: int) -> np.ndarray:
   return np.asarray(slopes, np.float32)
 
 
-def _check_lightning(
+def check_lightning(
     q: jax.Array, k: jax.Array, *, causal: bool, decay: object, block_size: int,
     window: int | None, bias: jax.Array | None, sinks: jax.Array | None,
 ) -> None:
+  """Raises ``ValueError`` naming the argument for options lightning attention does not have."""
   check_unsupported("lightning", window=window, bias=bias, sinks=sinks)
   if not causal:
     raise ValueError("lightning attention is causal by definition, got causal=False")
@@ -98,6 +99,7 @@ def lightning_attention(
     scale: float | None = None,
     decay: jax.Array | float | None = None,
     block_size: int = 64,
+    implementation: str | None = None,
 ) -> jax.Array:
   """Blocked O(T) Lightning Attention-2, layout ``[B, T, N, H]``.
 
@@ -115,16 +117,31 @@ def lightning_attention(
     scale: multiplies q·k; None means 1 (no 1/√H).
     decay: decay rates ≥ 0, a scalar or ``[N]`` (differentiable); None gives the ALiBi slopes.
     block_size: block length C of the scan; any positive int (T is padded internally).
+    implementation: None runs the fused Pallas kernel
+      (:func:`momentum_jax.kernels.lightning.lightning_attention_kernel`, blocks of
+      ``block_size``) on the GPU when it supports the inputs and this scan elsewhere; ``"xla"``
+      always this scan; ``"pallas"`` always the kernel (interpret mode on the CPU), raising
+      ``ValueError`` for inputs it does not support (see :mod:`momentum_jax.kernels.dispatch`).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
+  # Imported here: the kernels package imports this module.
+  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  _check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
-                   window=window, bias=bias, sinks=sinks)
+  check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
+                  window=window, bias=bias, sinks=sinks)
+  if dispatch.wants_kernel(implementation):
+    from momentum_jax.kernels import lightning as kernel
+    block_sizes = kernel.BlockSizes(block_size, block_size, block_size)
+    if (implementation == "pallas"
+        or kernel.unsupported_reason(q_BxTxNxH, scale=scale, block_sizes=block_sizes) is None):
+      return kernel.lightning_attention_kernel(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids, scale=scale, decay=decay,
+          block_sizes=block_sizes)
   batch, seq, heads, head_dim = q_BxTxNxH.shape
   kv_heads = k_BxTxKxH.shape[2]
   groups = heads // kv_heads
@@ -200,8 +217,8 @@ def lightning_attention_reference(
       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  _check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
-                   window=window, bias=bias, sinks=sinks)
+  check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
+                  window=window, bias=bias, sinks=sinks)
   seq, heads = q_BxTxNxH.shape[1:3]
   out_dtype = q_BxTxNxH.dtype
   q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = _prepare(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, scale)

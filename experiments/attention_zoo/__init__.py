@@ -1,0 +1,1 @@
+"""Attention zoo: every registered causal attention variant, one budget, two recall tasks."""

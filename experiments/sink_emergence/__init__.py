@@ -1,0 +1,1 @@
+"""Attention sinks with softmax vs sigmoid attention in small LMs (see ``config.py``)."""

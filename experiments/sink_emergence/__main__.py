@@ -1,0 +1,92 @@
+"""Trains the softmax and sigmoid LMs of ``config.py`` on the Markov–Zipf language and measures
+the first-token attention sink (Sink_1, ε = 0.3) over training; writes a table, JSON and plots.
+
+    python -m momentum_jax.experiments.sink_emergence [--quick] [--output-dir DIR]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from momentum_jax.analysis import plot_sink_heatmap, sink_alpha, sink_rate
+from momentum_jax.experiments.cli import parse_experiment_args
+from momentum_jax.experiments.sink_emergence.config import get_config
+from momentum_jax.train import train
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_layers", "epsilon"))
+def _measure(state: nnx.State, tokens_BxT: jax.Array, *, graphdef: nnx.GraphDef,
+             num_layers: int, epsilon: float) -> dict[str, jax.Array]:
+  """Sink_1^ε over (sequence, layer, head) and the batch-mean α_1 per layer and head."""
+  hooks = tuple(f"blocks.{layer}.attn.hook_pattern" for layer in range(num_layers))
+  _, cache = nnx.merge(graphdef, state).run_with_cache(tokens_BxT, hooks)
+  alpha_LxBxNxT = jnp.stack([sink_alpha(cache[name]) for name in hooks])
+  return {"sink_1": sink_rate(alpha_LxBxNxT, epsilon)[0],
+          "alpha_1_LxN": alpha_LxBxNxT[..., 0].mean(axis=1)}
+
+
+def _plot_curves(results: dict[str, dict], epsilon: float, path: pathlib.Path) -> None:
+  fig = Figure(figsize=(7, 4.5))
+  ax = fig.subplots()
+  for name, r in results.items():
+    ax.plot(r["steps"], r["sink_1"], marker="o", markersize=3, label=name)
+  ax.set_xlabel("training step")
+  ax.set_ylabel(f"Sink_1 (% of sequence·layer·head with α > {epsilon:g})")
+  ax.set_ylim(-2, 102)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  ax.set_title("First-token attention sink over training")
+  fig.tight_layout()
+  FigureCanvasAgg(fig)
+  fig.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args, out_dir = parse_experiment_args(argv, __doc__, "sink_emergence")
+  config = get_config(quick=args.quick)
+  probe = config.task.sample(jax.random.key(config.probe_seed), config.probe_batch).tokens
+  results: dict[str, dict] = {}
+  for name, model_config in config.models:
+    record = {"steps": [], "sink_1": [], "eval_loss": [], "model": model_config.to_dict()}
+    for steps in range(config.measure_every, config.train.steps + 1, config.measure_every):
+      result = train(model_config, dataclasses.replace(config.train, steps=steps), config.task,
+                     out_dir / name, progress=not args.no_progress)
+      graphdef, state = nnx.split(result.model)
+      measured = _measure(state, probe, graphdef=graphdef, num_layers=model_config.num_layers,
+                          epsilon=config.epsilon)
+      record["steps"].append(steps)
+      record["sink_1"].append(float(measured["sink_1"]))
+      record["eval_loss"].append(float(result.final_eval["loss"]))
+    record["alpha_1_final"] = np.asarray(measured["alpha_1_LxN"]).tolist()
+    results[name] = record
+    plot_sink_heatmap(measured["alpha_1_LxN"], out_dir / f"sink_heatmap_{name}.png",
+                      epsilon=config.epsilon, title=f"{name}: α_1 after {steps} steps")
+
+  summary = {"task": dataclasses.asdict(config.task), "entropy_rate": config.task.entropy_rate(),
+             "train": config.train.to_dict(), "epsilon": config.epsilon, "quick": args.quick,
+             "results": results}
+  (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+  _plot_curves(results, config.epsilon, out_dir / "sink_curve.png")
+
+  print(f"\nentropy rate of the language: {summary['entropy_rate']:.3f} nats")
+  print(f"{'model':<20}{'loss':>8}{'Sink_1 %':>10}  Sink_1 over training")
+  for name, r in results.items():
+    curve = " ".join(f"{s:.0f}" for s in r["sink_1"])
+    print(f"{name:<20}{r['eval_loss'][-1]:>8.3f}{r['sink_1'][-1]:>10.1f}  {curve}")
+  print(f"\nwrote {out_dir / 'results.json'}, sink_curve.png and the sink heatmaps")
+  return summary
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,87 @@
+"""Attention sinks with softmax vs sigmoid attention (Gu et al., "When Attention Sink Emerges in
+Language Models: An Empirical View", arXiv 2410.10781).
+
+Claim: small LMs trained with softmax attention develop an attention sink on the first token
+(a large share of every query's attention goes there), while the same models with unnormalised
+sigmoid attention do not; with row-normalised sigmoid attention the sink returns (the paper
+attributes the sink to the normalisation: weights that must sum to one need a place to park).
+
+Language (our choice, ``language.py``): a first-order Markov chain over 128 tokens whose rows are
+Zipf laws (exponent 1.2) over state-specific rankings, fixed by a seed; sequences of 64 tokens,
+no BOS token. Predicting the next token needs the current token only, so attention has little
+useful work: the regime in which heads learn to "do nothing".
+
+Models, trained identically (same data order and initialisation seed): 2 layers, d_model 64,
+4 heads, GELU MLP 256, RoPE, pre-norm; Adam 1e-3, batch 32, 1200 steps, seed 0:
+  softmax              softmax attention;
+  sigmoid              sigmoid attention σ(q·k/√H − log T), unnormalised (Ramapuram et al.,
+                       arXiv 2409.04431, the registered ``"sigmoid"``);
+  sigmoid_normalized   the same with each row divided by its sum.
+Metric (the paper's): α^{l,h}_1 = mean over queries of the attention on the first token;
+Sink_1^ε = percentage of (sequence, layer, head) with α > ε, ε = 0.3, T = 64, measured on 64
+held-out sequences every 100 steps (:func:`momentum_jax.analysis.sink_alpha`,
+:func:`momentum_jax.analysis.sink_rate`). Outputs: ``results.json``, ``sink_curve.png``
+(Sink_1 over training) and ``sink_heatmap_<model>.png`` (final α_1 per layer and head).
+
+Command:   python -m momentum_jax.experiments.sink_emergence
+           (--quick for a tiny smoke run; --output-dir to choose where results go)
+Hardware:  CPU (2 cores), float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from momentum_jax.experiments.sink_emergence.language import MarkovZipfLanguage
+from momentum_jax.nn import TransformerConfig
+from momentum_jax.train import TrainConfig
+
+EPSILON = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Language, training, models and the sink measurement.
+
+  Attributes:
+    task: the synthetic language.
+    train: the training configuration shared by every model (``steps`` is the total).
+    models: (name, model config) pairs.
+    measure_every: steps between Sink_1 measurements.
+    probe_batch: held-out sequences per measurement.
+    epsilon: sink threshold ε.
+    probe_seed: seeds the held-out probe sequences.
+  """
+
+  task: MarkovZipfLanguage
+  train: TrainConfig
+  models: tuple[tuple[str, TransformerConfig], ...]
+  measure_every: int
+  probe_batch: int
+  epsilon: float = EPSILON
+  probe_seed: int = 1234
+
+
+def _model(task: MarkovZipfLanguage, d_model: int, attention: str,
+           **attention_params) -> TransformerConfig:
+  return TransformerConfig(
+      vocab_size=task.vocab_size, context_len=task.seq_len, num_layers=2, d_model=d_model,
+      num_heads=4, mlp_dim=4 * d_model, attention=attention, attention_params=attention_params)
+
+
+def get_config(quick: bool = False) -> ExperimentConfig:
+  """The default configuration, or the tiny ``--quick`` smoke configuration."""
+  task = MarkovZipfLanguage(vocab_size=128, seq_len=64, zipf_exponent=1.2, language_seed=0)
+  if quick:
+    train = TrainConfig(steps=20, batch_size=8, learning_rate=1e-3, optimizer="adam",
+                        eval_every=0, eval_batches=1, checkpoint_every=0, log_every=10, seed=0)
+    d_model, measure_every, probe_batch = 16, 10, 4
+  else:
+    train = TrainConfig(steps=1200, batch_size=32, learning_rate=1e-3, optimizer="adam",
+                        eval_every=0, eval_batches=4, checkpoint_every=0, log_every=50, seed=0)
+    d_model, measure_every, probe_batch = 64, 100, 64
+  models = (("softmax", _model(task, d_model, "softmax")),
+            ("sigmoid", _model(task, d_model, "sigmoid")),
+            ("sigmoid_normalized", _model(task, d_model, "sigmoid", normalize=True)))
+  return ExperimentConfig(task=task, train=train, models=models, measure_every=measure_every,
+                          probe_batch=probe_batch)

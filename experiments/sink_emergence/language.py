@@ -1,0 +1,78 @@
+"""A synthetic language for small LMs: a first-order Markov chain with Zipfian transitions.
+
+Every state s has its own ranking of the vocabulary (a random permutation, fixed by
+``language_seed``) and emits the token of rank r with probability ∝ (r + 1)^(−a): the marginal
+statistics are heavy-tailed like text, each next token depends on the current one only, and the
+chain is the same for every batch and run. The first token is drawn from the Zipf law over the
+identity ranking. There is no BOS token: position 0 is an ordinary token, as in the setting where
+Gu et al. (arXiv 2410.10781) find the sink on the first token whatever it is.
+
+Loss counts every position; the entropy rate (the best achievable loss) is the Zipf law's entropy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from momentum_jax.data import Batch
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovZipfLanguage:
+  """Markov chain whose rows are Zipf laws over state-specific rankings of the vocabulary.
+
+  Attributes:
+    vocab_size: number of token ids, >= 2.
+    seq_len: tokens per sequence T, >= 2.
+    zipf_exponent: a > 0 of p(rank r) ∝ (r + 1)^(−a).
+    language_seed: fixes the rankings (the language), independent of the sampling key.
+  """
+
+  vocab_size: int = 128
+  seq_len: int = 64
+  zipf_exponent: float = 1.2
+  language_seed: int = 0
+
+  def __post_init__(self):
+    if self.vocab_size < 2:
+      raise ValueError(f"vocab_size must be >= 2, got vocab_size={self.vocab_size}")
+    if self.seq_len < 2:
+      raise ValueError(f"seq_len must be >= 2, got seq_len={self.seq_len}")
+    if not self.zipf_exponent > 0:
+      raise ValueError(f"zipf_exponent must be > 0, got zipf_exponent={self.zipf_exponent}")
+
+  def zipf_logits(self) -> jax.Array:
+    """``[V]`` log-probabilities (up to a constant) of ranks 0 … V−1."""
+    return -self.zipf_exponent * jnp.log1p(jnp.arange(self.vocab_size, dtype=jnp.float32))
+
+  def transition_logits(self) -> jax.Array:
+    """``[V, V]`` logits of the next token given the current one (row = current)."""
+    uniform_VxV = jax.random.uniform(jax.random.key(self.language_seed),
+                                     (self.vocab_size, self.vocab_size))
+    rank_VxV = jnp.argsort(jnp.argsort(uniform_VxV, axis=-1), axis=-1)
+    return self.zipf_logits()[rank_VxV]
+
+  def entropy_rate(self) -> float:
+    """Entropy of the next token (nats), the same for every state: the lowest achievable loss."""
+    log_p = jax.nn.log_softmax(self.zipf_logits())
+    return float(-jnp.sum(jnp.exp(log_p) * log_p))
+
+  @functools.partial(jax.jit, static_argnums=(0, 2))
+  def sample(self, key: jax.Array, batch_size: int) -> Batch:
+    """``batch_size`` sequences of the chain; ``targets`` are the next tokens, all counted."""
+    first_key, chain_key = jax.random.split(key)
+    logits_VxV = self.transition_logits()
+    first_B = jax.random.categorical(first_key, self.zipf_logits(), shape=(batch_size,))
+
+    def step(token_B, step_key):
+      nxt_B = jax.random.categorical(step_key, logits_VxV[token_B])
+      return nxt_B, nxt_B
+
+    _, rest_TxB = jax.lax.scan(step, first_B, jax.random.split(chain_key, self.seq_len))
+    raw_BxT1 = jnp.concatenate([first_B[:, None], rest_TxB.T], axis=1).astype(jnp.int32)
+    return Batch(raw_BxT1[:, :-1], raw_BxT1[:, 1:],
+                 jnp.ones((batch_size, self.seq_len), jnp.float32))

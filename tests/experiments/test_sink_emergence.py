@@ -1,0 +1,69 @@
+"""Sink emergence: the Markov–Zipf language, and the --quick run end to end."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from momentum_jax.experiments.sink_emergence.__main__ import main
+from momentum_jax.experiments.sink_emergence.config import get_config
+from momentum_jax.experiments.sink_emergence.language import MarkovZipfLanguage
+
+
+def test_language_is_a_fixed_markov_chain_with_zipf_rows():
+  language = MarkovZipfLanguage(vocab_size=16, seq_len=33, zipf_exponent=1.5, language_seed=3)
+  logits_VxV = language.transition_logits()
+  np.testing.assert_array_equal(jnp.sort(logits_VxV, axis=-1),
+                                jnp.broadcast_to(jnp.sort(language.zipf_logits()), (16, 16)))
+  batch = language.sample(jax.random.key(0), 256)
+  assert batch.tokens.shape == batch.targets.shape == batch.loss_mask.shape == (256, 33)
+  np.testing.assert_array_equal(batch.targets[:, :-1], batch.tokens[:, 1:])
+  assert bool(jnp.all(batch.loss_mask == 1.0))
+  again = language.sample(jax.random.key(0), 256)
+  np.testing.assert_array_equal(batch.tokens, again.tokens)
+  # Every transition is the state's rank-0 token with probability p(0) of the Zipf law.
+  top_next_V = jnp.argmax(logits_VxV, axis=-1)
+  is_top = batch.targets == top_next_V[batch.tokens]
+  p0 = float(jax.nn.softmax(language.zipf_logits())[0])
+  assert abs(float(is_top.mean()) - p0) < 0.02
+  log_p = jax.nn.log_softmax(language.zipf_logits())
+  np.testing.assert_allclose(language.entropy_rate(), -float(jnp.sum(jnp.exp(log_p) * log_p)),
+                             rtol=1e-6)
+  other = MarkovZipfLanguage(vocab_size=16, seq_len=33, zipf_exponent=1.5, language_seed=4)
+  assert not bool(jnp.all(other.transition_logits() == logits_VxV))
+
+
+def test_language_rejects_bad_fields():
+  with pytest.raises(ValueError, match="vocab_size=1"):
+    MarkovZipfLanguage(vocab_size=1)
+  with pytest.raises(ValueError, match="zipf_exponent=0"):
+    MarkovZipfLanguage(zipf_exponent=0)
+
+
+def test_default_models_differ_only_in_attention():
+  config = get_config()
+  models = dict(config.models)
+  assert [m.attention for m in models.values()] == ["softmax", "sigmoid", "sigmoid"]
+  assert dict(models["sigmoid_normalized"].attention_params) == {"normalize": True}
+  fields = {k: v for k, v in models["softmax"].to_dict().items()
+            if k not in ("attention", "attention_params")}
+  for model in models.values():
+    assert {k: v for k, v in model.to_dict().items() if k in fields} == fields
+  assert config.task.seq_len == 64 and config.epsilon == 0.3
+
+
+@pytest.mark.slow
+def test_quick_run_writes_curves_json_and_plots(tmp_path, capsys):
+  summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
+  config = get_config(quick=True)
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert list(saved["results"]) == [name for name, _ in config.models] == list(summary["results"])
+  for name, result in saved["results"].items():
+    assert result["steps"] == [10, 20]
+    assert all(0.0 <= s <= 100.0 for s in result["sink_1"])
+    assert np.shape(result["alpha_1_final"]) == (2, 4)
+    assert (tmp_path / f"sink_heatmap_{name}.png").stat().st_size > 1000
+  assert (tmp_path / "sink_curve.png").stat().st_size > 1000
+  assert "sigmoid_normalized" in capsys.readouterr().out

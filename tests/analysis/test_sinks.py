@@ -1,12 +1,14 @@
-"""Sink metric, secondary sinks and massive activations against loop oracles and hand-built
-hidden states with known sink levels."""
+"""Sink metric, secondary sinks and massive activations against loop oracles, hand-built hidden
+states with known sink levels, and activations captured from a small model."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from momentum_jax.analysis import sinks
+from momentum_jax.nn import Transformer, TransformerConfig
 
 
 def random_weights(rng, batch, heads, seq, sink_logit=0.0):
@@ -130,3 +132,21 @@ def test_jit_and_validation():
     sinks.select_bos(jnp.ones((2, 1, 3, 4)), candidates=(0, 3))
   with pytest.raises(ValueError, match="sink_dims"):
     sinks.dimension_sink_tokens(jnp.ones((1, 3, 4)), [4])
+
+
+def test_on_captured_activations():
+  cfg = TransformerConfig(vocab_size=16, context_len=12, num_layers=2, d_model=16, num_heads=2)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (3, 12), 0, 16)
+  _, cache = model.run_with_cache(
+      tokens, names_filter=lambda name: name.endswith(("hook_pattern", "hook_resid_post")))
+  patterns = [cache[f"blocks.{l}.attn.hook_pattern"] for l in range(2)]
+  alpha = jnp.stack([sinks.sink_alpha(p) for p in patterns])
+  expected = np.stack([oracle_alpha(np.asarray(p)) for p in patterns])
+  np.testing.assert_allclose(alpha, expected, rtol=1e-5)
+  np.testing.assert_allclose(sinks.sink_rate(alpha, 0.3)[0],
+                             100 * np.mean(expected[..., 0] > 0.3), rtol=1e-6)
+  hidden = jnp.stack([cache[f"blocks.{l}.hook_resid_post"] for l in range(2)])
+  levels = sinks.secondary_sinks(hidden)
+  assert levels.lifetime.shape == (3, 12) and set(np.asarray(levels.bos)) <= {0, 1}
+  assert (np.asarray(levels.lifetime) <= 2).all()

@@ -1,12 +1,20 @@
-"""Flax NNX modules: the transformer whose attention variant is chosen by name."""
+"""Flax NNX modules: the transformer whose attention variant is chosen by name, and the attention
+layers with their own parameters (gated attention, Mixture-of-Head routing, the α projection of
+affine-scaled attention, the flux layer router)."""
 
+from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
+from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
 from momentum_jax.nn.layer_stats import Dense, DenseStats, value_grad_and_layer_stats
+from momentum_jax.nn.moh import MoHRouter, load_balance_loss
 from momentum_jax.nn.transformer import Attention, Block, Mlp, Transformer, segment_positions
 
 __all__ = [
     "Dense", "DenseStats", "value_grad_and_layer_stats",
+    "AffineAlpha", "AlphaEma", "AttentionGate", "FluxRouter", "MoHRouter", "load_balance_loss",
+    "prefix_mean", "sparsity_loss",
     "Attention", "Block", "Mlp", "NamesFilter", "Recorder", "Transformer", "TransformerConfig",
     "segment_positions",
 ]

@@ -9,6 +9,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from momentum_jax.nn.gated import GATE_MODES
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -35,6 +37,22 @@ class TransformerConfig:
     tie_embeddings: reuse the token embedding as the output projection.
     norm_eps: RMSNorm epsilon.
     dtype: compute dtype (parameters are kept in float32).
+    causal: causal (decoder) masking; ``attention="agent"`` is non-causal and needs False.
+    gate: output gate of gated attention (arXiv 2505.06708): ``"none"``, ``"elementwise"``
+      (one sigmoid gate per head dimension) or ``"headwise"`` (one per head).
+    moh: Mixture-of-Head routing of the heads (arXiv 2410.11842).
+    moh_shared_heads: heads always active under ``moh``; the other heads are routed.
+    moh_top_k: routed heads active per token under ``moh``.
+    moh_loss_weight: weight of the load-balance loss in ``Transformer.logits_and_aux_loss``.
+    flux_router: per-layer full-vs-sliding-window router (arXiv 2604.07394, our reading).
+    flux_window: window of the router's sparse branch (keys per query, itself included).
+    flux_target: target fraction of sparse choices.
+    flux_loss_weight: weight of the sparsity-target loss in ``Transformer.logits_and_aux_loss``.
+    flux_temperature: Gumbel-softmax temperature of the router in training.
+
+  Affine-scaled attention is ``attention="affine"``: the layer then projects α per token and head
+  and keeps the running mean α_ma (``momentum_jax.nn.affine``). Every option above is off by
+  default, so a config without them builds exactly the model it built before they existed.
   """
 
   vocab_size: int
@@ -54,6 +72,17 @@ class TransformerConfig:
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
   dtype: str = "float32"
+  causal: bool = True
+  gate: str = "none"
+  moh: bool = False
+  moh_shared_heads: int = 0
+  moh_top_k: int = 1
+  moh_loss_weight: float = 0.01
+  flux_router: bool = False
+  flux_window: int = 16
+  flux_target: float = 0.5
+  flux_loss_weight: float = 0.01
+  flux_temperature: float = 1.0
 
   def __post_init__(self):
     params = self.attention_params
@@ -90,12 +119,47 @@ class TransformerConfig:
       raise ValueError(f"dtype must be one of {_DTYPES}, got dtype={self.dtype!r}")
     if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
       raise ValueError(f"rope_base must be a positive finite float, got {self.rope_base!r}")
+    self._validate_layer_options()
     variant = get_attention(self.attention)
     unknown = sorted(set(dict(self.attention_params)) - set(variant.params))
     if unknown:
       raise ValueError(
           f"attention_params {unknown} are not parameters of attention={self.attention!r}; "
           f"it takes {list(variant.params)}")
+
+  def _validate_layer_options(self) -> None:
+    if self.gate not in GATE_MODES:
+      raise ValueError(f"gate must be one of {GATE_MODES}, got gate={self.gate!r}")
+    if self.attention == "agent" and self.causal:
+      raise ValueError("attention='agent' is non-causal: it needs causal=False, got causal=True")
+    if not self.causal and self.window is not None:
+      raise ValueError(f"window={self.window} needs causal=True, got causal=False")
+    for name in ("moh_loss_weight", "flux_loss_weight"):
+      value = getattr(self, name)
+      if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite float >= 0, got {name}={value!r}")
+    if self.moh:
+      routed = self.num_heads - self.moh_shared_heads
+      if not 0 <= self.moh_shared_heads <= self.num_heads:
+        raise ValueError(
+            f"moh_shared_heads must be in [0, num_heads={self.num_heads}], "
+            f"got moh_shared_heads={self.moh_shared_heads!r}")
+      if routed and not 1 <= self.moh_top_k <= routed:
+        raise ValueError(
+            f"moh_top_k must be in [1, {routed}] (num_heads - moh_shared_heads routed heads), "
+            f"got moh_top_k={self.moh_top_k!r}")
+    if self.flux_router:
+      if not isinstance(self.flux_window, int) or self.flux_window < 1:
+        raise ValueError(f"flux_window must be an int >= 1, got flux_window={self.flux_window!r}")
+      if self.window is not None or not self.causal:
+        raise ValueError(
+            f"flux_router chooses between full causal attention and flux_window: it needs "
+            f"window=None and causal=True, got window={self.window!r}, causal={self.causal!r}")
+      if not 0.0 <= self.flux_target <= 1.0:
+        raise ValueError(f"flux_target must be in [0, 1], got flux_target={self.flux_target!r}")
+      if not self.flux_temperature > 0:
+        raise ValueError(
+            f"flux_temperature must be > 0, got flux_temperature={self.flux_temperature!r}")
 
   @property
   def compute_dtype(self) -> jnp.dtype:

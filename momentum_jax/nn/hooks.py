@@ -4,7 +4,12 @@ Hook names (TransformerLens): ``hook_embed``, ``blocks.{l}.hook_resid_pre``,
 ``blocks.{l}.attn.hook_q`` / ``hook_k`` / ``hook_v`` ([B,T,N,H] / [B,S,K,H]),
 ``blocks.{l}.attn.hook_rot_q`` / ``hook_rot_k`` (after RoPE),
 ``blocks.{l}.attn.hook_attn_scores`` / ``hook_pattern`` ([batch, head, query_pos, key_pos]),
-``blocks.{l}.attn.hook_z`` ([B,T,N,H], before the output projection),
+``blocks.{l}.attn.hook_z`` ([B,T,N,H], the attention output, before any gate and the output
+projection), and with the optional layers of ``TransformerConfig``:
+``blocks.{l}.attn.hook_gate`` (gated attention's σ(X W_θ), [B,T,N,H] or [B,T,N,1]),
+``blocks.{l}.attn.hook_head_gates`` (Mixture-of-Head per-token head gates, [B,T,N]),
+``blocks.{l}.attn.hook_alpha`` (affine-scaled attention's α, [B,T,N]),
+``blocks.{l}.attn.hook_router`` (the flux router's [full, sparse] choice, [B,T,2]);
 ``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
 ``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``.
 

@@ -4,6 +4,12 @@ Pre-norm residual blocks (RMSNorm), RoPE on q and k, the registered attention va
 ``momentum_jax.attention`` (softmax, momentum, kv_shift, ema_value, ...), an optional GELU MLP
 (``mlp_dim=0`` gives the attention-only models of the induction experiments) and tied or untied
 embeddings. Activations are capturable under TransformerLens hook names (see ``hooks.py``).
+
+Optional attention layers with their own parameters (all off by default, see
+``TransformerConfig``): the sigmoid output gate of gated attention (``gated.py``), Mixture-of-Head
+routing (``moh.py``), the α projection of affine-scaled attention (``affine.py``) and the flux
+full-vs-sliding-window layer router (``flux_router.py``). Their losses (MoH load balance, flux
+sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
 """
 
 from __future__ import annotations
@@ -13,9 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from momentum_jax.attention import AttentionDims, apply_rope, get_attention
+from momentum_jax.nn.affine import AffineAlpha
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
+from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, NamesFilter, Recorder
 from momentum_jax.nn.layer_stats import Dense
+from momentum_jax.nn.moh import MoHRouter
+
+AuxLosses = dict[str, jax.Array]
 
 def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
   """Position of each token inside its segment (restarts at 0 where the segment id changes)."""
@@ -43,9 +55,21 @@ class Attention(nnx.Module):
     learned = get_attention(config.attention).learned
     self.variant_params = nnx.Dict(
         {name: nnx.Param(init(dims, rngs.params())) for name, init in learned.items()})
+    dtype = config.compute_dtype
+    self.gate = None if config.gate == "none" else AttentionGate(
+        d, n, h, config.gate, dtype=dtype, rngs=rngs)
+    self.moh = MoHRouter(d, n, config.moh_shared_heads, config.moh_top_k, dtype=dtype,
+                         rngs=rngs) if config.moh else None
+    self.affine = None if config.attention != "affine" else AffineAlpha(
+        d, n, dtype=dtype, rngs=rngs)
+    self.flux = FluxRouter(d, temperature=config.flux_temperature, dtype=dtype,
+                           rngs=rngs) if config.flux_router else None
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
-               segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str) -> jax.Array:
+               segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str,
+               aux: AuxLosses | None = None) -> jax.Array:
+    """Attention output ``[B, T, D]``; the layer's auxiliary losses go into ``aux`` under
+    ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict."""
     cfg = self.config
     b, t, _ = x_BxTxD.shape
     q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -63,16 +87,49 @@ class Attention(nnx.Module):
     variant = get_attention(cfg.attention)
     kwargs = dict(cfg.attention_params)
     kwargs.update({name: p[...] for name, p in self.variant_params.items()})
-    kwargs.update(causal=True, window=cfg.window, segment_ids=segment_ids_BxT,
+    kwargs.update(causal=cfg.causal, segment_ids=segment_ids_BxT,
                   sinks=None if self.sinks is None else self.sinks[...])
-    if recorder.wants(prefix + "hook_pattern") or recorder.wants(prefix + "hook_attn_scores"):
-      z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = variant.reference(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, return_weights=True, **kwargs)
-      recorder.record(prefix + "hook_attn_scores", scores_BxNxTxS)
-      recorder.record(prefix + "hook_pattern", pattern_BxNxTxS)
+    if self.affine is not None:
+      alpha_BxTxN, alpha_ma_N = self.affine(x_BxTxD)
+      recorder.record(prefix + "hook_alpha", alpha_BxTxN)
+      kwargs.update(alpha_BxTxN=alpha_BxTxN, alpha_ma=alpha_ma_N)
+    wants_pattern = (recorder.wants(prefix + "hook_pattern")
+                     or recorder.wants(prefix + "hook_attn_scores"))
+
+    def attend(window: int | None) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+      if wants_pattern:
+        return variant.reference(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, return_weights=True,
+                                 window=window, **kwargs)
+      return variant.fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, window=window, **kwargs), None, None
+
+    if self.flux is None:
+      z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = attend(cfg.window)
     else:
-      z_BxTxNxH = variant.fn(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, **kwargs)
+      choice_BxTx2 = self.flux(x_BxTxD, segment_ids_BxT)
+      recorder.record(prefix + "hook_router", choice_BxTx2)
+      if aux is not None:
+        aux[prefix + "flux_sparsity"] = sparsity_loss(choice_BxTx2, cfg.flux_target)
+      full, sparse = attend(None), attend(cfg.flux_window)
+      z_BxTxNxH = (choice_BxTx2[..., 0, None, None] * full[0]
+                   + choice_BxTx2[..., 1, None, None] * sparse[0]).astype(full[0].dtype)
+      scores_BxNxTxS = pattern_BxNxTxS = None
+      if wants_pattern:  # per query row: the scores and weights of the branch it took
+        row_BxNxTx1 = choice_BxTx2[:, None, :, 1:]
+        scores_BxNxTxS = jnp.where(row_BxNxTx1 > 0.5, sparse[1], full[1])
+        pattern_BxNxTxS = (1 - row_BxNxTx1) * full[2] + row_BxNxTx1 * sparse[2]
+    recorder.record(prefix + "hook_attn_scores", scores_BxNxTxS)
+    recorder.record(prefix + "hook_pattern", pattern_BxNxTxS)
     recorder.record(prefix + "hook_z", z_BxTxNxH)
+    if self.gate is not None:
+      gate_BxTxNxG = self.gate.gate(x_BxTxD)
+      recorder.record(prefix + "hook_gate", gate_BxTxNxG)
+      z_BxTxNxH = z_BxTxNxH * gate_BxTxNxG.astype(z_BxTxNxH.dtype)
+    if self.moh is not None:
+      head_gates_BxTxN, balance_loss = self.moh(x_BxTxD)
+      recorder.record(prefix + "hook_head_gates", head_gates_BxTxN)
+      if aux is not None:
+        aux[prefix + "moh_load_balance"] = balance_loss
+      z_BxTxNxH = z_BxTxNxH * head_gates_BxTxN[..., None].astype(z_BxTxNxH.dtype)
     return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim))
 
 
@@ -103,10 +160,10 @@ class Block(nnx.Module):
       self.mlp_norm = self.mlp = None
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, recorder: Recorder,
-               prefix: str) -> jax.Array:
+               prefix: str, aux: AuxLosses | None = None) -> jax.Array:
     recorder.record(prefix + "hook_resid_pre", x_BxTxD)
     attn_out = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT, recorder,
-                         prefix + "attn.")
+                         prefix + "attn.", aux)
     recorder.record(prefix + "hook_attn_out", attn_out)
     x_BxTxD = x_BxTxD + attn_out
     if self.mlp is not None:
@@ -154,7 +211,36 @@ class Transformer(nnx.Module):
     logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
     return logits, recorder.cache
 
-  def _forward(self, tokens_BxT, positions_BxT, segment_ids_BxT, recorder: Recorder):
+  def logits_and_aux_loss(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
+                          segment_ids_BxT: jax.Array | None = None
+                          ) -> tuple[jax.Array, AuxLosses]:
+    """Logits and the auxiliary losses of the attention layers, to add to the training loss.
+
+    Returns ``(logits_BxTxV, aux)``; ``aux["total"]`` is the weighted sum to add to the task loss,
+
+        total = moh_loss_weight · mean_l L_lb^l + flux_loss_weight · mean_l L_sparsity^l,
+
+    and, for the options that are on, ``aux["moh_load_balance"]`` and ``aux["flux_sparsity"]``
+    (means over layers) and the per-layer values under ``"blocks.{l}.attn.<name>"``. Float32
+    scalars; ``total`` is 0 when no layer has a loss. The trainer in ``momentum_jax.train``
+    optimises the task loss only: a train step for MoH or flux models calls this method instead
+    of ``model(tokens)`` and adds ``aux["total"]`` to its loss.
+    """
+    aux: AuxLosses = {}
+    logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE, aux)
+    cfg = self.config
+    total = jnp.float32(0.0)
+    for name, weight in (("moh_load_balance", cfg.moh_loss_weight),
+                         ("flux_sparsity", cfg.flux_loss_weight)):
+      per_layer = [value for key, value in aux.items() if key.endswith("attn." + name)]
+      if per_layer:
+        aux[name] = jnp.mean(jnp.stack(per_layer))
+        total = total + weight * aux[name]
+    aux["total"] = total
+    return logits, aux
+
+  def _forward(self, tokens_BxT, positions_BxT, segment_ids_BxT, recorder: Recorder,
+               aux: AuxLosses | None = None):
     tokens_BxT = jnp.asarray(tokens_BxT)
     self._validate_inputs(tokens_BxT, positions_BxT, segment_ids_BxT)
     if positions_BxT is None:
@@ -165,7 +251,8 @@ class Transformer(nnx.Module):
     x_BxTxD = self.embed(tokens_BxT)
     recorder.record("hook_embed", x_BxTxD)
     for layer, block in enumerate(self.blocks):
-      x_BxTxD = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, f"blocks.{layer}.")
+      x_BxTxD = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, f"blocks.{layer}.",
+                      aux)
     x_BxTxD = self.final_norm(x_BxTxD)
     recorder.record("ln_final.hook_normalized", x_BxTxD)
     if self.unembed is None:

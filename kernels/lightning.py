@@ -19,7 +19,10 @@ Backward, with dP = dO Vᵀ and S = Q Kᵀ on a block:
 with G = Σ_{t > end} λ^{t−end} q_tᵀ do_t the state of the later blocks. The decay gradient (only
 computed when ``decay`` is traced) is ∂L/∂decay = −Σ_{t,s} (t−s) λ^{t−s} (q_t·k_s)(do_t·v_s),
 accumulated in the dQ pass from the intra-block lags and a second state
-KV' = Σ_{s < start} (start−s) λ^{start−s} k_sᵀ v_s, KV' ← λ^C (KV' + C·KV) + (diag((C−j) λ^{C−j}) K_b)ᵀ V_b,
+
+    KV' = Σ_{s < start} (start−s) λ^{start−s} k_sᵀ v_s,
+    KV' ← λ^C (KV' + C·KV) + (diag((C−j) λ^{C−j}) K_b)ᵀ V_b,
+
 so that no sum of large position-weighted terms cancels.
 
 Every decay factor is a power λ^n with n ≥ 0. Segments (``segment_ids``) restart the state at each

@@ -46,6 +46,9 @@ from momentum_jax.attention.registry import (
 )
 from momentum_jax.attention.rope import apply_rope, rope_frequencies
 from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
+from momentum_jax.attention.sla import (
+    sla_attention, sla_attention_reference, sla_block_selection, sla_proj_zero_init,
+)
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 
 register_attention("softmax", AttentionVariant(softmax_attention, softmax_attention_reference))
@@ -86,6 +89,14 @@ register_attention(
     "lightning",
     AttentionVariant(lightning_attention, lightning_attention_reference,
                      params=("decay", "block_size")),
+)
+register_attention(
+    "sla",
+    AttentionVariant(
+        sla_attention, sla_attention_reference, params=("proj", "ratio", "block_size"),
+        # SLA (arXiv 2509.24006) zero-initialises the linear branch's projection.
+        learned={"proj": sla_proj_zero_init},
+    ),
 )
 register_attention(
     "sigmoid",
@@ -190,6 +201,10 @@ __all__ = [
     "segment_mask",
     "sigmoid_attention",
     "sigmoid_attention_reference",
+    "sla_attention",
+    "sla_attention_reference",
+    "sla_block_selection",
+    "sla_proj_zero_init",
     "sliding_window_mask",
     "softcap_score",
     "softmax_attention",

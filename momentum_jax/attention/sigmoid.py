@@ -9,13 +9,18 @@ of a row are divided by their sum plus 1e−8 (the normalised form used to study
 
 The fast form cuts the keys into blocks of ``block_size`` and a ``lax.scan`` over the blocks
 accumulates W·V (and the row sums when normalising), so no T×S array is built: memory is
-O(T·C) per head for the scan step. Computation is in float32 (float64 for float64 inputs), the
-output in q's dtype.
+O(T·C) per head for the scan step. Its backward pass is a custom VJP in the manner of
+FlashAttention (Dao et al., arXiv 2205.14135): a second scan over the key blocks recomputes each
+block's weights from q and k, keeping only q, k, v (and, normalised, the output and row sums)
+from the forward pass, so the backward pass is also O(T·C) per head rather than storing every
+block's weights. Computation is in float32 (float64 for float64 inputs), the output in q's dtype.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,7 +102,6 @@ def sigmoid_attention(
   scale = head_dim**-0.5 if scale is None else scale
   offset = _offset(sigmoid_bias, seq_k)
   dtype = compute_dtype(q_BxTxNxH)
-  hi = jax.lax.Precision.HIGHEST
 
   q_BxTxKxGxH = (scale * q_BxTxNxH.astype(dtype)).reshape(
       batch, seq_q, kv_heads, groups, head_dim)
@@ -117,34 +121,129 @@ def sigmoid_attention(
                         + bias.shape[3:])
     if bias_per_block:
       xs["bias"] = jnp.moveaxis(to_blocks(jnp.moveaxis(bias, -1, 1), block_size), -4, -1)
-  t_Tx1 = jnp.arange(seq_q)[:, None]
+  config = _ScanConfig(seq_k, causal, window, normalize)
+  out_BxTxKxGxH = _sigmoid_scan(config, q_BxTxKxGxH, xs, jnp.asarray(offset, dtype),
+                                None if bias_per_block else bias, segment_ids)
+  return out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype)
+
+
+class _ScanConfig(NamedTuple):
+  """Static configuration of the key-block scan."""
+
+  seq_k: int
+  causal: bool
+  window: int | None
+  normalize: bool
+
+
+def _block_weights(
+    config: _ScanConfig, q_BxTxKxGxH: jax.Array, block: dict[str, jax.Array], offset: jax.Array,
+    bias: jax.Array | None, segment_ids: jax.Array | None,
+) -> tuple[jax.Array, jax.Array]:
+  """σ(l) of one key block and its visibility ``[B or 1, T, 1, 1, C]``."""
+  s_1xC = block["s"][None]
+  t_Tx1 = jnp.arange(q_BxTxKxGxH.shape[1])[:, None]
+  visible_TxC = s_1xC < config.seq_k
+  if config.causal:
+    visible_TxC &= s_1xC <= t_Tx1
+    if config.window is not None:
+      visible_TxC &= s_1xC > t_Tx1 - config.window
+  visible_BxTxC = visible_TxC[None]
+  if segment_ids is not None:
+    visible_BxTxC = visible_BxTxC & (segment_ids[:, :, None] == block["seg"][:, None, :])
+  logits_BxTxKxGxC = jnp.einsum("btkgh,bckh->btkgc", q_BxTxKxGxH, block["k"],
+                                precision=jax.lax.Precision.HIGHEST) + offset
+  if "bias" in block:
+    logits_BxTxKxGxC = logits_BxTxKxGxC + block["bias"]
+  elif bias is not None:
+    logits_BxTxKxGxC = logits_BxTxKxGxC + bias
+  return jax.nn.sigmoid(logits_BxTxKxGxC), visible_BxTxC[:, :, None, None]
+
+
+def _sigmoid_forward(config, q_BxTxKxGxH, xs, offset, bias, segment_ids):
+  """Σ_s W_ts v_s and the row sums Σ_s W_ts, accumulated over key blocks."""
+  hi = jax.lax.Precision.HIGHEST
 
   def step(carry, block):
     num_BxTxKxGxH, den_BxTxKxG = carry
-    s_1xC = block["s"][None]
-    visible_TxC = s_1xC < seq_k
-    if causal:
-      visible_TxC &= s_1xC <= t_Tx1
-      if window is not None:
-        visible_TxC &= s_1xC > t_Tx1 - window
-    visible_BxTxC = visible_TxC[None]
-    if segment_ids is not None:
-      visible_BxTxC = visible_BxTxC & (segment_ids[:, :, None] == block["seg"][:, None, :])
-    logits_BxTxKxGxC = jnp.einsum("btkgh,bckh->btkgc", q_BxTxKxGxH, block["k"], precision=hi)
-    logits_BxTxKxGxC = logits_BxTxKxGxC + offset
-    if bias is not None:
-      logits_BxTxKxGxC = logits_BxTxKxGxC + (block["bias"] if bias_per_block else bias)
-    weights_BxTxKxGxC = jnp.where(
-        visible_BxTxC[:, :, None, None], jax.nn.sigmoid(logits_BxTxKxGxC), 0.0)
+    sig_BxTxKxGxC, visible = _block_weights(config, q_BxTxKxGxH, block, offset, bias,
+                                            segment_ids)
+    weights_BxTxKxGxC = jnp.where(visible, sig_BxTxKxGxC, 0.0)
     num_BxTxKxGxH += jnp.einsum("btkgc,bckh->btkgh", weights_BxTxKxGxC, block["v"], precision=hi)
     den_BxTxKxG += jnp.sum(weights_BxTxKxGxC, axis=-1)
     return (num_BxTxKxGxH, den_BxTxKxG), None
 
-  init = (jnp.zeros_like(q_BxTxKxGxH), jnp.zeros(q_BxTxKxGxH.shape[:-1], dtype))
+  init = (jnp.zeros_like(q_BxTxKxGxH), jnp.zeros(q_BxTxKxGxH.shape[:-1], q_BxTxKxGxH.dtype))
   (num_BxTxKxGxH, den_BxTxKxG), _ = jax.lax.scan(step, init, xs)
-  if normalize:
-    num_BxTxKxGxH = num_BxTxKxGxH / (den_BxTxKxG[..., None] + _NORMALIZE_EPS)
-  return num_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype)
+  return num_BxTxKxGxH, den_BxTxKxG
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _sigmoid_scan(config, q_BxTxKxGxH, xs, offset, bias, segment_ids):
+  return _sigmoid_scan_fwd(config, q_BxTxKxGxH, xs, offset, bias, segment_ids)[0]
+
+
+def _sigmoid_scan_fwd(config, q_BxTxKxGxH, xs, offset, bias, segment_ids):
+  num_BxTxKxGxH, den_BxTxKxG = _sigmoid_forward(config, q_BxTxKxGxH, xs, offset, bias,
+                                                segment_ids)
+  if not config.normalize:
+    return num_BxTxKxGxH, (q_BxTxKxGxH, xs, offset, bias, segment_ids, None, None)
+  out_BxTxKxGxH = num_BxTxKxGxH / (den_BxTxKxG[..., None] + _NORMALIZE_EPS)
+  return out_BxTxKxGxH, (q_BxTxKxGxH, xs, offset, bias, segment_ids, out_BxTxKxGxH, den_BxTxKxG)
+
+
+def _sum_to(x: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  """Sums ``x`` over the axes where ``shape`` (same rank) has size 1: a broadcast's transpose."""
+  axes = tuple(i for i, (a, b) in enumerate(zip(x.shape, shape)) if b == 1 and a != 1)
+  return jnp.sum(x, axis=axes, keepdims=True)
+
+
+def _sigmoid_scan_bwd(config, residuals, dout_BxTxKxGxH):
+  """Recomputes each key block's weights from q, k and the saved row sums (nothing per block is
+  stored by the forward pass). With u = Σ_s W_ts v_s and z_t = Σ_s W_ts + 1e−8,
+
+      out = u:      dW_ts = dO_t·v_s
+      out = u / z:  dW_ts = (dO_t·v_s − dO_t·out_t) / z_t
+
+  then dl = dW ⊙ σ(l)(1 − σ(l)) on visible entries, dq = dl k, dk = dlᵀ q, dv = Wᵀ dU with
+  dU = dO (or dO / z), and the bias and offset gradients are dl summed over their broadcast."""
+  q_BxTxKxGxH, xs, offset, bias, segment_ids, out_BxTxKxGxH, den_BxTxKxG = residuals
+  hi = jax.lax.Precision.HIGHEST
+  if config.normalize:
+    z_BxTxKxG = den_BxTxKxG + _NORMALIZE_EPS
+    dnum_BxTxKxGxH = dout_BxTxKxGxH / z_BxTxKxG[..., None]
+    dden_BxTxKxG = -jnp.sum(dout_BxTxKxGxH * out_BxTxKxGxH, axis=-1) / z_BxTxKxG
+  else:
+    dnum_BxTxKxGxH = dout_BxTxKxGxH
+
+  def step(carry, block):
+    dq_BxTxKxGxH, dbias, doffset = carry
+    sig_BxTxKxGxC, visible = _block_weights(config, q_BxTxKxGxH, block, offset, bias,
+                                            segment_ids)
+    weights_BxTxKxGxC = jnp.where(visible, sig_BxTxKxGxC, 0.0)
+    dweights_BxTxKxGxC = jnp.einsum("btkgh,bckh->btkgc", dnum_BxTxKxGxH, block["v"], precision=hi)
+    if config.normalize:
+      dweights_BxTxKxGxC = dweights_BxTxKxGxC + dden_BxTxKxG[..., None]
+    dlogits_BxTxKxGxC = dweights_BxTxKxGxC * weights_BxTxKxGxC * (1.0 - sig_BxTxKxGxC)
+    dq_BxTxKxGxH += jnp.einsum("btkgc,bckh->btkgh", dlogits_BxTxKxGxC, block["k"], precision=hi)
+    grads = {
+        "k": jnp.einsum("btkgc,btkgh->bckh", dlogits_BxTxKxGxC, q_BxTxKxGxH, precision=hi),
+        "v": jnp.einsum("btkgc,btkgh->bckh", weights_BxTxKxGxC, dnum_BxTxKxGxH, precision=hi),
+    }
+    if "bias" in block:
+      grads["bias"] = _sum_to(dlogits_BxTxKxGxC, block["bias"].shape)
+    elif bias is not None:
+      dbias = dbias + _sum_to(dlogits_BxTxKxGxC, bias.shape)
+    return (dq_BxTxKxGxH, dbias, doffset + jnp.sum(dlogits_BxTxKxGxC)), grads
+
+  init = (jnp.zeros_like(q_BxTxKxGxH), None if bias is None else jnp.zeros_like(bias),
+          jnp.zeros_like(offset))
+  (dq_BxTxKxGxH, dbias, doffset), grads = jax.lax.scan(step, init, xs)
+  dxs = {name: grads.get(name) for name in xs}
+  return dq_BxTxKxGxH, dxs, doffset, dbias, None
+
+
+_sigmoid_scan.defvjp(_sigmoid_scan_fwd, _sigmoid_scan_bwd)
 
 
 def sigmoid_attention_reference(

@@ -83,7 +83,7 @@ class BlockSizes:
           or size & (size - 1)):
         raise ValueError(
             f"block_sizes.{field.name} must be a power of two >= {MIN_BLOCK}, "
-            f"got {field.name}={size!r}"
+            f"got block_sizes.{field.name}={size!r}"
         )
 
 
@@ -290,8 +290,7 @@ def _slope_table(slopes_N: jax.Array, block: int) -> jax.Array:
 def _lightning(q, k, v, slopes_N, runs_BxT, config: _Config):
   batch, seq, heads, head_dim = q.shape
   block = config.block_sizes.block
-  slope, q_like, kv_like, run = _specs(seq, head_dim, block, config.groups,
-                                       runs_BxT)
+  slope, q_like, kv_like, run = _specs(seq, head_dim, block, config.groups, runs_BxT)
   [out] = _call(_forward_kernel, config, block, (batch, heads),
                 [slope, q_like, kv_like, kv_like, run], [q_like],
                 [jax.ShapeDtypeStruct(q.shape, q.dtype)], "lightning_forward",

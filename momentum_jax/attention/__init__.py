@@ -2,8 +2,8 @@
 
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
-``"lightning"``, ``"flex"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"``, ``"agent"`` and
-``"affine"``.
+``"lightning"``, ``"flex"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"``, ``"agent"``,
+``"affine"``, ``"radial"`` and ``"grat"``.
 """
 
 import functools

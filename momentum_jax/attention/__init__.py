@@ -27,6 +27,9 @@ from momentum_jax.attention.grat import (
 from momentum_jax.attention.kv_shift import (
     kv_shift_attention, kv_shift_attention_reference, kv_shift_identity_init,
 )
+from momentum_jax.attention.learned_params import (
+    alibi_decay_init, flash_bias_k_init, flash_bias_q_init, zero_agent_bias,
+)
 from momentum_jax.attention.lightning import (
     alibi_slopes, lightning_attention, lightning_attention_reference,
 )
@@ -88,7 +91,7 @@ register_attention(
 register_attention(
     "lightning",
     AttentionVariant(lightning_attention, lightning_attention_reference,
-                     params=("decay", "block_size")),
+                     params=("decay", "block_size"), learned={"decay": alibi_decay_init}),
 )
 register_attention(
     "sla",
@@ -106,7 +109,8 @@ register_attention(
 register_attention(
     "flash_bias",
     AttentionVariant(flash_bias_attention, flash_bias_attention_reference,
-                     params=("q_bias", "k_bias")),
+                     params=("q_bias", "k_bias"),
+                     learned={"q_bias": flash_bias_q_init, "k_bias": flash_bias_k_init}),
 )
 register_attention(
     "flow",
@@ -115,7 +119,8 @@ register_attention(
 register_attention(
     "agent",
     AttentionVariant(agent_attention, agent_attention_reference,
-                     params=("num_agents", "agent_bias", "query_bias")),
+                     params=("num_agents", "agent_bias", "query_bias"),
+                     learned={"agent_bias": zero_agent_bias}),
 )
 register_attention(
     "affine",

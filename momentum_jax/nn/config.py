@@ -29,7 +29,8 @@ class TransformerConfig:
     mlp_dim: hidden width of the GELU MLP; 0 makes the model attention-only.
     attention: a name from ``momentum_jax.attention.available_attention()``.
     attention_params: fixed keyword arguments of the variant, e.g. ``{"gamma": 0.5}``;
-      stored as a sorted tuple of pairs so the config stays hashable.
+      stored as a sorted tuple of pairs so the config stays hashable. A learned parameter of the
+      variant given a fixed value here is not learned.
     window: sliding-window size (keys per query, itself included); ``None`` = full causal.
     learnable_sinks: add one learnable sink logit per head to every softmax row.
     rope: rotate q and k with RoPE before the attention variant sees them.

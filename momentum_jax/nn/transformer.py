@@ -29,6 +29,17 @@ from momentum_jax.nn.moh import MoHRouter
 
 AuxLosses = dict[str, jax.Array]
 
+# Learned variant parameters that are per-position tables (their initialisers give the keyword
+# argument for one sequence of context_len tokens): the layer gathers its tokens' positions.
+_POSITION_TABLES = {
+    ("flash_bias", "q_bias"): lambda table, pos_BxT: table[0][pos_BxT],  # [B, T, N, R]
+    ("flash_bias", "k_bias"): lambda table, pos_BxT: table[0][pos_BxT],  # [B, S, K, R]
+    ("agent", "agent_bias"):  # [1, N, 1, C] -> [B, N, 1, S]
+        lambda table, pos_BxT: jnp.moveaxis(table[0][..., pos_BxT], 2, 0),
+}
+# Learned variant parameters kept positive: the layer stores log(init) and passes exp(param).
+_LOG_PARAMS = frozenset({("lightning", "decay")})
+
 def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
   """Position of each token inside its segment (restarts at 0 where the segment id changes)."""
   t = jnp.arange(segment_ids_BxT.shape[1], dtype=jnp.int32)
@@ -40,7 +51,13 @@ def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
 
 
 class Attention(nnx.Module):
-  """Multi-head (grouped-query) attention with the variant named by ``config.attention``."""
+  """Multi-head (grouped-query) attention with the variant named by ``config.attention``.
+
+  The variant's registered learned parameters become ``nnx.Param`` in ``variant_params``, except
+  those ``config.attention_params`` fixes. Lightning's decay is stored as its logarithm (passed
+  as exp, so λ = exp(−decay) stays in (0, 1)); FlashBias factors and the agent bias are
+  per-position tables gathered at the tokens' positions.
+  """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -52,9 +69,12 @@ class Attention(nnx.Module):
     self.o_proj = dense(n * h, d)
     self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
     dims = AttentionDims(n, k, h, config.context_len)
-    learned = get_attention(config.attention).learned
-    self.variant_params = nnx.Dict(
-        {name: nnx.Param(init(dims, rngs.params())) for name, init in learned.items()})
+    fixed = dict(config.attention_params)
+    learned = {name: init for name, init in get_attention(config.attention).learned.items()
+               if name not in fixed}
+    stored = lambda name, x: jnp.log(x) if (config.attention, name) in _LOG_PARAMS else x
+    self.variant_params = nnx.Dict({name: nnx.Param(stored(name, init(dims, rngs.params())))
+                                    for name, init in learned.items()})
     dtype = config.compute_dtype
     self.gate = None if config.gate == "none" else AttentionGate(
         d, n, h, config.gate, dtype=dtype, rngs=rngs)
@@ -86,7 +106,12 @@ class Attention(nnx.Module):
 
     variant = get_attention(cfg.attention)
     kwargs = dict(cfg.attention_params)
-    kwargs.update({name: p[...] for name, p in self.variant_params.items()})
+    for name, param in self.variant_params.items():
+      value = param[...]
+      if (cfg.attention, name) in _LOG_PARAMS:
+        value = jnp.exp(value)
+      fit = _POSITION_TABLES.get((cfg.attention, name))
+      kwargs[name] = value if fit is None else fit(value, positions_BxT)
     kwargs.update(causal=cfg.causal, segment_ids=segment_ids_BxT,
                   sinks=None if self.sinks is None else self.sinks[...])
     if self.affine is not None:

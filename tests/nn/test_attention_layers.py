@@ -266,3 +266,45 @@ def test_defaults_build_the_same_model_and_round_trip():
 def test_bad_layer_options(overrides, words):
   with pytest.raises(ValueError, match=words):
     _config(**overrides)
+
+
+# --- learned parameters of registered variants ------------------------------------------------
+
+LEARNED = [
+    ("lightning", {}, {"decay": (N,)}),
+    ("flash_bias", {}, {"q_bias": (1, 11, N, 4), "k_bias": (1, 11, 2, 4)}),
+    ("agent", {"causal": False, "attention_params": {"num_agents": 3}},
+     {"agent_bias": (1, N, 1, 11)}),
+]
+
+
+@pytest.mark.parametrize("attention,options,shapes", LEARNED)
+def test_learned_variant_params_in_model(attention, options, shapes):
+  model = Transformer(_config(attention=attention, **options), rngs=nnx.Rngs(0))
+  params = model.blocks[0].attn.variant_params
+  assert {name: p[...].shape for name, p in params.items()} == shapes
+  tokens = _tokens()  # 9 tokens of a context of 11: per-position tables are gathered
+  _, cache = model.run_with_cache(tokens)
+  p = "blocks.0.attn."
+  q, k, v = cache[p + "hook_rot_q"], cache[p + "hook_rot_k"], cache[p + "hook_v"]
+  variant = attn.get_attention(attention)
+  if attention == "lightning":  # stored as log, starts at the ALiBi default
+    np.testing.assert_allclose(jnp.exp(params["decay"][...]), attn.alibi_slopes(N), rtol=1e-6)
+    expected = variant.fn(q, k, v)
+  elif attention == "flash_bias":
+    expected = variant.fn(q, k, v, q_bias=jnp.tile(params["q_bias"][:, :9], (2, 1, 1, 1)),
+                          k_bias=jnp.tile(params["k_bias"][:, :9], (2, 1, 1, 1)))
+  else:
+    np.testing.assert_array_equal(params["agent_bias"][...], 0.0)
+    expected = variant.fn(q, k, v, causal=False, num_agents=3)
+  np.testing.assert_allclose(cache[p + "hook_z"], expected, rtol=2e-5, atol=1e-6)
+  grads = nnx.grad(lambda m: jnp.mean(m(tokens) ** 2))(model)
+  for name in shapes:
+    g = grads["blocks"][0]["attn"]["variant_params"][name][...]
+    assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0, name
+
+
+def test_fixed_attention_params_are_not_learned():
+  model = Transformer(_config(attention="lightning", attention_params={"decay": 0.1}),
+                      rngs=nnx.Rngs(0))
+  assert "decay" not in model.blocks[0].attn.variant_params

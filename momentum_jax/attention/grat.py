@@ -54,6 +54,13 @@ def _check_grid(grid: object, group: object) -> tuple[Dims, Dims]:
   return grid, group
 
 
+def _check_length(x_BxLx: jax.Array, grid: Dims) -> None:
+  length = grid[0] * grid[1] * grid[2]
+  if x_BxLx.ndim < 2 or x_BxLx.shape[1] != length:
+    raise ValueError(f"x_BxLx must have L = frames·height·width = {length} on axis 1 for "
+                     f"grid={grid}, got x_BxLx.shape={x_BxLx.shape}")
+
+
 def _coarse(grid: Dims, group: Dims) -> Dims:
   return tuple(g // p for g, p in zip(grid, group))
 
@@ -70,6 +77,7 @@ def grat_to_groups(x_BxLx: jax.Array, grid: Sequence[int], group: Sequence[int])
     ``[B, L, ...]``, each group's group_t·group_h·group_w tokens contiguous.
   """
   grid, group = _check_grid(grid, group)
+  _check_length(x_BxLx, grid)
   (nt, nh, nw), (pt, ph, pw) = _coarse(grid, group), group
   batch, rest = x_BxLx.shape[0], x_BxLx.shape[2:]
   x = x_BxLx.reshape(batch, nt, pt, nh, ph, nw, pw, -1)
@@ -80,6 +88,7 @@ def grat_to_groups(x_BxLx: jax.Array, grid: Sequence[int], group: Sequence[int])
 def grat_to_grid(x_BxLx: jax.Array, grid: Sequence[int], group: Sequence[int]) -> jax.Array:
   """Inverse of :func:`grat_to_groups`: axis 1 from grouped order back to raster order."""
   grid, group = _check_grid(grid, group)
+  _check_length(x_BxLx, grid)
   (nt, nh, nw), (pt, ph, pw) = _coarse(grid, group), group
   batch, rest = x_BxLx.shape[0], x_BxLx.shape[2:]
   x = x_BxLx.reshape(batch, nt, nh, nw, pt, ph, pw, -1)

@@ -266,3 +266,5 @@ def test_grat_validation():
     fn(q, k, v, sinks=jnp.zeros(N))
   with pytest.raises(ValueError, match=r"S == T.*k\.shape"):
     fn(q, k[:, :6], v[:, :6])
+  with pytest.raises(ValueError, match=r"x_BxLx\.shape=\(2, 10\)"):
+    attn.grat_to_groups(jnp.zeros((2, 10)), (1, 3, 4), (1, 3, 2))

@@ -3,3 +3,7 @@
 Every kernel has a pure-JAX reference in ``momentum_jax.attention`` and is tested against it
 in Pallas interpret mode on the CPU. jax-triton is imported only where a GPU is present.
 """
+
+from momentum_jax.kernels.flash_attention import (
+    BlockSizes, flash_attention, flash_attention_reference,
+)

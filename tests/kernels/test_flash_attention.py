@@ -1,0 +1,226 @@
+"""The fused flash-attention kernel in Pallas interpret mode against its reference: outputs and
+every gradient (q, k, v, γ, sinks, bias factors) by relative error at awkward sizes (T = 1, 37,
+63, 129; S = 29; H = 40, 72; GQA 8:2), fresh random inputs per case, and ValueErrors.
+
+The reference runs in float64 (``jax.enable_x64``) on the same inputs; the bound is 1e-5 for
+float32 kernels and 1e-2 for bfloat16 ones. dγ_j = Σ dx̂·(x_t − x_{t−1}) sums T·H·(N/K + 1)
+products of both signs whose magnitudes add up to 10²–10³ times |dγ_j|, so no float32
+computation of it (a float32 reference included) is within 1e-5 of its own value; its error is
+measured relative to that magnitude, Σ |dx̂·(x_t − x_{t−1})|, per kv head.
+
+Interpret mode fills output tiles that a kernel never writes with NaN (checked below), so an
+unwritten tile of the output or of any gradient fails its comparison. Each case compiles the
+forward and both backward kernels once, in one jitted value-and-grad.
+"""
+
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental import pallas as pl
+
+import momentum_jax.attention as attn
+from momentum_jax.attention._mask import previous_step
+from momentum_jax.kernels.flash_attention import (
+    BlockSizes, flash_attention, flash_attention_reference,
+)
+
+jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+F32_TOL, BF16_TOL = 1e-5, 1e-2
+
+
+def rel_err(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def segments(seq, sizes):
+  return jnp.asarray(np.repeat(np.arange(len(sizes)), sizes)[None, :seq], jnp.int32)
+
+
+# (name, T, S, N, K, H, dtype, static keyword arguments, differentiable extras)
+CASES = [
+    ("gqa8:2-gamma-per-kv-head-sinks", 63, 63, 8, 2, 40, jnp.float32,
+     dict(block_sizes=BlockSizes(32, 16, block_q_dkv=16, block_k_dkv=32, block_q_dq=16)),
+     ("gamma_K", "sinks")),
+    ("window-replicate", 129, 129, 2, 1, 72, jnp.float32,
+     dict(window=20, boundary="replicate", block_sizes=BlockSizes(32, 32)), ("gamma",)),
+    ("t1-cross-sinks", 1, 29, 4, 2, 40, jnp.float32,
+     dict(causal=False, block_sizes=BlockSizes(16, 16)), ("gamma", "sinks")),
+    ("segments-flash-bias", 63, 63, 4, 2, 40, jnp.float32,
+     dict(segment_ids=segments(63, [20, 1, 30, 12]), block_sizes=BlockSizes(16, 16)),
+     ("gamma_K", "bias_K")),
+    ("flash-bias-per-query-head", 37, 37, 8, 2, 40, jnp.float32,
+     dict(block_sizes=BlockSizes(16, 16)), ("gamma", "bias_N")),
+    ("sigmoid", 63, 63, 4, 2, 40, jnp.float32,
+     dict(sigmoid=True, sigmoid_bias=-2.0, window=40, block_sizes=BlockSizes(16, 32)),
+     ("gamma_K", "bias_K")),
+    ("block-mask", 63, 63, 4, 2, 40, jnp.float32,
+     dict(causal=False, block_mask=attn.create_block_mask(
+         attn.and_masks(attn.segment_mask(segments(63, [25, 38])), attn.sliding_window_mask(30)),
+         1, None, 63, 63, 16, 16)),
+     ("gamma", "bias_K")),
+    ("bf16-gqa8:2", 63, 63, 8, 2, 40, jnp.bfloat16,
+     dict(block_sizes=BlockSizes(16, 16)), ("gamma_K", "sinks")),
+]
+
+
+def make_inputs(name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras):
+  rng = np.random.default_rng(zlib.crc32(name.encode()))
+  normal = lambda *shape, std=1.0: jnp.asarray(std * rng.standard_normal(shape), dtype)
+  args = {"q_BxTxNxH": normal(1, seq_q, heads, head_dim),
+          "k_BxSxKxH": normal(1, seq_k, kv_heads, head_dim),
+          "v_BxSxKxH": normal(1, seq_k, kv_heads, head_dim)}
+  if "gamma" in extras:
+    args["gamma"] = jnp.float32(rng.uniform(0.3, 1.5))
+  if "gamma_K" in extras:
+    args["gamma"] = jnp.asarray(rng.uniform(0.3, 1.5, kv_heads), jnp.float32)
+  if "sinks" in extras:
+    args["sinks"] = jnp.asarray(rng.standard_normal(heads), jnp.float32)
+  for extra, key_heads in (("bias_K", kv_heads), ("bias_N", heads)):
+    if extra in extras:
+      args["q_bias"] = normal(1, seq_q, heads, 3, std=0.5)
+      args["k_bias"] = normal(1, seq_k, key_heads, 3, std=0.5)
+  # bf16-representable cotangent weights: the kernel's bf16 output passes them on exactly.
+  weights = jnp.asarray(rng.standard_normal((1, seq_q, heads, head_dim)), jnp.bfloat16)
+  return args, weights.astype(jnp.float32)
+
+
+def gamma_term_magnitude(args, weights, static, kv_heads):
+  """Σ |dx̂·(x_t − x_{t−1})| over q and k per kv head, in float64 from the reference."""
+  boundary = static.get("boundary", "zero")
+  seg = static.get("segment_ids")
+  with jax.enable_x64(True):
+    args64 = {key: value.astype(jnp.float64) for key, value in args.items()}
+    gamma_K = jnp.broadcast_to(args64.pop("gamma"), (kv_heads,))
+    q, k = args64.pop("q_BxTxNxH"), args64.pop("k_BxSxKxH")
+    diff_q = q - previous_step(q, boundary=boundary, segment_ids=seg)
+    diff_k = k - previous_step(k, boundary=boundary, segment_ids=seg)
+    gamma_N = jnp.repeat(gamma_K, q.shape[2] // kv_heads)[:, None]
+    q_hat, k_hat = q + gamma_N * diff_q, k + gamma_K[:, None] * diff_k
+
+    def loss(q_hat, k_hat):
+      out = flash_attention_reference(q_hat, k_hat, **args64, **static)
+      return jnp.sum(out * weights)
+
+    dq_hat, dk_hat = jax.grad(loss, argnums=(0, 1))(q_hat, k_hat)
+    terms_N = jnp.sum(jnp.abs(dq_hat * diff_q), axis=(0, 1, 3))
+    terms_K = jnp.sum(jnp.abs(dk_hat * diff_k), axis=(0, 1, 3))
+    return np.asarray(terms_N.reshape(kv_heads, -1).sum(axis=1) + terms_K)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
+def test_kernel_matches_reference_outputs_and_gradients(case):
+  name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, static, extras = case
+  args, weights = make_inputs(name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras)
+
+  def loss(fn, args):
+    out = fn(**args, **static)
+    return jnp.sum(out.astype(jnp.float32) * weights), out
+
+  kernel = functools.partial(flash_attention, interpret=True)
+  (_, out), grads = jit(jax.value_and_grad(functools.partial(loss, kernel), has_aux=True))(args)
+  with jax.enable_x64(True):
+    args64 = {key: value.astype(jnp.float64) for key, value in args.items()}
+    (_, ref), ref_grads = jit(jax.value_and_grad(
+        functools.partial(loss, flash_attention_reference), has_aux=True))(args64)
+
+  tol = F32_TOL if dtype == jnp.float32 else BF16_TOL
+  assert out.dtype == dtype and out.shape == args["q_BxTxNxH"].shape
+  errors = {"out": rel_err(out, ref)}
+  errors.update({key: rel_err(grads[key], ref_grads[key]) for key in args if key != "gamma"})
+  if "gamma" in args:
+    magnitude_K = gamma_term_magnitude(args, weights, static, kv_heads)
+    errors["gamma"] = np.max(np.abs(np.asarray(grads["gamma"], np.float64)
+                                    - np.asarray(ref_grads["gamma"])) / magnitude_K)
+  assert set(errors) >= {"out", "q_BxTxNxH", "k_BxSxKxH", "v_BxSxKxH"}
+  assert all(err <= tol for err in errors.values()), errors
+  for key, value in args.items():
+    assert grads[key].dtype == value.dtype and grads[key].shape == value.shape, key
+
+
+def test_interpret_mode_poisons_unwritten_output_tiles():
+  """The premise of the comparisons above: a tile the kernel skips comes back as NaN."""
+
+  def write_first_tile(x_ref, o_ref):
+    @pl.when(pl.program_id(0) == 0)
+    def _():
+      o_ref[...] = x_ref[...]
+
+  spec = pl.BlockSpec((8, 4), lambda i: (i, 0))
+  out = pl.pallas_call(write_first_tile, out_shape=jax.ShapeDtypeStruct((16, 4), jnp.float32),
+                       grid=(2,), in_specs=[spec], out_specs=spec, interpret=True)(
+                           jnp.ones((16, 4)))
+  assert np.all(np.asarray(out[:8]) == 1) and np.all(np.isnan(np.asarray(out[8:])))
+
+
+def test_reference_matches_the_attention_references():
+  """The explicit reference agrees with the library's pure references on their options."""
+  rng = np.random.default_rng(7)
+  q, k, v = (jnp.asarray(rng.standard_normal((1, 13, n, 6)), jnp.float32) for n in (4, 2, 2))
+  gamma = jnp.asarray([0.4, 1.2], jnp.float32)
+  sinks = jnp.asarray(rng.standard_normal(4), jnp.float32)
+  q_bias, k_bias = (jnp.asarray(rng.standard_normal((1, 13, n, 3)), jnp.float32) for n in (4, 2))
+  seg = segments(13, [5, 8])
+  pairs = [
+      (dict(gamma=gamma, sinks=sinks, segment_ids=seg, boundary="replicate"),
+       functools.partial(attn.momentum_attention_reference, gamma=gamma, sinks=sinks,
+                         segment_ids=seg, boundary="replicate", rope=False)),
+      (dict(q_bias=q_bias, k_bias=k_bias, window=4),
+       functools.partial(attn.flash_bias_attention_reference, q_bias=q_bias, k_bias=k_bias,
+                         window=4)),
+      (dict(sigmoid=True, segment_ids=seg),
+       functools.partial(attn.sigmoid_attention_reference, segment_ids=seg)),
+  ]
+  for ours, theirs in pairs:
+    assert rel_err(flash_attention_reference(q, k, v, **ours), theirs(q, k, v)) <= 1e-6
+
+
+def tiny_qkv(dtype=jnp.float32, head_dim=8):
+  x = jnp.zeros((1, 5, 2, head_dim), dtype)
+  return x, x, x
+
+
+@pytest.mark.parametrize("block_sizes, field", [
+    (BlockSizes(12, 16), "block_q"),
+    (BlockSizes(16, 0), "block_k"),
+    (BlockSizes(16, 16, block_q_dkv=-8), "block_q_dkv"),
+    (BlockSizes(16, 16, block_k_dq=True), "block_k_dq"),
+])
+def test_invalid_block_sizes_raise(block_sizes, field):
+  with pytest.raises(ValueError, match=field):
+    flash_attention(*tiny_qkv(), block_sizes=block_sizes)
+
+
+def test_invalid_head_dim_and_dtype_raise():
+  with pytest.raises(ValueError, match="head_dim=300"):
+    flash_attention(*tiny_qkv(head_dim=300))
+  with jax.enable_x64(True):
+    with pytest.raises(ValueError, match="dtype=float64"):
+      flash_attention(*tiny_qkv(jnp.float64))
+
+
+def test_invalid_options_raise():
+  q, k, v = tiny_qkv()
+  with pytest.raises(ValueError, match="sinks"):
+    flash_attention(q, k, v, sigmoid=True, sinks=jnp.zeros(2))
+  with pytest.raises(ValueError, match="gamma"):
+    flash_attention(q, k, v, gamma=jnp.ones(3))
+  with pytest.raises(ValueError, match="gamma"):
+    flash_attention(q, k, v, gamma=-0.5)
+  with pytest.raises(ValueError, match="boundary"):
+    flash_attention(q, k, v, gamma=0.5, boundary="wrap")
+  with pytest.raises(ValueError, match="sigmoid_bias"):
+    flash_attention(q, k, v, sigmoid_bias=-1.0)
+  with pytest.raises(ValueError, match="k_bias"):
+    flash_attention(q, k, v, q_bias=jnp.zeros((1, 5, 2, 3)))
+  mask = attn.create_block_mask(attn.causal_mask, None, None, 5, 5, 8, 8)
+  with pytest.raises(ValueError, match="block_q"):
+    flash_attention(q, k, v, block_mask=mask, block_sizes=BlockSizes(16, 8))
+  with pytest.raises(ValueError, match="block_mask"):
+    flash_attention(q, k, v, block_mask=attn.create_block_mask(attn.causal_mask, None, None, 6,
+                                                               5, 8, 8))

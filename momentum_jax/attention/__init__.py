@@ -10,6 +10,12 @@ import functools
 
 from momentum_jax.attention.affine import affine_attention, affine_attention_reference
 from momentum_jax.attention.agent import agent_attention, agent_attention_reference, pooling_matrix
+from momentum_jax.attention.deconstructed import (
+    deconstructed_fixed_qk_attention, deconstructed_fixed_qk_attention_reference,
+    deconstructed_mlp_attention, deconstructed_self_gated_attention,
+    deconstructed_self_gated_attention_reference, deconstructed_taylor_attention,
+    deconstructed_taylor_attention_reference, fixed_k_init, fixed_q_init,
+)
 from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
 from momentum_jax.attention.flex import (
     BlockMask, alibi_score, and_masks, causal_mask, create_block_mask, flex_attention,
@@ -69,6 +75,31 @@ register_attention(
         kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta"),
         # KV shifting (arXiv 2411.19574) learns start at the identity: k̃_t = k_t, ṽ_t = v_t.
         learned={"alpha": kv_shift_identity_init, "beta": kv_shift_identity_init},
+    ),
+)
+# The relaxations of "Deconstructing Attention" (arXiv 2510.11602). The token-wise MLP variant's
+# fast form is its reference (one elementwise product), so it is registered as both.
+register_attention(
+    "deconstructed_mlp",
+    AttentionVariant(deconstructed_mlp_attention, deconstructed_mlp_attention),
+)
+register_attention(
+    "deconstructed_taylor",
+    AttentionVariant(deconstructed_taylor_attention, deconstructed_taylor_attention_reference,
+                     params=("block_size",)),
+)
+register_attention(
+    "deconstructed_self_gated",
+    AttentionVariant(deconstructed_self_gated_attention,
+                     deconstructed_self_gated_attention_reference),
+)
+register_attention(
+    "deconstructed_fixed_qk",
+    AttentionVariant(
+        deconstructed_fixed_qk_attention, deconstructed_fixed_qk_attention_reference,
+        params=("fixed_q", "fixed_k"),
+        # Learned position-indexed queries / keys ~ N(0, 1), [context_len, N or K, H].
+        learned={"fixed_q": fixed_q_init, "fixed_k": fixed_k_init},
     ),
 )
 register_attention(
@@ -160,8 +191,17 @@ __all__ = [
     "causal_mask",
     "create_block_mask",
     "criss_cross_mask",
+    "deconstructed_fixed_qk_attention",
+    "deconstructed_fixed_qk_attention_reference",
+    "deconstructed_mlp_attention",
+    "deconstructed_self_gated_attention",
+    "deconstructed_self_gated_attention_reference",
+    "deconstructed_taylor_attention",
+    "deconstructed_taylor_attention_reference",
     "ema_value_attention",
     "ema_value_attention_reference",
+    "fixed_k_init",
+    "fixed_q_init",
     "flex_attention",
     "flex_attention_reference",
     "flex_softmax_attention",

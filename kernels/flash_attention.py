@@ -3,7 +3,8 @@
 FlashAttention-2 (Dao, arXiv 2307.08691): one program per (batch, query head, query tile) runs an
 online softmax over the key tiles,
 
-    m ← max(m, max_s l_ts),   ℓ ← e^{m_old − m} ℓ + Σ_s e^{l_ts − m},   o ← e^{m_old − m} o + Σ_s e^{l_ts − m} v_s,
+    m ← max(m, max_s l_ts),   ℓ ← e^{m_old − m} ℓ + Σ_s e^{l_ts − m},
+    o ← e^{m_old − m} o + Σ_s e^{l_ts − m} v_s,
 
 and writes o / ℓ and the row log-sum-exp L_t = m + log ℓ, so no T×S array is ever built. The logits
 of a tile are
@@ -40,7 +41,9 @@ L in two kernels, one per query tile (dq̂, dqb) and one per kv head and key til
 summed over the query heads of the group), with dl = P ∘ (dO·Vᵀ − Δ), Δ_t = dO_t·O_t (sigmoid:
 dl = σ(1 − σ) ∘ dO·Vᵀ). The shear's transpose, dx_t = (1 + γ) dx̂_t − γ dx̂_{t+1} (restarting at
 segments), and dγ = Σ dq̂·p_q + Σ dk̂·p_k with p = x_t − x_{t−1}, are an O(T·H) elementwise pass
-after the kernels, as are Δ and dsink_n = −Σ_t e^{sink_n − L_t} Δ_t.
+after the kernels, as are Δ and dsink_n = −Σ_t e^{sink_n − L_t} Δ_t. The forward kernel writes O
+in float32 and the VJP keeps that copy for Δ (one T·N·H float32 residual): with Δ taken from a
+bfloat16 O, dγ (a sum of T·H·N/K products of both signs) was off by 1–6 % in bfloat16.
 
 Layout, after ``jax.experimental.pallas.ops.gpu.attention``: :class:`BlockSizes`, the kernels,
 the validating wrapper :func:`flash_attention` with its custom VJP, and the float32 reference
@@ -64,13 +67,14 @@ from jax.experimental import pallas as pl
 from momentum_jax.attention._checks import (
     check_attention_inputs, check_boundary, check_per_head,
 )
+from momentum_jax.attention._mask import previous_step_matrix, visibility_mask
 from momentum_jax.attention.flash_bias import _check_factors
 from momentum_jax.attention.flex import EMPTY, FULL, BlockMask
-from momentum_jax.attention._mask import previous_step_matrix, visibility_mask
 from momentum_jax.attention.momentum import momentum_shear
 from momentum_jax.attention.softmax import repeat_kv
 
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# A q, k, v and output row of every tile stay on chip; FlashAttention-2 stops at 256 as well.
 MAX_HEAD_DIM = 256
 
 
@@ -221,7 +225,8 @@ def _query_tiles(st: _Static, k0, block_q: int, block_k: int, num_q: int):
   if st.causal:
     lo = jax.lax.div(k0, jnp.int32(block_q))
     if st.window is not None:
-      hi = jnp.minimum(num_q, jax.lax.div(k0 + block_k + st.window - 2 + block_q, jnp.int32(block_q)))
+      last = k0 + block_k - 1 + st.window - 1  # the last query that sees a key of this tile
+      hi = jnp.minimum(num_q, jax.lax.div(last + block_q, jnp.int32(block_q)))
   return lo, hi
 
 
@@ -431,7 +436,8 @@ def _mask_index(size: int, index) -> object:
 
 
 def _forward(st: _Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
-  """The forward kernel on padded inputs: out ``[B, T, N, H]`` and L ``[B, N, T]`` (softmax)."""
+  """The forward kernel on padded inputs: float32 out ``[B, T, N, H]`` and L ``[B, N, T]``
+  (softmax only)."""
   batch, seq_q, heads, head_dim = q.shape
   block_q = st.blocks.block_q
   groups = st.groups
@@ -521,7 +527,8 @@ def _backward_kernels(st: _Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_c
                     pl.BlockSpec((None, rows, num_k), lambda b, h, j: (*at(b, h), 0)),
                     pl.BlockSpec((None, rows, None, num_q), lambda b, h, j: (*at(b, h), j, 0)))
   tile_spec = pl.BlockSpec((None, blocks.block_k_dkv, None, head_dim), lambda b, h, j: (b, j, h, 0))
-  out_shape = [jax.ShapeDtypeStruct(k.shape, jnp.float32), jax.ShapeDtypeStruct(v.shape, jnp.float32)]
+  out_shape = [jax.ShapeDtypeStruct(k.shape, jnp.float32),
+               jax.ShapeDtypeStruct(v.shape, jnp.float32)]
   out_specs = [tile_spec, tile_spec]
   if kb is not None:
     out_shape.append(jax.ShapeDtypeStruct(kb.shape, jnp.float32))
@@ -543,12 +550,14 @@ def _backward_kernels(st: _Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_c
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
-  return _forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)[0].astype(q.dtype)
+  out, _ = _forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
+  return out.astype(q.dtype)
 
 
 def _flash_fwd(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
   out, lse = _forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
-  return out.astype(q.dtype), (q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts, out, lse)
+  residuals = (q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts, out, lse)
+  return out.astype(q.dtype), residuals
 
 
 def _shear_vjp(st: _Static, x, gamma_heads, seg, dx_hat):
@@ -629,7 +638,8 @@ def _check_flash(q, k, v, *, causal, window, segment_ids, sinks, gamma, boundary
     raise ValueError(f"block_mask must be a BlockMask, got {type(block_mask).__name__}")
   mask_b, mask_n, mask_t, mask_s = block_mask.shape
   batch, seq_q, heads, _ = q.shape
-  if (mask_t, mask_s) != (seq_q, k.shape[1]) or mask_b not in (1, batch) or mask_n not in (1, heads):
+  if ((mask_t, mask_s) != (seq_q, k.shape[1]) or mask_b not in (1, batch)
+      or mask_n not in (1, heads)):
     raise ValueError(f"block_mask must have shape [B or 1, N or 1, T, S] for q.shape={q.shape} "
                      f"and k.shape={k.shape}, got block_mask.shape={block_mask.shape}")
   if block_sizes is not None:
@@ -720,12 +730,8 @@ def flash_attention(
     v_BxSxKxH = repeat_kv(v_BxSxKxH, heads)
     gamma_K = None if gamma_K is None else jnp.repeat(gamma_K, heads // kv_heads)
     kv_heads = heads
-  if block_mask is not None and block_sizes is None:
-    block_sizes = BlockSizes(block_mask.block_q, block_mask.block_k)
-  if block_mask is not None:
-    blocks = dataclasses.replace(block_sizes, block_q=block_mask.block_q,
-                                 block_k=block_mask.block_k).resolved(block_mask.block_q,
-                                                                      block_mask.block_k)
+  if block_mask is not None:  # every kernel tiles like the mask (given sizes were checked equal)
+    blocks = BlockSizes(*(block_mask.block_q, block_mask.block_k) * 3)
   else:
     blocks = (block_sizes or BlockSizes()).resolved(seq_q, seq_k)
   mask_fn, mask_consts, mask_shapes = None, (), ()

@@ -38,43 +38,45 @@ def rel_err(a, b):
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
-def segments(seq, sizes):
-  return jnp.asarray(np.repeat(np.arange(len(sizes)), sizes)[None, :seq], jnp.int32)
+def segments(seq, *sizes_per_row):
+  """``[len(sizes_per_row), seq]`` segment ids, row b made of runs of the given lengths."""
+  rows = [np.repeat(np.arange(len(sizes)), sizes)[:seq] for sizes in sizes_per_row]
+  return jnp.asarray(np.stack(rows), jnp.int32)
 
 
-# (name, T, S, N, K, H, dtype, static keyword arguments, differentiable extras)
+# (name, B, T, S, N, K, H, dtype, static keyword arguments, differentiable extras)
 CASES = [
-    ("gqa8:2-gamma-per-kv-head-sinks", 63, 63, 8, 2, 40, jnp.float32,
+    ("gqa8:2-gamma-per-kv-head-sinks", 1, 63, 63, 8, 2, 40, jnp.float32,
      dict(block_sizes=BlockSizes(32, 16, block_q_dkv=16, block_k_dkv=32, block_q_dq=16)),
      ("gamma_K", "sinks")),
-    ("window-replicate", 129, 129, 2, 1, 72, jnp.float32,
+    ("window-replicate", 1, 129, 129, 2, 1, 72, jnp.float32,
      dict(window=20, boundary="replicate", block_sizes=BlockSizes(32, 32)), ("gamma",)),
-    ("t1-cross-sinks", 1, 29, 4, 2, 40, jnp.float32,
+    ("t1-cross-sinks", 1, 1, 29, 4, 2, 40, jnp.float32,
      dict(causal=False, block_sizes=BlockSizes(16, 16)), ("gamma", "sinks")),
-    ("segments-flash-bias", 63, 63, 4, 2, 40, jnp.float32,
-     dict(segment_ids=segments(63, [20, 1, 30, 12]), block_sizes=BlockSizes(16, 16)),
+    ("batch2-segments-flash-bias", 2, 63, 63, 4, 2, 40, jnp.float32,
+     dict(segment_ids=segments(63, [20, 1, 30, 12], [40, 23]), block_sizes=BlockSizes(16, 16)),
      ("gamma_K", "bias_K")),
-    ("flash-bias-per-query-head", 37, 37, 8, 2, 40, jnp.float32,
+    ("flash-bias-per-query-head", 1, 37, 37, 8, 2, 40, jnp.float32,
      dict(block_sizes=BlockSizes(16, 16)), ("gamma", "bias_N")),
-    ("sigmoid", 63, 63, 4, 2, 40, jnp.float32,
+    ("sigmoid", 1, 63, 63, 4, 2, 40, jnp.float32,
      dict(sigmoid=True, sigmoid_bias=-2.0, window=40, block_sizes=BlockSizes(16, 32)),
      ("gamma_K", "bias_K")),
-    ("block-mask", 63, 63, 4, 2, 40, jnp.float32,
+    ("block-mask", 1, 63, 63, 4, 2, 40, jnp.float32,
      dict(causal=False, block_mask=attn.create_block_mask(
          attn.and_masks(attn.segment_mask(segments(63, [25, 38])), attn.sliding_window_mask(30)),
          1, None, 63, 63, 16, 16)),
      ("gamma", "bias_K")),
-    ("bf16-gqa8:2", 63, 63, 8, 2, 40, jnp.bfloat16,
+    ("bf16-gqa8:2", 1, 63, 63, 8, 2, 40, jnp.bfloat16,
      dict(block_sizes=BlockSizes(16, 16)), ("gamma_K", "sinks")),
 ]
 
 
-def make_inputs(name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras):
+def make_inputs(name, batch, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras):
   rng = np.random.default_rng(zlib.crc32(name.encode()))
   normal = lambda *shape, std=1.0: jnp.asarray(std * rng.standard_normal(shape), dtype)
-  args = {"q_BxTxNxH": normal(1, seq_q, heads, head_dim),
-          "k_BxSxKxH": normal(1, seq_k, kv_heads, head_dim),
-          "v_BxSxKxH": normal(1, seq_k, kv_heads, head_dim)}
+  args = {"q_BxTxNxH": normal(batch, seq_q, heads, head_dim),
+          "k_BxSxKxH": normal(batch, seq_k, kv_heads, head_dim),
+          "v_BxSxKxH": normal(batch, seq_k, kv_heads, head_dim)}
   if "gamma" in extras:
     args["gamma"] = jnp.float32(rng.uniform(0.3, 1.5))
   if "gamma_K" in extras:
@@ -83,60 +85,61 @@ def make_inputs(name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras):
     args["sinks"] = jnp.asarray(rng.standard_normal(heads), jnp.float32)
   for extra, key_heads in (("bias_K", kv_heads), ("bias_N", heads)):
     if extra in extras:
-      args["q_bias"] = normal(1, seq_q, heads, 3, std=0.5)
-      args["k_bias"] = normal(1, seq_k, key_heads, 3, std=0.5)
+      args["q_bias"] = normal(batch, seq_q, heads, 3, std=0.5)
+      args["k_bias"] = normal(batch, seq_k, key_heads, 3, std=0.5)
   # bf16-representable cotangent weights: the kernel's bf16 output passes them on exactly.
-  weights = jnp.asarray(rng.standard_normal((1, seq_q, heads, head_dim)), jnp.bfloat16)
+  weights = jnp.asarray(rng.standard_normal((batch, seq_q, heads, head_dim)), jnp.bfloat16)
   return args, weights.astype(jnp.float32)
 
 
-def gamma_term_magnitude(args, weights, static, kv_heads):
-  """Σ |dx̂·(x_t − x_{t−1})| over q and k per kv head, in float64 from the reference."""
-  boundary = static.get("boundary", "zero")
-  seg = static.get("segment_ids")
-  with jax.enable_x64(True):
-    args64 = {key: value.astype(jnp.float64) for key, value in args.items()}
-    gamma_K = jnp.broadcast_to(args64.pop("gamma"), (kv_heads,))
-    q, k = args64.pop("q_BxTxNxH"), args64.pop("k_BxSxKxH")
-    diff_q = q - previous_step(q, boundary=boundary, segment_ids=seg)
-    diff_k = k - previous_step(k, boundary=boundary, segment_ids=seg)
-    gamma_N = jnp.repeat(gamma_K, q.shape[2] // kv_heads)[:, None]
-    q_hat, k_hat = q + gamma_N * diff_q, k + gamma_K[:, None] * diff_k
+def weighted_sum(fn, static, weights, args):
+  out = fn(**args, **static)
+  return jnp.sum(out.astype(jnp.promote_types(out.dtype, jnp.float32)) * weights), out
 
-    def loss(q_hat, k_hat):
-      out = flash_attention_reference(q_hat, k_hat, **args64, **static)
-      return jnp.sum(out * weights)
 
-    dq_hat, dk_hat = jax.grad(loss, argnums=(0, 1))(q_hat, k_hat)
-    terms_N = jnp.sum(jnp.abs(dq_hat * diff_q), axis=(0, 1, 3))
-    terms_K = jnp.sum(jnp.abs(dk_hat * diff_k), axis=(0, 1, 3))
-    return np.asarray(terms_N.reshape(kv_heads, -1).sum(axis=1) + terms_K)
+def reference_and_gamma_magnitude(args64, weights, static):
+  """Float64 reference output and gradients, and Σ |dx̂·(x_t − x_{t−1})| over q and k per kv
+  head (the magnitude of the terms that add up to dγ)."""
+  loss = functools.partial(weighted_sum, flash_attention_reference, static, weights)
+  (_, ref), ref_grads = jax.value_and_grad(loss, has_aux=True)(args64)
+  if "gamma" not in args64:
+    return ref, ref_grads, None
+  args64 = dict(args64)
+  q, k = args64.pop("q_BxTxNxH"), args64.pop("k_BxSxKxH")
+  kv_heads = k.shape[2]
+  gamma_K = jnp.broadcast_to(args64.pop("gamma"), (kv_heads,))
+  boundary, seg = static.get("boundary", "zero"), static.get("segment_ids")
+  diff_q = q - previous_step(q, boundary=boundary, segment_ids=seg)
+  diff_k = k - previous_step(k, boundary=boundary, segment_ids=seg)
+  q_hat = q + jnp.repeat(gamma_K, q.shape[2] // kv_heads)[:, None] * diff_q
+  k_hat = k + gamma_K[:, None] * diff_k
+  hat_loss = lambda q_hat, k_hat: loss(dict(args64, q_BxTxNxH=q_hat, k_BxSxKxH=k_hat))[0]
+  dq_hat, dk_hat = jax.grad(hat_loss, argnums=(0, 1))(q_hat, k_hat)
+  terms_N = jnp.sum(jnp.abs(dq_hat * diff_q), axis=(0, 1, 3))
+  terms_K = jnp.sum(jnp.abs(dk_hat * diff_k), axis=(0, 1, 3))
+  return ref, ref_grads, terms_N.reshape(kv_heads, -1).sum(axis=1) + terms_K
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case[0] for case in CASES])
 def test_kernel_matches_reference_outputs_and_gradients(case):
-  name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, static, extras = case
-  args, weights = make_inputs(name, seq_q, seq_k, heads, kv_heads, head_dim, dtype, extras)
-
-  def loss(fn, args):
-    out = fn(**args, **static)
-    return jnp.sum(out.astype(jnp.float32) * weights), out
-
+  name, batch, seq_q, seq_k, heads, kv_heads, head_dim, dtype, static, extras = case
+  args, weights = make_inputs(name, batch, seq_q, seq_k, heads, kv_heads, head_dim, dtype,
+                              extras)
   kernel = functools.partial(flash_attention, interpret=True)
-  (_, out), grads = jit(jax.value_and_grad(functools.partial(loss, kernel), has_aux=True))(args)
+  loss = functools.partial(weighted_sum, kernel, static, weights)
+  (_, out), grads = jit(jax.value_and_grad(loss, has_aux=True))(args)
   with jax.enable_x64(True):
     args64 = {key: value.astype(jnp.float64) for key, value in args.items()}
-    (_, ref), ref_grads = jit(jax.value_and_grad(
-        functools.partial(loss, flash_attention_reference), has_aux=True))(args64)
+    ref, ref_grads, magnitude_K = jit(
+        functools.partial(reference_and_gamma_magnitude, static=static))(args64, weights)
 
   tol = F32_TOL if dtype == jnp.float32 else BF16_TOL
   assert out.dtype == dtype and out.shape == args["q_BxTxNxH"].shape
   errors = {"out": rel_err(out, ref)}
   errors.update({key: rel_err(grads[key], ref_grads[key]) for key in args if key != "gamma"})
   if "gamma" in args:
-    magnitude_K = gamma_term_magnitude(args, weights, static, kv_heads)
     errors["gamma"] = np.max(np.abs(np.asarray(grads["gamma"], np.float64)
-                                    - np.asarray(ref_grads["gamma"])) / magnitude_K)
+                                    - np.asarray(ref_grads["gamma"])) / np.asarray(magnitude_K))
   assert set(errors) >= {"out", "q_BxTxNxH", "k_BxSxKxH", "v_BxSxKxH"}
   assert all(err <= tol for err in errors.values()), errors
   for key, value in args.items():

@@ -17,6 +17,7 @@ imports that backend only when it is asked for GPU parameters.
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 IMPLEMENTATIONS = ("xla", "pallas")
 
@@ -42,6 +43,39 @@ def wants_kernel(implementation: str | None) -> bool:
   if implementation is None:
     return jax.default_backend() in KERNEL_PLATFORMS
   return implementation == "pallas"
+
+
+def softmax_kernel(
+    implementation: str | None, q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array, *, bias: jax.Array | None, scale: float | None, **options: object,
+) -> jax.Array | None:
+  """The fused flash kernel's output (:func:`momentum_jax.kernels.flash_attention.flash_attention`
+  with ``scale`` and ``options``: causal, window, segment_ids, sinks, gamma, boundary) when
+  ``implementation`` selects it and the kernel supports the inputs; otherwise None, and the caller
+  runs its pure form.
+
+  The kernel has no additive ``bias``, takes float32 / bfloat16 / float16 up to its largest head
+  dim and needs a Python-number ``scale``: inputs outside that give None with
+  ``implementation=None`` and raise ``ValueError`` with ``"pallas"``.
+  """
+  if not wants_kernel(implementation):
+    return None
+  from momentum_jax.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention
+  head_dim = q_BxTxNxH.shape[-1]
+  reason = None
+  if bias is not None:
+    reason = f"bias is not supported by the flash kernel, got bias.shape={np.shape(bias)}"
+  elif q_BxTxNxH.dtype not in SUPPORTED_DTYPES:
+    reason = f"q.dtype={q_BxTxNxH.dtype} is not supported by the flash kernel"
+  elif head_dim > MAX_HEAD_DIM:
+    reason = f"head_dim={head_dim} must be at most {MAX_HEAD_DIM} for the flash kernel"
+  elif isinstance(scale, jax.core.Tracer):
+    reason = f"scale must be None or a Python number for the flash kernel, got scale={scale!r}"
+  if reason is None:
+    return flash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, **options)
+  if implementation == "pallas":
+    raise ValueError(f"implementation='pallas': {reason}")
+  return None
 
 
 def default_interpret() -> bool:

@@ -123,6 +123,7 @@ def momentum_attention(
     bias: jax.Array | None = None,
     sinks: jax.Array | None = None,
     scale: float | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
   """Momentum attention: (RoPE if ``rope``) → shear q and k by γ → :func:`softmax_attention`.
 
@@ -136,21 +137,41 @@ def momentum_attention(
     rope_base: RoPE base.
     causal, window, segment_ids, bias, sinks, scale: as in :func:`softmax_attention`;
       ``segment_ids`` also restart the shear.
+    implementation: None runs the fused Pallas kernel with the shear inside
+      (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE)
+      on the GPU when it supports the inputs (no ``bias``) and the pure form elsewhere;
+      ``"xla"`` always the pure form; ``"pallas"`` always the kernel (interpret mode on the CPU),
+      raising ``ValueError`` for inputs it does not support (see
+      :mod:`momentum_jax.kernels.dispatch`).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
+  # Imported here: the kernels package imports this module.
+  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
+  if dispatch.wants_kernel(implementation):
+    check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
+    check_boundary(boundary)
+    q_rope, k_rope = q_BxTxNxH, k_BxSxKxH
+    if rope:
+      q_rope = apply_rope(q_BxTxNxH, positions, base=rope_base)
+      k_rope = apply_rope(k_BxSxKxH, positions, base=rope_base)
+    out_BxTxNxH = dispatch.softmax_kernel(
+        implementation, q_rope, k_rope, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
+        window=window, segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary)
+    if out_BxTxNxH is not None:
+      return out_BxTxNxH
   q_BxTxNxH, k_BxSxKxH = _rope_and_shear(
       momentum_shear, q_BxTxNxH, k_BxSxKxH, gamma, boundary, rope, positions, rope_base,
       segment_ids,
   )
   return softmax_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
-      bias=bias, sinks=sinks, scale=scale,
+      bias=bias, sinks=sinks, scale=scale, implementation=implementation,
   )
 
 

@@ -36,6 +36,7 @@ def softmax_attention(
     bias: jax.Array | None = None,
     sinks: jax.Array | None = None,
     scale: float | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
   """Softmax attention on ``jax.nn.dot_product_attention``, layout ``[B, T, N, H]``.
 
@@ -54,14 +55,26 @@ def softmax_attention(
     bias: additive logits broadcastable to ``[B, N, T, S]``; -inf masks an entry.
     sinks: ``[N]`` per-head sink logits (an extra softmax term with a zero value vector).
     scale: logit scale, default ``1 / sqrt(H)``.
+    implementation: None runs the fused Pallas kernel
+      (:func:`momentum_jax.kernels.flash_attention.flash_attention`) on the GPU when it supports
+      the inputs (no ``bias``) and ``jax.nn.dot_product_attention`` elsewhere; ``"xla"`` always
+      the latter; ``"pallas"`` always the kernel (interpret mode on the CPU), raising
+      ``ValueError`` for inputs it does not support (see :mod:`momentum_jax.kernels.dispatch`).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
+  # Imported here: the kernels package imports this module.
+  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
+  out_BxTxNxH = dispatch.softmax_kernel(
+      implementation, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
+      window=window, segment_ids=segment_ids, sinks=sinks)
+  if out_BxTxNxH is not None:
+    return out_BxTxNxH
   _, seq_q, _, head_dim = q_BxTxNxH.shape
   seq_k = k_BxSxKxH.shape[1]
   scale = head_dim**-0.5 if scale is None else scale

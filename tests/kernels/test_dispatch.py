@@ -1,5 +1,6 @@
 """Kernel dispatch: ``implementation`` None / "xla" / "pallas" on the CPU, where the default is
-the pure XLA form and "pallas" runs the kernel in interpret mode and matches it."""
+the pure XLA form and "pallas" runs the kernel in interpret mode and matches it (outputs and every
+gradient), for lightning, softmax and momentum attention."""
 
 import functools
 
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from momentum_jax.attention import lightning_attention
+from momentum_jax.attention import lightning_attention, momentum_attention, softmax_attention
 from momentum_jax.kernels import dispatch
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -42,31 +43,53 @@ def test_cpu_defaults():
   assert dispatch.gpu_compiler_params(num_warps=4, num_stages=1) is None
 
 
+FUNCTIONS = {
+    "lightning": functools.partial(lightning_attention, block_size=16),
+    "softmax": softmax_attention,
+    "momentum": functools.partial(momentum_attention, gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
 @pytest.mark.parametrize("implementation,kernel", [(None, False), ("xla", False),
                                                    ("pallas", True)])
-def test_lightning_runs_the_selected_form(implementation, kernel):
+def test_runs_the_selected_form(name, implementation, kernel):
   q, k, v, ids = inputs(0)
-  attend = functools.partial(lightning_attention, segment_ids=ids, block_size=16,
-                             implementation=implementation)
+  attend = functools.partial(FUNCTIONS[name], segment_ids=ids, implementation=implementation)
   assert ("pallas_call" in str(jax.make_jaxpr(attend)(q, k, v))) == kernel
 
 
-def test_lightning_pallas_on_cpu_matches_the_pure_form():
-  q, k, v, ids = inputs(1)
-  cotangent = jnp.asarray(np.random.default_rng(2).standard_normal(q.shape), jnp.float32)
-  decay = jnp.asarray([0.05, 0.1, 0.2, 0.4])
+def pallas_and_pure(attend, params, seed):
+  """Outputs and gradients w.r.t. q, k, v and ``params`` with "pallas" and with the default."""
+  q, k, v, ids = inputs(seed)
+  cotangent = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(q.shape), jnp.float32)
 
-  def grads(implementation):
-    def loss(q, k, v, decay):
-      out = lightning_attention(q, k, v, segment_ids=ids, decay=decay, scale=0.3, block_size=16,
-                                implementation=implementation)
+  def run(implementation):
+    def loss(q, k, v, params):
+      out = attend(q, k, v, segment_ids=ids, implementation=implementation, **params)
       return jnp.sum(out * cotangent), out
-    return jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, decay)
+    return jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, params)
 
-  (_, out), grad = grads("pallas")
-  (_, expected_out), expected_grad = grads(None)
-  for got, want in zip((out, *grad), (expected_out, *expected_grad)):
-    assert rel_err(got, want) <= 1e-5
+  (_, out), grads = run("pallas")
+  (_, expected_out), expected_grads = run(None)
+  return (out, *jax.tree.leaves(grads)), (expected_out, *jax.tree.leaves(expected_grads))
+
+
+def test_lightning_pallas_on_cpu_matches_the_pure_form():
+  attend = functools.partial(lightning_attention, scale=0.3, block_size=16)
+  got, want = pallas_and_pure(attend, {"decay": jnp.asarray([0.05, 0.1, 0.2, 0.4])}, 1)
+  assert len(got) == 5
+  for a, b in zip(got, want):
+    assert rel_err(a, b) <= 1e-5
+
+
+def test_softmax_and_momentum_pallas_on_cpu_match_the_pure_form():
+  sinks = jnp.asarray([0.5, -1.0, 0.0, 2.0])
+  got, want = pallas_and_pure(functools.partial(softmax_attention, window=9), {"sinks": sinks}, 4)
+  got_m, want_m = pallas_and_pure(momentum_attention, {"gamma": jnp.asarray([0.3, 0.7])}, 6)
+  assert len(got) == len(got_m) == 5
+  for a, b in zip(got + got_m, want + want_m):
+    assert rel_err(a, b) <= 1e-5
 
 
 def test_lightning_rejects_bad_implementations():
@@ -77,3 +100,10 @@ def test_lightning_rejects_bad_implementations():
     lightning_attention(q, k, v, block_size=5, implementation="pallas")
   pure = functools.partial(lightning_attention, block_size=5)
   assert jax.eval_shape(pure, q, k, v).shape == q.shape
+  bias = jnp.zeros((1, 4, 37, 37))
+  for attend in (softmax_attention, functools.partial(momentum_attention, gamma=0.5)):
+    with pytest.raises(ValueError, match="implementation='pallas'.*bias"):
+      attend(q, k, v, bias=bias, implementation="pallas")
+    with pytest.raises(ValueError, match="implementation='cuda'"):
+      attend(q, k, v, implementation="cuda")
+    assert jax.eval_shape(functools.partial(attend, bias=bias), q, k, v).shape == q.shape

@@ -709,7 +709,9 @@ def flash_attention(
     sigmoid: sigmoid attention instead of softmax.
     sigmoid_bias: the sigmoid offset b; None means −log S.
     block_mask: a FlexAttention :class:`BlockMask` for T and S; its mask_mod is applied and only
-      its non-empty tiles are visited (its tile sizes are the kernels' tile sizes).
+      its non-empty tiles are visited (its tile sizes are the kernels' tile sizes). The tiles it
+      lists are visited whatever ``causal`` and ``window`` say: put those in its mask_mod to skip
+      their empty tiles too.
     block_sizes: :class:`BlockSizes`; default 128 × 128 (or the block mask's tiles).
     interpret: run the kernels in Pallas interpret mode; None means on the CPU only.
 

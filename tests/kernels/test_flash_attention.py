@@ -161,6 +161,25 @@ def test_interpret_mode_poisons_unwritten_output_tiles():
   assert np.all(np.asarray(out[:8]) == 1) and np.all(np.isnan(np.asarray(out[8:])))
 
 
+def test_block_mask_empty_tiles_are_never_visited():
+  """Keys 16..31 are hidden from every query, so their tile is EMPTY for every query tile: NaN
+  there would reach the output (0 · NaN) and the gradients of any kernel that visited it."""
+  hide = lambda b, n, t, s: (s <= t) & ((s < 16) | (s >= 32))
+  block_mask = attn.create_block_mask(hide, None, None, 63, 63, 16, 16)
+  assert np.all(np.asarray(block_mask.kind_BxNxQxK)[..., 1] == 0)
+  args, weights = make_inputs("empty-tiles", 1, 63, 63, 4, 2, 40, jnp.float32, ())
+  static = dict(causal=False, block_mask=block_mask)
+  poisoned = {key: args[key].at[:, 16:32].set(jnp.nan) for key in ("k_BxSxKxH", "v_BxSxKxH")}
+  kernel = functools.partial(flash_attention, interpret=True)
+  loss = functools.partial(weighted_sum, kernel, static, weights)
+  (_, out), grads = jit(jax.value_and_grad(loss, has_aux=True))(dict(args, **poisoned))
+  ref_loss = functools.partial(weighted_sum, flash_attention_reference, static, weights)
+  (_, ref), ref_grads = jax.value_and_grad(ref_loss, has_aux=True)(args)
+  assert rel_err(out, ref) <= F32_TOL
+  for key in args:
+    assert rel_err(grads[key], ref_grads[key]) <= F32_TOL, key
+
+
 def test_reference_matches_the_attention_references():
   """The explicit reference agrees with the library's pure references on their options."""
   rng = np.random.default_rng(7)

@@ -29,7 +29,7 @@ import numpy as np
 
 from momentum_jax.attention._checks import check_attention_inputs
 from momentum_jax.attention.flex import (
-    MaskMod, and_masks, flex_attention, flex_attention_reference,
+    MaskMod, and_masks, create_block_mask, flex_attention, flex_attention_reference,
 )
 
 PATTERNS = ("criss_cross", "block_local")
@@ -267,12 +267,15 @@ def grat_attention(
   grid, group = _grat_setup(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window,
                             segment_ids=segment_ids, bias=bias, sinks=sinks, grid=grid,
                             group=group, pattern=pattern, radius=radius, block_size=block_size)
-  mask_mod = grat_mask(grid, group, pattern, radius)
-  if causal:
-    mask_mod = and_masks(mask_mod, grat_causal_mask(grid, group))
+  # The mask depends on shapes only: built eagerly even under jit, so empty tiles are skipped.
+  with jax.ensure_compile_time_eval():
+    mask_mod = grat_mask(grid, group, pattern, radius)
+    if causal:
+      mask_mod = and_masks(mask_mod, grat_causal_mask(grid, group))
+    seq = q_BxTxNxH.shape[1]
+    block_mask = create_block_mask(mask_mod, None, None, seq, seq, block_size, block_size)
   grouped = [grat_to_groups(x, grid, group) for x in (q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)]
-  out_BxTxNxH = flex_attention(*grouped, mask_mod=mask_mod, scale=scale, block_q=block_size,
-                               block_k=block_size)
+  out_BxTxNxH = flex_attention(*grouped, block_mask=block_mask, scale=scale)
   return grat_to_grid(out_BxTxNxH, grid, group)
 
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from momentum_jax.attention._checks import check_attention_inputs
 from momentum_jax.attention.flex import (
-    MaskMod, and_masks, causal_mask, flex_attention, flex_attention_reference,
+    MaskMod, and_masks, causal_mask, create_block_mask, flex_attention, flex_attention_reference,
 )
 
 
@@ -267,11 +267,13 @@ def radial_attention(
                               segment_ids=segment_ids, bias=bias, sinks=sinks,
                               tokens_per_frame=tokens_per_frame, decay=decay,
                               block_size=block_size)
-  mask_mod = radial_mask(tpf, frames, decay=decay, block=block)
-  if causal:
-    mask_mod = and_masks(mask_mod, causal_mask)
-  return flex_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_mod=mask_mod, scale=scale,
-                        block_q=block, block_k=block)
+  # The mask depends on shapes only: built eagerly even under jit, so empty tiles are skipped.
+  with jax.ensure_compile_time_eval():
+    mask_mod = radial_mask(tpf, frames, decay=decay, block=block)
+    if causal:
+      mask_mod = and_masks(mask_mod, causal_mask)
+    block_mask = create_block_mask(mask_mod, None, None, tpf * frames, tpf * frames, block, block)
+  return flex_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, block_mask=block_mask, scale=scale)
 
 
 def radial_attention_reference(

@@ -3,6 +3,7 @@ oracles, the rule itself on hand-derived cases, tile skipping, the registered va
 their dense references (outputs and every gradient) and validation."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,14 @@ def full_grid(mask_mod, length):
   """mask_mod evaluated on every (t, s) of an L×L grid."""
   t, s = jnp.arange(length)[:, None], jnp.arange(length)[None, :]
   return np.asarray(jnp.broadcast_to(mask_mod(0, 0, t, s), (length, length)))
+
+
+def traced_scan_lengths(fn, seq):
+  """Lengths of the scans in fn's jaxpr: the flex key-block scan runs over the listed blocks
+  only when the block mask was built concretely (at trace time)."""
+  q = jnp.zeros((1, seq, 2, 8))
+  jaxpr = str(jax.make_jaxpr(lambda q: fn(q, q, q))(q))
+  return {int(n) for n in re.findall(r"length=(\d+)", jaxpr)}
 
 
 def compare(name, seq, **kwargs):
@@ -111,7 +120,8 @@ def test_radial_shrink_is_not_an_or():
   off_by_two = pair & (np.abs(local[:, None] - local[None, :]) == 2)
   assert not (shrunk & off_by_two).any() and (band & off_by_two).any()
   assert (shrunk & pair & ~band).any()
-  np.testing.assert_array_equal(shrunk & pair, pair & (np.abs(local[:, None] - local[None, :]) <= 1))
+  near = np.abs(local[:, None] - local[None, :]) <= 1
+  np.testing.assert_array_equal(shrunk & pair, pair & near)
 
 
 def test_radial_block_mask_skips_tiles():
@@ -121,6 +131,9 @@ def test_radial_block_mask_skips_tiles():
   kinds = np.asarray(mask.kind_BxNxQxK)
   assert int(np.sum(mask.kv_count_BxNxQ)) < kinds.size
   assert not (kinds == 1).any()  # mask blocks and tiles agree: every tile full or empty
+  fn = functools.partial(attn.radial_attention, tokens_per_frame=tpf, block_size=block,
+                         causal=False)
+  assert min(traced_scan_lengths(fn, tpf * frames)) < tpf * frames // block  # also under jit
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -225,13 +238,16 @@ def test_grat_oracle_by_hand():
 
 @pytest.mark.parametrize("pattern", ["criss_cross", "block_local"])
 def test_grat_block_mask_skips_tiles(pattern):
-  grid, group = (2, 12, 8), (1, 4, 4)  # coarse (2, 3, 2): radius 1 misses some groups
-  length, cell = 192, 16
+  grid, group = (2, 20, 8), (1, 4, 4)  # coarse (2, 5, 2): every query group misses some
+  length, cell = 320, 16
   mask = attn.create_block_mask(attn.grat_mask(grid, group, pattern, 1), None, None, length,
                                 length, cell, cell)
   kinds = np.asarray(mask.kind_BxNxQxK)
   assert 0 < int(np.sum(mask.kv_count_BxNxQ)) < kinds.size
   assert not (kinds == 1).any()  # aligned groups: every tile full or empty
+  fn = functools.partial(attn.grat_attention, grid=grid, group=group, pattern=pattern,
+                         block_size=cell, causal=False)
+  assert min(traced_scan_lengths(fn, length)) < length // cell  # also under jit
 
 
 @pytest.mark.parametrize("kwargs", [

@@ -161,15 +161,20 @@ def test_interpret_mode_poisons_unwritten_output_tiles():
   assert np.all(np.asarray(out[:8]) == 1) and np.all(np.isnan(np.asarray(out[8:])))
 
 
-def test_block_mask_empty_tiles_are_never_visited():
-  """Keys 16..31 are hidden from every query, so their tile is EMPTY for every query tile: NaN
-  there would reach the output (0 · NaN) and the gradients of any kernel that visited it."""
-  hide = lambda b, n, t, s: (s <= t) & ((s < 16) | (s >= 32))
-  block_mask = attn.create_block_mask(hide, None, None, 63, 63, 16, 16)
-  assert np.all(np.asarray(block_mask.kind_BxNxQxK)[..., 1] == 0)
-  args, weights = make_inputs("empty-tiles", 1, 63, 63, 4, 2, 40, jnp.float32, ())
-  static = dict(causal=False, block_mask=block_mask)
-  poisoned = {key: args[key].at[:, 16:32].set(jnp.nan) for key in ("k_BxSxKxH", "v_BxSxKxH")}
+@pytest.mark.parametrize("skipped", ["block-mask", "causal"])
+def test_empty_tiles_are_never_visited(skipped):
+  """Keys 48..63 (block mask: 16..31) are hidden from every query, so every kernel skips their
+  tile: NaN there would reach the output (0 · NaN) and the gradients of a kernel that visited it.
+  Causal: T = 33 < S = 64, the last key tile lies above every query."""
+  seq_q, hidden = (63, slice(16, 32)) if skipped == "block-mask" else (33, slice(48, 64))
+  static = dict(block_sizes=BlockSizes(16, 16))
+  if skipped == "block-mask":
+    hide = lambda b, n, t, s: (s <= t) & ((s < 16) | (s >= 32))
+    block_mask = attn.create_block_mask(hide, None, None, 63, 64, 16, 16)
+    assert np.all(np.asarray(block_mask.kind_BxNxQxK)[..., 1] == 0)
+    static = dict(causal=False, block_mask=block_mask)
+  args, weights = make_inputs(skipped, 1, seq_q, 64, 4, 2, 40, jnp.float32, ())
+  poisoned = {key: args[key].at[:, hidden].set(jnp.nan) for key in ("k_BxSxKxH", "v_BxSxKxH")}
   kernel = functools.partial(flash_attention, interpret=True)
   loss = functools.partial(weighted_sum, kernel, static, weights)
   (_, out), grads = jit(jax.value_and_grad(loss, has_aux=True))(dict(args, **poisoned))

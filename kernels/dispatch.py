@@ -10,8 +10,8 @@ Every public attention function with a kernel takes ``implementation: str | None
               in interpret mode. Options the kernel does not support raise ``ValueError``.
 
 Anything else raises ``ValueError`` naming the value. The kernels lower through Pallas's own
-Triton backend on the GPU, which needs no jax-triton package; :func:`gpu_compiler_params`
-imports that backend only when it is asked for GPU parameters.
+Triton backend on the GPU (chosen by passing :func:`triton_compiler_params`; without them Pallas
+now lowers to Mosaic GPU), which needs no jax-triton package, so jax-triton is never imported.
 """
 
 from __future__ import annotations
@@ -83,10 +83,8 @@ def default_interpret() -> bool:
   return jax.default_backend() not in KERNEL_PLATFORMS
 
 
-def gpu_compiler_params(num_warps: int, num_stages: int) -> object | None:
-  """Pallas Triton compiler parameters on the GPU (this also selects the Triton lowering over
-  Mosaic GPU); None elsewhere."""
-  if jax.default_backend() != "gpu":
-    return None
+def triton_compiler_params(num_warps: int, num_stages: int) -> object:
+  """Pallas Triton compiler parameters; passing them selects the Triton lowering on the GPU over
+  Mosaic GPU. Interpret mode ignores them."""
   from jax.experimental.pallas import triton as pallas_triton
   return pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

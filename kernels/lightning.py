@@ -53,7 +53,7 @@ from momentum_jax.attention.lightning import (
     alibi_slopes, check_lightning, lightning_attention_reference,
 )
 from momentum_jax.attention.linear import segment_runs
-from momentum_jax.kernels.dispatch import default_interpret, gpu_compiler_params
+from momentum_jax.kernels.dispatch import default_interpret, triton_compiler_params
 
 reference = lightning_attention_reference
 
@@ -276,7 +276,7 @@ def _call(kernel, config: _Config, block: int, grid: tuple[int, int], in_specs, 
       in_specs=in_specs,
       out_specs=out_specs,
       out_shape=out_shape,
-      compiler_params=gpu_compiler_params(num_warps=4 if head_dim <= 64 else 8, num_stages=1),
+      compiler_params=triton_compiler_params(num_warps=4 if head_dim <= 64 else 8, num_stages=1),
       interpret=config.interpret,
       name=name,
   )(*args)

@@ -40,7 +40,6 @@ def test_cpu_defaults():
   assert not dispatch.wants_kernel("xla")
   assert dispatch.wants_kernel("pallas")
   assert dispatch.default_interpret()
-  assert dispatch.gpu_compiler_params(num_warps=4, num_stages=1) is None
 
 
 FUNCTIONS = {

@@ -1,12 +1,14 @@
 """The Pallas Lightning-2 kernels (interpret mode on the CPU) against the T×T float32 reference:
 outputs and the gradients w.r.t. q, k, v and a learned decay, at awkward sizes (T = 1, 63, 129;
-H = 40, 72; GQA 8:2; segments), float32 to 1e-5 and bfloat16 to 1e-2; ValueErrors.
+H = 40, 72; GQA 8:2; segments), float32 to 1e-5 and bfloat16 to 1e-2; ValueErrors; and the
+kernels pass Pallas's Triton lowering for the GPU (lowered, not compiled, on the CPU).
 
 Pallas interpret mode fills every output with NaN before the kernel runs (checked below), so a
 tile a kernel fails to write fails the comparison.
 """
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +99,24 @@ def test_interpret_mode_poisons_unwritten_outputs():
       out_specs=pl.BlockSpec((1, 16), lambda i: (i, 0)),
       out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype), interpret=True)(x)
   assert (np.asarray(out[0]) == 1).all() and np.isnan(np.asarray(out[1:])).all()
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
+def test_kernels_lower_to_triton_for_the_gpu(dtype):
+  q = jax.ShapeDtypeStruct((1, 70, 4, 40), dtype)
+  k = jax.ShapeDtypeStruct((1, 70, 2, 40), dtype)
+  ids = jax.ShapeDtypeStruct((1, 70), jnp.int32)
+  decay = jax.ShapeDtypeStruct((4,), jnp.float32)
+
+  def loss(q, k, v, ids, decay):
+    out = lightning_attention_kernel(q, k, v, segment_ids=ids, decay=decay, interpret=False)
+    return jnp.sum(out.astype(jnp.float32))
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 4)))
+  text = step.trace(q, k, k, ids, decay).lower(lowering_platforms=("cuda",)).as_text()
+  assert set(re.findall(r"custom_call @([\w$.]+)", text)) == {"__gpu$xla.gpu.triton"}
+  assert re.findall(r'name = "(lightning_\w+)"', text) == [
+      "lightning_forward", "lightning_dq", "lightning_dkv"]
 
 
 def test_default_decay_and_constant_decay():

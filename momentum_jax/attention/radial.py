@@ -12,7 +12,9 @@ g = bit_length(d) and ℓ = 2^bit_length(P) / 2^g, the frame pair's token mask i
     keep(d) = ℓ ≥ C  or  d mod ⌊C / ℓ⌋ = 0,
 
 so the window halves with each doubling of d and, once it reaches the block size C, whole frame
-pairs are dropped except every ⌊C/ℓ⌋-th distance. Each frame pair's mask is then shrunk to C×C
+pairs are dropped except every ⌊C/ℓ⌋-th distance. The sink and W(1) = ⌊P/2⌋ are the authors'
+Wan setting (a later revision of their code widens W(1) to P; their HunyuanVideo setting has no
+sink). Each frame pair's mask is then shrunk to C×C
 blocks the way the authors' ``gen_log_mask_shrinked`` does it: the pair's mask is placed at its
 offset inside its ⌈P/C⌉×⌈P/C⌉ block window (rows and columns past ⌈P/C⌉·C are cut), and a block is
 kept when more than 60 % of its columns that hold any entry hold entries in more than a third of

@@ -44,6 +44,12 @@ def segments(seq, *sizes_per_row):
   return jnp.asarray(np.stack(rows), jnp.int32)
 
 
+def head_window(b, n, t, s):
+  """Causal window of 8 + 12 n keys for head n: a mask that differs per head."""
+  del b
+  return (s <= t) & (t - s < 8 + 12 * n)
+
+
 # (name, B, T, S, N, K, H, dtype, static keyword arguments, differentiable extras)
 CASES = [
     ("gqa8:2-gamma-per-kv-head-sinks", 1, 63, 63, 8, 2, 40, jnp.float32,
@@ -61,10 +67,10 @@ CASES = [
     ("sigmoid", 1, 63, 63, 4, 2, 40, jnp.float32,
      dict(sigmoid=True, sigmoid_bias=-2.0, window=40, block_sizes=BlockSizes(16, 32)),
      ("gamma_K", "bias_K")),
-    ("block-mask", 1, 63, 63, 4, 2, 40, jnp.float32,
+    ("batch2-block-mask-per-head", 2, 63, 63, 4, 2, 40, jnp.float32,
      dict(causal=False, block_mask=attn.create_block_mask(
-         attn.and_masks(attn.segment_mask(segments(63, [25, 38])), attn.sliding_window_mask(30)),
-         1, None, 63, 63, 16, 16)),
+         attn.and_masks(attn.segment_mask(segments(63, [25, 38], [10, 53])), head_window),
+         2, 4, 63, 63, 16, 16)),
      ("gamma", "bias_K")),
     ("bf16-gqa8:2", 1, 63, 63, 8, 2, 40, jnp.bfloat16,
      dict(block_sizes=BlockSizes(16, 16)), ("gamma_K", "sinks")),

@@ -35,11 +35,30 @@ def test_language_is_a_fixed_markov_chain_with_zipf_rows():
   assert not bool(jnp.all(other.transition_logits() == logits_VxV))
 
 
+def _has_repeat(raw_T1: np.ndarray, span: int) -> bool:
+  """Whether some span of ``span`` tokens in the second half equals an earlier one."""
+  length = raw_T1.shape[0]
+  return any(np.array_equal(raw_T1[c:c + span], raw_T1[s:s + span])
+             for c in range((length - 1) // 2, length - span + 1) for s in range(c - span + 1))
+
+
+def test_language_copy_span_repeats_an_earlier_span():
+  language = MarkovZipfLanguage(vocab_size=64, seq_len=40, copy_len=10, language_seed=1)
+  batch = language.sample(jax.random.key(2), 6)
+  raw_BxT1 = np.concatenate([batch.tokens, batch.targets[:, -1:]], axis=1)
+  assert all(_has_repeat(raw, 10) for raw in raw_BxT1)
+  plain = MarkovZipfLanguage(vocab_size=64, seq_len=40, copy_len=0, language_seed=1)
+  plain_raw_BxT1 = np.asarray(plain.sample(jax.random.key(2), 6).tokens)
+  assert not any(_has_repeat(raw, 10) for raw in plain_raw_BxT1)
+
+
 def test_language_rejects_bad_fields():
   with pytest.raises(ValueError, match="vocab_size=1"):
     MarkovZipfLanguage(vocab_size=1)
   with pytest.raises(ValueError, match="zipf_exponent=0"):
     MarkovZipfLanguage(zipf_exponent=0)
+  with pytest.raises(ValueError, match="copy_len=17"):
+    MarkovZipfLanguage(seq_len=64, copy_len=17)
 
 
 def test_default_models_differ_only_in_attention():

@@ -382,7 +382,8 @@ def _fixed_qk(q: jax.Array, k: jax.Array, fixed_q: jax.Array,
               fixed_k: jax.Array) -> tuple[jax.Array, jax.Array]:
   batch, seq_q, heads, head_dim = q.shape
   seq_k, kv_heads = k.shape[1:3]
-  for name, x, seq, h in (("fixed_q", fixed_q, seq_q, heads), ("fixed_k", fixed_k, seq_k, kv_heads)):
+  for name, x, seq, h in (("fixed_q", fixed_q, seq_q, heads),
+                          ("fixed_k", fixed_k, seq_k, kv_heads)):
     shape = np.shape(x)
     if len(shape) != 3 or shape[0] < seq or shape[1:] != (h, head_dim):
       raise ValueError(

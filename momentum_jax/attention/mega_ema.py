@@ -66,7 +66,8 @@ def _check_mega(q: jax.Array, k: jax.Array, delta: jax.Array, gamma: jax.Array, 
     shape = np.shape(x)
     if len(shape) != 3 or shape[:2] != (kv_heads, head_dim) or shape[2] < 1:
       raise ValueError(
-          f"{name} must have shape [K, H, n] = ({kv_heads}, {head_dim}, n), got {name}.shape={shape}")
+          f"{name} must have shape [K, H, n] = ({kv_heads}, {head_dim}, n), "
+          f"got {name}.shape={shape}")
   if np.shape(delta) != np.shape(gamma):
     raise ValueError(
         f"delta and gamma must have the same shape, "

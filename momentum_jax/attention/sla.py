@@ -10,13 +10,15 @@ The T×S attention map is split at the granularity of blocks of C = ``block_size
    small ratio still keeps one block).
 2. Kept blocks: exact softmax attention restricted to their keys,
    o_s(t) = Σ_{s ∈ kept(t)} e^{scale·q_t·k_s} v_s / Σ_{s ∈ kept(t)} e^{scale·q_t·k_s}.
-3. Every other visible block: linear attention with φ = softmax over the feature dim,
-   o_l(t) = φ(q_t) Σ_{s ∈ rest(t)} φ(k_s)ᵀ v_s / φ(q_t) · Σ_{s ∈ rest(t)} φ(k_s), and o_l = 0 where
-   the rest is empty (as the authors' kernel does when every block is kept).
+3. Every other visible block ("rest"): linear attention with φ = softmax over the feature dim,
+       o_l(t) = φ(q_t) Σ_{s∈rest} φ(k_s)ᵀ v_s / (φ(q_t) · Σ_{s∈rest} φ(k_s) + ε),
+   and o_l = 0 where the rest is empty (as the authors' kernel does when every block is kept).
+   ε = 1e-6 as in ``linear.py`` (the authors' first release used 1e-5, their fused kernel none):
+   huge logits make φ one-hot, the denominator underflows and the bare ratio would be NaN.
 4. o = o_s + o_l · W with W = ``proj`` a learned H×H matrix per query head, zero at
    initialisation, so that SLA starts as block-sparse softmax attention. (The authors' ``proj_l``
-   is one ``nn.Linear(H, H)`` shared by the heads, with a bias; we keep one matrix per head and no
-   bias, which the model's output projection can absorb.)
+   is one ``nn.Linear(H, H)`` with a bias, shared by the heads; we keep one matrix per head and,
+   like every projection of our attention layer, no bias.)
 
 Causal (our choice; the authors' SLA is for bidirectional diffusion transformers and has no causal
 mode): with S == T, query block i chooses among the visible key blocks j ≤ i, the diagonal block
@@ -50,6 +52,9 @@ from momentum_jax.attention.linear import check_block_size, check_unsupported
 from momentum_jax.attention.registry import AttentionDims
 
 _HI = jax.lax.Precision.HIGHEST
+# Added to the linear branch's denominator, as in linear attention: it keeps the branch and its
+# gradients finite when huge logits make φ one-hot and φ(q)·Σ φ(k) underflows.
+_EPS = 1e-6
 
 
 def sla_proj_zero_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
@@ -238,11 +243,11 @@ def sla_attention(
   rest_s = total_s[:, :, None] - kept_s
   rest_z = total_z[:, :, None] - kept_z
   count_BxKxGxQ = rest_Q - jnp.sum(subtract_BxKxGxQxM, axis=-1)
-  nonempty = (count_BxKxGxQ > 0)[..., None]
   num = jnp.einsum("bkgqch,bkgqhe->bkgqce", phi_q, rest_s, precision=_HI)
   den = jnp.einsum("bkgqch,bkgqh->bkgqc", phi_q, rest_z, precision=_HI)
-  den = jnp.where(nonempty, den, 1.0)
-  o_linear = jnp.where(nonempty[..., None], num / den[..., None], 0.0)
+  # Zero where the rest is empty (total − kept may leave round-off there, not an exact 0).
+  nonempty = (count_BxKxGxQ > 0)[..., None]
+  o_linear = jnp.where(nonempty[..., None], num / (den[..., None] + _EPS), 0.0)
   proj_KxGxHxH = _proj_KxGxHxH(proj, heads, kv_heads, head_dim, dtype)
   out = o_sparse + jnp.einsum("bkgqch,kghe->bkgqce", o_linear, proj_KxGxHxH, precision=_HI)
 
@@ -305,8 +310,7 @@ def sla_attention_reference(
   kernel = jnp.einsum("btnh,bsnh->bnts", jax.nn.softmax(q32, axis=-1),
                       jax.nn.softmax(k32, axis=-1), precision=_HI)
   kernel = jnp.where(~kept_BxNxTxS & visible_TxS, kernel, 0.0)
-  den = jnp.sum(kernel, axis=-1, keepdims=True)
-  linear_weights = jnp.where(den > 0, kernel / jnp.where(den > 0, den, 1.0), 0.0)
+  linear_weights = kernel / (jnp.sum(kernel, axis=-1, keepdims=True) + _EPS)
   o_linear = jnp.einsum("bnts,bsnh->btnh", linear_weights, v32, precision=_HI)
   proj_NxHxH = jnp.broadcast_to(jnp.asarray(proj, dtype), (heads, head_dim, head_dim))
   out = o_sparse + jnp.einsum("btnh,nhe->btne", o_linear, proj_NxHxH, precision=_HI)

@@ -2,9 +2,10 @@
 
 Every public attention function with a kernel takes ``implementation: str | None``:
 
-    None      the kernel on a backend where it compiles natively (``KERNEL_PLATFORMS``) and only
-              when it supports every requested option; otherwise the pure XLA form. On the CPU
-              the pure form always runs.
+    None      the kernel on a backend where it is known to lower natively (``DEFAULT_PLATFORMS``,
+              each entry checked by a cross-platform lowering test) and only when it supports
+              every requested option; otherwise the pure XLA form. On the CPU the pure form
+              always runs.
     "xla"     always the pure form.
     "pallas"  always the kernel; where the backend has no native Pallas lowering (the CPU) it runs
               in interpret mode. Options the kernel does not support raise ``ValueError``.
@@ -21,8 +22,19 @@ import numpy as np
 
 IMPLEMENTATIONS = ("xla", "pallas")
 
-# Backends whose Pallas lowering the kernels were written for (Triton on the GPU).
+# Backends whose Pallas lowering the kernels were written for (Triton on the GPU); elsewhere a
+# forced kernel runs in interpret mode.
 KERNEL_PLATFORMS = ("gpu",)
+
+# Backends where implementation=None picks each kernel. The flash kernel's fused momentum shear
+# slices arrays inside the kernel, which Pallas's Triton lowering does not implement, so momentum
+# attention keeps its pure form by default; plain flash attention is picked for head dims that
+# are powers of two (Triton's tiles must be; the flash kernel does not pad H).
+DEFAULT_PLATFORMS = {
+    "lightning": ("gpu",),
+    "flash": ("gpu",),
+    "flash_shear": (),
+}
 
 
 def check_implementation(implementation: str | None) -> None:
@@ -33,15 +45,16 @@ def check_implementation(implementation: str | None) -> None:
     )
 
 
-def wants_kernel(implementation: str | None) -> bool:
-  """Whether to try the kernel: ``"pallas"``, or None on a backend in ``KERNEL_PLATFORMS``.
+def wants_kernel(implementation: str | None, kernel: str) -> bool:
+  """Whether to try ``kernel`` (a key of ``DEFAULT_PLATFORMS``): with ``"pallas"``, or with None
+  on one of its default platforms.
 
   With None the caller still falls back to the pure form when the kernel does not support the
   requested options; with ``"pallas"`` the kernel's own validation raises instead.
   """
   check_implementation(implementation)
   if implementation is None:
-    return jax.default_backend() in KERNEL_PLATFORMS
+    return jax.default_backend() in DEFAULT_PLATFORMS[kernel]
   return implementation == "pallas"
 
 
@@ -56,12 +69,15 @@ def softmax_kernel(
 
   The kernel has no additive ``bias``, takes float32 / bfloat16 / float16 up to its largest head
   dim and needs a Python-number ``scale``: inputs outside that give None with
-  ``implementation=None`` and raise ``ValueError`` with ``"pallas"``.
+  ``implementation=None`` and raise ``ValueError`` with ``"pallas"``. With None, head dims that
+  are not powers of two also give None (see ``DEFAULT_PLATFORMS``).
   """
-  if not wants_kernel(implementation):
+  if not wants_kernel(implementation, "flash" if options.get("gamma") is None else "flash_shear"):
     return None
   from momentum_jax.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention
   head_dim = q_BxTxNxH.shape[-1]
+  if implementation is None and head_dim & (head_dim - 1):
+    return None
   reason = None
   if bias is not None:
     reason = f"bias is not supported by the flash kernel, got bias.shape={np.shape(bias)}"

@@ -134,7 +134,7 @@ def lightning_attention(
   )
   check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
                   window=window, bias=bias, sinks=sinks)
-  if dispatch.wants_kernel(implementation):
+  if dispatch.wants_kernel(implementation, "lightning"):
     from momentum_jax.kernels import lightning as kernel
     block_sizes = kernel.BlockSizes(block_size, block_size, block_size)
     if (implementation == "pallas"

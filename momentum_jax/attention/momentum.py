@@ -153,7 +153,7 @@ def momentum_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  if dispatch.wants_kernel(implementation):
+  if dispatch.wants_kernel(implementation, "flash_shear"):
     check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
     check_boundary(boundary)
     q_rope, k_rope = q_BxTxNxH, k_BxSxKxH

@@ -3,6 +3,7 @@ the pure XLA form and "pallas" runs the kernel in interpret mode and matches it 
 gradient), for lightning, softmax and momentum attention."""
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,8 @@ import pytest
 
 from momentum_jax.attention import lightning_attention, momentum_attention, softmax_attention
 from momentum_jax.kernels import dispatch
+from momentum_jax.kernels.flash_attention import flash_attention
+from momentum_jax.kernels.lightning import lightning_attention_kernel
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -36,10 +39,34 @@ def test_check_implementation():
 
 def test_cpu_defaults():
   assert jax.default_backend() == "cpu"
-  assert not dispatch.wants_kernel(None)
-  assert not dispatch.wants_kernel("xla")
-  assert dispatch.wants_kernel("pallas")
+  for kernel in dispatch.DEFAULT_PLATFORMS:
+    assert not dispatch.wants_kernel(None, kernel)
+    assert not dispatch.wants_kernel("xla", kernel)
+    assert dispatch.wants_kernel("pallas", kernel)
   assert dispatch.default_interpret()
+
+
+KERNELS = {
+    "lightning": lightning_attention_kernel,
+    "flash": flash_attention,
+    "flash_shear": functools.partial(flash_attention, gamma=0.5),
+}
+
+
+@pytest.mark.parametrize("kernel", [name for name, platforms in dispatch.DEFAULT_PLATFORMS.items()
+                                    if "gpu" in platforms])
+def test_gpu_defaults_lower_to_triton(kernel):
+  """Each kernel that implementation=None picks on the GPU passes Pallas's Triton lowering,
+  forward and backward (lowered for CUDA on the CPU, not compiled)."""
+  q = jax.ShapeDtypeStruct((1, 70, 4, 64), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, 70, 2, 64), jnp.bfloat16)
+
+  def loss(q, k, v):
+    return jnp.sum(KERNELS[kernel](q, k, v, interpret=False).astype(jnp.float32))
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  text = step.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
+  assert set(re.findall(r"custom_call @([\w$.]+)", text)) == {"__gpu$xla.gpu.triton"}
 
 
 FUNCTIONS = {

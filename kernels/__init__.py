@@ -7,3 +7,4 @@ in Pallas interpret mode on the CPU. jax-triton is imported only where a GPU is 
 from momentum_jax.kernels.flash_attention import (
     BlockSizes, flash_attention, flash_attention_reference,
 )
+from momentum_jax.kernels.lightning import lightning_attention_kernel

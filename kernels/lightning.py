@@ -31,6 +31,8 @@ two (at least 16, the smallest Triton matmul); padded keys and values are zero. 
 in the input dtype (float32 operands at full precision) with float32 accumulation. GQA: query head
 n reads kv head n // (N // K); dK and dV are formed per query head and summed over each group.
 
+The kernels are written for Pallas's Triton lowering on the GPU (power-of-two tiles, 2-D matmuls
+of at least 16×16; the tests lower them for CUDA on the CPU); elsewhere they run in interpret mode.
 The layout follows JAX's Pallas attention ops: :class:`BlockSizes`, the kernels, the validated
 custom-VJP wrapper :func:`lightning_attention_kernel`, and the reference
 (:func:`momentum_jax.attention.lightning_attention_reference`, re-exported as ``reference``).
@@ -402,6 +404,8 @@ def lightning_attention_kernel(
     ``[B, T, N, H]`` in q's dtype.
   """
   block_sizes = block_sizes or BlockSizes()
+  if not isinstance(block_sizes, BlockSizes):
+    raise ValueError(f"block_sizes must be a BlockSizes, got block_sizes={block_sizes!r}")
   block_sizes.validate()
   check_attention_inputs(
       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,

@@ -141,6 +141,8 @@ def test_invalid_block_sizes_raise(block_sizes, name):
 
 def test_invalid_inputs_raise():
   q = jnp.zeros((1, 8, 2, 16))
+  with pytest.raises(ValueError, match="block_sizes must be a BlockSizes"):
+    lightning_attention_kernel(q, q, q, block_sizes=64)
   with pytest.raises(ValueError, match="head_dim=160"):
     lightning_attention_kernel(*(jnp.zeros((1, 8, 2, 160)),) * 3)
   with jax.enable_x64(True):

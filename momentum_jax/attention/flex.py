@@ -120,8 +120,6 @@ def create_block_mask(
   for name, value in (("T", T), ("S", S), ("block_q", block_q), ("block_k", block_k)):
     _check_block(name, value)
   num_q, num_k = -(-T // block_q), -(-S // block_k)
-  b_Bx1x1x1, n_1xNx1x1 = _index_grid(B or 1, N or 1)
-  s_1x1x1xS = jnp.arange(num_k * block_k, dtype=jnp.int32)[None, None, None, :]
 
   def classify(first_q: jax.Array, rows: int) -> jax.Array:
     """Tile kinds ``[B, N, rows, ⌈S/block_k⌉]`` of ``rows`` query blocks from ``first_q``."""
@@ -136,7 +134,11 @@ def create_block_mask(
     all_BxNxRxK = jnp.all(covered_BxNxRxS.reshape(tiles), axis=(3, 5))
     return jnp.where(all_BxNxRxK, FULL, jnp.where(any_BxNxRxK, PARTIAL, EMPTY)).astype(jnp.int8)
 
+  # Everything below runs eagerly even under jit (index grids included), so that a mask_mod
+  # closing over no traced value gives concrete tile lists and skipped tiles shorten the scans.
   with jax.ensure_compile_time_eval():
+    b_Bx1x1x1, n_1xNx1x1 = _index_grid(B or 1, N or 1)
+    s_1x1x1xS = jnp.arange(num_k * block_k, dtype=jnp.int32)[None, None, None, :]
     if (B or 1) * (N or 1) * num_q * block_q * num_k * block_k <= _DENSE_BUILD:
       kind_BxNxQxK = classify(jnp.int32(0), num_q)
     else:

@@ -172,6 +172,22 @@ def test_block_mask_reused_under_jit_without_recompiling():
   np.testing.assert_array_equal(outs[0], outs[3])
 
 
+def test_block_mask_built_under_jit_is_concrete_and_skips_tiles():
+  widths = []
+
+  @jax.jit
+  def attend(q_BxTxNxH):
+    block_mask = attn.create_block_mask(attn.sliding_window_mask(64), None, None, 512, 512, 64, 64)
+    widths.append(block_mask.kv_index_BxNxQxM)
+    return attn.flex_attention(q_BxTxNxH, q_BxTxNxH, q_BxTxNxH, block_mask=block_mask)
+
+  attend(jnp.ones((1, 512, 2, 8)))
+  (kv_index_BxNxQxM,) = widths
+  assert not isinstance(kv_index_BxNxQxM, jax.core.Tracer)
+  # A 64-token window touches at most 2 of the 8 key blocks per query block.
+  assert kv_index_BxNxQxM.shape == (1, 1, 8, 2)
+
+
 def test_causal_by_gradient():
   q, k, v, _ = make_inputs(21)
   fn = functools.partial(attn.flex_attention, mask_mod=attn.causal_mask, block_q=8, block_k=4)

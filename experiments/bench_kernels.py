@@ -101,22 +101,29 @@ def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, rep
         skipped[name] = f"{type(error).__name__}: {(str(error) or '-').splitlines()[0]}"
         print(f"skipped {name}: {skipped[name]}", flush=True)
     seconds = interleaved_medians(calls, repeats, warmup=2)
-    flops = causal_attention_flops(batch, heads, seq_len, head_dim, mode)
-    row = {"seconds": seconds,
-           "tflops": {name: flops / seconds[name] / 1e12 for name in seconds if name in SOFTMAX}}
-    if "cudnn" in seconds and "momentum" in seconds:
-      row["momentum/cudnn"] = row["tflops"]["momentum"] / row["tflops"]["cudnn"]
-    if "cudnn" in seconds and "lightning" in seconds:
-      row["cudnn/lightning"] = seconds["cudnn"] / seconds["lightning"]
-    result[mode] = row
+    result[mode] = summarize(seconds, causal_attention_flops(batch, heads, seq_len, head_dim, mode))
   return result
+
+
+def summarize(seconds: dict[str, float], flops: float) -> dict:
+  """A result row from median seconds per candidate: TFLOP/s of the softmax candidates,
+  ``momentum/cudnn`` (ratio of TFLOP/s) and ``cudnn/lightning`` (ratio of times) where both
+  candidates of a ratio were measured."""
+  row = {"seconds": seconds,
+         "tflops": {name: flops / seconds[name] / 1e12 for name in seconds if name in SOFTMAX}}
+  if "cudnn" in seconds and "momentum" in seconds:
+    row["momentum/cudnn"] = row["tflops"]["momentum"] / row["tflops"]["cudnn"]
+  if "cudnn" in seconds and "lightning" in seconds:
+    row["cudnn/lightning"] = seconds["cudnn"] / seconds["lightning"]
+  return row
 
 
 def _cell(value: float | None, width: int, fmt: str) -> str:
   return f"{'-':>{width}}" if value is None else f"{value:{width}{fmt}}"
 
 
-def _row(seq_len: int, batch: int, mode: str, row: dict) -> str:
+def format_row(seq_len: int, batch: int, mode: str, row: dict) -> str:
+  """One printed line: mode, T, B, TFLOP/s per softmax candidate, lightning ms, the ratios."""
   lightning = row["seconds"].get("lightning")
   return (f"{mode:>8}{seq_len:>7}{batch:>4}"
           + "".join(_cell(row["tflops"].get(name), 10, ".4g") for name in SOFTMAX)
@@ -152,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     rows = bench(seq_len, batch, args.heads, args.head_dim, args.gamma, args.repeats, skipped)
     for mode, row in rows.items():
       results[mode][seq_len] = {"batch": batch, **row}
-      print(_row(seq_len, batch, mode, row), flush=True)
+      print(format_row(seq_len, batch, mode, row), flush=True)
   return {"results": results, "skipped": skipped}
 
 

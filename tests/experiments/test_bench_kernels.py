@@ -11,6 +11,20 @@ def test_causal_attention_flops():
   assert bench_kernels.causal_attention_flops(3, 5, 2, 7, "fwd+bwd") == 3.5 * forward
 
 
+def test_summarize_and_format_row():
+  seconds = {"momentum": 2.0, "plain": 1.0, "cudnn": 0.5, "xla": 4.0, "lightning": 0.25}
+  row = bench_kernels.summarize(seconds, flops=1e12)
+  assert row["tflops"] == {"momentum": 0.5, "plain": 1.0, "cudnn": 2.0, "xla": 0.25}
+  assert row["momentum/cudnn"] == 0.25 and row["cudnn/lightning"] == 2.0
+  line = bench_kernels.format_row(4096, 4, "fwd+bwd", row)
+  assert line.split() == ["fwd+bwd", "4096", "4", "0.5", "1", "2", "0.25", "250", "0.250",
+                          "2.000"]
+  partial = bench_kernels.summarize({"xla": 4.0}, flops=1e12)
+  assert set(partial) == {"seconds", "tflops"}
+  cells = bench_kernels.format_row(64, 1, "fwd", partial).split()[3:]
+  assert cells == ["-", "-", "-", "0.25", "-", "-", "-"]
+
+
 def test_bench_kernels_tiny(capsys):
   result = bench_kernels.main(["--tiny"])
   assert set(result["skipped"]) == {"cudnn"}

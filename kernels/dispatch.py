@@ -7,8 +7,8 @@ Every public attention function with a kernel takes ``implementation: str | None
               every requested option; otherwise the pure XLA form. On the CPU the pure form
               always runs.
     "xla"     always the pure form.
-    "pallas"  always the kernel; where the backend has no native Pallas lowering (the CPU) it runs
-              in interpret mode. Options the kernel does not support raise ``ValueError``.
+    "pallas"  always the kernel; off the GPU (the only backend the kernels are written for) it
+              runs in interpret mode. Options the kernel does not support raise ``ValueError``.
 
 Anything else raises ``ValueError`` naming the value. The kernels lower through Pallas's own
 Triton backend on the GPU (chosen by passing :func:`triton_compiler_params`; without them Pallas

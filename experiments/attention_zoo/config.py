@@ -9,9 +9,9 @@ accepts ``causal=False``, like agent attention) cannot serve a decoder and is sk
 reason. Variant parameters a model does not learn come from ``ATTENTION_PARAMS`` (defaults for
 unlisted variants); learned ones are created by the model from the registry.
 
-Tasks (``TASKS``): MQAR associative recall (Zoology, arXiv 2312.04927; vocabulary 64, 8
-key-value pairs, 8 queries, T = 31, loss at the 8 query keys) and variable-gap induction
-(vocabulary 64, segment 10, gap 0..10, T = 31, loss at the 9 determined positions). Both tasks
+Tasks (``TASKS``): MQAR associative recall (Zoology, arXiv 2312.04927; vocabulary 32, 6
+key-value pairs, 6 queries, T = 23, loss at the 6 query keys) and variable-gap induction
+(vocabulary 32, segment 6, gap 0..10, T = 23, loss at the 5 determined positions). Both tasks
 have the same vocabulary and length, so one compiled train step per variant serves both.
 
 Model: 2 layers, d_model 64, 4 heads (head dim 16), GELU MLP 256, RoPE, RMSNorm; Adam 3e-3,
@@ -50,8 +50,8 @@ ATTENTION_PARAMS: Mapping[str, Mapping[str, Any]] = {
 }
 
 TASKS: tuple[tuple[str, Task], ...] = (
-    ("mqar", AssociativeRecallTask(vocab_size=64, num_pairs=8, num_queries=8)),
-    ("induction", InductionTask(vocab_size=64, segment_len=10, max_gap=10)),
+    ("mqar", AssociativeRecallTask(vocab_size=32, num_pairs=6, num_queries=6)),
+    ("induction", InductionTask(vocab_size=32, segment_len=6, max_gap=10)),
 )
 QUICK_TASKS: tuple[tuple[str, Task], ...] = (
     ("mqar", AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=3)),

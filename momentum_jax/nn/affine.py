@@ -14,7 +14,9 @@ A train step on pure pytrees carries it like batch statistics: split the model a
 ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``, run the forward on
 ``nnx.merge(graphdef, params, rest)`` and return the new ``nnx.state(merged, AlphaEma)`` from the
 step (as auxiliary output of the loss), then ``nnx.update`` the carried ``rest`` with it. A step
-that drops the updated state keeps α_ma at its initial value.
+that drops the updated state keeps α_ma at its initial value. NNX forbids the update inside an
+inner trace of a merged model (a ``lax.fori_loop`` body, as in the trainer's evaluation): call
+the model there in evaluation mode (``model.eval()`` before splitting).
 """
 
 from __future__ import annotations

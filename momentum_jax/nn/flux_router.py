@@ -20,7 +20,8 @@ Randomness: the router keeps its own RNG stream (collection ``"gumbel"``, fallin
 ``"default"``), like ``nnx.Dropout``; training mode is ``deterministic=False`` (the default),
 ``model.eval()`` makes the choice hard and noise-free. A pure-pytree train step that drops the
 module state after the forward pass reuses the same Gumbel noise every step; carry the RNG state
-(``nnx.state(model, nnx.RngState)``) as for α_ma in ``momentum_jax.nn.affine``.
+(``nnx.state(model, nnx.RngState)``) as for α_ma in ``momentum_jax.nn.affine``; inside an inner
+trace of a merged model (a ``lax.fori_loop`` body) use evaluation mode, as for α_ma.
 """
 
 from __future__ import annotations

@@ -9,12 +9,20 @@ projection), and with the optional layers of ``TransformerConfig``:
 ``blocks.{l}.attn.hook_gate`` (gated attention's σ(X W_θ), [B,T,N,H] or [B,T,N,1]),
 ``blocks.{l}.attn.hook_head_gates`` (Mixture-of-Head per-token head gates, [B,T,N]),
 ``blocks.{l}.attn.hook_alpha`` (affine-scaled attention's α, [B,T,N]),
-``blocks.{l}.attn.hook_router`` (the flux router's [full, sparse] choice, [B,T,2]);
+``blocks.{l}.attn.hook_router`` (the flux router's [full, sparse] choice, [B,T,2]),
+``blocks.{l}.attn.hook_q_shear`` / ``hook_k_shear`` (``attention="momentum"``: q and k after the
+momentum shear);
 ``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
 ``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``.
 
 The recorder is consulted at trace time only: a name that is not wanted adds nothing to the
 traced program, and the attention pattern is only materialised when it is wanted.
+
+Forward hooks (``Transformer.run_with_hooks``): ``fn(activation, name)`` runs where the
+activation is made and its return value (None keeps the activation) replaces it for the rest of
+the forward pass, so hooks edit activations under ``jax.jit`` and ``jax.grad`` like any other
+traced function. Hooks on ``hook_attn_scores`` observe only (the variant turns scores into the
+pattern itself); an edited ``hook_pattern`` is applied to the values (see ``Attention``).
 """
 
 from __future__ import annotations
@@ -23,14 +31,18 @@ from collections.abc import Callable, Iterable
 from typing import Union
 
 import jax
+import jax.numpy as jnp
 
 NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
+HookFn = Callable[[jax.Array, str], Union[jax.Array, None]]
 
 
 class Recorder:
-  """Collects activations whose hook name passes ``names_filter`` (trace-time Python object)."""
+  """Collects activations whose hook name passes ``names_filter`` and runs forward hooks on them
+  (trace-time Python object)."""
 
-  def __init__(self, names_filter: NamesFilter = None, *, enabled: bool = True):
+  def __init__(self, names_filter: NamesFilter = None, *, enabled: bool = True,
+               fwd_hooks: Iterable[tuple[str, HookFn]] = ()):
     if not enabled:
       self._want: Callable[[str], bool] = lambda name: False
     elif names_filter is None:
@@ -43,13 +55,35 @@ class Recorder:
       wanted = frozenset(names_filter)
       self._want = wanted.__contains__
     self.cache: dict[str, jax.Array] = {}
+    self._hooks: dict[str, list[HookFn]] = {}
+    for name, fn in fwd_hooks:
+      if not isinstance(name, str) or not callable(fn):
+        raise ValueError(f"fwd_hooks must be (name, fn) pairs, got ({name!r}, {fn!r})")
+      self._hooks.setdefault(name, []).append(fn)
 
   def wants(self, name: str) -> bool:
-    return bool(self._want(name))
+    """True when ``name`` is captured or hooked (its activation must be computed)."""
+    return name in self._hooks or bool(self._want(name))
+
+  def edits(self, name: str) -> bool:
+    return name in self._hooks
 
   def record(self, name: str, value: jax.Array) -> None:
-    if self.wants(name):
+    if self._want(name):
       self.cache[name] = value
+
+  def apply(self, name: str, value: jax.Array) -> jax.Array:
+    """Runs the hooks on ``name`` in order, records the result and returns it."""
+    for fn in self._hooks.get(name, ()):
+      edited = fn(value, name)
+      if edited is not None:
+        if jnp.shape(edited) != jnp.shape(value):
+          raise ValueError(
+              f"a hook on {name!r} must keep the shape {jnp.shape(value)}, "
+              f"got {jnp.shape(edited)}")
+        value = jnp.asarray(edited, value.dtype)
+    self.record(name, value)
+    return value
 
 
 NO_CAPTURE = Recorder(enabled=False)

@@ -14,16 +14,19 @@ sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.attention import AttentionDims, apply_rope, get_attention
+from momentum_jax.attention import AttentionDims, apply_rope, get_attention, momentum_shear
+from momentum_jax.attention.softmax import repeat_kv
 from momentum_jax.nn.affine import AffineAlpha
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
-from momentum_jax.nn.hooks import NO_CAPTURE, NamesFilter, Recorder
+from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.layer_stats import Dense
 from momentum_jax.nn.moh import MoHRouter
 
@@ -95,14 +98,14 @@ class Attention(nnx.Module):
     q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k_BxTxKxH = self.k_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v_BxTxKxH = self.v_proj(x_BxTxD).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    recorder.record(prefix + "hook_q", q_BxTxNxH)
-    recorder.record(prefix + "hook_k", k_BxTxKxH)
-    recorder.record(prefix + "hook_v", v_BxTxKxH)
+    q_BxTxNxH = recorder.apply(prefix + "hook_q", q_BxTxNxH)
+    k_BxTxKxH = recorder.apply(prefix + "hook_k", k_BxTxKxH)
+    v_BxTxKxH = recorder.apply(prefix + "hook_v", v_BxTxKxH)
     if cfg.rope:
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions_BxT, base=cfg.rope_base)
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, base=cfg.rope_base)
-      recorder.record(prefix + "hook_rot_q", q_BxTxNxH)
-      recorder.record(prefix + "hook_rot_k", k_BxTxKxH)
+      q_BxTxNxH = recorder.apply(prefix + "hook_rot_q", q_BxTxNxH)
+      k_BxTxKxH = recorder.apply(prefix + "hook_rot_k", k_BxTxKxH)
 
     variant = get_attention(cfg.attention)
     kwargs = dict(cfg.attention_params)
@@ -114,9 +117,20 @@ class Attention(nnx.Module):
       kwargs[name] = value if fit is None else fit(value, positions_BxT)
     kwargs.update(causal=cfg.causal, segment_ids=segment_ids_BxT,
                   sinks=None if self.sinks is None else self.sinks[...])
+    if cfg.attention == "momentum" and (recorder.wants(prefix + "hook_q_shear")
+                                        or recorder.wants(prefix + "hook_k_shear")):
+      # Shear here so the sheared q and k can be captured or edited; γ = 0 leaves the variant's
+      # own shear the identity, so the result is momentum attention exactly.
+      gamma = jnp.asarray(kwargs["gamma"], jnp.float32)
+      gamma_q = jnp.repeat(gamma, cfg.num_heads // cfg.num_kv_heads) if gamma.ndim else gamma
+      shear = lambda x, g: momentum_shear(x, g, boundary=kwargs.get("boundary", "zero"),
+                                          segment_ids=segment_ids_BxT)
+      q_BxTxNxH = recorder.apply(prefix + "hook_q_shear", shear(q_BxTxNxH, gamma_q))
+      k_BxTxKxH = recorder.apply(prefix + "hook_k_shear", shear(k_BxTxKxH, gamma))
+      kwargs["gamma"] = 0.0
     if self.affine is not None:
       alpha_BxTxN, alpha_ma_N = self.affine(x_BxTxD)
-      recorder.record(prefix + "hook_alpha", alpha_BxTxN)
+      alpha_BxTxN = recorder.apply(prefix + "hook_alpha", alpha_BxTxN)
       kwargs.update(alpha_BxTxN=alpha_BxTxN, alpha_ma=alpha_ma_N)
     wants_pattern = (recorder.wants(prefix + "hook_pattern")
                      or recorder.wants(prefix + "hook_attn_scores"))
@@ -130,8 +144,7 @@ class Attention(nnx.Module):
     if self.flux is None:
       z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = attend(cfg.window)
     else:
-      choice_BxTx2 = self.flux(x_BxTxD, segment_ids_BxT)
-      recorder.record(prefix + "hook_router", choice_BxTx2)
+      choice_BxTx2 = recorder.apply(prefix + "hook_router", self.flux(x_BxTxD, segment_ids_BxT))
       if aux is not None:
         aux[prefix + "flux_sparsity"] = sparsity_loss(choice_BxTx2, cfg.flux_target)
       full, sparse = attend(None), attend(cfg.flux_window)
@@ -142,16 +155,23 @@ class Attention(nnx.Module):
         row_BxNxTx1 = choice_BxTx2[:, None, :, 1:]
         scores_BxNxTxS = jnp.where(row_BxNxTx1 > 0.5, sparse[1], full[1])
         pattern_BxNxTxS = (1 - row_BxNxTx1) * full[2] + row_BxNxTx1 * sparse[2]
-    recorder.record(prefix + "hook_attn_scores", scores_BxNxTxS)
-    recorder.record(prefix + "hook_pattern", pattern_BxNxTxS)
-    recorder.record(prefix + "hook_z", z_BxTxNxH)
+    if wants_pattern:
+      recorder.apply(prefix + "hook_attn_scores", scores_BxNxTxS)  # observe only
+      edited_BxNxTxS = recorder.apply(prefix + "hook_pattern", pattern_BxNxTxS)
+      if recorder.edits(prefix + "hook_pattern"):
+        # z moves by (W' − W)·v: exact for every variant whose output is pattern · v plus a
+        # term that does not depend on the pattern (not for kv_shift, whose values are shifted).
+        v_BxTxNxH = repeat_kv(v_BxTxKxH, cfg.num_heads).astype(jnp.float32)
+        delta_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", edited_BxNxTxS - pattern_BxNxTxS,
+                                   v_BxTxNxH, precision=jax.lax.Precision.HIGHEST)
+        z_BxTxNxH = (z_BxTxNxH + delta_BxTxNxH).astype(z_BxTxNxH.dtype)
+    z_BxTxNxH = recorder.apply(prefix + "hook_z", z_BxTxNxH)
     if self.gate is not None:
-      gate_BxTxNxG = self.gate.gate(x_BxTxD)
-      recorder.record(prefix + "hook_gate", gate_BxTxNxG)
+      gate_BxTxNxG = recorder.apply(prefix + "hook_gate", self.gate.gate(x_BxTxD))
       z_BxTxNxH = z_BxTxNxH * gate_BxTxNxG.astype(z_BxTxNxH.dtype)
     if self.moh is not None:
       head_gates_BxTxN, balance_loss = self.moh(x_BxTxD)
-      recorder.record(prefix + "hook_head_gates", head_gates_BxTxN)
+      head_gates_BxTxN = recorder.apply(prefix + "hook_head_gates", head_gates_BxTxN)
       if aux is not None:
         aux[prefix + "moh_load_balance"] = balance_loss
       z_BxTxNxH = z_BxTxNxH * head_gates_BxTxN[..., None].astype(z_BxTxNxH.dtype)
@@ -186,18 +206,15 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, recorder: Recorder,
                prefix: str, aux: AuxLosses | None = None) -> jax.Array:
-    recorder.record(prefix + "hook_resid_pre", x_BxTxD)
+    x_BxTxD = recorder.apply(prefix + "hook_resid_pre", x_BxTxD)
     attn_out = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT, recorder,
                          prefix + "attn.", aux)
-    recorder.record(prefix + "hook_attn_out", attn_out)
-    x_BxTxD = x_BxTxD + attn_out
+    x_BxTxD = x_BxTxD + recorder.apply(prefix + "hook_attn_out", attn_out)
     if self.mlp is not None:
-      recorder.record(prefix + "hook_resid_mid", x_BxTxD)
+      x_BxTxD = recorder.apply(prefix + "hook_resid_mid", x_BxTxD)
       mlp_out = self.mlp(self.mlp_norm(x_BxTxD))
-      recorder.record(prefix + "hook_mlp_out", mlp_out)
-      x_BxTxD = x_BxTxD + mlp_out
-    recorder.record(prefix + "hook_resid_post", x_BxTxD)
-    return x_BxTxD
+      x_BxTxD = x_BxTxD + recorder.apply(prefix + "hook_mlp_out", mlp_out)
+    return recorder.apply(prefix + "hook_resid_post", x_BxTxD)
 
 
 class Transformer(nnx.Module):
@@ -236,6 +253,28 @@ class Transformer(nnx.Module):
     logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
     return logits, recorder.cache
 
+  def run_with_hooks(self, tokens_BxT: jax.Array,
+                     fwd_hooks: Iterable[tuple[str, HookFn]] = (), *,
+                     positions_BxT: jax.Array | None = None,
+                     segment_ids_BxT: jax.Array | None = None) -> jax.Array:
+    """Logits of a forward pass in which each ``(name, fn)`` of ``fwd_hooks`` replaces the
+    activation ``name`` by ``fn(activation, name)`` (None keeps it), as TransformerLens does.
+
+    Works under ``jax.jit`` and ``jax.grad`` (the hooks are traced with the model). An edited
+    ``blocks.{l}.attn.hook_pattern`` moves z by (W' − W)·v; under ``attention="momentum"`` the
+    sheared q and k are ``hook_q_shear`` / ``hook_k_shear``. The shape of an activation is
+    kept; hooks on ``hook_attn_scores`` observe only.
+
+    Example:
+      >>> model = Transformer(TransformerConfig(vocab_size=8, context_len=4), rngs=nnx.Rngs(0))
+      >>> def previous_token(pattern, name):  # every query attends to the token before it
+      ...   return jnp.broadcast_to(jnp.eye(4, k=-1).at[0, 0].set(1.0), pattern.shape)
+      >>> logits = model.run_with_hooks(jnp.zeros((1, 4), jnp.int32),
+      ...                               fwd_hooks=[("blocks.0.attn.hook_pattern", previous_token)])
+    """
+    recorder = Recorder((), fwd_hooks=fwd_hooks)
+    return self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
+
   def logits_and_aux_loss(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
                           segment_ids_BxT: jax.Array | None = None
                           ) -> tuple[jax.Array, AuxLosses]:
@@ -273,13 +312,11 @@ class Transformer(nnx.Module):
         positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)
       else:
         positions_BxT = segment_positions(segment_ids_BxT)
-    x_BxTxD = self.embed(tokens_BxT)
-    recorder.record("hook_embed", x_BxTxD)
+    x_BxTxD = recorder.apply("hook_embed", self.embed(tokens_BxT))
     for layer, block in enumerate(self.blocks):
       x_BxTxD = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, f"blocks.{layer}.",
                       aux)
-    x_BxTxD = self.final_norm(x_BxTxD)
-    recorder.record("ln_final.hook_normalized", x_BxTxD)
+    x_BxTxD = recorder.apply("ln_final.hook_normalized", self.final_norm(x_BxTxD))
     if self.unembed is None:
       logits_BxTxV = self.embed.attend(x_BxTxD)
     else:

@@ -308,3 +308,61 @@ def test_fixed_attention_params_are_not_learned():
   model = Transformer(_config(attention="lightning", attention_params={"decay": 0.1}),
                       rngs=nnx.Rngs(0))
   assert "decay" not in model.blocks[0].attn.variant_params
+
+
+# --- run_with_hooks ---------------------------------------------------------------------------
+
+
+def _momentum_model():
+  return Transformer(_config(num_layers=2, attention="momentum", attention_params={"gamma": 0.5}),
+                     rngs=nnx.Rngs(0))
+
+
+def _grabber(seen):
+  def grab(x, name):
+    seen[name] = x
+  return grab
+
+
+def _prefix_mean_v(cache, prefix):
+  v = jnp.repeat(cache[prefix + "hook_v"], 2, axis=2)  # GQA: query head n reads kv head n // 2
+  return jnp.cumsum(v, axis=1) / jnp.arange(1, 10)[None, :, None, None]
+
+
+def test_run_with_hooks_edits_the_pattern_under_jit():
+  model, tokens = _momentum_model(), _tokens()
+  p = "blocks.1.attn."
+  identity = model.run_with_hooks(tokens, [(p + "hook_pattern", lambda x, name: x),
+                                           (p + "hook_q_shear", lambda x, name: None)])
+  np.testing.assert_allclose(identity, model(tokens), rtol=1e-5, atol=1e-5)
+  uniform = lambda pattern, name: jnp.tril(jnp.ones_like(pattern)) / jnp.arange(1, 10)[:, None]
+  seen = {}
+  logits = model.run_with_hooks(tokens, [(p + "hook_pattern", uniform),
+                                         (p + "hook_z", _grabber(seen))])
+  _, cache = model.run_with_cache(tokens)
+  np.testing.assert_allclose(seen[p + "hook_z"], _prefix_mean_v(cache, p), rtol=1e-5, atol=1e-5)
+  assert not np.allclose(logits, identity, atol=1e-3)
+  jitted = jax.jit(lambda t: model.run_with_hooks(t, [(p + "hook_pattern", uniform)]))(tokens)
+  np.testing.assert_allclose(jitted, logits, rtol=1e-5, atol=1e-5)
+
+
+def test_momentum_shear_hooks_capture_and_edit():
+  model, tokens = _momentum_model(), _tokens()
+  p = "blocks.0.attn."
+  logits, cache = model.run_with_cache(tokens)
+  np.testing.assert_allclose(logits, model(tokens), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(cache[p + "hook_q_shear"],
+                             attn.momentum_shear(cache[p + "hook_rot_q"], 0.5), rtol=1e-6)
+  seen = {}  # k̂ = 0: uniform weights over the prefix
+  model.run_with_hooks(tokens, [(p + "hook_k_shear", lambda x, name: jnp.zeros_like(x)),
+                                (p + "hook_z", _grabber(seen))])
+  np.testing.assert_allclose(seen[p + "hook_z"], _prefix_mean_v(cache, p), rtol=1e-5, atol=1e-5)
+
+
+def test_hooks_are_differentiable_and_keep_shapes():
+  model, tokens = _momentum_model(), _tokens()
+  scaled = lambda s: model.run_with_hooks(
+      tokens, [("blocks.0.hook_resid_post", lambda x, name: s * x)]).sum()
+  assert float(jnp.abs(jax.grad(scaled)(1.0))) > 0
+  with pytest.raises(ValueError, match="must keep the shape"):
+    model.run_with_hooks(tokens, [("blocks.0.attn.hook_z", lambda x, name: x[:, :3])])

@@ -17,10 +17,10 @@ where q̂, k̂ are the symplectic momentum shear (Maitra, "Momentum Attention", 
 
 computed inside the kernel from each loaded q/k tile and the one row before it (boundary
 ``"zero"``: x_{−1} = 0, ``"replicate"``: x̂ = x at a start; the difference restarts at every
-segment start). The previous rows are the loaded tile shifted down by one with the row before
-the tile on top, a second one-row load from the same array: neither a sheared copy nor a shifted
-copy of q or k is written to memory. γ is one value per kv head, shared by the query heads that
-read it (GQA).
+segment start). The previous rows x_{t−1} are a second load of the same tile one row up (row
+indices max(t − 1, 0), the boundary row then replaced): neither a sheared nor a shifted copy of
+q or k is written to memory, and q̂, k̂ exist only tile by tile. γ is one value per kv head,
+shared by the query heads that read it (GQA).
 
 qb ``[B, T, N, R]``, kb ``[B, S, K, R]`` are FlashBias low-rank bias factors (Wu et al., arXiv
 2505.12044), folded exactly: the logits above are the dot products of the concatenated features
@@ -146,26 +146,26 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _rows(x_ref, start: jax.Array, size: int, head: int | None) -> jax.Array:
   """Rows [start, start + size) of a ``[L, H]`` ref, or of head ``head`` of a ``[L, G, H]`` ref,
-  in float32."""
+  in float32; ``start`` may also be an int32 vector of row indices (then ``size`` is unused)."""
+  rows = pl.ds(start, size) if jnp.ndim(start) == 0 else start
   if head is None:
-    return x_ref[pl.ds(start, size), :].astype(jnp.float32)
-  return x_ref[pl.ds(start, size), head, :].astype(jnp.float32)
+    return x_ref[rows, :].astype(jnp.float32)
+  return x_ref[rows, head, :].astype(jnp.float32)
 
 
 def _sheared_rows(x_ref, start, size, gamma, seg_ref, boundary, head=None) -> jax.Array:
-  """x̂ on rows [start, start + size): the loaded tile and the one row before it."""
+  """x̂ on rows [start, start + size): the tile, and the tile one row up as a second load."""
   x_CxH = _rows(x_ref, start, size, head)
   if gamma is None:
     return x_CxH
-  before = jnp.maximum(start - 1, 0)
-  prev_CxH = jnp.concatenate([_rows(x_ref, before, 1, head), x_CxH[:-1]], axis=0)
-  start_Cx1 = start + jax.lax.broadcasted_iota(jnp.int32, (size, 1), 0) == 0
+  position_C = start + jax.lax.iota(jnp.int32, size)
+  before_C = jnp.maximum(position_C - 1, 0)
+  prev_CxH = _rows(x_ref, before_C, size, head)
+  first_C = position_C == 0
   if seg_ref is not None:
-    seg_C = seg_ref[pl.ds(start, size)]
-    seg_prev_C = jnp.concatenate([seg_ref[pl.ds(before, 1)], seg_C[:-1]])
-    start_Cx1 = start_Cx1 | (seg_C != seg_prev_C)[:, None]
+    first_C |= seg_ref[pl.ds(start, size)] != seg_ref[before_C]
   fill_CxH = x_CxH if boundary == "replicate" else jnp.zeros_like(x_CxH)
-  prev_CxH = jnp.where(start_Cx1, fill_CxH, prev_CxH)
+  prev_CxH = jnp.where(first_C[:, None], fill_CxH, prev_CxH)
   return x_CxH + gamma * (x_CxH - prev_CxH)
 
 

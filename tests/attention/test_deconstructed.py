@@ -19,6 +19,17 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 
 
+def forward_and_grads(model, tokens):
+  """Logits and the gradients of mean(logits²) w.r.t. the model state, one compiled call."""
+  graphdef, state = nnx.split(model)
+
+  def run(state):
+    loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(tokens) ** 2)
+    return nnx.merge(graphdef, state)(tokens), jax.grad(loss)(state)
+
+  return jax.jit(run, compiler_options=FAST_COMPILE)(state)
+
+
 def rel_err(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-3)  # T = 1: gradients of q, k are 0
@@ -135,11 +146,7 @@ def test_in_transformer(name):
                              num_heads=4, num_kv_heads=2, attention=name, attention_params=params)
   model = Transformer(config, rngs=nnx.Rngs(0))
   tokens = jnp.arange(24).reshape(2, 12) % 32
-
-  def forward_and_grad(m):
-    return m(tokens), nnx.grad(lambda m: jnp.mean(m(tokens) ** 2))(m)
-
-  logits, grads = nnx.jit(forward_and_grad)(model)
+  logits, grads = forward_and_grads(model, tokens)
   assert logits.shape == (2, 12, 32) and np.isfinite(logits).all()
   assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
   if name == "deconstructed_fixed_qk":

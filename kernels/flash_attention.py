@@ -414,7 +414,7 @@ def _whole(x: jax.Array) -> pl.BlockSpec:
   return pl.BlockSpec(x.shape, lambda *_: (0,) * x.ndim)
 
 
-def _common_specs(st: _Static, q, k, qb, kb, seg, mask_consts, heads_of_q: int, kv_of: Callable):
+def _common_specs(q, k, qb, kb, seg, mask_consts, heads_of_q: int, kv_of: Callable):
   """BlockSpecs of q, k, v, segment ids, q/k bias factors and the mask_mod constants for a grid
   (batch, head, tile); q blocks hold ``heads_of_q`` heads, ``kv_of(head)`` maps to a kv head."""
   seq_q, head_dim = q.shape[1], q.shape[3]
@@ -442,6 +442,38 @@ def _mask_index(size: int, index) -> object:
   return index if size > 1 else 0
 
 
+def _key_tile_lists(sparse: _Sparse | None) -> tuple[tuple | None, tuple | None]:
+  """Inputs and BlockSpecs of the per-query-tile key-tile lists, grid (batch, query head, i):
+  the list ``[M]``, the counts ``[Q]`` and the tile kinds ``[K]`` of row i."""
+  if sparse is None:
+    return None, None
+  mask_b, mask_n, num_q, width = sparse.kv_index_BxNxQxM.shape
+  num_k = sparse.kind_BxNxQxK.shape[-1]
+  at = lambda b, n: (_mask_index(mask_b, b), _mask_index(mask_n, n))
+  args = (sparse.kv_index_BxNxQxM, sparse.kv_count_BxNxQ, sparse.kind_BxNxQxK)
+  specs = (pl.BlockSpec((None, None, None, width), lambda b, n, i: (*at(b, n), i, 0)),
+           pl.BlockSpec((None, None, num_q), lambda b, n, i: (*at(b, n), 0)),
+           pl.BlockSpec((None, None, None, num_k), lambda b, n, i: (*at(b, n), i, 0)))
+  return args, specs
+
+
+def _query_tile_lists(sparse: _Sparse | None, groups: int) -> tuple[tuple | None, tuple | None]:
+  """Inputs and BlockSpecs of the per-key-tile query-tile lists, grid (batch, kv head, j): for
+  the group's query heads (one row when the mask is the same for every head) the list
+  ``[G or 1, M]``, the counts ``[G or 1, K]`` and the tile kinds ``[G or 1, Q]`` of column j."""
+  if sparse is None:
+    return None, None
+  mask_b, mask_n, num_k, width = sparse.q_index_BxNxKxM.shape
+  num_q = sparse.kind_BxNxKxQ.shape[-1]
+  rows = groups if mask_n > 1 else 1
+  at = lambda b, h: (_mask_index(mask_b, b), _mask_index(mask_n, h))
+  args = (sparse.q_index_BxNxKxM, sparse.q_count_BxNxK, sparse.kind_BxNxKxQ)
+  specs = (pl.BlockSpec((None, rows, None, width), lambda b, h, j: (*at(b, h), j, 0)),
+           pl.BlockSpec((None, rows, num_k), lambda b, h, j: (*at(b, h), 0)),
+           pl.BlockSpec((None, rows, None, num_q), lambda b, h, j: (*at(b, h), j, 0)))
+  return args, specs
+
+
 def _forward(st: _Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
   """The forward kernel on padded inputs: float32 out ``[B, T, N, H]`` and L ``[B, N, T]``
   (softmax only)."""
@@ -450,17 +482,9 @@ def _forward(st: _Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_c
   groups = st.groups
   kv_of = lambda n: n // groups
   q_spec, kv_spec, seg_spec, qb_spec, kb_spec, mask_specs = _common_specs(
-      st, q, k, qb, kb, seg, mask_consts, 1, kv_of)
+      q, k, qb, kb, seg, mask_consts, 1, kv_of)
   gamma_N = None if gamma_K is None else jnp.repeat(gamma_K, groups)
-  sparse_args = sparse_specs = None
-  if sparse is not None:
-    mb, mn, num_q, width = sparse.kv_index_BxNxQxM.shape
-    num_k = sparse.kind_BxNxQxK.shape[-1]
-    at = lambda b, n: (_mask_index(mb, b), _mask_index(mn, n))
-    sparse_args = (sparse.kv_index_BxNxQxM, sparse.kv_count_BxNxQ, sparse.kind_BxNxQxK)
-    sparse_specs = (pl.BlockSpec((None, None, None, width), lambda b, n, i: (*at(b, n), i, 0)),
-                    pl.BlockSpec((None, None, num_q), lambda b, n, i: (*at(b, n), 0)),
-                    pl.BlockSpec((None, None, None, num_k), lambda b, n, i: (*at(b, n), i, 0)))
+  sparse_args, sparse_specs = _key_tile_lists(sparse)
   out_shape = [jax.ShapeDtypeStruct(q.shape, jnp.float32)]
   out_specs = [pl.BlockSpec((None, block_q, None, head_dim), lambda b, n, i: (b, i, n, 0))]
   if not st.sigmoid:
@@ -489,18 +513,10 @@ def _backward_kernels(st: _Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_c
   blocks = st.blocks
   # dq kernel: grid (batch, query head, query tile).
   q_spec, kv_spec, seg_spec, qb_spec, kb_spec, mask_specs = _common_specs(
-      st, q, k, qb, kb, seg, mask_consts, 1, lambda n: n // groups)
+      q, k, qb, kb, seg, mask_consts, 1, lambda n: n // groups)
   gamma_N = None if gamma_K is None else jnp.repeat(gamma_K, groups)
   vec_spec = pl.BlockSpec((None, None, seq_q), lambda b, n, _: (b, n, 0))
-  sparse_args = sparse_specs = None
-  if sparse is not None:
-    mb, mn, num_q, width = sparse.kv_index_BxNxQxM.shape
-    num_k = sparse.kind_BxNxQxK.shape[-1]
-    at = lambda b, n: (_mask_index(mb, b), _mask_index(mn, n))
-    sparse_args = (sparse.kv_index_BxNxQxM, sparse.kv_count_BxNxQ, sparse.kind_BxNxQxK)
-    sparse_specs = (pl.BlockSpec((None, None, None, width), lambda b, n, i: (*at(b, n), i, 0)),
-                    pl.BlockSpec((None, None, num_q), lambda b, n, i: (*at(b, n), 0)),
-                    pl.BlockSpec((None, None, None, num_k), lambda b, n, i: (*at(b, n), i, 0)))
+  sparse_args, sparse_specs = _key_tile_lists(sparse)
   out_shape = [jax.ShapeDtypeStruct(q.shape, jnp.float32)]
   out_specs = [pl.BlockSpec((None, blocks.block_q_dq, None, head_dim),
                             lambda b, n, i: (b, i, n, 0))]
@@ -523,19 +539,11 @@ def _backward_kernels(st: _Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_c
 
   # dk/dv kernel: grid (batch, kv head, key tile); q, dO, L, Δ blocks hold the group's heads.
   q_spec, kv_spec, seg_spec, qb_spec, kb_spec, mask_specs = _common_specs(
-      st, q, k, qb, kb, seg, mask_consts, groups, lambda h: h)
+      q, k, qb, kb, seg, mask_consts, groups, lambda h: h)
   group_vec_spec = pl.BlockSpec((None, groups, seq_q), lambda b, h, _: (b, h, 0))
-  sparse_args = sparse_specs = None
-  if sparse is not None:
-    mb, mn, num_k, width = sparse.q_index_BxNxKxM.shape
-    num_q = sparse.kind_BxNxKxQ.shape[-1]
-    rows = groups if mn > 1 else 1
-    at = lambda b, h: (_mask_index(mb, b), _mask_index(mn, h))
-    sparse_args = (sparse.q_index_BxNxKxM, sparse.q_count_BxNxK, sparse.kind_BxNxKxQ)
-    sparse_specs = (pl.BlockSpec((None, rows, None, width), lambda b, h, j: (*at(b, h), j, 0)),
-                    pl.BlockSpec((None, rows, num_k), lambda b, h, j: (*at(b, h), 0)),
-                    pl.BlockSpec((None, rows, None, num_q), lambda b, h, j: (*at(b, h), j, 0)))
-  tile_spec = pl.BlockSpec((None, blocks.block_k_dkv, None, head_dim), lambda b, h, j: (b, j, h, 0))
+  sparse_args, sparse_specs = _query_tile_lists(sparse, groups)
+  tile_spec = pl.BlockSpec((None, blocks.block_k_dkv, None, head_dim),
+                           lambda b, h, j: (b, j, h, 0))
   out_shape = [jax.ShapeDtypeStruct(k.shape, jnp.float32),
                jax.ShapeDtypeStruct(v.shape, jnp.float32)]
   out_specs = [tile_spec, tile_spec]

@@ -3,7 +3,9 @@
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
 ``"lightning"``, ``"flex"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"``, ``"agent"``,
-``"affine"``, ``"radial"`` and ``"grat"``.
+``"affine"``, ``"radial"``, ``"grat"``, ``"ema_value_learned"``, ``"sla"`` and the relaxations
+``"deconstructed_mlp"``, ``"deconstructed_taylor"``, ``"deconstructed_self_gated"`` and
+``"deconstructed_fixed_qk"``.
 """
 
 import functools

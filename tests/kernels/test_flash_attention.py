@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.experimental import pallas as pl
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import momentum_jax.attention as attn
 from momentum_jax.attention._mask import previous_step
@@ -189,6 +190,33 @@ def test_empty_tiles_are_never_visited(skipped):
   assert rel_err(out, ref) <= F32_TOL
   for key in args:
     assert rel_err(grads[key], ref_grads[key]) <= F32_TOL, key
+
+
+def _avals(jaxpr):
+  """Every value's abstract shape in a jaxpr and, recursively, in the jaxprs in its equations'
+  parameters (the Pallas kernels' bodies included)."""
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for var in (*jaxpr.invars, *jaxpr.constvars):
+    yield var.aval
+  for eqn in jaxpr.eqns:
+    yield from (var.aval for var in eqn.outvars)
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, (Jaxpr, ClosedJaxpr)):
+          yield from _avals(sub)
+
+
+def test_no_txs_array_anywhere():
+  """Forward and backward with the shear, segments and a window at T = S = 129: no value in the
+  traced program or in the kernels has two axes as long as the sequence."""
+  static = dict(window=50, segment_ids=segments(129, [60, 69]), block_sizes=BlockSizes(32, 32))
+  args, weights = make_inputs("no-txs", 1, 129, 129, 4, 2, 40, jnp.float32, ("gamma_K",))
+  kernel = functools.partial(flash_attention, interpret=True)
+  loss = functools.partial(weighted_sum, kernel, static, weights)
+  jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, has_aux=True))(args)
+  shapes = [getattr(aval, "shape", ()) for aval in _avals(jaxpr)]
+  assert any(129 in shape or 160 in shape for shape in shapes)
+  assert not [shape for shape in shapes if sum(size >= 129 for size in shape) >= 2]
 
 
 def test_reference_matches_the_attention_references():

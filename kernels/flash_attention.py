@@ -762,7 +762,7 @@ def flash_attention(
     closed = jax.make_jaxpr(block_mask.mask_mod)(*example)
     mask_fn = functools.partial(_eval_mask_jaxpr, closed.jaxpr)
     consts = [jnp.asarray(c) for c in closed.consts]
-    mask_shapes = tuple(c.shape for c in consts)
+    mask_shapes = tuple(c.shape for c in consts)  # scalars travel as [1] blocks, reshaped back
     mask_consts = tuple(c.reshape(-1) if c.ndim == 0 else c for c in consts)
     sparse = _sparse_lists(block_mask)
   st = _Static(

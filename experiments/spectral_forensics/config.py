@@ -30,6 +30,33 @@ Command:   python -m momentum_jax.experiments.spectral_forensics
            (--quick: a tiny smoke run; --output-dir to choose where results go or which
            single_layer_induction run to load)
 Hardware:  CPU (2 cores), float32.
+Runtime:   10.1 min wall training both models from scratch (2.7 min of CPU time; the 2 cores
+           were shared with other jobs, load average about 10); seconds when loading a
+           single_layer_induction run. --quick: about 20 s of CPU time.
+
+RESULT (default config, seed 0, trained from scratch; accuracies equal those of
+single_layer_induction, so the run reproduces its models):
+  model              held-out acc  stripe A[t,t−L+1]  high-band (ω > π/4) energy fraction
+                                     (head mean)        q      k      q̂      k̂
+  softmax_1L            10.0 %          0.051           0.138  0.183  (no shear)
+  momentum_1L_g0.5      97.2 %          0.264           0.379  0.437  0.626  0.678
+  - Induction head: every momentum head puts 0.26-0.27 of its attention on the induction stripe
+    (uniform would be about 1/36); the softmax heads stay at 0.05 (no stripe in patterns.png).
+  - Filter fit: 4-tap least-squares filters from pre- to post-shear q and k give
+    [1.5, −0.5, 0, 0] in every head (relative residual < 1e-5), i.e. the analytic H(z); the
+    measured spectral gain of the learned q follows 10·log10|H|² within 0.1 dB (5.96 dB measured
+    vs 6.02 dB analytic at Nyquist).
+  - The momentum model's pre-shear q/k are themselves far more high-frequency than the softmax
+    model's (0.38-0.44 vs 0.14-0.18 of their energy above π/4): it learned token-varying q/k for
+    the shear to difference, while the 1-layer softmax q/k are dominated by slow (positional)
+    content.
+  - RoPE pairs of the momentum model's k: the fastest pair (θ = 1 rad, above the cut-off) is 81 %
+    high band, pairs with θ = 0.18-0.32 only 13 % (their |p|²/|x|² is 0.33-0.35, close to the
+    static-content prediction 4 sin²(θ/2) = 0.03-0.10 plus some token content), but the slowest
+    pairs (θ <= 0.003) are 64-69 % high band with |p|²/|x|² = 1.7-1.9 (white noise: 75 %, 2.0),
+    against a static prediction of about 0. So the segregation predicted for static content holds
+    for the fast and middle pairs; the learned model puts token-varying (AC) content in the
+    slowest pairs, where RoPE itself adds no momentum.
 """
 
 from __future__ import annotations

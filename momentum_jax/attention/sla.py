@@ -113,12 +113,12 @@ def sla_block_selection(
   groups = heads // kv_heads
   num_q, num_k = -(-seq_q // block_size), -(-seq_k // block_size)
   kept = min(num_k, max(1, math.ceil(ratio * num_k)))
-  q_BxKxGxQxC = _blocks(q_BxTxNxH.astype(dtype), block_size).reshape(
+  q_BxKxGxQxCxH = _blocks(q_BxTxNxH.astype(dtype), block_size).reshape(
       batch, kv_heads, groups, num_q, block_size, head_dim)
   k_BxKxLxCxH = _blocks(k_BxSxKxH.astype(dtype), block_size)
   count_q_Q = jnp.sum(_real(seq_q, num_q, block_size), axis=1).astype(dtype)
   count_k_L = jnp.sum(_real(seq_k, num_k, block_size), axis=1).astype(dtype)
-  qbar_BxKxGxQxH = jnp.sum(q_BxKxGxQxC, axis=4) / count_q_Q[:, None]
+  qbar_BxKxGxQxH = jnp.sum(q_BxKxGxQxCxH, axis=4) / count_q_Q[:, None]
   ksum_BxKxLxH = jnp.sum(k_BxKxLxCxH, axis=3)
   kbar_BxKxLxH = ksum_BxKxLxH / count_k_L[:, None]
   if causal:  # the mean over the keys of blocks <= i, one per query block i

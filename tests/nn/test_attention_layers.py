@@ -126,30 +126,23 @@ def test_alpha_projection_and_running_mean():
   np.testing.assert_array_equal(grad, 0.0)
 
 
-def test_affine_model_uses_alpha_and_reduces_to_softmax():
-  model = Transformer(_config(attention="affine"), rngs=nnx.Rngs(0))
-  model.eval()
-  _, cache = model.run_with_cache(_tokens())
-  p = "blocks.0.attn."
-  q, k, v = cache[p + "hook_rot_q"], cache[p + "hook_rot_k"], cache[p + "hook_v"]
-  alpha_ma = model.blocks[0].attn.affine.alpha_ma[...]
-  z = attn.affine_attention(q, k, v, alpha_BxTxN=cache[p + "hook_alpha"], alpha_ma=alpha_ma)
-  np.testing.assert_allclose(cache[p + "hook_z"], z, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(cache[p + "hook_pattern"].sum(-1),
-                             np.broadcast_to(alpha_ma[None, :, None], (2, N, 9)), rtol=1e-5)
-  np.testing.assert_array_equal(
-      attn.affine_attention(q, k, v, alpha_BxTxN=1.0, alpha_ma=1.0), attn.softmax_attention(q, k, v))
-
-
-def test_affine_model_updates_alpha_ma_in_training_only():
+def test_affine_model_uses_alpha_updates_alpha_ma_in_training_and_reduces_to_softmax():
   model = Transformer(_config(attention="affine"), rngs=nnx.Rngs(0))
   ema = model.blocks[0].attn.affine.alpha_ma
-  model(_tokens())
+  model(_tokens(seed=4))  # training mode: α_ma moves
   trained = np.asarray(ema[...])
   assert not np.allclose(trained, 0.5)
   model.eval()
-  model(_tokens(seed=4))
-  np.testing.assert_array_equal(ema[...], trained)
+  _, cache = model.run_with_cache(_tokens())
+  np.testing.assert_array_equal(ema[...], trained)  # evaluation mode: frozen
+  p = "blocks.0.attn."
+  q, k, v = cache[p + "hook_rot_q"], cache[p + "hook_rot_k"], cache[p + "hook_v"]
+  z = attn.affine_attention(q, k, v, alpha_BxTxN=cache[p + "hook_alpha"], alpha_ma=trained)
+  np.testing.assert_allclose(cache[p + "hook_z"], z, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(cache[p + "hook_pattern"].sum(-1),
+                             np.broadcast_to(trained[None, :, None], (2, N, 9)), rtol=1e-5)
+  np.testing.assert_array_equal(
+      attn.affine_attention(q, k, v, alpha_BxTxN=1.0, alpha_ma=1.0), attn.softmax_attention(q, k, v))
 
 
 # --- flux layer router ------------------------------------------------------------------------

@@ -28,6 +28,25 @@ held-out sequences every 100 steps (:func:`momentum_jax.analysis.sink_alpha`,
 Command:   python -m momentum_jax.experiments.sink_emergence
            (--quick for a tiny smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores), float32.
+Runtime:   17.6 min wall (5.7 min of CPU time; 2 cores shared with other jobs, load average
+           about 10), 5-6 min per model. --quick: about 30 s of CPU time.
+
+RESULT (default config, seed 0): no first-token sink in any model, so the softmax-vs-sigmoid
+contrast of the paper is NOT reproduced at this scale and budget; the sigmoid result agrees with
+it, the softmax result does not show the sink it reports.
+  model                held-out loss   Sink_1 (every 100 steps)   α_1 per head after 1200 steps
+                                                                  layer 0 / layer 1
+  softmax                  3.521        0 % at every step          0.03-0.05 / 0.06-0.08
+  sigmoid                  3.489        0 %                        0.016     / 0.003-0.014
+  sigmoid_normalized       3.525        0 %                        0.05      / 0.07-0.08
+  The softmax and normalised-sigmoid values of α_1 are those of near-uniform causal attention
+  (mean over queries of 1/(t+1) is 0.074 at T = 64); the unnormalised sigmoid heads give the
+  first token almost nothing. The loss (3.52; the Markov part alone has entropy rate 3.34 nats,
+  about 2.6 would mean the repeats are copied) shows the models have not learned to copy
+  within 1200 steps: heads have not yet specialised, which the paper names as the condition for
+  the sink ("effective optimisation on sufficient data": 2.5 M tokens here, billions there).
+  The same run on the pure Markov chain (``copy_len=0``): Sink_1 = 0 % throughout for all three
+  models too (losses 3.440 / 3.425 / 3.442, α_1 of the same sizes).
 """
 
 from __future__ import annotations

@@ -232,6 +232,10 @@ def test_model_forward_grad_and_aux_loss(options):
     np.testing.assert_allclose(aux["total"], cfg.flux_loss_weight * aux["flux_sparsity"])
   else:
     assert float(aux["total"]) == 0.0
+  # Causal with every option: tokens after t leave the logits up to t unchanged.
+  model.eval()
+  changed = tokens.at[:, 5:].set((tokens[:, 5:] + 3) % 19)
+  np.testing.assert_allclose(model(changed)[:, :5], model(tokens)[:, :5], rtol=1e-5, atol=1e-6)
 
 
 def test_defaults_build_the_same_model_and_round_trip():

@@ -34,7 +34,17 @@ segment ids, and the mask_mod of a FlexAttention :class:`BlockMask` (Dong et al.
 2412.05496). Key tiles that causality or the window make empty are never visited; with a block
 mask only its listed non-empty tiles are visited, and on its FULL tiles mask_mod is not evaluated.
 T and S are padded internally to multiples of the block sizes; padded rows and keys are invisible.
-A query row with no visible key (and no sink) returns zeros with zero gradients.
+The head dim H and the bias rank R are zero-padded to the next power of two >= 16 (exact: zero
+columns add nothing to a logit, and the padded output and gradient columns are cropped). A query
+row with no visible key (and no sink) returns zeros with zero gradients.
+
+Targets: Pallas's Triton lowering on the GPU (power-of-two array shapes, no value slicing, one
+index per ref access: the previous rows are a load at shifted row indices, not a slice of the
+tile). The tests build the forward and both backward kernels' Triton IR for CUDA on the CPU, with
+every option above; compiling and running on a GPU is not checked there. A block mask whose
+mask_mod indexes an array (e.g. ``segment_mask``'s ids) does not lower to Triton, which has no
+gather; index arithmetic (causal, windows, per-head windows, prefixes) does, and segments lower
+through ``segment_ids``. On the CPU the kernels run in interpret mode.
 
 The backward pass (custom VJP) recomputes each tile's probabilities P = e^{l − L} from the saved
 L in two kernels, one per query tile (dq̂, dqb) and one per kv head and key tile (dk̂, dv, dkb,
@@ -237,11 +247,12 @@ def _query_tiles(st: _Static, k0, block_q: int, block_k: int, num_q: int):
   return lo, hi
 
 
-def _loop(lo, hi, index_ref, count, body, carry):
-  """fori_loop over tile indices [lo, hi), or over the listed tiles ``index_ref[:count]``."""
-  if index_ref is None:
+def _loop(lo, hi, listed, count, body, carry):
+  """fori_loop over tile indices [lo, hi), or over the listed tiles ``listed(slot)`` for
+  slot < count."""
+  if listed is None:
     return jax.lax.fori_loop(lo, hi, body, carry)
-  return jax.lax.fori_loop(0, count, lambda slot, c: body(index_ref[slot], c), carry)
+  return jax.lax.fori_loop(0, count, lambda slot, c: body(listed(slot), c), carry)
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, kb_ref,
@@ -254,10 +265,10 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, 
   gamma = None if gamma_ref is None else gamma_ref[0]
   q_CxH = _sheared_rows(q_ref, q0, block_q, gamma, seg_ref, st.boundary)
   qb_CxR = None if qb_ref is None else _rows(qb_ref, q0, block_q, None)
-  index_ref = kind_ref = count = None
+  listed = kind_ref = count = None
   if sparse_refs is not None:
     index_ref, count_ref, kind_ref = sparse_refs
-    count = count_ref[i]
+    listed, count = (lambda slot: index_ref[slot]), count_ref[i]
 
   def tile(j, carry):
     k0 = j * block_k
@@ -282,7 +293,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, 
   acc_CxH = jnp.zeros(q_CxH.shape, jnp.float32)
   lo, hi = _key_tiles(st, q0, block_q, block_k, num_k)
   if st.sigmoid:
-    (acc_CxH,) = _loop(lo, hi, index_ref, count, tile, (acc_CxH,))
+    (acc_CxH,) = _loop(lo, hi, listed, count, tile, (acc_CxH,))
     o_ref[...] = acc_CxH.astype(o_ref.dtype)
     return
   if sinks_ref is None:
@@ -291,7 +302,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, 
   else:  # the sink: a logit sinks[n] with a zero value vector, counted before any key
     max_C = jnp.full((block_q,), sinks_ref[0].astype(jnp.float32))
     sum_C = jnp.ones((block_q,), jnp.float32)
-  acc_CxH, max_C, sum_C = _loop(lo, hi, index_ref, count, tile, (acc_CxH, max_C, sum_C))
+  acc_CxH, max_C, sum_C = _loop(lo, hi, listed, count, tile, (acc_CxH, max_C, sum_C))
   seen_C = sum_C > 0
   o_ref[...] = (acc_CxH / jnp.where(seen_C, sum_C, 1.0)[:, None]).astype(o_ref.dtype)
   lse_refs[0][...] = jnp.where(seen_C, max_C + jnp.log(jnp.where(seen_C, sum_C, 1.0)), jnp.inf)
@@ -310,10 +321,10 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_r
   do_CxH = _rows(do_ref, q0, block_q, None)
   lse_C = None if lse_ref is None else lse_ref[pl.ds(q0, block_q)]
   delta_C = None if delta_ref is None else delta_ref[pl.ds(q0, block_q)]
-  index_ref = kind_ref = count = None
+  listed = kind_ref = count = None
   if sparse_refs is not None:
     index_ref, count_ref, kind_ref = sparse_refs
-    count = count_ref[i]
+    listed, count = (lambda slot: index_ref[slot]), count_ref[i]
 
   def tile(j, carry):
     dq_CxH, dqb_CxR = carry
@@ -332,7 +343,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_r
 
   dqb_CxR = None if qb_CxR is None else jnp.zeros(qb_CxR.shape, jnp.float32)
   lo, hi = _key_tiles(st, q0, block_q, block_k, num_k)
-  dq_CxH, dqb_CxR = _loop(lo, hi, index_ref, count, tile,
+  dq_CxH, dqb_CxR = _loop(lo, hi, listed, count, tile,
                           (jnp.zeros(q_CxH.shape, jnp.float32), dqb_CxR))
   dq_ref[...] = dq_CxH.astype(dq_ref.dtype)
   if dqb_refs:
@@ -356,13 +367,15 @@ def _dkv_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_
   for g in range(st.groups):
     n = h * st.groups + g
     head = g if q_ref.ndim == 3 else None
-    index_ref = kind_ref = count = None
-    if sparse_refs is not None:
+    listed = kind_of = count = None
+    if sparse_refs is not None:  # one index per ref access: Triton has no chained indexers
       index_ref, count_ref, kind_ref = sparse_refs
       row = g if index_ref.shape[0] > 1 else 0
-      index_ref, kind_ref, count = index_ref.at[row], kind_ref.at[row], count_ref[row, j]
+      listed = lambda slot, row=row, index_ref=index_ref: index_ref[row, slot]
+      kind_of = lambda i, row=row, kind_ref=kind_ref: kind_ref[row, i]
+      count = count_ref[row, j]
 
-    def tile(i, carry, g=g, n=n, head=head, kind_ref=kind_ref):
+    def tile(i, carry, g=g, n=n, head=head, kind_of=kind_of):
       dk_DxH, dv_DxH, dkb_DxR = carry
       q0 = i * block_q
       q_CxH = _sheared_rows(q_ref, q0, block_q, gamma, seg_ref, st.boundary, head=head)
@@ -370,7 +383,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_
       do_CxH = _rows(do_ref, q0, block_q, head)
       lse_C = None if lse_ref is None else lse_ref[g, pl.ds(q0, block_q)]
       delta_C = None if delta_ref is None else delta_ref[g, pl.ds(q0, block_q)]
-      kind = None if kind_ref is None else kind_ref[i]
+      kind = None if kind_of is None else kind_of(i)
       visible_CxD = _visible(st, q0, block_q, k0, block_k, seg_ref, b, n, kind, mask_refs)
       probs_CxD = _probs(st, _logits(st, q_CxH, k_DxH, qb_CxR, kb_DxR), visible_CxD, lse_C)
       dl_CxD = _dlogits(st, probs_CxD, do_CxH, v_DxH, delta_C)
@@ -381,7 +394,7 @@ def _dkv_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_
       return dk_DxH, dv_DxH, dkb_DxR
 
     lo, hi = _query_tiles(st, k0, block_q, block_k, num_q)
-    dk_DxH, dv_DxH, dkb_DxR = _loop(lo, hi, index_ref, count, tile, (dk_DxH, dv_DxH, dkb_DxR))
+    dk_DxH, dv_DxH, dkb_DxR = _loop(lo, hi, listed, count, tile, (dk_DxH, dv_DxH, dkb_DxR))
   dk_ref[...] = dk_DxH.astype(dk_ref.dtype)
   dv_ref[...] = dv_DxH.astype(dv_ref.dtype)
   if dkb_refs:
@@ -682,6 +695,13 @@ def _round_up(x: int, multiple: int) -> int:
   return -(-x // multiple) * multiple
 
 
+def _feature_width(size: int) -> int:
+  """The head dim (or bias rank) the kernels run at: the next power of two >= max(16, size).
+  Pallas's Triton lowering takes only power-of-two array shapes, and Triton's dot wants
+  contraction dims of at least 16."""
+  return max(16, pl.next_power_of_2(size))
+
+
 def flash_attention(
     q_BxTxNxH: jax.Array,
     k_BxSxKxH: jax.Array,
@@ -778,11 +798,16 @@ def flash_attention(
   seg = None
   if segment_ids is not None:
     seg = _pad_to(segment_ids.astype(jnp.int32), max(pad_q, pad_k), value=-1)
+  # Zero columns leave every logit, output and gradient column unchanged (cropped below).
+  width, rank = _feature_width(head_dim), None if q_bias is None else _feature_width(
+      q_bias.shape[3])
+  pad = lambda x, length, features: _pad_to(_pad_to(x, length), features, axis=3)
   out = _flash(
-      st, _pad_to(q_BxTxNxH, pad_q), _pad_to(k_BxSxKxH, pad_k), _pad_to(v_BxSxKxH, pad_k),
-      gamma_K, sinks, _pad_to(q_bias, pad_q), _pad_to(k_bias, pad_k), seg, sparse, mask_consts,
+      st, pad(q_BxTxNxH, pad_q, width), pad(k_BxSxKxH, pad_k, width),
+      pad(v_BxSxKxH, pad_k, width), gamma_K, sinks, pad(q_bias, pad_q, rank),
+      pad(k_bias, pad_k, rank), seg, sparse, mask_consts,
   )
-  return out[:, :seq_q]
+  return out[:, :seq_q, :, :head_dim]
 
 
 def _eval_mask_jaxpr(jaxpr, b, n, t, s, *consts) -> jax.Array:

@@ -26,14 +26,14 @@ IMPLEMENTATIONS = ("xla", "pallas")
 # forced kernel runs in interpret mode.
 KERNEL_PLATFORMS = ("gpu",)
 
-# Backends where implementation=None picks each kernel. The flash kernel's fused momentum shear
-# slices arrays inside the kernel, which Pallas's Triton lowering does not implement, so momentum
-# attention keeps its pure form by default; plain flash attention is picked for head dims that
-# are powers of two (Triton's tiles must be; the flash kernel does not pad H).
+# Backends where implementation=None picks each kernel: every entry's forward and backward pass
+# lower to Triton (checked for CUDA on the CPU, with each option the dispatcher passes and at
+# head dims 40, 64 and 72: the flash kernel pads H to a power of two inside). Compiling and
+# running them on a GPU is not checked by the tests.
 DEFAULT_PLATFORMS = {
     "lightning": ("gpu",),
     "flash": ("gpu",),
-    "flash_shear": (),
+    "flash_shear": ("gpu",),
 }
 
 
@@ -69,15 +69,13 @@ def softmax_kernel(
 
   The kernel has no additive ``bias``, takes float32 / bfloat16 / float16 up to its largest head
   dim and needs a Python-number ``scale``: inputs outside that give None with
-  ``implementation=None`` and raise ``ValueError`` with ``"pallas"``. With None, head dims that
-  are not powers of two also give None (see ``DEFAULT_PLATFORMS``).
+  ``implementation=None`` and raise ``ValueError`` with ``"pallas"``. Any head dim up to the
+  largest runs (the kernel pads it to a power of two).
   """
   if not wants_kernel(implementation, "flash" if options.get("gamma") is None else "flash_shear"):
     return None
   from momentum_jax.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention
   head_dim = q_BxTxNxH.shape[-1]
-  if implementation is None and head_dim & (head_dim - 1):
-    return None
   reason = None
   if bias is not None:
     reason = f"bias is not supported by the flash kernel, got bias.shape={np.shape(bias)}"

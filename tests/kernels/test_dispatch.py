@@ -49,24 +49,55 @@ def test_cpu_defaults():
 KERNELS = {
     "lightning": lightning_attention_kernel,
     "flash": flash_attention,
-    "flash_shear": functools.partial(flash_attention, gamma=0.5),
+    "flash_shear": flash_attention,
 }
 
+# (kernel, head dim, learned inputs, static options): the options each dispatcher passes its
+# kernel (lightning: segments and decay; softmax: causal, window, segment ids, sinks; momentum:
+# the same plus γ and its boundary), at power-of-two and padded head dims.
+LOWERING_CASES = [
+    ("lightning", 40, ("decay",), dict(segment_ids=True)),
+    ("flash", 64, (), {}),
+    ("flash", 40, ("sinks",), dict(window=9, segment_ids=True)),
+    ("flash", 72, (), dict(causal=False)),
+    ("flash_shear", 64, ("gamma",), {}),
+    ("flash_shear", 40, ("gamma", "sinks"), dict(window=9, boundary="replicate")),
+    ("flash_shear", 72, ("gamma",), dict(segment_ids=True, causal=False)),
+]
 
-@pytest.mark.parametrize("kernel", [name for name, platforms in dispatch.DEFAULT_PLATFORMS.items()
-                                    if "gpu" in platforms])
-def test_gpu_defaults_lower_to_triton(kernel):
+
+def test_lowering_cases_cover_every_gpu_default():
+  gpu_defaults = {name for name, platforms in dispatch.DEFAULT_PLATFORMS.items()
+                  if "gpu" in platforms}
+  assert {case[0] for case in LOWERING_CASES} == gpu_defaults
+
+
+@pytest.mark.parametrize("kernel,head_dim,learned,static", LOWERING_CASES,
+                         ids=[f"{c[0]}-h{c[1]}-{'-'.join([*c[2], *c[3]]) or 'plain'}"
+                              for c in LOWERING_CASES])
+def test_gpu_defaults_lower_to_triton(kernel, head_dim, learned, static):
   """Each kernel that implementation=None picks on the GPU passes Pallas's Triton lowering,
-  forward and backward (lowered for CUDA on the CPU, not compiled)."""
-  q = jax.ShapeDtypeStruct((1, 70, 4, 64), jnp.bfloat16)
-  k = jax.ShapeDtypeStruct((1, 70, 2, 64), jnp.bfloat16)
+  forward and backward (gradients w.r.t. q, k, v and the learned inputs), lowered for CUDA on
+  the CPU: only the Triton IR is built, nothing is compiled or run."""
+  seq, heads, kv_heads = 70, 4, 2
+  array = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(shape, dtype)
+  args = {"q": array(1, seq, heads, head_dim), "k": array(1, seq, kv_heads, head_dim),
+          "v": array(1, seq, kv_heads, head_dim)}
+  shapes = {"decay": (heads,), "sinks": (heads,), "gamma": (kv_heads,)}
+  args.update({name: array(*shapes[name], dtype=jnp.float32) for name in learned})
+  if static.get("segment_ids"):
+    static = dict(static, segment_ids=jnp.asarray(np.repeat([[0, 1, 2]], [30, 1, 39], axis=1)))
 
-  def loss(q, k, v):
-    return jnp.sum(KERNELS[kernel](q, k, v, interpret=False).astype(jnp.float32))
+  def loss(args):
+    args = dict(args)
+    q, k, v = args.pop("q"), args.pop("k"), args.pop("v")
+    out = KERNELS[kernel](q, k, v, interpret=False, **args, **static)
+    return jnp.sum(out.astype(jnp.float32))
 
-  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
-  text = step.trace(q, k, k).lower(lowering_platforms=("cuda",)).as_text()
+  step = jax.jit(jax.value_and_grad(loss))
+  text = step.trace(args).lower(lowering_platforms=("cuda",)).as_text()
   assert set(re.findall(r"custom_call @([\w$.]+)", text)) == {"__gpu$xla.gpu.triton"}
+  assert text.count("__gpu$xla.gpu.triton") >= 3  # the forward kernel and both backward ones
 
 
 FUNCTIONS = {

@@ -11,9 +11,13 @@ measured relative to that magnitude, Σ |dx̂·(x_t − x_{t−1})|, per kv head
 Interpret mode fills output tiles that a kernel never writes with NaN (checked below), so an
 unwritten tile of the output or of any gradient fails its comparison. Each case compiles the
 forward and both backward kernels once, in one jitted value-and-grad.
+
+The same value-and-grad with ``interpret=False``, lowered for CUDA, checks that each option with
+the shear passes Pallas's Triton lowering (the IR only: no GPU compiles or runs it here).
 """
 
 import functools
+import re
 import zlib
 
 import jax
@@ -152,6 +156,40 @@ def test_kernel_matches_reference_outputs_and_gradients(case):
   assert all(err <= tol for err in errors.values()), errors
   for key, value in args.items():
     assert grads[key].dtype == value.dtype and grads[key].shape == value.shape, key
+
+
+# (name, T, S, N, K, H, differentiable extras, static keyword arguments): every option with the
+# shear, lowered for the GPU. Block mask: a mask_mod of index arithmetic (Triton has no gather).
+TRITON_CASES = [
+    ("gqa8:2-gamma-per-kv-head-sinks", 70, 70, 8, 2, 40, ("gamma_K", "sinks"), {}),
+    ("cross-replicate", 70, 45, 4, 2, 72, ("gamma",), dict(causal=False, boundary="replicate")),
+    ("window-segments", 70, 70, 4, 2, 40, ("gamma",),
+     dict(window=20, segment_ids=segments(70, [31, 1, 38]))),
+    ("flash-bias", 70, 70, 4, 2, 64, ("gamma_K", "bias_K"), {}),
+    ("flash-bias-per-query-head", 70, 70, 4, 2, 40, ("gamma", "bias_N"), {}),
+    ("sigmoid", 70, 70, 4, 2, 72, ("gamma_K", "bias_K"), dict(sigmoid=True, window=40)),
+    ("block-mask-per-head", 70, 70, 4, 2, 40, ("gamma",),
+     dict(causal=False, block_mask=attn.create_block_mask(head_window, None, 4, 70, 70, 16, 16))),
+]
+
+
+@pytest.mark.parametrize("case", TRITON_CASES, ids=[case[0] for case in TRITON_CASES])
+def test_forward_and_backward_lower_to_triton(case):
+  """The forward, dq and dk/dv kernels with the shear pass Pallas's Triton lowering for CUDA
+  (built on the CPU; not compiled or run), at head dims that are not powers of two too."""
+  name, seq_q, seq_k, heads, kv_heads, head_dim, extras, static = case
+  args, weights = make_inputs(name, 1, seq_q, seq_k, heads, kv_heads, head_dim, jnp.bfloat16,
+                              extras)
+  if "block_mask" not in static:
+    static = dict(static, block_sizes=BlockSizes(32, 16))
+  kernel = functools.partial(flash_attention, interpret=False)
+  loss = functools.partial(weighted_sum, kernel, static, weights)
+  lowered = jax.jit(jax.value_and_grad(loss, has_aux=True)).trace(args).lower(
+      lowering_platforms=("cuda",))
+  text = lowered.as_text()
+  assert set(re.findall(r"custom_call @([\w$.]+)", text)) == {"__gpu$xla.gpu.triton"}
+  assert set(re.findall(r'name = "(\w+)"', text)) == {
+      "flash_attention_forward", "flash_attention_dq", "flash_attention_dkv"}
 
 
 def test_interpret_mode_poisons_unwritten_output_tiles():

@@ -93,9 +93,10 @@ MAX_HEAD_DIM = 256
 class BlockSizes:
   """Tile sizes of the three kernels; every size is a positive power of two.
 
-  A size larger than the (padded) sequence is lowered to the next power of two >= 8 that covers
-  it. Backward sizes left None take the forward ones. With a ``block_mask`` every query size must
-  equal its ``block_q`` and every key size its ``block_k``.
+  A size larger than the (padded) sequence is lowered to the next power of two >= 16 that covers
+  it (Triton's dot wants operands of at least 16 rows: on the GPU give sizes >= 16). Backward
+  sizes left None take the forward ones. With a ``block_mask`` every query size must equal its
+  ``block_q`` and every key size its ``block_k``.
 
   Attributes:
     block_q, block_k: query / key tile of the forward kernel.
@@ -111,9 +112,9 @@ class BlockSizes:
   block_k_dq: int | None = None
 
   def resolved(self, seq_q: int, seq_k: int) -> BlockSizes:
-    """All six sizes filled in and capped at the next power of two >= max(8, T or S)."""
-    cap_q = max(8, pl.next_power_of_2(seq_q))
-    cap_k = max(8, pl.next_power_of_2(seq_k))
+    """All six sizes filled in and capped at the next power of two >= max(16, T or S)."""
+    cap_q = max(16, pl.next_power_of_2(seq_q))
+    cap_k = max(16, pl.next_power_of_2(seq_k))
     bq = lambda x: min(self.block_q if x is None else x, cap_q)
     bk = lambda x: min(self.block_k if x is None else x, cap_k)
     return BlockSizes(bq(self.block_q), bk(self.block_k), bq(self.block_q_dkv),

@@ -1,8 +1,13 @@
 """The training loop: a jitted pure step on a mesh, held-out eval, JSONL metrics, orbax resume.
 
 The hot loop runs on pure pytrees: ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``
-once, then one ``jax.jit``-ed step ``(params, opt_state, step) -> (params, opt_state, metrics)``
-that merges the module inside the trace, so NNX's graph traversal is paid at trace time only.
+once, then one ``jax.jit``-ed step ``(params, opt_state, rest, step) -> (params, opt_state, rest,
+metrics)`` that merges the module inside the trace, so NNX's graph traversal is paid at trace time
+only. ``rest`` is the module state that is not a parameter (for example the running mean of the
+affine-scaled attention's α, or a router's random-number stream): the step returns it updated and
+it is checkpointed with the parameters. The loss is the task's masked cross-entropy plus the
+model's weighted auxiliary losses (mixture-of-heads load balance, flux router sparsity); the
+held-out evaluation runs the model in eval mode.
 The step and the eval are module-level jits with the graphdef, optimizer config, task and
 shardings static, so repeated ``train`` calls on the same setup (a resume, a sweep over seeds)
 reuse one compilation.
@@ -38,6 +43,24 @@ from momentum_jax.train.config import (
     make_schedule,
 )
 from momentum_jax.train.loss import masked_sums
+
+# Auxiliary losses of the model logged with the train metrics when the model has them.
+AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
+
+
+def _saveable(rest: nnx.State) -> Any:
+  """``rest`` with typed PRNG keys as their raw key data, which orbax stores as plain arrays."""
+  return jax.tree.map(
+      lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
+      rest)
+
+
+def _restored(saved: Any, like: nnx.State) -> nnx.State:
+  """Inverse of :func:`_saveable`: wraps key data back into keys of ``like``'s key type."""
+  return jax.tree.map(
+      lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+                      if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x),
+      saved, like)
 from momentum_jax.train.metrics_log import MetricsLog
 from momentum_jax.train.sharding import data_parallel_shardings, default_mesh
 
@@ -108,10 +131,14 @@ def _train_step(params, opt_state, rest, data_key, step, *, graphdef, cfg, task,
   def loss_fn(params):
     batch = _sample_sharded(task, jax.random.fold_in(data_key, step), cfg.batch_size,
                             batch_sharding)
-    sums = masked_sums(nnx.merge(graphdef, params, rest)(batch.tokens), batch)
-    return _masked_means(sums)["loss"], sums
+    # A copy: the module may update its state here, inside the gradient's trace.
+    model = nnx.merge(graphdef, params, rest, copy=True)
+    logits_BxTxV, aux = model.logits_and_aux_loss(batch.tokens)
+    sums = masked_sums(logits_BxTxV, batch)
+    new_rest = nnx.split(model, nnx.Param, ...)[2]
+    return _masked_means(sums)["loss"] + aux["total"], (sums, aux, new_rest)
 
-  (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  (_, (sums, aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
   means = _masked_means(sums)
@@ -121,10 +148,13 @@ def _train_step(params, opt_state, rest, data_key, step, *, graphdef, cfg, task,
       "grad_norm": optax.tree.norm(grads),
       "learning_rate": schedule(step),
   }
+  for name in AUX_LOSS_METRICS:
+    if name in aux:
+      metrics[name] = aux[name]
   beta = otu.tree_get(opt_state, "beta")  # found at trace time, so the choice is static
   if beta is not None:
     metrics["beta"] = beta
-  return _replicate((params, opt_state, metrics), batch_sharding)
+  return _replicate((params, opt_state, rest, metrics), batch_sharding)
 
 
 @functools.partial(
@@ -133,7 +163,8 @@ def _train_step(params, opt_state, rest, data_key, step, *, graphdef, cfg, task,
 def _evaluate(params, rest, eval_key, *, graphdef, task, batch_size, num_batches, batch_sharding):
   """Masked loss and accuracy over the held-out batches ``fold_in(eval_key, i)``, i < num_batches,
   weighting every counted token equally."""
-  model = nnx.merge(graphdef, params, rest)
+  model = nnx.merge(graphdef, params, rest, copy=True)
+  model.eval()  # deterministic routing, running statistics read and not updated
 
   def body(i, totals):
     batch = _sample_sharded(task, jax.random.fold_in(eval_key, i), batch_size, batch_sharding)
@@ -158,8 +189,10 @@ def train(
   ``eval_every`` steps and at the end) and orbax checkpoints in ``workdir/checkpoints`` (every
   ``checkpoint_every`` steps and at the end). If ``workdir`` holds a checkpoint, training resumes
   from the latest one, bit-identically to an uninterrupted run; resuming under a different model,
-  optimisation or task config raises ``ValueError`` listing each differing key. Only
-  ``nnx.Param`` state is trained and checkpointed; any other module state keeps its initial value.
+  optimisation or task config raises ``ValueError`` listing each differing key. ``nnx.Param``
+  state is trained; other module state (running statistics, random-number streams) is carried
+  from step to step as the model updates it; both are checkpointed. The loss adds the model's
+  weighted auxiliary losses (``Transformer.logits_and_aux_loss``) to the task loss.
 
   Args:
     model_config: the model; its ``vocab_size`` must equal the task's and its ``context_len``
@@ -218,10 +251,13 @@ def _run(
   params = jax.device_put(params, replicated)
   opt_state = jax.jit(make_optimizer(cfg).init, out_shardings=replicated)(params)
   start = 0
+  rest = jax.device_put(rest, replicated)
   if latest is not None:
-    target = {"params": params, "opt_state": opt_state, "step": jax.device_put(0, replicated)}
+    target = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
+              "step": jax.device_put(0, replicated)}
     restored = checkpoint.restore_state(manager, latest, target)
     params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
+    rest = _restored(restored["rest"], rest)
   log = MetricsLog(workdir / METRICS_FILE, keep_until_step=None if latest is None else start)
 
   step_static = dict(graphdef=graphdef, cfg=_step_config(cfg), task=task,
@@ -238,7 +274,7 @@ def _run(
 
   with tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train") as bar:
     for step in range(start, cfg.steps):
-      params, opt_state, metrics = _train_step(
+      params, opt_state, rest, metrics = _train_step(
           params, opt_state, rest, data_key, jnp.int32(step), **step_static)
       done = step + 1
       if done % cfg.log_every == 0:
@@ -248,7 +284,7 @@ def _run(
       if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
         run_eval(done)
       if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-        state = {"params": params, "opt_state": opt_state,
+        state = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
                  "step": jax.device_put(done, replicated)}
         checkpoint.save(manager, done, state, signature)
       bar.update(1)

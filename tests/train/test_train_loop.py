@@ -6,6 +6,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import AbstractMesh
 
 from momentum_jax.data import AssociativeRecallTask, InductionTask
@@ -68,6 +69,31 @@ def test_resume_is_bit_identical(tmp_path):
   shorter = dataclasses.replace(TRAIN, steps=5)
   with pytest.raises(ValueError, match="step 20 > steps=5"):
     train(MODEL, shorter, TASK, tmp_path / "resumed", progress=False)
+
+
+def test_module_state_and_aux_losses_are_trained_carried_and_resumed(tmp_path):
+  # Affine-scaled attention keeps a running mean of α (not a parameter); the flux router draws
+  # Gumbel noise from its own random stream; mixture-of-heads and the router add losses.
+  model = dataclasses.replace(MODEL, attention="affine", num_heads=4, moh=True, moh_shared_heads=1,
+                              moh_top_k=2, flux_router=True, flux_window=3)
+  cfg = dataclasses.replace(TRAIN, steps=6, eval_every=0, checkpoint_every=3, log_every=1)
+  straight = train(model, cfg, TASK, tmp_path / "straight", progress=False)
+  train(model, dataclasses.replace(cfg, steps=3), TASK, tmp_path / "resumed", progress=False)
+  resumed = train(model, cfg, TASK, tmp_path / "resumed", progress=False)
+
+  records = [r for r in _records(tmp_path / "straight") if "train_loss" in r]
+  assert all(np.isfinite(r["moh_load_balance"]) and np.isfinite(r["flux_sparsity"])
+             for r in records)
+  _, _, rest = nnx.split(straight.model, nnx.Param, ...)
+  alpha_ma = [x for path, x in jax.tree_util.tree_flatten_with_path(rest)[0]
+              if "alpha" in jax.tree_util.keystr(path)]
+  assert alpha_ma and not np.allclose(np.asarray(alpha_ma[0]), 0.5)  # updated, not the init
+  _assert_params_equal(straight.params, resumed.params)
+  raw = lambda x: (jax.random.key_data(x)
+                   if jax.numpy.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+  _assert_params_equal(jax.tree.map(raw, nnx.split(straight.model, nnx.Param, ...)[2]),
+                       jax.tree.map(raw, nnx.split(resumed.model, nnx.Param, ...)[2]))
+  assert resumed.final_eval == straight.final_eval
 
 
 def test_resume_under_another_config_names_each_difference(tmp_path):

@@ -10,13 +10,12 @@ The attention itself is ``momentum_jax.attention.affine_attention``: α·SDPA + 
 optimiser never sees it. It is updated in training mode only (``use_running_average=False``, the
 default, as for ``nnx.BatchNorm``; ``model.eval()`` freezes it and ``model.train()`` resumes the
 updates), before it is used, so a training forward pass uses the EMA including the current batch.
-A train step on pure pytrees carries it like batch statistics: split the model as
-``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``, run the forward on
-``nnx.merge(graphdef, params, rest)`` and return the new ``nnx.state(merged, AlphaEma)`` from the
-step (as auxiliary output of the loss), then ``nnx.update`` the carried ``rest`` with it. A step
-that drops the updated state keeps α_ma at its initial value. NNX forbids the update inside an
-inner trace of a merged model (a ``lax.fori_loop`` body, as in the trainer's evaluation): call
-the model there in evaluation mode (``model.eval()`` before splitting).
+A train step on pure pytrees carries it like batch statistics, as ``momentum_jax.train`` does:
+split the model as ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``, run the forward
+on ``nnx.merge(graphdef, params, rest, copy=True)`` (a copy, so that the update is allowed inside
+the gradient's trace) and return the merged model's new ``rest`` from the step. A step that drops
+it keeps α_ma at its initial value. Evaluation inside an inner trace (a ``lax.fori_loop`` body)
+calls the model in evaluation mode (``model.eval()``).
 """
 
 from __future__ import annotations

@@ -287,8 +287,7 @@ class Transformer(nnx.Module):
     and, for the options that are on, ``aux["moh_load_balance"]`` and ``aux["flux_sparsity"]``
     (means over layers) and the per-layer values under ``"blocks.{l}.attn.<name>"``. Float32
     scalars; ``total`` is 0 when no layer has a loss. The trainer in ``momentum_jax.train``
-    optimises the task loss only: a train step for MoH or flux models calls this method instead
-    of ``model(tokens)`` and adds ``aux["total"]`` to its loss.
+    calls this method and adds ``aux["total"]`` to the task loss.
     """
     aux: AuxLosses = {}
     logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE, aux)

@@ -13,6 +13,7 @@ Every public attention function with a kernel takes ``implementation: str | None
 Anything else raises ``ValueError`` naming the value. The kernels lower through Pallas's own
 Triton backend on the GPU (chosen by passing :func:`triton_compiler_params`; without them Pallas
 now lowers to Mosaic GPU), which needs no jax-triton package, so jax-triton is never imported.
+The tests build that lowering for CUDA on the CPU; GPU compilation and results are not tested.
 """
 
 from __future__ import annotations

@@ -752,7 +752,8 @@ def flash_attention(
       lists are visited whatever ``causal`` and ``window`` say: put those in its mask_mod to skip
       their empty tiles too.
     block_sizes: :class:`BlockSizes`; default 128 × 128 (or the block mask's tiles).
-    interpret: run the kernels in Pallas interpret mode; None means on the CPU only.
+    interpret: run the kernels in Pallas interpret mode; None means on the CPU only. Elsewhere
+      they lower to Triton; the tests check that lowering, not GPU compilation or results.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.

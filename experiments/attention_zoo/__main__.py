@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{attention} on {task_name} FAILED: {type(error).__name__}: {error}")
         continue
       r = results[task_name][attention]
-      print(f"{task_name:<10}{attention:<14} loss {r['final_loss']:.3f}  "
+      print(f"{task_name:<10}{attention:<26} loss {r['final_loss']:.3f}  "
             f"acc {r['final_accuracy']:6.1%}  {r['tokens_per_s']:>9,.0f} tok/s  "
             f"{r['peak_memory_bytes'] / 2**20:6.2f} MiB  (compile {r['compile_s']:.1f} s)")
 

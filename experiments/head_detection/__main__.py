@@ -1,0 +1,81 @@
+"""Trains (or loads) the 2-layer softmax and 1-layer momentum induction models and scores every
+head as previous-token, duplicate-token, induction and prefix-matching head.
+
+    python -m momentum_jax.experiments.head_detection [--quick] [--output-dir DIR]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from momentum_jax.analysis import (
+    detect_heads, duplicate_token_score, induction_score, plot_head_scores,
+    prefix_matching_score, previous_token_score,
+)
+from momentum_jax.data import repeated_random_tokens
+from momentum_jax.experiments.cli import parse_experiment_args
+from momentum_jax.experiments.head_detection.config import get_config
+from momentum_jax.train import train
+
+
+def head_score_tables(patterns: dict[str, jax.Array], tokens_BxT: jax.Array,
+                      repeat_len: int) -> dict[str, np.ndarray]:
+  """Batch-mean score per (layer, head) for each kind: ``{kind: scores_LxN}``."""
+  kinds = {
+      "previous_token": lambda w: previous_token_score(w),
+      "duplicate_token": lambda w: duplicate_token_score(w, tokens_BxT),
+      "induction": lambda w: induction_score(w, tokens_BxT),
+      "prefix_matching": lambda w: prefix_matching_score(w, repeat_len),
+  }
+  layers = sorted(patterns)
+  return {kind: np.stack([np.asarray(jnp.mean(score(patterns[name]), axis=0))
+                          for name in layers])
+          for kind, score in kinds.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  args, out_dir = parse_experiment_args(argv, __doc__, "head_detection")
+  config = get_config(quick=args.quick)
+  tokens_BxT = repeated_random_tokens(jax.random.key(config.seed), config.probe_batch,
+                                      config.repeat_len, config.task.vocab_size)
+  results = {}
+  for name, model_config in config.models:
+    result = train(model_config, config.train, config.task, out_dir / name,
+                   progress=not args.no_progress)
+    _, cache = result.model.run_with_cache(
+        tokens_BxT, names_filter=lambda hook: hook.endswith("attn.hook_pattern"))
+    tables = head_score_tables(cache, tokens_BxT, config.repeat_len)
+    found = detect_heads(cache, tokens_BxT, config.threshold, repeat_len=config.repeat_len)
+    for kind in ("previous_token", "induction"):
+      plot_head_scores(tables[kind], out_dir / f"{name}_{kind}.png",
+                       title=f"{name}: {kind.replace('_', '-')} score")
+    results[name] = {
+        "eval_accuracy": float(result.final_eval["accuracy"]),
+        "scores": {kind: table.tolist() for kind, table in tables.items()},
+        "detected": [hit._asdict() for hit in found],
+    }
+
+  summary = {"quick": args.quick, "repeat_len": config.repeat_len,
+             "threshold": config.threshold, "results": results}
+  (out_dir / "head_detection.json").write_text(json.dumps(summary, indent=2))
+  for name, r in results.items():
+    print(f"\n{name} (held-out accuracy {r['eval_accuracy']:.1%})")
+    print(f"{'layer.head':<12}" + "".join(f"{kind:>17}" for kind in r["scores"]))
+    num_layers, num_heads = np.shape(r["scores"]["induction"])
+    for layer in range(num_layers):
+      for head in range(num_heads):
+        print(f"{f'{layer}.{head}':<12}"
+              + "".join(f"{r['scores'][kind][layer][head]:>17.3f}" for kind in r["scores"]))
+    print("detected: " + (", ".join(f"L{h['layer']}H{h['head']} {h['kind']} {h['score']:.2f}"
+                                     for h in r["detected"]) or "none"))
+  print(f"\nwrote {out_dir / 'head_detection.json'}")
+  return summary
+
+
+if __name__ == "__main__":
+  main()

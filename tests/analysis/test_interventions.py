@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from flax import nnx
+
 from momentum_jax.analysis import interventions as iv
+from momentum_jax.nn import Transformer, TransformerConfig
 
 PROPERTY = settings(max_examples=20, deadline=None)
 # One compiled function per property test: examples vary the values, not the shapes.
@@ -206,3 +209,34 @@ def test_jit_and_validation():
     iv.scale_token_columns(weights, jnp.ones((5,), bool), -1.0)
   with pytest.raises(ValueError, match="trend"):
     iv.debias_scores(jnp.ones((2, 4)), jnp.ones((5,)))
+
+
+def test_act_calibration_edits_a_model_pattern_through_run_with_hooks_under_jit():
+  model = Transformer(TransformerConfig(vocab_size=16, context_len=12, num_layers=1, d_model=16,
+                                        num_heads=2), rngs=nnx.Rngs(0))
+  tokens_BxT = jax.random.randint(jax.random.key(1), (2, 12), 0, 16)
+
+  def plant(pattern_BxNxTxT):
+    # A sink on key 3 (not the exempt first token): half of every row that can see it.
+    sink_BxNxTxT = jnp.zeros_like(pattern_BxNxTxT).at[..., 3:, 3].set(1.0)
+    sees_Tx1 = (jnp.arange(pattern_BxNxTxT.shape[2]) >= 3)[:, None]
+    return jnp.where(sees_Tx1, 0.5 * pattern_BxNxTxT + 0.5 * sink_BxNxTxT, pattern_BxNxTxT)
+
+  def plant_sink_then_calibrate(pattern_BxNxTxT, name):
+    return iv.act_calibrate(plant(pattern_BxNxTxT), beta=0.4, threshold=0.1)
+
+  name = "blocks.0.attn.hook_pattern"
+  hooked = jax.jit(lambda tokens: model.run_with_hooks(
+      tokens, fwd_hooks=[(name, plant_sink_then_calibrate)]))
+  identity = jax.jit(lambda tokens: model.run_with_hooks(
+      tokens, fwd_hooks=[(name, lambda pattern, name: pattern)]))
+  logits_hooked, logits_identity = hooked(tokens_BxT), identity(tokens_BxT)
+  np.testing.assert_allclose(logits_identity, model(tokens_BxT), rtol=1e-5, atol=1e-5)
+  assert np.all(np.isfinite(logits_hooked))
+  assert not np.allclose(logits_hooked, logits_identity, atol=1e-4)
+  _, cache = model.run_with_cache(tokens_BxT, names_filter=name)
+  edited = plant_sink_then_calibrate(cache[name], name)
+  np.testing.assert_allclose(jnp.sum(edited, axis=-1), 1.0, rtol=1e-5)
+  planted_mass = float(jnp.mean(plant(cache[name])[..., 3:, 3]))
+  assert planted_mass > 0.5
+  np.testing.assert_allclose(float(jnp.mean(edited[..., 3:, 3])), 0.4 * planted_mass, rtol=1e-5)

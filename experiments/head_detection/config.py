@@ -16,10 +16,19 @@ Outputs: ``head_detection.json`` and one heatmap per model and score.
 Command:   python -m momentum_jax.experiments.head_detection
            (--quick: a tiny smoke run; --output-dir runs/single_layer_induction to load that run)
 Hardware:  CPU (2 cores), float32.
-Runtime:   about 6 min training both models from scratch on an idle 2-core CPU; seconds when
-           loading a single_layer_induction run. --quick: under a minute.
+Runtime:   3.9 min training both models from scratch (2-core CPU, partly shared with a test
+           run); seconds when loading a single_layer_induction run. --quick: about 15 s.
 
-RESULT: filled in below from the default run (see the closing section of this docstring).
+RESULT (default config, seed 0; held-out accuracies equal single_layer_induction's):
+  softmax_2L (100.0 %): layer 0 has previous-token heads, L0H3 0.82 and L0H0 0.48 (the other two
+    0.005 / 0.018); every layer-1 head is an induction head: induction 0.544-0.554, prefix
+    matching 0.812-0.826 (layer 0: induction <= 0.018, prefix matching 0.000). The two-layer
+    circuit, as expected.
+  momentum_1L_g0.5 (97.2 %): all four layer-0 heads put induction-stripe attention well above
+    chance (induction 0.185-0.199, prefix matching 0.251-0.275, against about 0.03 for a head
+    attending uniformly to its causal prefix), previous-token 0.09-0.10, but none reaches the 0.3
+    threshold: the shear's cross terms spread each head's attention over the matching key and
+    its neighbours instead of one sharp stripe (spectral_forensics' stripe score: 0.26).
 """
 
 from __future__ import annotations

@@ -193,13 +193,21 @@ def scale_by_stable_spam(
         return jnp.where((x > limit) | (-x > limit), x * shrink, x)
 
       # AdaGN: give the gradient the norm mu_hat / (sqrt(nu_hat) + eps) of its running statistics.
-      # ||clip(g)||^2 = sum(x^2 - [x^2 > limit^2] (1 - shrink^2) x^2), the indicator written as
-      # sign(d + |d|), d = x^2 - limit^2: in this arithmetic form XLA:CPU reads g inside the
-      # reduction loop, where a select (or a broadcast constant) would be written to memory first.
-      x2 = jnp.square(g.astype(dtype))
-      excess = x2 - limit * limit
-      over = jnp.sign(excess + jnp.abs(excess))
-      norm = jnp.sqrt(jnp.sum(x2 - x2 * over * (1.0 - shrink * shrink)))
+      def clipped_sum_of_squares(g):
+        # ||clip(g)||^2 = sum(x^2 - [x^2 > limit^2] (1 - shrink^2) x^2), the indicator written as
+        # sign(d + |d|), d = x^2 - limit^2: in this arithmetic form XLA:CPU reads g inside the
+        # reduction loop, where a select (or a broadcast constant) would be written to memory.
+        x2 = jnp.square(g.astype(dtype))
+        excess = x2 - limit * limit
+        over = jnp.sign(excess + jnp.abs(excess))
+        return jnp.sum(x2 - x2 * over * (1.0 - shrink * shrink))
+
+      def sum_of_squares(g):
+        return jnp.sum(jnp.square(g.astype(dtype)))
+
+      # When no entry exceeds the limit the clipped norm is the plain one, a loop about 5x faster
+      # on XLA:CPU than the masked one.
+      norm = jnp.sqrt(jax.lax.cond(peak > limit, clipped_sum_of_squares, sum_of_squares, g))
       norm_mu = g1 * norm_mu + (1.0 - g1) * norm
       norm_nu = gamma2 * norm_nu + (1.0 - gamma2) * norm * norm
       target = (norm_mu / (1.0 - g1**jf)) / (jnp.sqrt(norm_nu / (1.0 - gamma2**jf)) + eps)

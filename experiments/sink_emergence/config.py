@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from momentum_jax.experiments.sink_emergence.language import MarkovZipfLanguage
+from momentum_jax.data import MarkovZipfLanguage
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig
 

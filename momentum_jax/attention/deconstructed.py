@@ -48,17 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention.linear import check_block_size, check_unsupported
+from momentum_jax.attention.linear import check_block_size, check_unsupported, compute_dtype
 from momentum_jax.attention.registry import AttentionDims
 from momentum_jax.attention.softmax import (
     repeat_kv, softmax_attention, softmax_attention_reference,
 )
 
 _HI = jax.lax.Precision.HIGHEST
-
-
-def _dtype(x: jax.Array) -> jnp.dtype:
-  return jnp.promote_types(x.dtype, jnp.float32)
 
 
 def _check_kernel_form(name: str, q: jax.Array, k: jax.Array, *, causal: bool,
@@ -125,7 +121,7 @@ def deconstructed_mlp_attention(
     raise ValueError(f"deconstructed_mlp attention needs S == T, "
                      f"got q.shape={q_BxTxNxH.shape} and k.shape={k_BxSxKxH.shape}")
   batch, seq, heads, _ = q_BxTxNxH.shape
-  dtype = _dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   out = jax.nn.silu(q_BxTxNxH.astype(dtype)) * repeat_kv(v_BxSxKxH.astype(dtype), heads)
   out = out.astype(q_BxTxNxH.dtype)
   if not return_weights:
@@ -182,7 +178,7 @@ def deconstructed_taylor_attention(
   _check_kernel_form("deconstructed_taylor", q_BxTxNxH, k_BxSxKxH, causal=causal, window=window,
                      segment_ids=segment_ids, bias=bias, sinks=sinks)
   check_block_size(block_size)
-  dtype = _dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   batch, seq, heads, head_dim = q_BxTxNxH.shape
   kv_heads = k_BxSxKxH.shape[2]
   groups, size = heads // kv_heads, block_size
@@ -251,7 +247,7 @@ def deconstructed_taylor_attention_reference(
   _check_kernel_form("deconstructed_taylor", q_BxTxNxH, k_BxSxKxH, causal=causal, window=window,
                      segment_ids=segment_ids, bias=bias, sinks=sinks)
   check_block_size(block_size)
-  dtype = _dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   seq, heads, head_dim = q_BxTxNxH.shape[1:]
   scale = head_dim**-0.5 if scale is None else scale
   k_BxSxNxH = repeat_kv(k_BxSxKxH.astype(dtype), heads)
@@ -271,7 +267,7 @@ def deconstructed_taylor_attention_reference(
 
 def _self_gates(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, scale: float | None) -> jax.Array:
   """s ``[B, T, N]`` = scale · SiLU(q_t)·k_t."""
-  dtype = _dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   heads, head_dim = q_BxTxNxH.shape[2:]
   scale = head_dim**-0.5 if scale is None else scale
   k_BxTxNxH = repeat_kv(k_BxSxKxH.astype(dtype), heads)

@@ -50,6 +50,7 @@ import numpy as np
 from momentum_jax.attention._checks import check_attention_inputs
 from momentum_jax.attention.linear import check_block_size, check_unsupported
 from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.attention.softmax import repeat_kv
 
 _HI = jax.lax.Precision.HIGHEST
 # Added to the linear branch's denominator, as in linear attention: it keeps the branch and its
@@ -299,8 +300,8 @@ def sla_attention_reference(
   visible_TxS = s_S[None, :] <= t_T[:, None] if causal else jnp.ones((seq_q, seq_k), bool)
 
   q32 = q_BxTxNxH.astype(dtype)
-  k32 = jnp.repeat(k_BxSxKxH.astype(dtype), heads // kv_heads, axis=2)
-  v32 = jnp.repeat(v_BxSxKxH.astype(dtype), heads // kv_heads, axis=2)
+  k32 = repeat_kv(k_BxSxKxH.astype(dtype), heads)
+  v32 = repeat_kv(v_BxSxKxH.astype(dtype), heads)
   sparse_mask = kept_BxNxTxS & visible_TxS
   scores = jnp.where(sparse_mask, scale * jnp.einsum("btnh,bsnh->bnts", q32, k32, precision=_HI),
                      -jnp.inf)

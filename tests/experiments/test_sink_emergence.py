@@ -1,64 +1,12 @@
-"""Sink emergence: the Markov–Zipf language, and the --quick run end to end."""
+"""Sink emergence: the model configs, and the --quick run end to end."""
 
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from momentum_jax.experiments.sink_emergence.__main__ import main
 from momentum_jax.experiments.sink_emergence.config import get_config
-from momentum_jax.experiments.sink_emergence.language import MarkovZipfLanguage
-
-
-def test_language_is_a_fixed_markov_chain_with_zipf_rows():
-  language = MarkovZipfLanguage(vocab_size=16, seq_len=33, zipf_exponent=1.5, language_seed=3)
-  logits_VxV = language.transition_logits()
-  np.testing.assert_array_equal(jnp.sort(logits_VxV, axis=-1),
-                                jnp.broadcast_to(jnp.sort(language.zipf_logits()), (16, 16)))
-  batch = language.sample(jax.random.key(0), 256)
-  assert batch.tokens.shape == batch.targets.shape == batch.loss_mask.shape == (256, 33)
-  np.testing.assert_array_equal(batch.targets[:, :-1], batch.tokens[:, 1:])
-  assert bool(jnp.all(batch.loss_mask == 1.0))
-  again = language.sample(jax.random.key(0), 256)
-  np.testing.assert_array_equal(batch.tokens, again.tokens)
-  # Every transition is the state's rank-0 token with probability p(0) of the Zipf law.
-  top_next_V = jnp.argmax(logits_VxV, axis=-1)
-  is_top = batch.targets == top_next_V[batch.tokens]
-  p0 = float(jax.nn.softmax(language.zipf_logits())[0])
-  assert abs(float(is_top.mean()) - p0) < 0.02
-  log_p = jax.nn.log_softmax(language.zipf_logits())
-  np.testing.assert_allclose(language.entropy_rate(), -float(jnp.sum(jnp.exp(log_p) * log_p)),
-                             rtol=1e-6)
-  other = MarkovZipfLanguage(vocab_size=16, seq_len=33, zipf_exponent=1.5, language_seed=4)
-  assert not bool(jnp.all(other.transition_logits() == logits_VxV))
-
-
-def _has_repeat(raw_T1: np.ndarray, span: int) -> bool:
-  """Whether some span of ``span`` tokens in the second half equals an earlier one."""
-  length = raw_T1.shape[0]
-  return any(np.array_equal(raw_T1[c:c + span], raw_T1[s:s + span])
-             for c in range((length - 1) // 2, length - span + 1) for s in range(c - span + 1))
-
-
-def test_language_copy_span_repeats_an_earlier_span():
-  language = MarkovZipfLanguage(vocab_size=64, seq_len=40, copy_len=10, language_seed=1)
-  batch = language.sample(jax.random.key(2), 6)
-  raw_BxT1 = np.concatenate([batch.tokens, batch.targets[:, -1:]], axis=1)
-  assert all(_has_repeat(raw, 10) for raw in raw_BxT1)
-  plain = MarkovZipfLanguage(vocab_size=64, seq_len=40, copy_len=0, language_seed=1)
-  plain_raw_BxT1 = np.asarray(plain.sample(jax.random.key(2), 6).tokens)
-  assert not any(_has_repeat(raw, 10) for raw in plain_raw_BxT1)
-
-
-def test_language_rejects_bad_fields():
-  with pytest.raises(ValueError, match="vocab_size=1"):
-    MarkovZipfLanguage(vocab_size=1)
-  with pytest.raises(ValueError, match="zipf_exponent=0"):
-    MarkovZipfLanguage(zipf_exponent=0)
-  with pytest.raises(ValueError, match="copy_len=17"):
-    MarkovZipfLanguage(seq_len=64, copy_len=17)
 
 
 def test_default_models_differ_only_in_attention():

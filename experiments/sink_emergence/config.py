@@ -9,7 +9,8 @@ row-normalised sigmoid model is our control that isolates the normalisation.
 
 Language (our choice, ``momentum_jax.data.MarkovZipfLanguage``): a first-order Markov chain over
 128 tokens whose rows are Zipf laws (exponent 1.2) over state-specific rankings, fixed by a
-seed; sequences of 64 tokens, no BOS token; in every sequence one span of 16 tokens in the second half repeats an earlier span.
+seed; sequences of 64 tokens, no BOS token; in every sequence one span of 16 tokens in the
+second half repeats an earlier span.
 Most next tokens need the current token only, the repeat needs induction: attention has work on
 some queries and none on the others, the regime in which heads learn to "do nothing" when idle.
 

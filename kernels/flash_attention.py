@@ -41,7 +41,7 @@ row with no visible key (and no sink) returns zeros with zero gradients.
 Targets: Pallas's Triton lowering on the GPU (power-of-two array shapes, no value slicing, one
 index per ref access: the previous rows are a load at shifted row indices, not a slice of the
 tile). The tests build the forward and both backward kernels' Triton IR for CUDA on the CPU, with
-every option above; compiling and running on a GPU is not checked there. A block mask whose
+every option above, and on a GPU compile and run them against the reference. A block mask whose
 mask_mod indexes an array (e.g. ``segment_mask``'s ids) does not lower to Triton, which has no
 gather; index arithmetic (causal, windows, per-head windows, prefixes) does, and segments lower
 through ``segment_ids``. On the CPU the kernels run in interpret mode.
@@ -87,6 +87,8 @@ from momentum_jax.attention.softmax import repeat_kv
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # A q, k, v and output row of every tile stay on chip; FlashAttention-2 stops at 256 as well.
 MAX_HEAD_DIM = 256
+# Largest default backward tile (see BlockSizes).
+BACKWARD_BLOCK = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -95,8 +97,10 @@ class BlockSizes:
 
   A size larger than the (padded) sequence is lowered to the next power of two >= 16 that covers
   it (Triton's dot wants operands of at least 16 rows: on the GPU give sizes >= 16). Backward
-  sizes left None take the forward ones. With a ``block_mask`` every query size must equal its
-  ``block_q`` and every key size its ``block_k``.
+  sizes left None take the forward ones, at most ``BACKWARD_BLOCK``: the backward kernels keep
+  more tiles on chip than the forward one, and at head dim 128 their 128×128 tiles asked an H200
+  for 288 KiB of shared memory (227 KiB there). With a ``block_mask`` every query size must equal
+  its ``block_q`` and every key size its ``block_k`` (all six sizes are the mask's).
 
   Attributes:
     block_q, block_k: query / key tile of the forward kernel.
@@ -115,10 +119,14 @@ class BlockSizes:
     """All six sizes filled in and capped at the next power of two >= max(16, T or S)."""
     cap_q = max(16, pl.next_power_of_2(seq_q))
     cap_k = max(16, pl.next_power_of_2(seq_k))
-    bq = lambda x: min(self.block_q if x is None else x, cap_q)
-    bk = lambda x: min(self.block_k if x is None else x, cap_k)
-    return BlockSizes(bq(self.block_q), bk(self.block_k), bq(self.block_q_dkv),
-                      bk(self.block_k_dkv), bq(self.block_q_dq), bk(self.block_k_dq))
+    backward = lambda x, forward: min(forward, BACKWARD_BLOCK) if x is None else x
+    bq = lambda x: min(x, cap_q)
+    bk = lambda x: min(x, cap_k)
+    return BlockSizes(bq(self.block_q), bk(self.block_k),
+                      bq(backward(self.block_q_dkv, self.block_q)),
+                      bk(backward(self.block_k_dkv, self.block_k)),
+                      bq(backward(self.block_q_dq, self.block_q)),
+                      bk(backward(self.block_k_dq, self.block_k)))
 
 
 class _Static(NamedTuple):
@@ -753,7 +761,7 @@ def flash_attention(
       their empty tiles too.
     block_sizes: :class:`BlockSizes`; default 128 × 128 (or the block mask's tiles).
     interpret: run the kernels in Pallas interpret mode; None means on the CPU only. Elsewhere
-      they lower to Triton; the tests check that lowering, not GPU compilation or results.
+      they lower to Triton.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.

@@ -137,11 +137,11 @@ def momentum_attention(
     rope_base: RoPE base.
     causal, window, segment_ids, bias, sinks, scale: as in :func:`softmax_attention`;
       ``segment_ids`` also restart the shear.
-    implementation: None runs the fused Pallas kernel with the shear inside
-      (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE)
-      on the GPU when it supports the inputs (no ``bias``) and the pure form elsewhere;
-      ``"xla"`` always the pure form; ``"pallas"`` always the kernel (interpret mode on the CPU),
-      raising ``ValueError`` for inputs it does not support (see
+    implementation: None and ``"xla"`` run the pure form (the shear, then
+      ``jax.nn.dot_product_attention``, which measured faster on a GPU);
+      ``"pallas"`` runs the fused Pallas kernel with the shear inside
+      (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE;
+      interpret mode on the CPU), raising ``ValueError`` for inputs it does not support (see
       :mod:`momentum_jax.kernels.dispatch`).
 
   Returns:

@@ -55,11 +55,10 @@ def softmax_attention(
     bias: additive logits broadcastable to ``[B, N, T, S]``; -inf masks an entry.
     sinks: ``[N]`` per-head sink logits (an extra softmax term with a zero value vector).
     scale: logit scale, default ``1 / sqrt(H)``.
-    implementation: None runs the fused Pallas kernel
-      (:func:`momentum_jax.kernels.flash_attention.flash_attention`) on the GPU when it supports
-      the inputs (no ``bias``) and ``jax.nn.dot_product_attention`` elsewhere; ``"xla"`` always
-      the latter; ``"pallas"`` always the kernel (interpret mode on the CPU), raising
-      ``ValueError`` for inputs it does not support (see :mod:`momentum_jax.kernels.dispatch`).
+    implementation: None and ``"xla"`` run ``jax.nn.dot_product_attention`` (faster on a GPU
+      than the kernel, see :mod:`momentum_jax.kernels.dispatch`); ``"pallas"`` runs the fused
+      Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`; interpret mode
+      on the CPU), raising ``ValueError`` for inputs it does not support.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.

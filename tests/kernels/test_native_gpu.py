@@ -1,6 +1,7 @@
 """The kernels compiled natively (Pallas → Triton) and run on a GPU, against their references:
-outputs and every gradient, at the awkward sizes of the interpret-mode tests, and the dispatcher's
-default choice (``implementation=None`` picks the kernels on the GPU) against the pure XLA form.
+outputs and every gradient, at the awkward sizes of the interpret-mode tests; the attention
+functions with ``implementation="pallas"`` against ``"xla"``; and the default choice on the GPU
+(Lightning's kernel; the XLA form for softmax and momentum, which measured faster).
 
 Skipped without a GPU. Each comparison prints its errors (``pytest -s``) so that a GPU run
 records them. Tolerances: bfloat16 inputs as in interpret mode (1e-2). The flash kernel's float32
@@ -95,9 +96,9 @@ def test_lightning_kernel_on_gpu_matches_reference(index):
 
 @pytest.mark.parametrize("variant", ["softmax", "momentum"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_default_dispatch_on_gpu_matches_xla_form(variant, dtype):
-  """``implementation=None`` runs the flash kernel on the GPU; it matches ``"xla"`` on outputs and
-  the q, k, v gradients (causal, GQA 8:2, T = 100, H = 72, window 40)."""
+def test_pallas_dispatch_on_gpu_matches_xla_form(variant, dtype):
+  """``implementation="pallas"`` (the flash kernel) matches ``"xla"`` on outputs and the q, k, v
+  gradients (causal, GQA 8:2, T = 100, H = 72, window 40)."""
   rng = np.random.default_rng(7)
   q = jnp.asarray(rng.standard_normal((2, 100, 8, 72)), dtype)
   k, v = (jnp.asarray(rng.standard_normal((2, 100, 2, 72)), dtype) for _ in range(2))
@@ -111,20 +112,26 @@ def test_default_dispatch_on_gpu_matches_xla_form(variant, dtype):
     return jnp.sum(out.astype(jnp.float32) ** 2), out
 
   results = {}
-  for implementation in (None, "xla"):
+  for implementation in ("pallas", "xla"):
     with jax.default_matmul_precision("highest"):
       (_, out), grads = jax.jit(jax.value_and_grad(
           functools.partial(loss, implementation), argnums=(0, 1, 2), has_aux=True))(q, k, v)
     results[implementation] = (out, *grads)
   errors = {name: flash_tests.rel_err(got, want) for name, got, want in
-            zip(("out", "dq", "dk", "dv"), results[None], results["xla"])}
+            zip(("out", "dq", "dk", "dv"), results["pallas"], results["xla"])}
   print(f"\ndispatch {variant} {jnp.dtype(dtype).name}: "
         + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
   assert all(err <= FLASH_TOL[dtype] for err in errors.values()), errors
 
 
-def test_default_dispatch_on_gpu_runs_the_kernel():
-  """On the GPU the default implementation lowers to the Triton kernels (not the XLA form)."""
+@pytest.mark.parametrize("implementation", [None, "pallas"])
+def test_default_dispatch_on_gpu(implementation):
+  """On the GPU the default runs Lightning's kernel and the XLA form of momentum attention;
+  ``"pallas"`` runs the flash kernel."""
   q = jnp.zeros((1, 64, 4, 64), jnp.bfloat16)
-  step = jax.jit(lambda q: attn.momentum_attention(q, q, q, causal=True, gamma=0.5))
-  assert "flash_attention_forward" in step.lower(q).as_text()
+  momentum = jax.jit(lambda q: attn.momentum_attention(
+      q, q, q, causal=True, gamma=0.5, implementation=implementation))
+  linear = jax.jit(lambda q: attn.lightning_attention(q, q, q, implementation=implementation))
+  assert ("flash_attention_forward" in momentum.lower(q).as_text()) == (
+      implementation == "pallas")
+  assert "lightning_forward" in linear.lower(q).as_text()

@@ -10,7 +10,12 @@ checkpoints is loaded instead, so ``--output-dir runs/single_layer_induction`` a
 Probe: 64 sequences of 24 uniform random tokens repeated twice (48 of the 49 positions), patterns
 captured with ``Transformer.run_with_cache``; per (layer, head) the previous-token, duplicate-token,
 induction ("mul" score of the TransformerLens detection patterns) and prefix-matching scores of
-``momentum_jax.analysis``, averaged over the batch; heads at or above ``threshold`` are listed.
+``momentum_jax.analysis``, averaged over the batch, and each score's lift over the uniform causal
+head on the same tokens (``chance_scores``: previous-token 0.074, induction 0.027, prefix
+matching 0.028 here). A head is listed when its score is >= ``threshold`` = 0.1 and its lift
+>= ``min_lift`` = 5: a tenth of its attention on the pattern, five times what chance puts there.
+The lift is there because an absolute share misleads on this probe: a perfect induction head
+scores only about 0.5 on induction (the first copy's rows have no induction key).
 Outputs: ``head_detection.json`` and one heatmap per model and score.
 
 Command:   python -m momentum_jax.experiments.head_detection
@@ -19,16 +24,19 @@ Hardware:  CPU (2 cores), float32.
 Runtime:   3.9 min training both models from scratch (2-core CPU, partly shared with a test
            run); seconds when loading a single_layer_induction run. --quick: about 15 s.
 
-RESULT (default config, seed 0; held-out accuracies equal single_layer_induction's):
-  softmax_2L (100.0 %): layer 0 has previous-token heads, L0H3 0.82 and L0H0 0.48 (the other two
-    0.005 / 0.018); every layer-1 head is an induction head: induction 0.544-0.554, prefix
-    matching 0.812-0.826 (layer 0: induction <= 0.018, prefix matching 0.000). The two-layer
-    circuit, as expected.
-  momentum_1L_g0.5 (97.2 %): all four layer-0 heads put induction-stripe attention well above
-    chance (induction 0.185-0.199, prefix matching 0.251-0.275, against about 0.03 for a head
-    attending uniformly to its causal prefix), previous-token 0.09-0.10, but none reaches the 0.3
-    threshold: the shear's cross terms spread each head's attention over the matching key and
-    its neighbours instead of one sharp stripe (spectral_forensics' stripe score: 0.26).
+RESULT (default config, seed 0; held-out accuracies equal single_layer_induction's), score (lift):
+  softmax_2L (100.0 %): previous-token heads in layer 0, L0H3 0.82 (11.2×) and L0H0 0.48 (6.5×),
+    the other two 0.005 / 0.018 (< 0.3×); every layer-1 head is an induction head: induction
+    0.544-0.554 (20.3-20.7×), prefix matching 0.812-0.826 (28.5-29.0×); layer 0's induction
+    scores stay <= 0.018 (<= 0.7×). The two-layer circuit.
+  momentum_1L_g0.5 (97.2 %): all four layer-0 heads are induction heads: induction 0.185-0.199
+    (6.9-7.4×), prefix matching 0.251-0.275 (8.8-9.7×); previous-token 0.09-0.10 (1.2-1.4×), so
+    no previous-token head: the shear does the previous-token step inside the logits. The heads
+    are softer than softmax_2L's: a quarter of each second-copy row on the induction key, 0.06-0.08
+    on the key two before it, the rest spread over keys 6-12 back.
+  Every detected head has lift >= 6.5 and every other score lift <= 1.4, so any min_lift in
+  (1.4, 6.5) with any threshold up to 0.18 gives the same heads. With an absolute threshold of 0.3
+  alone the momentum heads would not be listed.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ class ExperimentConfig:
     repeat_len: length of the random sequence that the probe repeats twice.
     probe_batch: probe sequences.
     threshold: smallest score for a head to be listed.
+    min_lift: smallest score over the uniform head's score (chance) for a head to be listed.
     seed: probe seed.
   """
   task: InductionTask
@@ -61,7 +70,8 @@ class ExperimentConfig:
   models: tuple[tuple[str, TransformerConfig], ...]
   repeat_len: int
   probe_batch: int
-  threshold: float = 0.3
+  threshold: float = 0.1
+  min_lift: float = 5.0
   seed: int = 1
 
 

@@ -6,9 +6,9 @@ q/k), not models, so it works on attention maps from any source.
 """
 
 from momentum_jax.analysis.head_scores import (
-    HeadScore, detect_heads, duplicate_token_pattern, duplicate_token_score, induction_pattern,
-    induction_score, pattern_score, prefix_matching_score, previous_token_pattern,
-    previous_token_score,
+    HeadScore, chance_scores, detect_heads, duplicate_token_pattern, duplicate_token_score,
+    induction_pattern, induction_score, pattern_score, prefix_matching_score,
+    previous_token_pattern, previous_token_score, score_heads, uniform_weights,
 )
 from momentum_jax.analysis.interventions import (
     act_calibrate, act_sink_columns, debias_scores, fit_recency_trend, replace_token_columns,

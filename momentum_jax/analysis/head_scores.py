@@ -20,6 +20,13 @@ induction stripe over the second copy,
 
     prefix(A) = (1/L) Σ_{t = o+L}^{o+2L−1} A[t, t − L + 1].
 
+What a score means depends on the sequence: on repeated random tokens a perfect induction head
+scores only about ½ (rows of the first copy have no induction key), and a head that spreads its
+attention evenly over the visible keys scores about 1/T on every kind. ``chance_scores`` gives
+that null, the scores of the uniform head U[t,s] = 1/|visible(t)| on the same tokens, and
+``detect_heads`` reports each head's lift = score / chance beside its score, so that a criterion
+can ask for attention well above chance, not only above a fixed share.
+
 References: Elhage et al., "A Mathematical Framework for Transformer Circuits" (2021); Olsson et
 al., "In-context Learning and Induction Heads", arXiv 2209.11895; TransformerLens head detector.
 """
@@ -152,12 +159,58 @@ def prefix_matching_score(
 
 class HeadScore(NamedTuple):
   """One detected head: ``kind`` is previous_token, duplicate_token, induction or
-  prefix_matching; ``score`` is averaged over the batch."""
+  prefix_matching; ``score`` is averaged over the batch and ``lift`` is that score over the
+  uniform head's (:func:`chance_scores`, also batch-averaged)."""
 
   layer: int
   head: int
   kind: str
   score: float
+  lift: float
+
+
+def uniform_weights(batch: int, seq_len: int, *, causal: bool = True) -> jax.Array:
+  """The uniform head ``[B, 1, T, T]``: 1/(t+1) on keys s <= t when ``causal``, else 1/T."""
+  visible_TxT = jnp.tri(seq_len, dtype=jnp.float32) if causal else jnp.ones((seq_len, seq_len))
+  rows_TxT = visible_TxT / jnp.sum(visible_TxT, axis=-1, keepdims=True)
+  return jnp.broadcast_to(rows_TxT, (batch, 1, seq_len, seq_len))
+
+
+def score_heads(
+    weights_BxNxTxS: jax.Array,
+    tokens_BxT: jax.Array,
+    *,
+    repeat_len: int | None = None,
+    offset: int = 0,
+) -> dict[str, jax.Array]:
+  """Every score of one layer's heads: ``{kind: [B, N]}`` for previous_token, duplicate_token,
+  induction and, with ``repeat_len``, prefix_matching (see :func:`prefix_matching_score`)."""
+  check_weights("weights", weights_BxNxTxS, square=True)
+  scores = {
+      "previous_token": previous_token_score(weights_BxNxTxS),
+      "duplicate_token": duplicate_token_score(weights_BxNxTxS, tokens_BxT),
+      "induction": induction_score(weights_BxNxTxS, tokens_BxT),
+  }
+  if repeat_len is not None:
+    scores["prefix_matching"] = prefix_matching_score(weights_BxNxTxS, repeat_len, offset=offset)
+  return scores
+
+
+def chance_scores(
+    tokens_BxT: jax.Array,
+    *,
+    repeat_len: int | None = None,
+    offset: int = 0,
+    causal: bool = True,
+) -> dict[str, jax.Array]:
+  """The scores of the uniform head on ``tokens_BxT``: ``{kind: [B]}``, the null a head's score
+  is compared with. Causal: previous-token (1/(T−1)) Σ_{t>=1} 1/(t+1) ≈ ln(T)/T, and induction
+  Σ_t |induction keys of t|/(t+1) / T."""
+  check_rank("tokens", tokens_BxT, 2, "[batch, pos]")
+  batch, seq = np.shape(tokens_BxT)
+  scores = score_heads(uniform_weights(batch, seq, causal=causal), tokens_BxT,
+                       repeat_len=repeat_len, offset=offset)
+  return {kind: score_Bx1[:, 0] for kind, score_Bx1 in scores.items()}
 
 
 def _layer_patterns(patterns: Mapping) -> dict[int, jax.Array]:
@@ -179,36 +232,42 @@ def detect_heads(
     tokens_BxT: jax.Array,
     threshold: float,
     *,
+    min_lift: float = 0.0,
     repeat_len: int | None = None,
     offset: int = 0,
+    causal: bool = True,
 ) -> list[HeadScore]:
-  """Every (layer, head, kind) whose batch-mean score is >= ``threshold``, best first.
+  """Every (layer, head, kind) whose batch-mean score is >= ``threshold`` and >= ``min_lift``
+  times the uniform head's, best first.
 
   Args:
     patterns: a ``run_with_cache`` dict (entries ``blocks.{l}.attn.hook_pattern``, other names
       are ignored) or a dict ``{layer: weights_BxNxTxT}``.
     tokens_BxT: the tokens the patterns were computed on.
     threshold: smallest score reported.
+    min_lift: smallest lift (score over the uniform head's score on the same tokens) reported;
+      0 reports on ``threshold`` alone.
     repeat_len: when the tokens are a random sequence of this length repeated twice (after
       ``offset`` prefix tokens), also score prefix matching.
     offset: prefix tokens before the first copy.
+    causal: whether the uniform head sees only keys s <= t (the models of this library) or all.
 
   Returns:
     ``HeadScore`` tuples sorted by decreasing score.
   """
   found = []
+  chance = {kind: float(jnp.mean(score_B)) for kind, score_B in
+            chance_scores(tokens_BxT, repeat_len=repeat_len, offset=offset,
+                          causal=causal).items()}
   for layer, weights_BxNxTxS in _layer_patterns(patterns).items():
     check_weights(f"patterns[{layer}]", weights_BxNxTxS, square=True)
-    scores = {
-        "previous_token": previous_token_score(weights_BxNxTxS),
-        "duplicate_token": duplicate_token_score(weights_BxNxTxS, tokens_BxT),
-        "induction": induction_score(weights_BxNxTxS, tokens_BxT),
-    }
-    if repeat_len is not None:
-      scores["prefix_matching"] = prefix_matching_score(weights_BxNxTxS, repeat_len,
-                                                        offset=offset)
+    scores = score_heads(weights_BxNxTxS, tokens_BxT, repeat_len=repeat_len, offset=offset)
     for kind, score_BxN in scores.items():
       for head, score in enumerate(np.asarray(jnp.mean(score_BxN, axis=0))):
-        if score >= threshold:
-          found.append(HeadScore(layer, head, kind, float(score)))
+        if chance[kind] > 0:
+          lift = float(score) / chance[kind]
+        else:  # no visible pattern entry: a uniform head scores 0
+          lift = float("inf") if score > 0 else 0.0
+        if score >= threshold and lift >= min_lift:
+          found.append(HeadScore(layer, head, kind, float(score), lift))
   return sorted(found, key=lambda hit: -hit.score)

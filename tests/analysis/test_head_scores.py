@@ -94,8 +94,47 @@ def test_hand_built_maps():
 
   found = hs.detect_heads({0: jnp.asarray(np.concatenate([previous, induction], axis=1))},
                           tokens, 0.9, repeat_len=3)
-  assert found == [hs.HeadScore(0, 0, "previous_token", 1.0),
-                   hs.HeadScore(0, 1, "prefix_matching", 1.0)]
+  assert [hit[:4] for hit in found] == [(0, 0, "previous_token", 1.0),
+                                        (0, 1, "prefix_matching", 1.0)]
+  chance = hs.chance_scores(tokens, repeat_len=3)
+  np.testing.assert_allclose([hit.lift for hit in found],
+                             [1 / chance["previous_token"][0], 1 / chance["prefix_matching"][0]],
+                             rtol=1e-6)
+
+
+def test_chance_scores_are_the_uniform_heads():
+  seq = 6
+  tokens = jnp.asarray([[3, 1, 2, 3, 1, 2]])
+  chance = hs.chance_scores(tokens, repeat_len=3)
+  np.testing.assert_allclose(chance["previous_token"], [np.mean(1 / np.arange(2, seq + 1))],
+                             rtol=1e-6)
+  # Induction keys: row 3 -> key 1, row 4 -> key 2, row 5 -> key 3; uniform rows weigh 1/(t+1).
+  np.testing.assert_allclose(chance["induction"], [(1 / 4 + 1 / 5 + 1 / 6) / seq], rtol=1e-6)
+  np.testing.assert_allclose(chance["prefix_matching"], [(1 / 4 + 1 / 5 + 1 / 6) / 3], rtol=1e-6)
+  bidirectional = hs.chance_scores(tokens, causal=False)
+  np.testing.assert_allclose(bidirectional["previous_token"], [1 / seq], rtol=1e-6)
+  # The uniform head itself has lift 1 on every kind with a non-zero null.
+  uniform = hs.uniform_weights(1, seq)
+  found = hs.detect_heads({0: uniform}, tokens, 0.0, repeat_len=3)
+  assert {hit.kind for hit in found} == {"previous_token", "duplicate_token", "induction",
+                                         "prefix_matching"}
+  np.testing.assert_allclose([hit.lift for hit in found], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(hs.chance_scores, static_argnames="repeat_len")(
+      tokens, repeat_len=3)["induction"], chance["induction"], rtol=1e-6)
+
+
+def test_min_lift_drops_heads_that_score_by_chance():
+  """On T = 4 the uniform head scores 0.36 on previous-token: over a 0.3 threshold, at lift 1."""
+  seq = 4
+  tokens = jnp.asarray([[0, 1, 2, 3]])
+  previous = one_hot_rows(seq, lambda t: max(t - 1, 0))
+  patterns = {0: jnp.concatenate([jnp.asarray(previous), hs.uniform_weights(1, seq)], axis=1)}
+  by_score = hs.detect_heads(patterns, tokens, 0.3)
+  assert [(hit.head, hit.kind) for hit in by_score] == [(0, "previous_token"),
+                                                        (1, "previous_token")]
+  by_lift = hs.detect_heads(patterns, tokens, 0.3, min_lift=2.0)
+  assert [(hit.head, hit.kind) for hit in by_lift] == [(0, "previous_token")]
+  np.testing.assert_allclose(by_lift[0].lift, 1 / np.mean([1 / 2, 1 / 3, 1 / 4]), rtol=1e-6)
 
 
 def test_prefix_matching_with_bos_offset():

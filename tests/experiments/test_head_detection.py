@@ -48,4 +48,9 @@ def test_quick_run_writes_json_and_heatmaps(tmp_path, capsys):
     scores = np.asarray(result["scores"]["induction"])
     assert scores.shape[0] == (2 if name == "softmax_2L" else 1)
     assert np.all((scores >= 0) & (scores <= 1))
+  assert set(saved["chance"]) == {"previous_token", "duplicate_token", "induction",
+                                  "prefix_matching"}
+  for result in saved["results"].values():
+    for hit in result["detected"]:
+      assert hit["score"] >= saved["threshold"] and hit["lift"] >= saved["min_lift"]
   assert "detected:" in capsys.readouterr().out

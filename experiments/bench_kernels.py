@@ -12,9 +12,9 @@ Candidates, all bfloat16, causal, layout [B, T, N, H]:
 The batch is B = max(1, --tokens // T), so every T processes about the same number of tokens
 (defaults: B = 16 at T = 1024 down to B = 1 at T = 16384; N = 16 heads of H = 128).
 
-Method: each candidate is jitted and compiled first; a candidate that fails to compile on this
-backend (cuDNN without a GPU, a kernel without a lowering) is skipped with its error printed.
-Then two warm-up calls each, and the median of --repeats calls, each blocked until ready, the
+Method: each candidate is jitted, compiled and called once first; a candidate that fails to
+compile on this backend (cuDNN without a GPU, a kernel without a lowering) or to run (out of
+memory) is skipped from then on with its error printed. Then two warm-up calls each, and the median of --repeats calls, each blocked until ready, the
 candidates interleaved call by call so that background load falls on all alike
 (``experiments/timing.py``). Forward + backward is one jitted gradient of Σ out ⊙ cotangent
 w.r.t. q, k and v.
@@ -95,7 +95,8 @@ def compile_step(name: str, mode: str, gamma: float, args: tuple[jax.Array, ...]
 def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, repeats: int,
           skipped: dict[str, str]) -> dict[str, dict]:
   """Median seconds, TFLOP/s and the ratios of every candidate not in ``skipped`` at one T, per
-  mode; candidates that fail to compile are added to ``skipped`` with their error."""
+  mode; candidates that fail to compile or to run are added to ``skipped`` (for this and every
+  later T) with their error."""
   args = tuple(x.astype(jnp.bfloat16)
                for x in attention_inputs(seq_len, batch, heads, head_dim, std=0.25))
   result = {}
@@ -105,8 +106,10 @@ def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, rep
       if name in skipped:
         continue
       try:
-        calls[name] = compile_step(name, mode, gamma, args)
-      except Exception as error:  # a backend without this implementation: report and go on
+        call = compile_step(name, mode, gamma, args)
+        jax.block_until_ready(call())  # a failure at run time (out of memory) shows here
+        calls[name] = call
+      except Exception as error:  # no implementation on this backend, or too big: report, go on
         skipped[name] = f"{type(error).__name__}: {(str(error) or '-').splitlines()[0]}"
         print(f"skipped {name}: {skipped[name]}", flush=True)
     seconds = interleaved_medians(calls, repeats, warmup=2)

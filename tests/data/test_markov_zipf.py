@@ -48,9 +48,28 @@ def test_language_copy_span_repeats_an_earlier_span():
   assert not any(_has_repeat(raw, 10) for raw in plain_raw_BxT1)
 
 
+def test_language_with_bos():
+  """BOS (id V − 1) opens every sequence and nowhere else; the rest is the chain over V − 1 ids,
+  the same chain as a V − 1 language without BOS, shifted one place right."""
+  language = MarkovZipfLanguage(vocab_size=17, seq_len=33, copy_len=8, language_seed=3, bos=True)
+  plain = MarkovZipfLanguage(vocab_size=16, seq_len=33, copy_len=8, language_seed=3)
+  assert language.chain_size == 16 and language.transition_logits().shape == (16, 16)
+  np.testing.assert_array_equal(language.transition_logits(), plain.transition_logits())
+  batch = language.sample(jax.random.key(0), 64)
+  chain = plain.sample(jax.random.key(0), 64)
+  assert batch.tokens.shape == batch.targets.shape == (64, 33)
+  assert bool(jnp.all(batch.tokens[:, 0] == 16))
+  assert not bool(jnp.any(batch.tokens[:, 1:] == 16)) and not bool(jnp.any(batch.targets == 16))
+  np.testing.assert_array_equal(batch.tokens[:, 1:], chain.tokens[:, :-1])
+  np.testing.assert_array_equal(batch.targets, chain.tokens)
+  np.testing.assert_allclose(language.entropy_rate(), plain.entropy_rate(), rtol=1e-6)
+
+
 def test_language_rejects_bad_fields():
   with pytest.raises(ValueError, match="vocab_size=1"):
     MarkovZipfLanguage(vocab_size=1)
+  with pytest.raises(ValueError, match="vocab_size=2 and bos=True"):
+    MarkovZipfLanguage(vocab_size=2, bos=True)
   with pytest.raises(ValueError, match="zipf_exponent=0"):
     MarkovZipfLanguage(zipf_exponent=0)
   with pytest.raises(ValueError, match="copy_len=17"):

@@ -9,13 +9,13 @@ row-normalised sigmoid model is our control that isolates the normalisation.
 
 Language (our choice, ``momentum_jax.data.MarkovZipfLanguage``): a first-order Markov chain over
 128 tokens whose rows are Zipf laws (exponent 1.2) over state-specific rankings, fixed by a
-seed; sequences of 64 tokens, no BOS token; in every sequence one span of 16 tokens in the
-second half repeats an earlier span.
+seed; sequences of 64 tokens that open with a BOS token (id 128, nowhere else); in every
+sequence one span of 16 tokens in the second half repeats an earlier span.
 Most next tokens need the current token only, the repeat needs induction: attention has work on
 some queries and none on the others, the regime in which heads learn to "do nothing" when idle.
 
 Models, trained identically (same data order and initialisation seed): 2 layers, d_model 64,
-4 heads, GELU MLP 256, RoPE, pre-norm; Adam 1e-3, batch 32, 1200 steps, seed 0:
+4 heads, GELU MLP 256, RoPE, pre-norm; Adam 1e-3, batch 32, 2000 steps, seed 0:
   softmax              softmax attention;
   sigmoid              sigmoid attention σ(q·k/√H − log T), unnormalised (Ramapuram et al.,
                        arXiv 2409.04431, the registered ``"sigmoid"``);
@@ -29,30 +29,25 @@ held-out sequences every 100 steps (:func:`momentum_jax.analysis.sink_alpha`,
 Command:   python -m momentum_jax.experiments.sink_emergence
            (--quick for a tiny smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores), float32.
-Runtime:   17.6 min wall (5.7 min of CPU time; 2 cores shared with other jobs, load average
-           about 10), 5-6 min per model. --quick: about 30 s of CPU time.
+Runtime:   12.5 min wall on a 2-core CPU (about 4 min per model). --quick: about 30 s.
 
-RESULT (default config, seed 0): no first-token sink in any model, so the softmax-vs-sigmoid
-contrast of the paper is NOT reproduced at this scale and budget; the sigmoid result agrees with
-it, the softmax result does not show the sink it reports.
-  model                held-out loss   Sink_1 (every 100 steps)   α_1 per head after 1200 steps
-                                                                  layer 0 / layer 1
-  softmax                  3.521        0 % at every step          0.03-0.05 / 0.06-0.08
-  sigmoid                  3.489        0 %                        0.016     / 0.003-0.014
-  sigmoid_normalized       3.525        0 %                        0.05      / 0.07-0.08
-  The softmax and normalised-sigmoid values of α_1 are those of near-uniform causal attention
-  (mean over queries of 1/(t+1) is 0.074 at T = 64); the unnormalised sigmoid heads give the
-  first token almost nothing. The loss (3.52; the Markov part alone has entropy rate 3.34 nats,
-  about 2.6 would mean the repeats are copied) shows the models have not learned to copy
-  within 1200 steps: heads have not yet specialised, which the paper names as the condition for
-  the sink ("effective optimisation on sufficient data": 2.5 M tokens here, billions there).
-  The same run on the pure Markov chain (``copy_len=0``): Sink_1 = 0 % throughout for all three
-  models too (losses 3.440 / 3.425 / 3.442, α_1 of the same sizes).
-  Longer, faster training of the softmax model alone (learning rate 3e-3, 3000 steps, the rest
-  as default; measured every 500 steps): layer-1 α_1 grows steadily, head mean 0.07 → 0.10 →
-  0.11 → 0.12 → 0.13 → 0.13 (heads up to 0.16), layer 0 stays at 0.02-0.04, and Sink_1 first
-  leaves 0 at step 3000 (0.8 %), loss 3.441: the start of a first-token sink in the second
-  layer, still far below the paper's levels.
+RESULT (default config, seed 0): the paper's contrast is reproduced. Sink_1 (%) every 100 steps:
+  model                held-out loss   Sink_1, steps 100-2000                   α_1 per head at 2000
+                                                                                layer 0 / layer 1
+  softmax                  3.456       0 ×9, 1, 24, 38, 43, 48, 50 ×6           0.09-0.18 / 0.52-0.55
+  sigmoid                  3.447       0 at every step                          0.02-0.03 / 0.01
+  sigmoid_normalized       3.461       0 ×10, 1, 11, 25, 34, 48, 50 ×5          0.08-0.14 / 0.49-0.53
+  With softmax every layer-1 head of every sequence becomes a sink head (Sink_1 = 50 %: 4 of
+  the 8 layer·heads) from step 1500 on, after a sudden onset between steps 1000 and 1100. The
+  unnormalised sigmoid model, at the same (slightly lower) loss, never puts more than 0.03 of a
+  head's attention on the first token. Dividing the same sigmoid scores by their row sum brings
+  the sink back, 100-200 steps behind softmax: here the sink needs the sum-to-one constraint,
+  not the exponential, as the paper argues.
+  The BOS token matters at this scale. Without it (``bos=False``, first token an ordinary chain
+  token; 1200 steps) Sink_1 stayed 0 % for all three models (softmax α_1 at most 0.08), also on
+  the pure chain (``copy_len=0``) and in longer single-model side runs (3000 steps at learning
+  rate 3e-3: Sink_1 0.8 % at the end; 8000 steps of AdamW, weight decay 0.1: α_1 <= 0.08 in
+  every head).
 """
 
 from __future__ import annotations
@@ -98,14 +93,14 @@ def _model(task: MarkovZipfLanguage, d_model: int, attention: str,
 
 def get_config(quick: bool = False) -> ExperimentConfig:
   """The default configuration, or the tiny ``--quick`` smoke configuration."""
-  task = MarkovZipfLanguage(vocab_size=128, seq_len=64, zipf_exponent=1.2, language_seed=0,
-                            copy_len=16)
+  task = MarkovZipfLanguage(vocab_size=129, seq_len=64, zipf_exponent=1.2, language_seed=0,
+                            copy_len=16, bos=True)
   if quick:
     train = TrainConfig(steps=20, batch_size=8, learning_rate=1e-3, optimizer="adam",
                         eval_every=0, eval_batches=1, checkpoint_every=0, log_every=10, seed=0)
     d_model, measure_every, probe_batch = 16, 10, 4
   else:
-    train = TrainConfig(steps=1200, batch_size=32, learning_rate=1e-3, optimizer="adam",
+    train = TrainConfig(steps=2000, batch_size=32, learning_rate=1e-3, optimizer="adam",
                         eval_every=0, eval_batches=4, checkpoint_every=0, log_every=50, seed=0)
     d_model, measure_every, probe_batch = 64, 100, 64
   models = (("softmax", _model(task, d_model, "softmax")),

@@ -14,8 +14,9 @@ The batch is B = max(1, --tokens // T), so every T processes about the same numb
 
 Method: each candidate is jitted, compiled and called once first; a candidate that fails to
 compile on this backend (cuDNN without a GPU, a kernel without a lowering) or to run (out of
-memory) is skipped from then on with its error printed. Then two warm-up calls each, and the median of --repeats calls, each blocked until ready, the
-candidates interleaved call by call so that background load falls on all alike
+memory) is skipped from then on with its error printed. Then two warm-up calls each, and the
+median of --repeats calls, each blocked until ready, the candidates interleaved call by call so
+that background load falls on all alike
 (``experiments/timing.py``). Forward + backward is one jitted gradient of Σ out ⊙ cotangent
 w.r.t. q, k and v.
 

@@ -67,8 +67,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     num_layers, num_heads = np.shape(r["scores"]["induction"])
     for layer in range(num_layers):
       for head in range(num_heads):
-        cells = [f"{r['scores'][kind][layer][head]:.3f} ({r['scores'][kind][layer][head] / chance[kind]:5.1f})"
-                 for kind in r["scores"]]
+        scores = [(r["scores"][kind][layer][head], chance[kind]) for kind in r["scores"]]
+        cells = [f"{score:.3f} ({score / null:5.1f})" for score, null in scores]
         print(f"{f'{layer}.{head}':<12}" + "".join(f"{cell:>19}" for cell in cells))
     print("detected: " + (", ".join(
         f"L{h['layer']}H{h['head']} {h['kind']} {h['score']:.2f} ({h['lift']:.1f}x)"

@@ -32,11 +32,11 @@ Hardware:  CPU (2 cores), float32.
 Runtime:   12.5 min wall on a 2-core CPU (about 4 min per model). --quick: about 30 s.
 
 RESULT (default config, seed 0): the paper's contrast is reproduced. Sink_1 (%) every 100 steps:
-  model                held-out loss   Sink_1, steps 100-2000                   α_1 per head at 2000
-                                                                                layer 0 / layer 1
-  softmax                  3.456       0 ×9, 1, 24, 38, 43, 48, 50 ×6           0.09-0.18 / 0.52-0.55
-  sigmoid                  3.447       0 at every step                          0.02-0.03 / 0.01
-  sigmoid_normalized       3.461       0 ×10, 1, 11, 25, 34, 48, 50 ×5          0.08-0.14 / 0.49-0.53
+  model               held-out loss  Sink_1, steps 100-2000           α_1 per head at 2000
+                                                                     layer 0 / layer 1
+  softmax                 3.456      0 ×9, 1, 24, 38, 43, 48, 50 ×6   0.09-0.18 / 0.52-0.55
+  sigmoid                 3.447      0 at every step                  0.02-0.03 / 0.01
+  sigmoid_normalized      3.461      0 ×10, 1, 11, 25, 34, 48, 50 ×5  0.08-0.14 / 0.49-0.53
   With softmax every layer-1 head of every sequence becomes a sink head (Sink_1 = 50 %: 4 of
   the 8 layer·heads) from step 1500 on, after a sudden onset between steps 1000 and 1100. The
   unnormalised sigmoid model, at the same (slightly lower) loss, never puts more than 0.03 of a

@@ -171,6 +171,8 @@ class HeadScore(NamedTuple):
 
 def uniform_weights(batch: int, seq_len: int, *, causal: bool = True) -> jax.Array:
   """The uniform head ``[B, 1, T, T]``: 1/(t+1) on keys s <= t when ``causal``, else 1/T."""
+  if batch < 1 or seq_len < 1:
+    raise ValueError(f"need batch >= 1 and seq_len >= 1, got {batch=} and {seq_len=}")
   visible_TxT = jnp.tri(seq_len, dtype=jnp.float32) if causal else jnp.ones((seq_len, seq_len))
   rows_TxT = visible_TxT / jnp.sum(visible_TxT, axis=-1, keepdims=True)
   return jnp.broadcast_to(rows_TxT, (batch, 1, seq_len, seq_len))
@@ -255,6 +257,8 @@ def detect_heads(
   Returns:
     ``HeadScore`` tuples sorted by decreasing score.
   """
+  if not min_lift >= 0:
+    raise ValueError(f"min_lift must be >= 0, got {min_lift=}")
   found = []
   chance = {kind: float(jnp.mean(score_B)) for kind, score_B in
             chance_scores(tokens_BxT, repeat_len=repeat_len, offset=offset,

@@ -197,5 +197,11 @@ def test_validation():
     hs.pattern_score(weights, jnp.ones((4, 5)))
   with pytest.raises(ValueError, match="repeat_len"):
     hs.prefix_matching_score(weights, 3)
+  with pytest.raises(ValueError, match="min_lift=-1"):
+    hs.detect_heads({0: weights}, jnp.zeros((1, 5), jnp.int32), 0.5, min_lift=-1.0)
+  with pytest.raises(ValueError, match="seq_len=0"):
+    hs.uniform_weights(1, 0)
+  with pytest.raises(ValueError, match="tokens"):
+    hs.chance_scores(jnp.zeros((5,), jnp.int32))
   with pytest.raises(ValueError, match="hook_pattern"):
     hs.detect_heads({"blocks.0.hook_resid_post": weights}, jnp.zeros((1, 5), jnp.int32), 0.5)

@@ -11,30 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from attention_testing import FAST_COMPILE, forward_and_grads, jit, rel_err
+
 import momentum_jax.attention as attn
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-jit = functools.partial(jax.jit, compiler_options=FAST_COMPILE)
 jit_static = functools.partial(jax.jit, compiler_options=FAST_COMPILE,
                                static_argnames=("causal", "ratio", "block_size"))
-
-
-def forward_and_grads(model, tokens):
-  """Logits and the gradients of mean(logits²) w.r.t. the model state, one compiled call."""
-  graphdef, state = nnx.split(model)
-
-  def run(state):
-    loss = lambda s: jnp.mean(nnx.merge(graphdef, s)(tokens) ** 2)
-    return nnx.merge(graphdef, state)(tokens), jax.grad(loss)(state)
-
-  return jax.jit(run, compiler_options=FAST_COMPILE)(state)
-
-
-def rel_err(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
 
 
 def make(seq, head_dim, kv_heads, dtype=jnp.float32, seq_k=None, seed=0):

@@ -4,17 +4,32 @@ affine-scaled attention, the flux layer router)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
-from momentum_jax.nn.layer_stats import Dense, DenseStats, value_grad_and_layer_stats
+from momentum_jax.nn.layer_stats import DenseStats, value_grad_and_layer_stats
 from momentum_jax.nn.moh import MoHRouter, load_balance_loss
 from momentum_jax.nn.transformer import Attention, Block, Mlp, Transformer, segment_positions
 
 __all__ = [
-    "Dense", "DenseStats", "value_grad_and_layer_stats",
-    "AffineAlpha", "AlphaEma", "AttentionGate", "FluxRouter", "MoHRouter", "load_balance_loss",
-    "prefix_mean", "sparsity_loss",
-    "Attention", "Block", "Mlp", "NamesFilter", "Recorder", "Transformer", "TransformerConfig",
+    "AffineAlpha",
+    "AlphaEma",
+    "Attention",
+    "AttentionGate",
+    "Block",
+    "Dense",
+    "DenseStats",
+    "FluxRouter",
+    "Mlp",
+    "MoHRouter",
+    "NamesFilter",
+    "Recorder",
+    "Transformer",
+    "TransformerConfig",
+    "load_balance_loss",
+    "prefix_mean",
     "segment_positions",
+    "sparsity_loss",
+    "value_grad_and_layer_stats",
 ]

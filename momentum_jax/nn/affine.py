@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.nn.layer_stats import Dense
+from momentum_jax.nn.dense import Dense
 
 ALPHA_MA_INIT = 0.5
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.nn.layer_stats import Dense
+from momentum_jax.nn.dense import Dense
 
 
 def prefix_mean(x_BxTxD: jax.Array, segment_ids_BxT: jax.Array | None = None) -> jax.Array:

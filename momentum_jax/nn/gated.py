@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from momentum_jax.nn.layer_stats import Dense
+from momentum_jax.nn.dense import Dense
 
 GATE_MODES = ("none", "elementwise", "headwise")
 

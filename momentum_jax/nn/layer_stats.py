@@ -1,7 +1,7 @@
 """Per-layer statistics for rank-1 K-FAC optimizers (MKOR), from one forward/backward pass.
 
-``Dense`` is ``nnx.Linear`` (same parameters, initialisers and outputs) that can report, while
-``value_grad_and_layer_stats`` runs, two vectors per layer:
+``Dense`` (``dense.py``) is ``nnx.Linear`` (same parameters, initialisers and outputs) that can
+report, while ``value_grad_and_layer_stats`` runs, two vectors per layer:
 
 * ``input_mean`` [d_in]: the mean of the layer input x over every leading axis (batch, time);
 * ``output_grad_sum`` [d_out]: Σ_tokens ∂L/∂y, the output gradient summed over every leading axis.
@@ -19,13 +19,14 @@ and the output gradient summed over all of them; a layer the loss never calls re
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from momentum_jax.nn.dense import _ACTIVE_COLLECTOR, Dense
 
 
 class DenseStats(NamedTuple):
@@ -65,24 +66,6 @@ class _Collector:
     }
 
 
-_ACTIVE_COLLECTOR: contextvars.ContextVar[_Collector | None] = contextvars.ContextVar(
-    "momentum_jax_layer_stats_collector", default=None)
-
-
-class Dense(nnx.Linear):
-  """``nnx.Linear`` that reports its input mean and summed output gradient when asked.
-
-  Parameters (``kernel`` [d_in, d_out], optional ``bias`` [d_out]), initialisation and outputs
-  are those of ``nnx.Linear``; only inside ``value_grad_and_layer_stats`` does the forward pass
-  also average the input and add the zero-valued output probe.
-  """
-
-  def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
-    y = super().__call__(inputs, out_sharding=out_sharding)
-    collector = _ACTIVE_COLLECTOR.get()
-    return y if collector is None else collector.observe(self, inputs, y)
-
-
 def _dense_kernels(model: nnx.Module) -> dict[str, Dense]:
   """Every ``Dense`` in ``model``, keyed by the dotted path of its kernel."""
   return {".".join(map(str, (*path, "kernel"))): node
@@ -119,6 +102,8 @@ def value_grad_and_layer_stats(
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
+
+from momentum_jax.nn.dense import _ACTIVE_COLLECTOR, Dense
     >>> from momentum_jax.nn import Dense, value_grad_and_layer_stats
     >>> layer = Dense(3, 2, rngs=nnx.Rngs(0))
     >>> x_BxTxD = jnp.ones((4, 5, 3))

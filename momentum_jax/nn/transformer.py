@@ -24,10 +24,10 @@ from momentum_jax.attention import AttentionDims, apply_rope, get_attention, mom
 from momentum_jax.attention.softmax import repeat_kv
 from momentum_jax.nn.affine import AffineAlpha
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
-from momentum_jax.nn.layer_stats import Dense
 from momentum_jax.nn.moh import MoHRouter
 
 AuxLosses = dict[str, jax.Array]

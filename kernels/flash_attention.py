@@ -75,14 +75,13 @@ import numpy as np
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pallas_triton
 
-from momentum_jax.attention._checks import (
-    check_attention_inputs, check_boundary, check_per_head,
+from momentum_jax.core.block_mask import EMPTY, FULL, BlockMask
+from momentum_jax.core.checks import (
+    check_attention_inputs, check_boundary, check_factors, check_per_head,
 )
-from momentum_jax.attention._mask import previous_step_matrix, visibility_mask
-from momentum_jax.attention.flash_bias import _check_factors
-from momentum_jax.attention.flex import EMPTY, FULL, BlockMask
-from momentum_jax.attention.momentum import momentum_shear
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.core.heads import repeat_kv
+from momentum_jax.core.masks import previous_step_matrix, visibility_mask
+from momentum_jax.core.shear import momentum_shear
 
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 # A q, k, v and output row of every tile stay on chip; FlashAttention-2 stops at 256 as well.
@@ -664,7 +663,7 @@ def _check_flash(q, k, v, *, causal, window, segment_ids, sinks, gamma, boundary
   check_boundary(boundary)
   if gamma is not None:
     check_per_head("gamma", gamma, k.shape[2], unit="kv head", nonnegative=True)
-  _check_factors(q, k, q_bias, k_bias)
+  check_factors(q, k, q_bias, k_bias)
   if sigmoid and sinks is not None:
     raise ValueError(f"sinks are not supported with sigmoid=True, got sinks.shape={sinks.shape}")
   if sigmoid_bias is not None and (not sigmoid or np.shape(sigmoid_bias) != ()):

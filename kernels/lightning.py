@@ -34,8 +34,8 @@ n reads kv head n // (N // K); dK and dV are formed per query head and summed ov
 The kernels are written for Pallas's Triton lowering on the GPU (power-of-two tiles, 2-D matmuls
 of at least 16×16; the tests lower them for CUDA on the CPU); elsewhere they run in interpret mode.
 The layout follows JAX's Pallas attention ops: :class:`BlockSizes`, the kernels, the validated
-custom-VJP wrapper :func:`lightning_attention_kernel`, and the reference
-(:func:`momentum_jax.attention.lightning_attention_reference`, re-exported as ``reference``).
+custom-VJP wrapper :func:`lightning_attention_kernel`. Its reference is
+:func:`momentum_jax.attention.lightning_attention_reference`.
 """
 
 from __future__ import annotations
@@ -50,14 +50,11 @@ import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
-from momentum_jax.attention._checks import check_attention_inputs, is_concrete
-from momentum_jax.attention.lightning import (
-    alibi_slopes, check_lightning, lightning_attention_reference,
-)
-from momentum_jax.attention.linear import segment_runs
-from momentum_jax.kernels.dispatch import default_interpret, triton_compiler_params
+from momentum_jax.core.alibi import alibi_slopes
+from momentum_jax.core.checks import check_attention_inputs, check_lightning, is_concrete
+from momentum_jax.core.masks import segment_runs
+from momentum_jax.kernels.backend import default_interpret, triton_compiler_params
 
-reference = lightning_attention_reference
 
 KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 MIN_BLOCK = 16

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention._checks import check_floating, check_rank4
-from momentum_jax.attention.rope import rope_frequencies
+from momentum_jax.core.checks import check_floating, check_rank4
+from momentum_jax.core.rope import rope_frequencies
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

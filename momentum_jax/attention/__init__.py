@@ -19,48 +19,50 @@ from momentum_jax.attention.deconstructed import (
     deconstructed_taylor_attention_reference, fixed_k_init, fixed_q_init,
 )
 from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
-from momentum_jax.attention.flex import (
-    BlockMask, alibi_score, and_masks, causal_mask, create_block_mask, flex_attention,
-    flex_attention_reference, flex_softmax_attention, flex_softmax_attention_reference, no_mask,
-    segment_mask, sliding_window_mask, softcap_score, streaming_llm_mask,
-)
 from momentum_jax.attention.flash_bias import (
     flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
+from momentum_jax.attention.flex import (
+    alibi_score, and_masks, causal_mask, flex_attention, flex_attention_reference,
+    flex_softmax_attention, flex_softmax_attention_reference, no_mask, segment_mask,
+    sliding_window_mask, softcap_score, streaming_llm_mask,
+)
 from momentum_jax.attention.flow import flow_attention, flow_attention_reference
 from momentum_jax.attention.grat import (
-    block_local_mask, criss_cross_mask, grat_attention, grat_attention_reference,
-    grat_causal_mask, grat_mask, grat_mask_numpy, grat_to_grid, grat_to_groups,
+    block_local_mask, criss_cross_mask, grat_attention, grat_attention_reference, grat_causal_mask,
+    grat_mask, grat_mask_numpy, grat_to_grid, grat_to_groups,
 )
 from momentum_jax.attention.kv_shift import (
     kv_shift_attention, kv_shift_attention_reference, kv_shift_identity_init,
 )
 from momentum_jax.attention.learned_params import (
-    alibi_decay_init, flash_bias_k_init, flash_bias_q_init, zero_agent_bias,
+    alibi_decay_init, flash_bias_k_init, flash_bias_q_init, key_columns_at_positions,
+    rows_at_positions, zero_agent_bias,
 )
-from momentum_jax.attention.lightning import (
-    alibi_slopes, lightning_attention, lightning_attention_reference,
-)
+from momentum_jax.attention.lightning import lightning_attention, lightning_attention_reference
 from momentum_jax.attention.linear import linear_attention, linear_attention_reference
 from momentum_jax.attention.mega_ema import (
     mega_ema_attention, mega_ema_attention_reference, mega_ema_delta_init, mega_ema_gamma_init,
 )
 from momentum_jax.attention.momentum import (
-    momentum_attention, momentum_attention_reference, momentum_shear, momentum_shear_reference,
+    momentum_attention, momentum_attention_reference, momentum_prepare,
 )
 from momentum_jax.attention.radial import (
-    radial_attention, radial_attention_reference, radial_block_mask, radial_mask,
-    radial_mask_numpy,
+    radial_attention, radial_attention_reference, radial_block_mask, radial_mask, radial_mask_numpy,
 )
 from momentum_jax.attention.registry import (
-    AttentionDims, AttentionVariant, available_attention, get_attention, register_attention,
+    AttentionDims, AttentionVariant, LearnedLayout, Prepared, available_attention, get_attention,
+    register_attention,
 )
-from momentum_jax.attention.rope import apply_rope, rope_frequencies
 from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
 from momentum_jax.attention.sla import (
     sla_attention, sla_attention_reference, sla_block_selection, sla_proj_zero_init,
 )
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.alibi import alibi_slopes
+from momentum_jax.core.block_mask import BlockMask, create_block_mask
+from momentum_jax.core.rope import apply_rope, rope_frequencies
+from momentum_jax.core.shear import momentum_shear, momentum_shear_reference
 
 register_attention("softmax", AttentionVariant(softmax_attention, softmax_attention_reference))
 register_attention(
@@ -69,6 +71,8 @@ register_attention(
         functools.partial(momentum_attention, rope=False),
         functools.partial(momentum_attention_reference, rope=False),
         params=("gamma", "boundary"),
+        prepare=momentum_prepare,
+        prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
     ),
 )
 register_attention(
@@ -88,12 +92,12 @@ register_attention(
 register_attention(
     "deconstructed_taylor",
     AttentionVariant(deconstructed_taylor_attention, deconstructed_taylor_attention_reference,
-                     params=("block_size",)),
+                     params=("block_size",), masking="causal"),
 )
 register_attention(
     "deconstructed_self_gated",
     AttentionVariant(deconstructed_self_gated_attention,
-                     deconstructed_self_gated_attention_reference),
+                     deconstructed_self_gated_attention_reference, masking="causal"),
 )
 register_attention(
     "deconstructed_fixed_qk",
@@ -102,11 +106,13 @@ register_attention(
         params=("fixed_q", "fixed_k"),
         # Learned position-indexed queries / keys ~ N(0, 1), [context_len, N or K, H].
         learned={"fixed_q": fixed_q_init, "fixed_k": fixed_k_init},
+        masking="causal",
     ),
 )
 register_attention(
     "ema_value",
-    AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",)),
+    AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",),
+                     masking="causal"),
 )
 register_attention(
     "ema_value_learned",
@@ -114,6 +120,7 @@ register_attention(
         mega_ema_attention, mega_ema_attention_reference, params=("delta", "gamma"),
         # Mega's initialisation (arXiv 2209.10655): δ ~ N(0, 0.2²), γ ~ N(0, 1), 8 components.
         learned={"delta": mega_ema_delta_init, "gamma": mega_ema_gamma_init},
+        masking="causal",
     ),
 )
 register_attention(
@@ -123,8 +130,12 @@ register_attention(
 )
 register_attention(
     "lightning",
-    AttentionVariant(lightning_attention, lightning_attention_reference,
-                     params=("decay", "block_size"), learned={"decay": alibi_decay_init}),
+    AttentionVariant(
+        lightning_attention, lightning_attention_reference, params=("decay", "block_size"),
+        # The decay rate stays positive (λ = exp(−decay) in (0, 1)): stored as its logarithm.
+        learned={"decay": alibi_decay_init}, layouts={"decay": LearnedLayout(positive=True)},
+        masking="causal",
+    ),
 )
 register_attention(
     "sla",
@@ -141,9 +152,12 @@ register_attention(
 )
 register_attention(
     "flash_bias",
-    AttentionVariant(flash_bias_attention, flash_bias_attention_reference,
-                     params=("q_bias", "k_bias"),
-                     learned={"q_bias": flash_bias_q_init, "k_bias": flash_bias_k_init}),
+    AttentionVariant(
+        flash_bias_attention, flash_bias_attention_reference, params=("q_bias", "k_bias"),
+        learned={"q_bias": flash_bias_q_init, "k_bias": flash_bias_k_init},
+        layouts={"q_bias": LearnedLayout(at_positions=rows_at_positions),
+                 "k_bias": LearnedLayout(at_positions=rows_at_positions)},
+    ),
 )
 register_attention(
     "flow",
@@ -151,14 +165,17 @@ register_attention(
 )
 register_attention(
     "agent",
-    AttentionVariant(agent_attention, agent_attention_reference,
-                     params=("num_agents", "agent_bias", "query_bias"),
-                     learned={"agent_bias": zero_agent_bias}),
+    AttentionVariant(
+        agent_attention, agent_attention_reference,
+        params=("num_agents", "agent_bias", "query_bias"), learned={"agent_bias": zero_agent_bias},
+        layouts={"agent_bias": LearnedLayout(at_positions=key_columns_at_positions)},
+        masking="bidirectional",
+    ),
 )
 register_attention(
     "affine",
     AttentionVariant(affine_attention, affine_attention_reference,
-                     params=("alpha_BxTxN", "alpha_ma")),
+                     params=("alpha_BxTxN", "alpha_ma"), token_params="affine"),
 )
 register_attention(
     "flex",
@@ -180,10 +197,13 @@ __all__ = [
     "AttentionDims",
     "AttentionVariant",
     "BlockMask",
+    "LearnedLayout",
+    "Prepared",
     "affine_attention",
     "affine_attention_reference",
     "agent_attention",
     "agent_attention_reference",
+    "alibi_decay_init",
     "alibi_score",
     "alibi_slopes",
     "and_masks",
@@ -204,12 +224,14 @@ __all__ = [
     "ema_value_attention_reference",
     "fixed_k_init",
     "fixed_q_init",
+    "flash_bias_attention",
+    "flash_bias_attention_reference",
+    "flash_bias_k_init",
+    "flash_bias_q_init",
     "flex_attention",
     "flex_attention_reference",
     "flex_softmax_attention",
     "flex_softmax_attention_reference",
-    "flash_bias_attention",
-    "flash_bias_attention_reference",
     "flow_attention",
     "flow_attention_reference",
     "get_attention",
@@ -220,6 +242,7 @@ __all__ = [
     "grat_mask_numpy",
     "grat_to_grid",
     "grat_to_groups",
+    "key_columns_at_positions",
     "kv_shift_attention",
     "kv_shift_attention_reference",
     "kv_shift_identity_init",
@@ -234,17 +257,19 @@ __all__ = [
     "mega_ema_gamma_init",
     "momentum_attention",
     "momentum_attention_reference",
+    "momentum_prepare",
     "momentum_shear",
     "momentum_shear_reference",
+    "no_mask",
     "pooling_matrix",
     "radial_attention",
     "radial_attention_reference",
     "radial_block_mask",
     "radial_mask",
     "radial_mask_numpy",
-    "no_mask",
     "register_attention",
     "rope_frequencies",
+    "rows_at_positions",
     "segment_mask",
     "sigmoid_attention",
     "sigmoid_attention_reference",
@@ -257,4 +282,5 @@ __all__ = [
     "softmax_attention",
     "softmax_attention_reference",
     "streaming_llm_mask",
+    "zero_agent_bias",
 ]

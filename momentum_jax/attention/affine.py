@@ -24,12 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, check_floating
-from momentum_jax.attention._mask import segment_starts, visibility_mask
-from momentum_jax.attention.linear import compute_dtype
-from momentum_jax.attention.softmax import (
-    repeat_kv, softmax_attention, softmax_attention_reference,
-)
+from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.checks import check_attention_inputs, check_floating
+from momentum_jax.core.heads import compute_dtype, repeat_kv
+from momentum_jax.core.masks import segment_starts, visibility_mask
 
 
 def _check_alpha(q: jax.Array, alpha_BxTxN: jax.Array | float, alpha_ma: jax.Array | float

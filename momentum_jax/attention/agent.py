@@ -19,9 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, check_floating
-from momentum_jax.attention.linear import check_unsupported
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.core.checks import check_attention_inputs, check_floating, check_unsupported
+from momentum_jax.core.heads import repeat_kv
 
 
 def _check_agent(

@@ -47,12 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention.linear import check_block_size, check_unsupported, compute_dtype
 from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.attention.softmax import (
-    repeat_kv, softmax_attention, softmax_attention_reference,
-)
+from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.checks import check_attention_inputs, check_block_size, check_unsupported
+from momentum_jax.core.heads import compute_dtype, repeat_kv
 
 _HI = jax.lax.Precision.HIGHEST
 

@@ -18,11 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, is_concrete
-from momentum_jax.attention._mask import previous_step, segment_starts, visibility_mask
-from momentum_jax.attention.softmax import (
-    repeat_kv, softmax_attention, softmax_attention_reference,
-)
+from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.checks import check_attention_inputs, is_concrete
+from momentum_jax.core.heads import repeat_kv
+from momentum_jax.core.masks import previous_step, segment_starts, visibility_mask
 
 
 def _check_ema(q: jax.Array, k: jax.Array, eta: float | jax.Array, causal: bool) -> None:
@@ -141,4 +140,3 @@ def ema_value_attention_reference(
   if return_weights:
     return out_BxTxNxH, result[1], result[2]
   return out_BxTxNxH
-

@@ -17,37 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, check_floating
-from momentum_jax.attention.softmax import (
-    repeat_kv, softmax_attention, softmax_attention_reference,
-)
-
-
-def _check_factors(
-    q: jax.Array, k: jax.Array, q_bias: jax.Array | None, k_bias: jax.Array | None
-) -> None:
-  if (q_bias is None) != (k_bias is None):
-    raise ValueError(
-        f"q_bias and k_bias must be given together, got q_bias.shape={np.shape(q_bias)} "
-        f"and k_bias.shape={np.shape(k_bias)}"
-    )
-  if q_bias is None:
-    return
-  check_floating("q_bias", q_bias)
-  check_floating("k_bias", k_bias)
-  batch, seq_q, heads, _ = q.shape
-  seq_k, kv_heads = k.shape[1:3]
-  if q_bias.ndim != 4 or q_bias.shape[:3] != (batch, seq_q, heads):
-    raise ValueError(
-        f"q_bias must have shape [B, T, N, R] = {(batch, seq_q, heads)} + (R,), "
-        f"got q_bias.shape={q_bias.shape} and q.shape={q.shape}"
-    )
-  if (k_bias.ndim != 4 or k_bias.shape[:2] != (batch, seq_k)
-      or k_bias.shape[2] not in (kv_heads, heads) or k_bias.shape[3] != q_bias.shape[3]):
-    raise ValueError(
-        f"k_bias must have shape [B, S, K or N, R] with S={seq_k}, K={kv_heads}, N={heads} and "
-        f"R={q_bias.shape[3]} from q_bias, got k_bias.shape={k_bias.shape} and k.shape={k.shape}"
-    )
+from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.checks import check_attention_inputs, check_factors, check_floating
+from momentum_jax.core.heads import repeat_kv
 
 
 def flash_bias_attention(
@@ -87,7 +59,7 @@ def flash_bias_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  _check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
+  check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
   head_dim = q_BxTxNxH.shape[3]
   scale = head_dim**-0.5 if scale is None else scale
   kwargs = dict(causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks)
@@ -128,7 +100,7 @@ def flash_bias_attention_reference(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  _check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
+  check_factors(q_BxTxNxH, k_BxSxKxH, q_bias, k_bias)
   if q_bias is not None:
     heads = q_BxTxNxH.shape[2]
     k_bias_BxSxNxR = repeat_kv(k_bias.astype(jnp.float32), heads)

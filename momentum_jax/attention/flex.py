@@ -26,139 +26,20 @@ inputs), the output in q's dtype.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, is_concrete
-from momentum_jax.attention.softmax import repeat_kv
-
-ScoreMod = Callable[[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-MaskMod = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
-
-EMPTY, PARTIAL, FULL = 0, 1, 2
-
-# create_block_mask evaluates mask_mod on the whole grid at once up to this many entries, and one
-# query block at a time beyond.
-_DENSE_BUILD = 2**24
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class BlockMask:
-  """Tile classification of a mask_mod on the T×S grid, per (b or 1, n or 1).
-
-  Attributes:
-    kind_BxNxQxK: int8 ``[B or 1, N or 1, ⌈T/block_q⌉, ⌈S/block_k⌉]``: EMPTY, PARTIAL or FULL.
-    kv_index_BxNxQxM: int32, per query block the non-empty key blocks in increasing order, padded
-      with 0 up to M, the largest count (all key blocks when built under a trace).
-    kv_count_BxNxQ: int32 number of non-empty key blocks per query block.
-    mask_mod: the mask it classifies (static).
-    seq_q, seq_k, block_q, block_k: T, S and the tile size (static).
-  """
-
-  kind_BxNxQxK: jax.Array
-  kv_index_BxNxQxM: jax.Array
-  kv_count_BxNxQ: jax.Array
-  mask_mod: MaskMod = dataclasses.field(metadata={"static": True})
-  seq_q: int = dataclasses.field(metadata={"static": True})
-  seq_k: int = dataclasses.field(metadata={"static": True})
-  block_q: int = dataclasses.field(metadata={"static": True})
-  block_k: int = dataclasses.field(metadata={"static": True})
-
-  @property
-  def shape(self) -> tuple[int, int, int, int]:
-    """``(B or 1, N or 1, T, S)``."""
-    return (*self.kind_BxNxQxK.shape[:2], self.seq_q, self.seq_k)
-
-
-def _check_block(name: str, value: object) -> None:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
-
-
-def _check_size(name: str, value: object) -> None:
-  if value is not None and (
-      isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-    raise ValueError(f"{name} must be a positive int or None, got {name}={value!r}")
-
-
-def _index_grid(batch: int, heads: int) -> tuple[jax.Array, jax.Array]:
-  """b ``[B, 1, 1, 1]`` and n ``[1, N, 1, 1]`` index arrays."""
-  return (jnp.arange(batch, dtype=jnp.int32)[:, None, None, None],
-          jnp.arange(heads, dtype=jnp.int32)[None, :, None, None])
-
-
-def create_block_mask(
-    mask_mod: MaskMod,
-    B: int | None,
-    N: int | None,
-    T: int,
-    S: int,
-    block_q: int = 128,
-    block_k: int = 128,
-) -> BlockMask:
-  """Evaluates ``mask_mod`` on the index grid and classifies every tile.
-
-  The grid is evaluated at once when it has at most 2^24 entries, else one query block at a time.
-  A tile is FULL when mask_mod holds on all its entries with t < T and it has no padded key, EMPTY
-  when it holds on no in-range entry, PARTIAL otherwise. ``B`` / ``N`` None means the mask does not
-  depend on b / n (it is evaluated at b = 0 / n = 0 and broadcast). Build it once and pass it to
-  every call. Under a trace whose mask_mod closes over traced values the key-block lists are padded
-  to all key blocks (no skipping); otherwise to the largest non-empty count.
-
-  Returns:
-    A :class:`BlockMask` for T queries and S keys.
-  """
-  for name, value in (("B", B), ("N", N)):
-    _check_size(name, value)
-  for name, value in (("T", T), ("S", S), ("block_q", block_q), ("block_k", block_k)):
-    _check_block(name, value)
-  num_q, num_k = -(-T // block_q), -(-S // block_k)
-
-  def classify(first_q: jax.Array, rows: int) -> jax.Array:
-    """Tile kinds ``[B, N, rows, ⌈S/block_k⌉]`` of ``rows`` query blocks from ``first_q``."""
-    t_1x1xRx1 = (first_q + jnp.arange(rows * block_q, dtype=jnp.int32))[None, None, :, None]
-    shape = (B or 1, N or 1, rows * block_q, num_k * block_k)
-    visible_BxNxRxS = jnp.broadcast_to(mask_mod(b_Bx1x1x1, n_1xNx1x1, t_1x1xRx1, s_1x1x1xS), shape)
-    visible_BxNxRxS &= (t_1x1xRx1 < T) & (s_1x1x1xS < S)
-    tiles = (*shape[:2], rows, block_q, num_k, block_k)
-    any_BxNxRxK = jnp.any(visible_BxNxRxS.reshape(tiles), axis=(3, 5))
-    # Padded query rows are discarded, so they do not stop a tile being full; padded keys do.
-    covered_BxNxRxS = (visible_BxNxRxS | (t_1x1xRx1 >= T)) & (s_1x1x1xS < S)
-    all_BxNxRxK = jnp.all(covered_BxNxRxS.reshape(tiles), axis=(3, 5))
-    return jnp.where(all_BxNxRxK, FULL, jnp.where(any_BxNxRxK, PARTIAL, EMPTY)).astype(jnp.int8)
-
-  # Everything below runs eagerly even under jit (index grids included), so that a mask_mod
-  # closing over no traced value gives concrete tile lists and skipped tiles shorten the scans.
-  with jax.ensure_compile_time_eval():
-    b_Bx1x1x1, n_1xNx1x1 = _index_grid(B or 1, N or 1)
-    s_1x1x1xS = jnp.arange(num_k * block_k, dtype=jnp.int32)[None, None, None, :]
-    if (B or 1) * (N or 1) * num_q * block_q * num_k * block_k <= _DENSE_BUILD:
-      kind_BxNxQxK = classify(jnp.int32(0), num_q)
-    else:
-      first_Q = jnp.arange(num_q, dtype=jnp.int32) * block_q
-      kind_QxBxNx1xK = jax.lax.map(functools.partial(classify, rows=1), first_Q)
-      kind_BxNxQxK = jnp.transpose(kind_QxBxNx1xK[:, :, :, 0], (1, 2, 0, 3))
-    nonempty_BxNxQxK = kind_BxNxQxK != EMPTY
-    kv_count_BxNxQ = jnp.sum(nonempty_BxNxQxK, axis=-1, dtype=jnp.int32)
-    # Non-empty blocks first, each group in increasing order (a stable sort).
-    order_BxNxQxK = jnp.argsort(~nonempty_BxNxQxK, axis=-1, stable=True).astype(jnp.int32)
-    width = int(jnp.max(kv_count_BxNxQ)) if is_concrete(kv_count_BxNxQ) else num_k
-    width = max(width, 1)
-    slot_K = jnp.arange(width)
-    kv_index_BxNxQxM = jnp.where(slot_K < kv_count_BxNxQ[..., None], order_BxNxQxK[..., :width], 0)
-  return BlockMask(kind_BxNxQxK, kv_index_BxNxQxM, kv_count_BxNxQ, mask_mod, T, S, block_q,
-                   block_k)
-
-
-def _compute_dtype(x: jax.Array) -> jnp.dtype:
-  return jnp.float64 if x.dtype == jnp.float64 else jnp.float32
+from momentum_jax.core.block_mask import (
+    EMPTY, FULL, PARTIAL, BlockMask, MaskMod, ScoreMod, create_block_mask, index_grid,
+)
+from momentum_jax.core.checks import (
+    check_attention_inputs, check_positive_int, check_positive_int_or_none,
+)
+from momentum_jax.core.heads import compute_dtype, repeat_kv
 
 
 def _resolve_block_mask(
@@ -168,11 +49,11 @@ def _resolve_block_mask(
   """Validates the mask arguments and returns the block mask to use (built if not given)."""
   batch, seq_q, heads, _ = q.shape
   seq_k = k.shape[1]
-  _check_size("block_q", block_q)
-  _check_size("block_k", block_k)
+  check_positive_int_or_none("block_q", block_q)
+  check_positive_int_or_none("block_k", block_k)
   if block_mask is None:
     mod = no_mask if mask_mod is None else mask_mod
-    b_Bx1x1x1, n_1xNx1x1 = _index_grid(batch, heads)
+    b_Bx1x1x1, n_1xNx1x1 = index_grid(batch, heads)
     t_1x1xTx1 = jnp.zeros((1, 1, seq_q, 1), jnp.int32)
     s_1x1x1xS = jnp.zeros((1, 1, 1, seq_k), jnp.int32)
     out = jax.eval_shape(mod, b_Bx1x1x1, n_1xNx1x1, t_1x1xTx1, s_1x1x1xS)
@@ -217,7 +98,7 @@ def _closure_convert_score(
   that the custom VJP can return their gradients."""
   if score_mod is None:
     return None, ()
-  b_Bx1x1x1, n_1xNx1x1 = _index_grid(batch, heads)
+  b_Bx1x1x1, n_1xNx1x1 = index_grid(batch, heads)
   example = (jnp.zeros((batch, heads, block_q, block_k), dtype), b_Bx1x1x1, n_1xNx1x1,
              jnp.zeros((1, 1, block_q, 1), jnp.int32),
              jnp.zeros((batch, heads, 1, block_k), jnp.int32))
@@ -241,7 +122,7 @@ def _tile_logits(
   """Logits of one tile after score_mod with invisible entries -inf, the visibility, the raw
   scaled logits and score_mod as a function of (raw logits, consts) for the backward pass."""
   batch, heads, block_q, _ = q_BxNxCxH.shape
-  b_Bx1x1x1, n_1xNx1x1 = _index_grid(batch, heads)
+  b_Bx1x1x1, n_1xNx1x1 = index_grid(batch, heads)
   t_1x1xCx1 = (i * block_q + jnp.arange(block_q, dtype=jnp.int32))[None, None, :, None]
   s_BxNx1xD = (j_BxN * tiles.block_k)[..., None, None] + jnp.arange(tiles.block_k,
                                                                     dtype=jnp.int32)
@@ -462,7 +343,7 @@ def flex_attention(
   bq, bk = mask.block_q, mask.block_k
   num_q, num_k = mask.kind_BxNxQxK.shape[2:]
   width = mask.kv_index_BxNxQxM.shape[-1]
-  dtype = _compute_dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   scale = head_dim**-0.5 if scale is None else scale
   lead = (batch, heads, num_q)
   kind_BxNxQxK = jnp.broadcast_to(mask.kind_BxNxQxK, (*lead, num_k))
@@ -508,21 +389,21 @@ def flex_attention_reference(
   """
   check_attention_inputs(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=False, window=None,
                          segment_ids=None, bias=None, sinks=None)
-  _check_size("block_q", block_q)
-  _check_size("block_k", block_k)
+  check_positive_int_or_none("block_q", block_q)
+  check_positive_int_or_none("block_k", block_k)
   if block_mask is not None:
     mask_mod = _resolve_block_mask(q_BxTxNxH, k_BxSxKxH, mask_mod, block_mask, block_q,
                                    block_k).mask_mod
   batch, seq_q, heads, head_dim = q_BxTxNxH.shape
   seq_k = k_BxSxKxH.shape[1]
   scale = head_dim**-0.5 if scale is None else scale
-  dtype = _compute_dtype(q_BxTxNxH)
+  dtype = compute_dtype(q_BxTxNxH)
   hi = jax.lax.Precision.HIGHEST
   k_BxSxNxH = repeat_kv(k_BxSxKxH.astype(dtype), heads)
   v_BxSxNxH = repeat_kv(v_BxSxKxH.astype(dtype), heads)
   scores_BxNxTxS = scale * jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(dtype), k_BxSxNxH,
                                       precision=hi)
-  b_Bx1x1x1, n_1xNx1x1 = _index_grid(batch, heads)
+  b_Bx1x1x1, n_1xNx1x1 = index_grid(batch, heads)
   t_1x1xTx1 = jnp.arange(seq_q, dtype=jnp.int32)[None, None, :, None]
   s_1x1x1xS = jnp.arange(seq_k, dtype=jnp.int32)[None, None, None, :]
   if score_mod is not None:
@@ -637,7 +518,7 @@ def and_masks(*mask_mods: MaskMod) -> MaskMod:
 
 def sliding_window_mask(window: int) -> MaskMod:
   """Causal window of ``window`` keys: t − window < s ≤ t (``softmax_attention(window=...)``)."""
-  _check_block("window", window)
+  check_positive_int("window", window)
 
   def mask_mod(b, n, t, s):
     del b, n
@@ -663,8 +544,8 @@ def segment_mask(segment_ids: jax.Array) -> MaskMod:
 
 def streaming_llm_mask(n_sink: int, window: int) -> MaskMod:
   """StreamingLLM (Xiao et al., arXiv 2309.17453): (s ≤ t) ∧ (s < n_sink ∨ t − s < window)."""
-  _check_block("n_sink", n_sink)
-  _check_block("window", window)
+  check_positive_int("n_sink", n_sink)
+  check_positive_int("window", window)
 
   def mask_mod(b, n, t, s):
     del b, n

@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, is_concrete
-from momentum_jax.attention.linear import (
-    _causal_sums, check_block_size, check_unsupported, compute_dtype,
+from momentum_jax.attention.linear import _causal_sums
+from momentum_jax.core.checks import (
+    check_attention_inputs, check_block_size, check_unsupported, is_concrete,
 )
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.core.heads import compute_dtype, repeat_kv
 
 
 def _check_flow(

@@ -27,10 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention.flex import (
-    MaskMod, and_masks, create_block_mask, flex_attention, flex_attention_reference,
-)
+from momentum_jax.attention.flex import and_masks, flex_attention, flex_attention_reference
+from momentum_jax.core.block_mask import MaskMod, create_block_mask
+from momentum_jax.core.checks import check_attention_inputs
 
 PATTERNS = ("criss_cross", "block_local")
 

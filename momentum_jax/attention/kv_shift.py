@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention._mask import previous_step, previous_step_matrix
 from momentum_jax.attention.registry import AttentionDims
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.core.checks import check_attention_inputs
+from momentum_jax.core.masks import previous_step, previous_step_matrix
 
 
 def kv_shift_identity_init(dims: AttentionDims, key: jax.Array) -> jax.Array:

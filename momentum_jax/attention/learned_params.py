@@ -12,8 +12,9 @@ their registrations declare in ``AttentionVariant.learned``.
   ``[1, context_len, N, R]`` and ``[1, context_len, K, R]``, R = ``LEARNED_BIAS_RANK``, small
   random init (std ``LEARNED_BIAS_STD``).
 
-Each initialiser returns the keyword argument for a batch of one sequence of ``context_len``
-tokens; the transformer layer gathers the rows of its tokens' positions for other shapes.
+Each per-position initialiser returns the keyword argument for a batch of one sequence of
+``context_len`` tokens; its registration's ``LearnedLayout.at_positions`` (:func:`rows_at_positions`,
+:func:`key_columns_at_positions`) gathers the rows of a batch's token positions.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention.lightning import alibi_slopes
 from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.core.alibi import alibi_slopes
 
 LEARNED_BIAS_RANK = 4
 LEARNED_BIAS_STD = 0.1
@@ -50,3 +51,13 @@ def flash_bias_k_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
   """``[1, context_len, K, R]`` normal(0, ``LEARNED_BIAS_STD``) key-side bias factors."""
   shape = (1, dims.context_len, dims.num_kv_heads, LEARNED_BIAS_RANK)
   return LEARNED_BIAS_STD * jax.random.normal(key, shape, jnp.float32)
+
+
+def rows_at_positions(table_1xCxAxR: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """``[1, C, A, R]`` table (C = context_len) → ``[B, T, A, R]``: row p of each token's position."""
+  return table_1xCxAxR[0][positions_BxT]
+
+
+def key_columns_at_positions(table_1xNx1xC: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """``[1, N, 1, C]`` per-key table → ``[B, N, 1, S]``: column p of each key's position."""
+  return jnp.moveaxis(table_1xNx1xC[0][..., positions_BxT], 2, 0)

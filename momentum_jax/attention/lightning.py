@@ -26,48 +26,17 @@ of equal ids). Causal only: ``causal=False``, ``window``, ``bias`` and ``sinks``
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, check_per_head
-from momentum_jax.attention._mask import visibility_mask
-from momentum_jax.attention.linear import (
-    check_block_size, check_unsupported, compute_dtype, from_blocks, segment_runs, to_blocks,
-)
-from momentum_jax.attention.softmax import repeat_kv
-
-
-def alibi_slopes(heads: int) -> np.ndarray:
-  """ALiBi slopes: 2^(−8i/N), i = 1..N, for N a power of two; otherwise those of the nearest
-  smaller power of two followed by every other slope of the next larger one (Press et al.)."""
-  def power_of_two(n: int) -> list[float]:
-    return [2.0 ** (-8.0 * i / n) for i in range(1, n + 1)]
-
-  below = 2 ** int(math.floor(math.log2(heads)))
-  slopes = power_of_two(below)
-  if below != heads:
-    slopes += power_of_two(2 * below)[0::2][: heads - below]
-  return np.asarray(slopes, np.float32)
-
-
-def check_lightning(
-    q: jax.Array, k: jax.Array, *, causal: bool, decay: object, block_size: int,
-    window: int | None, bias: jax.Array | None, sinks: jax.Array | None,
-) -> None:
-  """Raises ``ValueError`` naming the argument for options lightning attention does not have."""
-  check_unsupported("lightning", window=window, bias=bias, sinks=sinks)
-  if not causal:
-    raise ValueError("lightning attention is causal by definition, got causal=False")
-  if q.shape[1] != k.shape[1]:
-    raise ValueError(
-        f"lightning attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}"
-    )
-  if decay is not None:
-    check_per_head("decay", decay, q.shape[2], nonnegative=True)
-  check_block_size(block_size)
+from momentum_jax.attention.dispatch import wants_kernel
+from momentum_jax.attention.linear import from_blocks, to_blocks
+from momentum_jax.core.alibi import alibi_slopes
+from momentum_jax.core.checks import check_attention_inputs, check_lightning
+from momentum_jax.core.heads import compute_dtype, repeat_kv
+from momentum_jax.core.masks import segment_runs, visibility_mask
+from momentum_jax.kernels import lightning as lightning_kernel
 
 
 def _slopes(decay: jax.Array | float | None, heads: int, dtype: jnp.dtype) -> jax.Array:
@@ -121,25 +90,22 @@ def lightning_attention(
       (:func:`momentum_jax.kernels.lightning.lightning_attention_kernel`, blocks of
       ``block_size``) on the GPU when it supports the inputs and this scan elsewhere; ``"xla"``
       always this scan; ``"pallas"`` always the kernel (interpret mode on the CPU), raising
-      ``ValueError`` for inputs it does not support (see :mod:`momentum_jax.kernels.dispatch`).
+      ``ValueError`` for inputs it does not support (see :mod:`momentum_jax.attention.dispatch`).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
-  # Imported here: the kernels package imports this module.
-  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
   check_lightning(q_BxTxNxH, k_BxTxKxH, causal=causal, decay=decay, block_size=block_size,
                   window=window, bias=bias, sinks=sinks)
-  if dispatch.wants_kernel(implementation, "lightning"):
-    from momentum_jax.kernels import lightning as kernel
-    block_sizes = kernel.BlockSizes(block_size, block_size, block_size)
+  if wants_kernel(implementation, "lightning"):
+    block_sizes = lightning_kernel.BlockSizes(block_size, block_size, block_size)
     if (implementation == "pallas"
-        or kernel.unsupported_reason(q_BxTxNxH, scale=scale, block_sizes=block_sizes) is None):
-      return kernel.lightning_attention_kernel(
+        or lightning_kernel.unsupported_reason(q_BxTxNxH, scale=scale, block_sizes=block_sizes) is None):
+      return lightning_kernel.lightning_attention_kernel(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids, scale=scale, decay=decay,
           block_sizes=block_sizes)
   batch, seq, heads, head_dim = q_BxTxNxH.shape

@@ -26,43 +26,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs, is_concrete
-from momentum_jax.attention._mask import segment_starts, visibility_mask
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.core.checks import (
+    check_attention_inputs, check_block_size, check_unsupported, is_concrete,
+)
+from momentum_jax.core.heads import compute_dtype, repeat_kv
+from momentum_jax.core.masks import segment_runs, visibility_mask
 
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu+1": lambda x: jax.nn.elu(x) + 1.0,
     "relu": jax.nn.relu,
     "softmax": lambda x: jax.nn.softmax(x, axis=-1),
 }
-
-
-def check_unsupported(
-    variant: str,
-    *,
-    window: int | None,
-    bias: jax.Array | None,
-    sinks: jax.Array | None,
-) -> None:
-  """Raises ``ValueError`` naming ``window``, ``bias`` or ``sinks`` when one is given: a kernel
-  form without softmax logits has no place for them."""
-  if window is not None:
-    raise ValueError(f"window is not supported by {variant} attention, got window={window!r}")
-  if bias is not None:
-    raise ValueError(
-        f"bias is not supported by {variant} attention, got bias.shape={np.shape(bias)}"
-    )
-  if sinks is not None:
-    raise ValueError(
-        f"sinks are not supported by {variant} attention, got sinks.shape={np.shape(sinks)}"
-    )
-
-
-def check_block_size(block_size: int) -> None:
-  """Raises ``ValueError`` unless ``block_size`` is a positive int."""
-  if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
-      or block_size < 1):
-    raise ValueError(f"block_size must be a positive int, got block_size={block_size!r}")
 
 
 def _check_linear(
@@ -81,16 +55,6 @@ def _check_linear(
     raise ValueError(
         f"causal linear attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}"
     )
-
-
-def compute_dtype(x: jax.Array) -> jnp.dtype:
-  """Float32, or float64 for float64 inputs (so that x64 tests can check the algebra exactly)."""
-  return jnp.promote_types(x.dtype, jnp.float32)
-
-
-def segment_runs(seq: int, segment_ids: jax.Array | None) -> jax.Array:
-  """Int32 ``[B or 1, T]`` index of the maximal run of equal ids that holds each position."""
-  return jnp.cumsum(segment_starts(seq, segment_ids), axis=1, dtype=jnp.int32)
 
 
 def to_blocks(x_BxTx: jax.Array, block_size: int) -> jax.Array:

@@ -26,71 +26,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention._checks import (
-    check_attention_inputs, check_boundary, check_floating, check_per_head, check_rank4,
-    check_segment_ids,
-)
-from momentum_jax.attention._mask import previous_step, previous_step_matrix
-from momentum_jax.attention.rope import apply_rope
+from momentum_jax.attention.dispatch import softmax_kernel, wants_kernel
+from momentum_jax.attention.registry import Prepared
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
-
-Gamma = float | jax.Array
-
-
-def _check_shear(x: jax.Array, gamma: Gamma, boundary: str, segment_ids: jax.Array | None) -> None:
-  check_rank4("x", x)
-  check_floating("x", x)
-  check_boundary(boundary)
-  check_segment_ids(segment_ids, x)
-  check_per_head("gamma", gamma, x.shape[2], nonnegative=True)
-
-
-def momentum_shear(
-    x_BxTxNxH: jax.Array,
-    gamma: Gamma,
-    *,
-    boundary: str = "zero",
-    segment_ids: jax.Array | None = None,
-) -> jax.Array:
-  """x̂_t = x_t + γ (x_t − x_{t−1}), one fused O(T·H) elementwise pass.
-
-  Args:
-    x_BxTxNxH: queries or keys (after RoPE).
-    gamma: γ >= 0; a float, a scalar array or ``[N]`` (N = x's head axis). Differentiable.
-      Concrete values that are negative or NaN raise ``ValueError``; traced values are unchecked.
-    boundary: ``"zero"`` (x_{−1} = 0, so x̂_0 = (1+γ) x_0) or ``"replicate"`` (x̂_0 = x_0).
-    segment_ids: optional ``[B, T]`` ints; the first token of each segment is treated like t = 0.
-
-  Returns:
-    ``[B, T, N, H]`` in x's dtype (computed in float32).
-  """
-  _check_shear(x_BxTxNxH, gamma, boundary, segment_ids)
-  gamma_N = jnp.asarray(gamma, jnp.float32)
-  gamma_1x1xNx1 = gamma_N[:, None] if gamma_N.ndim else gamma_N
-  x32 = x_BxTxNxH.astype(jnp.float32)
-  prev = previous_step(x32, boundary=boundary, segment_ids=segment_ids)
-  return (x32 + gamma_1x1xNx1 * (x32 - prev)).astype(x_BxTxNxH.dtype)
-
-
-def momentum_shear_reference(
-    x_BxTxNxH: jax.Array,
-    gamma: Gamma,
-    *,
-    boundary: str = "zero",
-    segment_ids: jax.Array | None = None,
-) -> jax.Array:
-  """Float32 reference of :func:`momentum_shear`: x̂ = ((1+γ) I − γ P) x with the explicit T×T
-  previous-step matrix P (P[t, t−1] = 1 within a segment, boundary rows as documented)."""
-  _check_shear(x_BxTxNxH, gamma, boundary, segment_ids)
-  _, seq, heads, _ = x_BxTxNxH.shape
-  gamma_1xNx1x1 = jnp.broadcast_to(jnp.asarray(gamma, jnp.float32), (heads,))[None, :, None, None]
-  prev_Bx1xTxT = previous_step_matrix(seq, boundary=boundary, segment_ids=segment_ids)[:, None]
-  shear_BxNxTxT = (1 + gamma_1xNx1x1) * jnp.eye(seq) - gamma_1xNx1x1 * prev_Bx1xTxT
-  out = jnp.einsum(
-      "bnts,bsnh->btnh", shear_BxNxTxT, x_BxTxNxH.astype(jnp.float32),
-      precision=jax.lax.Precision.HIGHEST,
-  )
-  return out.astype(x_BxTxNxH.dtype)
+from momentum_jax.core.checks import check_attention_inputs, check_boundary, check_per_head
+from momentum_jax.core.rope import apply_rope
+from momentum_jax.core.shear import Gamma, momentum_shear, momentum_shear_reference
 
 
 def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, segment_ids):
@@ -105,6 +46,28 @@ def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, se
   q = shear(q, gamma_q, boundary=boundary, segment_ids=segment_ids)
   k = shear(k, gamma, boundary=boundary, segment_ids=segment_ids)
   return q, k
+
+
+def momentum_prepare(
+    q_BxTxNxH: jax.Array,
+    k_BxSxKxH: jax.Array,
+    v_BxSxKxH: jax.Array,
+    *,
+    gamma: Gamma,
+    boundary: str = "zero",
+    segment_ids: jax.Array | None = None,
+) -> Prepared:
+  """The registered variant's ``prepare`` step: the shear of q and k (already rotated by RoPE),
+  q̂ = (1+γ) q_t − γ q_{t−1} and k̂ likewise, with γ per kv head shared by its query heads.
+
+  Returns ``Prepared(q̂, k̂, v, {"gamma": 0.0, "boundary": boundary})``: momentum attention with
+  γ = 0 on q̂ and k̂ is the softmax attention of the sheared logits, so
+  ``momentum_attention(*prepared[:3], **prepared.params, ...)`` equals
+  ``momentum_attention(q, k, v, gamma=gamma, boundary=boundary, ...)``.
+  """
+  q_BxTxNxH, k_BxSxKxH = _rope_and_shear(
+      momentum_shear, q_BxTxNxH, k_BxSxKxH, gamma, boundary, False, None, 10000.0, segment_ids)
+  return Prepared(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, {"gamma": 0.0, "boundary": boundary})
 
 
 def momentum_attention(
@@ -142,25 +105,23 @@ def momentum_attention(
       ``"pallas"`` runs the fused Pallas kernel with the shear inside
       (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE;
       interpret mode on the CPU), raising ``ValueError`` for inputs it does not support (see
-      :mod:`momentum_jax.kernels.dispatch`).
+      :mod:`momentum_jax.attention.dispatch`).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
-  # Imported here: the kernels package imports this module.
-  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  if dispatch.wants_kernel(implementation, "flash_shear"):
+  if wants_kernel(implementation, "flash_shear"):
     check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
     check_boundary(boundary)
     q_rope, k_rope = q_BxTxNxH, k_BxSxKxH
     if rope:
       q_rope = apply_rope(q_BxTxNxH, positions, base=rope_base)
       k_rope = apply_rope(k_BxSxKxH, positions, base=rope_base)
-    out_BxTxNxH = dispatch.softmax_kernel(
+    out_BxTxNxH = softmax_kernel(
         implementation, q_rope, k_rope, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
         window=window, segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary)
     if out_BxTxNxH is not None:

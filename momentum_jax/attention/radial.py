@@ -39,10 +39,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
 from momentum_jax.attention.flex import (
-    MaskMod, and_masks, causal_mask, create_block_mask, flex_attention, flex_attention_reference,
+    and_masks, causal_mask, flex_attention, flex_attention_reference,
 )
+from momentum_jax.core.block_mask import MaskMod, create_block_mask
+from momentum_jax.core.checks import check_attention_inputs
 
 
 def _check_positive_int(name: str, value: object) -> None:

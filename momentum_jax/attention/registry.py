@@ -8,16 +8,17 @@ Every registered variant has a fast form and a plain float32 reference of the sa
     reference(..., return_weights=True)  -> (out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS)
 
 q and k arrive *after* the model's RoPE: registered variants never apply RoPE themselves.
-``params`` names the variant-specific keyword arguments (for example ``("gamma", "boundary")``).
-``learned`` names those a model learns per layer, each with its initialiser
-``init(dims: AttentionDims, key) -> array`` (for example kv_shift's per-kv-head ``alpha``/``beta``);
-the NNX attention layer creates them as ``nnx.Param`` and passes them as keyword arguments.
+
+The registry entry is the whole contract between a variant and the model (``momentum_jax.nn``
+names no variant): which keyword arguments it takes, which of them a model learns and how it
+stores them, which masking it supports, an optional ``prepare`` step whose outputs the model
+exposes under hook names, and an optional per-token parameter module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import jax
 
@@ -32,28 +33,100 @@ class AttentionDims(NamedTuple):
 
 
 LearnedInit = Callable[[AttentionDims, jax.Array], jax.Array]
+PositionGather = Callable[[jax.Array, jax.Array], jax.Array]
+Masking = Literal["any", "causal", "bidirectional"]
+MASKINGS = ("any", "causal", "bidirectional")
+
+
+class LearnedLayout(NamedTuple):
+  """How a model stores one learned parameter and turns it into the keyword argument.
+
+  Attributes:
+    positive: the argument must stay > 0: the model stores log(init) and passes exp(param).
+    at_positions: the initialiser gives a table for one sequence of ``context_len`` tokens;
+      ``at_positions(table, positions_BxT)`` gathers the rows of the tokens' positions.
+  """
+
+  positive: bool = False
+  at_positions: PositionGather | None = None
+
+
+class Prepared(NamedTuple):
+  """Output of a variant's ``prepare`` step: the transformed q, k, v and the keyword arguments
+  that finish the attention on them, ``fn(q, k, v, **params)``."""
+
+  q: jax.Array
+  k: jax.Array
+  v: jax.Array
+  params: dict[str, object]
+
+
+Prepare = Callable[..., Prepared]
 
 
 class AttentionVariant(NamedTuple):
-  """A registered attention variant: fast form, explicit reference and its parameter names."""
+  """A registered attention variant.
+
+  Attributes:
+    fn: the fast form.
+    reference: the float32 reference of the same signature (with ``return_weights``).
+    params: names of the variant-specific keyword arguments, e.g. ``("gamma", "boundary")``.
+    learned: the parameters a model learns per layer, each with its initialiser
+      ``init(dims: AttentionDims, key) -> array`` (e.g. kv_shift's per-kv-head ``alpha``/``beta``);
+      a model creates them as ``nnx.Param`` unless its config fixes their value.
+    layouts: how each learned parameter is stored and passed (:class:`LearnedLayout`); a learned
+      parameter without an entry is stored as initialised and passed as is.
+    masking: ``"any"``, ``"causal"`` (causal only) or ``"bidirectional"`` (non-causal only).
+    prepare: optional ``prepare(q, k, v, *, segment_ids, **params) -> Prepared`` with
+      ``fn(*prepared[:3], **prepared.params, ...)`` equal to ``fn(q, k, v, **params, ...)``: the
+      first step of the variant (the shear of momentum attention), split off so a model can
+      capture or edit its outputs.
+    prepared_hooks: hook name of each ``Prepared`` field a model exposes, e.g.
+      ``{"q": "hook_q_shear", "k": "hook_k_shear"}``.
+    token_params: name of the per-token parameter module a model builds for the variant (the
+      α projection of affine-scaled attention, ``"affine"``; see ``momentum_jax.nn``), or None.
+
+  The decoding form of each variant (KV cache, ring buffer or recurrent state) attaches here as
+  one more field, beside ``prepare``, when generation lands.
+  """
 
   fn: Callable[..., object]
   reference: Callable[..., object]
   params: tuple[str, ...] = ()
   learned: Mapping[str, LearnedInit] = {}
+  layouts: Mapping[str, LearnedLayout] = {}
+  masking: Masking = "any"
+  prepare: Prepare | None = None
+  prepared_hooks: Mapping[str, str] = {}
+  token_params: str | None = None
 
 
 _REGISTRY: dict[str, AttentionVariant] = {}
+
+
+def _check_variant(name: str, variant: AttentionVariant) -> None:
+  unknown = sorted(set(variant.learned) - set(variant.params))
+  if unknown:
+    raise ValueError(
+        f"learned parameters {unknown} of {name!r} are not in its params {variant.params}")
+  unlearned = sorted(set(variant.layouts) - set(variant.learned))
+  if unlearned:
+    raise ValueError(
+        f"layouts {unlearned} of {name!r} are not learned parameters {sorted(variant.learned)}")
+  if variant.masking not in MASKINGS:
+    raise ValueError(f"masking of {name!r} must be one of {MASKINGS}, got {variant.masking!r}")
+  fields = sorted(set(variant.prepared_hooks) - {"q", "k", "v"})
+  if fields or (variant.prepared_hooks and variant.prepare is None):
+    raise ValueError(
+        f"prepared_hooks of {name!r} must map fields of 'q', 'k', 'v' of a prepare step, got "
+        f"prepared_hooks={dict(variant.prepared_hooks)} and prepare={variant.prepare!r}")
 
 
 def register_attention(name: str, variant: AttentionVariant) -> AttentionVariant:
   """Registers ``variant`` under ``name``; re-registering a taken name raises ``ValueError``."""
   if not isinstance(name, str) or not name:
     raise ValueError(f"attention name must be a non-empty string, got {name!r}")
-  unknown = sorted(set(variant.learned) - set(variant.params))
-  if unknown:
-    raise ValueError(
-        f"learned parameters {unknown} of {name!r} are not in its params {variant.params}")
+  _check_variant(name, variant)
   if name in _REGISTRY:
     raise ValueError(f"attention variant {name!r} is already registered")
   _REGISTRY[name] = variant

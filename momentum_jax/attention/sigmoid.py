@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention._mask import visibility_mask
-from momentum_jax.attention.linear import check_block_size, compute_dtype, to_blocks
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.attention.linear import to_blocks
+from momentum_jax.core.checks import check_attention_inputs, check_block_size
+from momentum_jax.core.heads import compute_dtype, repeat_kv
+from momentum_jax.core.masks import visibility_mask
 
 # Added to the row sum before dividing when ``normalize=True``.
 _NORMALIZE_EPS = 1e-8

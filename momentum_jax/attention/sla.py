@@ -47,10 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention.linear import check_block_size, check_unsupported
 from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.attention.softmax import repeat_kv
+from momentum_jax.core.checks import check_attention_inputs, check_block_size, check_unsupported
+from momentum_jax.core.heads import repeat_kv
 
 _HI = jax.lax.Precision.HIGHEST
 # Added to the linear branch's denominator, as in linear attention: it keeps the branch and its

@@ -14,8 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention._checks import check_attention_inputs
-from momentum_jax.attention._mask import visibility_mask
+from momentum_jax.attention.dispatch import softmax_kernel
+from momentum_jax.core.checks import check_attention_inputs
+from momentum_jax.core.heads import repeat_kv
+from momentum_jax.core.masks import visibility_mask
 
 # -inf entries of ``bias`` are clamped to this finite value so that no softmax row is all -inf.
 _BIAS_FLOOR = -1e30
@@ -56,20 +58,18 @@ def softmax_attention(
     sinks: ``[N]`` per-head sink logits (an extra softmax term with a zero value vector).
     scale: logit scale, default ``1 / sqrt(H)``.
     implementation: None and ``"xla"`` run ``jax.nn.dot_product_attention`` (faster on a GPU
-      than the kernel, see :mod:`momentum_jax.kernels.dispatch`); ``"pallas"`` runs the fused
+      than the kernel, see :mod:`momentum_jax.attention.dispatch`); ``"pallas"`` runs the fused
       Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`; interpret mode
       on the CPU), raising ``ValueError`` for inputs it does not support.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
-  # Imported here: the kernels package imports this module.
-  from momentum_jax.kernels import dispatch
   check_attention_inputs(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  out_BxTxNxH = dispatch.softmax_kernel(
+  out_BxTxNxH = softmax_kernel(
       implementation, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
       window=window, segment_ids=segment_ids, sinks=sinks)
   if out_BxTxNxH is not None:
@@ -117,11 +117,6 @@ def softmax_attention(
   return jax.nn.dot_product_attention(
       q_BxTxNxH, k_BxS1xKxH, v_BxS1xKxH, bias=bias_BxNxTxS1, mask=mask, scale=scale
   )
-
-
-def repeat_kv(x_BxSxKxH: jax.Array, heads: int) -> jax.Array:
-  """GQA: ``[B, S, K, H] -> [B, S, N, H]`` so that query head n reads kv head n // (N // K)."""
-  return jnp.repeat(x_BxSxKxH, heads // x_BxSxKxH.shape[2], axis=2)
 
 
 def softmax_attention_reference(

@@ -20,6 +20,8 @@ calls the model in evaluation mode (``model.eval()``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -27,6 +29,8 @@ from flax import nnx
 from momentum_jax.nn.dense import Dense
 
 ALPHA_MA_INIT = 0.5
+
+Hook = Callable[[str, jax.Array], jax.Array]
 
 
 class AlphaEma(nnx.Variable):
@@ -63,3 +67,8 @@ class AffineAlpha(nnx.Module):
       batch_mean_N = jax.lax.stop_gradient(jnp.mean(alpha_BxTxN, axis=(0, 1)))
       self.alpha_ma[...] = self.momentum * self.alpha_ma[...] + (1 - self.momentum) * batch_mean_N
     return alpha_BxTxN, jax.lax.stop_gradient(self.alpha_ma[...])
+
+  def variant_kwargs(self, x_BxTxD: jax.Array, hook: Hook) -> dict[str, jax.Array]:
+    """The keyword arguments of ``affine_attention`` for input x, α exposed as ``hook_alpha``."""
+    alpha_BxTxN, alpha_ma_N = self(x_BxTxD)
+    return {"alpha_BxTxN": hook("hook_alpha", alpha_BxTxN), "alpha_ma": alpha_ma_N}

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from momentum_jax.attention import get_attention
 from momentum_jax.nn.gated import GATE_MODES
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -38,7 +39,8 @@ class TransformerConfig:
     tie_embeddings: reuse the token embedding as the output projection.
     norm_eps: RMSNorm epsilon.
     dtype: compute dtype (parameters are kept in float32).
-    causal: causal (decoder) masking; ``attention="agent"`` is non-causal and needs False.
+    causal: causal (decoder) masking; a variant registered as causal-only needs True and one
+      registered as non-causal (``attention="agent"``) needs False.
     gate: output gate of gated attention (arXiv 2505.06708): ``"none"``, ``"elementwise"``
       (one sigmoid gate per head dimension) or ``"headwise"`` (one per head).
     moh: Mixture-of-Head routing of the heads (arXiv 2410.11842).
@@ -99,8 +101,6 @@ class TransformerConfig:
     self._validate()
 
   def _validate(self) -> None:
-    from momentum_jax.attention import get_attention  # registry lookup names the known variants
-
     for name in ("vocab_size", "context_len", "num_layers", "d_model", "num_heads", "head_dim",
                  "num_kv_heads"):
       value = getattr(self, name)
@@ -122,6 +122,12 @@ class TransformerConfig:
       raise ValueError(f"rope_base must be a positive finite float, got {self.rope_base!r}")
     self._validate_layer_options()
     variant = get_attention(self.attention)
+    if variant.masking == "bidirectional" and self.causal:
+      raise ValueError(
+          f"attention={self.attention!r} is non-causal: it needs causal=False, got causal=True")
+    if variant.masking == "causal" and not self.causal:
+      raise ValueError(
+          f"attention={self.attention!r} is causal only: it needs causal=True, got causal=False")
     unknown = sorted(set(dict(self.attention_params)) - set(variant.params))
     if unknown:
       raise ValueError(
@@ -131,8 +137,6 @@ class TransformerConfig:
   def _validate_layer_options(self) -> None:
     if self.gate not in GATE_MODES:
       raise ValueError(f"gate must be one of {GATE_MODES}, got gate={self.gate!r}")
-    if self.attention == "agent" and self.causal:
-      raise ValueError("attention='agent' is non-causal: it needs causal=False, got causal=True")
     if not self.causal and self.window is not None:
       raise ValueError(f"window={self.window} needs causal=True, got causal=False")
     for name in ("moh_loss_weight", "flux_loss_weight"):

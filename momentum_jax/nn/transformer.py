@@ -14,34 +14,28 @@ sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.attention import AttentionDims, apply_rope, get_attention, momentum_shear
-from momentum_jax.attention.softmax import repeat_kv
-from momentum_jax.nn.affine import AffineAlpha
+from momentum_jax.attention import (
+    AttentionDims, AttentionVariant, LearnedLayout, apply_rope, get_attention,
+)
+from momentum_jax.core.heads import repeat_kv
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.moh import MoHRouter
+from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
 
 AuxLosses = dict[str, jax.Array]
+# (z, scores, weights) of one attention call; scores and weights only when the pattern is wanted.
+Attended = tuple[jax.Array, jax.Array | None, jax.Array | None]
 
-# Learned variant parameters that are per-position tables (their initialisers give the keyword
-# argument for one sequence of context_len tokens): the layer gathers its tokens' positions.
-_POSITION_TABLES = {
-    ("flash_bias", "q_bias"): lambda table, pos_BxT: table[0][pos_BxT],  # [B, T, N, R]
-    ("flash_bias", "k_bias"): lambda table, pos_BxT: table[0][pos_BxT],  # [B, S, K, R]
-    ("agent", "agent_bias"):  # [1, N, 1, C] -> [B, N, 1, S]
-        lambda table, pos_BxT: jnp.moveaxis(table[0][..., pos_BxT], 2, 0),
-}
-# Learned variant parameters kept positive: the layer stores log(init) and passes exp(param).
-_LOG_PARAMS = frozenset({("lightning", "decay")})
 
 def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
   """Position of each token inside its segment (restarts at 0 where the segment id changes)."""
@@ -53,13 +47,27 @@ def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
   return t - start_BxT
 
 
+def _stored(layout: LearnedLayout, init: jax.Array) -> jax.Array:
+  """What the layer keeps as the ``nnx.Param`` of a learned variant parameter."""
+  return jnp.log(init) if layout.positive else init
+
+
+def _passed(layout: LearnedLayout, param: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """The keyword argument a stored learned parameter gives for tokens at ``positions_BxT``."""
+  value = jnp.exp(param) if layout.positive else param
+  return value if layout.at_positions is None else layout.at_positions(value, positions_BxT)
+
+
 class Attention(nnx.Module):
   """Multi-head (grouped-query) attention with the variant named by ``config.attention``.
 
-  The variant's registered learned parameters become ``nnx.Param`` in ``variant_params``, except
-  those ``config.attention_params`` fixes. Lightning's decay is stored as its logarithm (passed
-  as exp, so λ = exp(−decay) stays in (0, 1)); FlashBias factors and the agent bias are
-  per-position tables gathered at the tokens' positions.
+  Everything variant-specific comes from the variant's registry entry
+  (:class:`momentum_jax.attention.AttentionVariant`): its learned parameters become ``nnx.Param``
+  in ``variant_params`` (except those ``config.attention_params`` fixes), stored and passed as
+  its ``layouts`` say; its ``prepare`` step runs in the layer when a hook on its outputs is
+  wanted; its per-token parameter module (``token_params``) is built and stored under its name.
+  The call is three steps: :meth:`project` (q, k, v and RoPE), :meth:`attend` (the variant, the
+  flux router, the pattern hooks) and :meth:`gate_heads` (gated attention and MoH).
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -71,20 +79,21 @@ class Attention(nnx.Module):
     self.v_proj = dense(d, k * h)
     self.o_proj = dense(n * h, d)
     self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
+    variant = get_attention(config.attention)
     dims = AttentionDims(n, k, h, config.context_len)
     fixed = dict(config.attention_params)
-    learned = {name: init for name, init in get_attention(config.attention).learned.items()
-               if name not in fixed}
-    stored = lambda name, x: jnp.log(x) if (config.attention, name) in _LOG_PARAMS else x
-    self.variant_params = nnx.Dict({name: nnx.Param(stored(name, init(dims, rngs.params())))
-                                    for name, init in learned.items()})
+    self.variant_params = nnx.Dict({
+        name: nnx.Param(_stored(variant.layouts.get(name, LearnedLayout()),
+                                init(dims, rngs.params())))
+        for name, init in variant.learned.items() if name not in fixed})
     dtype = config.compute_dtype
     self.gate = None if config.gate == "none" else AttentionGate(
         d, n, h, config.gate, dtype=dtype, rngs=rngs)
     self.moh = MoHRouter(d, n, config.moh_shared_heads, config.moh_top_k, dtype=dtype,
                          rngs=rngs) if config.moh else None
-    self.affine = None if config.attention != "affine" else AffineAlpha(
-        d, n, dtype=dtype, rngs=rngs)
+    if variant.token_params is not None:
+      module = TOKEN_PARAM_MODULES[variant.token_params](d, n, dtype=dtype, rngs=rngs)
+      setattr(self, variant.token_params, module)
     self.flux = FluxRouter(d, temperature=config.flux_temperature, dtype=dtype,
                            rngs=rngs) if config.flux_router else None
 
@@ -93,6 +102,17 @@ class Attention(nnx.Module):
                aux: AuxLosses | None = None) -> jax.Array:
     """Attention output ``[B, T, D]``; the layer's auxiliary losses go into ``aux`` under
     ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict."""
+    cfg = self.config
+    b, t, _ = x_BxTxD.shape
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, positions_BxT, recorder, prefix)
+    z_BxTxNxH = self.attend(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
+                            segment_ids_BxT, recorder, prefix, aux)
+    z_BxTxNxH = self.gate_heads(x_BxTxD, z_BxTxNxH, recorder, prefix, aux)
+    return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim))
+
+  def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, recorder: Recorder,
+              prefix: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q ``[B, T, N, H]``, k and v ``[B, T, K, H]``, q and k rotated by RoPE when it is on."""
     cfg = self.config
     b, t, _ = x_BxTxD.shape
     q_BxTxNxH = self.q_proj(x_BxTxD).reshape(b, t, cfg.num_heads, cfg.head_dim)
@@ -106,36 +126,29 @@ class Attention(nnx.Module):
       k_BxTxKxH = apply_rope(k_BxTxKxH, positions_BxT, base=cfg.rope_base)
       q_BxTxNxH = recorder.apply(prefix + "hook_rot_q", q_BxTxNxH)
       k_BxTxKxH = recorder.apply(prefix + "hook_rot_k", k_BxTxKxH)
+    return q_BxTxNxH, k_BxTxKxH, v_BxTxKxH
 
+  def attend(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
+             v_BxTxKxH: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
+             recorder: Recorder, prefix: str, aux: AuxLosses | None) -> jax.Array:
+    """z ``[B, T, N, H]``: the variant on (prepared) q, k, v, through the flux router when it is
+    on; the pattern is captured and, when a hook edits it, z moves by (W' − W)·v."""
+    cfg = self.config
     variant = get_attention(cfg.attention)
-    kwargs = dict(cfg.attention_params)
-    for name, param in self.variant_params.items():
-      value = param[...]
-      if (cfg.attention, name) in _LOG_PARAMS:
-        value = jnp.exp(value)
-      fit = _POSITION_TABLES.get((cfg.attention, name))
-      kwargs[name] = value if fit is None else fit(value, positions_BxT)
-    kwargs.update(causal=cfg.causal, segment_ids=segment_ids_BxT,
-                  sinks=None if self.sinks is None else self.sinks[...])
-    if cfg.attention == "momentum" and (recorder.wants(prefix + "hook_q_shear")
-                                        or recorder.wants(prefix + "hook_k_shear")):
-      # Shear here so the sheared q and k can be captured or edited; γ = 0 leaves the variant's
-      # own shear the identity, so the result is momentum attention exactly.
-      gamma = jnp.asarray(kwargs["gamma"], jnp.float32)
-      gamma_q = jnp.repeat(gamma, cfg.num_heads // cfg.num_kv_heads) if gamma.ndim else gamma
-      shear = lambda x, g: momentum_shear(x, g, boundary=kwargs.get("boundary", "zero"),
-                                          segment_ids=segment_ids_BxT)
-      q_BxTxNxH = recorder.apply(prefix + "hook_q_shear", shear(q_BxTxNxH, gamma_q))
-      k_BxTxKxH = recorder.apply(prefix + "hook_k_shear", shear(k_BxTxKxH, gamma))
-      kwargs["gamma"] = 0.0
-    if self.affine is not None:
-      alpha_BxTxN, alpha_ma_N = self.affine(x_BxTxD)
-      alpha_BxTxN = recorder.apply(prefix + "hook_alpha", alpha_BxTxN)
-      kwargs.update(alpha_BxTxN=alpha_BxTxN, alpha_ma=alpha_ma_N)
+    kwargs = self._variant_kwargs(variant, x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
+                                  prefix)
+    wanted = [f for f, hook in variant.prepared_hooks.items() if recorder.wants(prefix + hook)]
+    if wanted:
+      prepared = variant.prepare(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids_BxT,
+                                 **{p: kwargs[p] for p in variant.params if p in kwargs})
+      kwargs.update(prepared.params)
+      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = (
+          recorder.apply(prefix + variant.prepared_hooks[f], x) if f in variant.prepared_hooks
+          else x for f, x in zip("qkv", prepared[:3]))
     wants_pattern = (recorder.wants(prefix + "hook_pattern")
                      or recorder.wants(prefix + "hook_attn_scores"))
 
-    def attend(window: int | None) -> tuple[jax.Array, jax.Array | None, jax.Array | None]:
+    def attend(window: int | None) -> Attended:
       if wants_pattern:
         return variant.reference(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, return_weights=True,
                                  window=window, **kwargs)
@@ -144,28 +157,16 @@ class Attention(nnx.Module):
     if self.flux is None:
       z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = attend(cfg.window)
     else:
-      choice_BxTx2 = recorder.apply(prefix + "hook_router", self.flux(x_BxTxD, segment_ids_BxT))
-      if aux is not None:
-        aux[prefix + "flux_sparsity"] = sparsity_loss(choice_BxTx2, cfg.flux_target)
-      full, sparse = attend(None), attend(cfg.flux_window)
-      z_BxTxNxH = (choice_BxTx2[..., 0, None, None] * full[0]
-                   + choice_BxTx2[..., 1, None, None] * sparse[0]).astype(full[0].dtype)
-      scores_BxNxTxS = pattern_BxNxTxS = None
-      if wants_pattern:  # per query row: the scores and weights of the branch it took
-        row_BxNxTx1 = choice_BxTx2[:, None, :, 1:]
-        scores_BxNxTxS = jnp.where(row_BxNxTx1 > 0.5, sparse[1], full[1])
-        pattern_BxNxTxS = (1 - row_BxNxTx1) * full[2] + row_BxNxTx1 * sparse[2]
+      z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS = self._route(
+          attend, x_BxTxD, segment_ids_BxT, wants_pattern, recorder, prefix, aux)
     if wants_pattern:
-      recorder.apply(prefix + "hook_attn_scores", scores_BxNxTxS)  # observe only
-      edited_BxNxTxS = recorder.apply(prefix + "hook_pattern", pattern_BxNxTxS)
-      if recorder.edits(prefix + "hook_pattern"):
-        # z moves by (W' − W)·v: exact for every variant whose output is pattern · v plus a
-        # term that does not depend on the pattern (not for kv_shift, whose values are shifted).
-        v_BxTxNxH = repeat_kv(v_BxTxKxH, cfg.num_heads).astype(jnp.float32)
-        delta_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", edited_BxNxTxS - pattern_BxNxTxS,
-                                   v_BxTxNxH, precision=jax.lax.Precision.HIGHEST)
-        z_BxTxNxH = (z_BxTxNxH + delta_BxTxNxH).astype(z_BxTxNxH.dtype)
-    z_BxTxNxH = recorder.apply(prefix + "hook_z", z_BxTxNxH)
+      z_BxTxNxH = self._pattern_hooks(z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS, v_BxTxKxH,
+                                      recorder, prefix)
+    return recorder.apply(prefix + "hook_z", z_BxTxNxH)
+
+  def gate_heads(self, x_BxTxD: jax.Array, z_BxTxNxH: jax.Array, recorder: Recorder,
+                 prefix: str, aux: AuxLosses | None) -> jax.Array:
+    """z scaled by the output gate of gated attention and the MoH head gates, when they are on."""
     if self.gate is not None:
       gate_BxTxNxG = recorder.apply(prefix + "hook_gate", self.gate.gate(x_BxTxD))
       z_BxTxNxH = z_BxTxNxH * gate_BxTxNxG.astype(z_BxTxNxH.dtype)
@@ -175,7 +176,57 @@ class Attention(nnx.Module):
       if aux is not None:
         aux[prefix + "moh_load_balance"] = balance_loss
       z_BxTxNxH = z_BxTxNxH * head_gates_BxTxN[..., None].astype(z_BxTxNxH.dtype)
-    return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim))
+    return z_BxTxNxH
+
+  def _variant_kwargs(self, variant: AttentionVariant, x_BxTxD: jax.Array,
+                      positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
+                      recorder: Recorder, prefix: str) -> dict[str, object]:
+    """The variant's keyword arguments: fixed, learned, per-token, masking and sinks."""
+    cfg = self.config
+    kwargs = dict(cfg.attention_params)
+    for name, param in self.variant_params.items():
+      layout = variant.layouts.get(name, LearnedLayout())
+      kwargs[name] = _passed(layout, param[...], positions_BxT)
+    kwargs.update(causal=cfg.causal, segment_ids=segment_ids_BxT,
+                  sinks=None if self.sinks is None else self.sinks[...])
+    if variant.token_params is not None:
+      hook = lambda name, value: recorder.apply(prefix + name, value)
+      kwargs.update(getattr(self, variant.token_params).variant_kwargs(x_BxTxD, hook))
+    return kwargs
+
+  def _route(self, attend: Callable[[int | None], Attended], x_BxTxD: jax.Array,
+             segment_ids_BxT: jax.Array | None, wants_pattern: bool, recorder: Recorder,
+             prefix: str, aux: AuxLosses | None) -> Attended:
+    """The flux router's per-token mix of full attention and the ``flux_window`` branch."""
+    cfg = self.config
+    choice_BxTx2 = recorder.apply(prefix + "hook_router", self.flux(x_BxTxD, segment_ids_BxT))
+    if aux is not None:
+      aux[prefix + "flux_sparsity"] = sparsity_loss(choice_BxTx2, cfg.flux_target)
+    full, sparse = attend(None), attend(cfg.flux_window)
+    z_BxTxNxH = (choice_BxTx2[..., 0, None, None] * full[0]
+                 + choice_BxTx2[..., 1, None, None] * sparse[0]).astype(full[0].dtype)
+    if not wants_pattern:
+      return z_BxTxNxH, None, None
+    # Per query row: the scores and weights of the branch it took.
+    row_BxNxTx1 = choice_BxTx2[:, None, :, 1:]
+    scores_BxNxTxS = jnp.where(row_BxNxTx1 > 0.5, sparse[1], full[1])
+    pattern_BxNxTxS = (1 - row_BxNxTx1) * full[2] + row_BxNxTx1 * sparse[2]
+    return z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS
+
+  def _pattern_hooks(self, z_BxTxNxH: jax.Array, scores_BxNxTxS: jax.Array,
+                     pattern_BxNxTxS: jax.Array, v_BxTxKxH: jax.Array, recorder: Recorder,
+                     prefix: str) -> jax.Array:
+    """Captures scores and pattern; an edited pattern W' moves z by (W' − W)·v."""
+    recorder.apply(prefix + "hook_attn_scores", scores_BxNxTxS)  # observe only
+    edited_BxNxTxS = recorder.apply(prefix + "hook_pattern", pattern_BxNxTxS)
+    if not recorder.edits(prefix + "hook_pattern"):
+      return z_BxTxNxH
+    # Exact for every variant whose output is pattern · v plus a term that does not depend on the
+    # pattern (not for kv_shift, whose values are shifted).
+    v_BxTxNxH = repeat_kv(v_BxTxKxH, self.config.num_heads).astype(jnp.float32)
+    delta_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", edited_BxNxTxS - pattern_BxNxTxS, v_BxTxNxH,
+                               precision=jax.lax.Precision.HIGHEST)
+    return (z_BxTxNxH + delta_BxTxNxH).astype(z_BxTxNxH.dtype)
 
 
 class Mlp(nnx.Module):

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from momentum_jax.attention import lightning_attention, momentum_attention, softmax_attention
-from momentum_jax.kernels import dispatch
+from momentum_jax.attention import dispatch
+from momentum_jax.kernels.backend import default_interpret
 from momentum_jax.kernels.flash_attention import flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
@@ -43,7 +44,7 @@ def test_cpu_defaults():
     assert not dispatch.wants_kernel(None, kernel)
     assert not dispatch.wants_kernel("xla", kernel)
     assert dispatch.wants_kernel("pallas", kernel)
-  assert dispatch.default_interpret()
+  assert default_interpret()
 
 
 KERNELS = {

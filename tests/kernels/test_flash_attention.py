@@ -28,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import momentum_jax.attention as attn
-from momentum_jax.attention._mask import previous_step
+from momentum_jax.core.masks import previous_step
 from momentum_jax.kernels.flash_attention import (
     BlockSizes, flash_attention, flash_attention_reference,
 )

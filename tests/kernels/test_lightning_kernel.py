@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from momentum_jax.kernels import lightning
+from momentum_jax.attention import lightning_attention_reference
 from momentum_jax.kernels.lightning import BlockSizes, lightning_attention_kernel
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
@@ -74,7 +74,7 @@ def test_kernel_matches_reference(index):
                              block_sizes=block_sizes, interpret=True)
   out, grads = jit(functools.partial(loss_and_grads, kernel, learned=learned))(
       q, k, v, cotangent, decay)
-  reference = functools.partial(lightning.reference, segment_ids=ids, scale=scale)
+  reference = functools.partial(lightning_attention_reference, segment_ids=ids, scale=scale)
   expected_out, expected_grads = jit(functools.partial(loss_and_grads, reference, learned=learned))(
       *(x.astype(jnp.float32) for x in (q, k, v)), cotangent, decay)
 
@@ -124,7 +124,7 @@ def test_default_decay_and_constant_decay():
   for decay in (None, 0.25):
     got = jit(functools.partial(lightning_attention_kernel, decay=decay, block_sizes=SMALL))(
         q, k, v)
-    want = lightning.reference(q, k, v, decay=decay)
+    want = lightning_attention_reference(q, k, v, decay=decay)
     assert rel_err(got, want) <= 1e-5
 
 

@@ -20,7 +20,7 @@ import test_flash_attention as flash_tests
 import test_lightning_kernel as lightning_tests
 
 import momentum_jax.attention as attn
-from momentum_jax.kernels import lightning
+from momentum_jax.attention import lightning_attention_reference
 from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
@@ -79,7 +79,7 @@ def test_lightning_kernel_on_gpu_matches_reference(index):
                              block_sizes=block_sizes, interpret=False)
   out, grads = jax.jit(functools.partial(lightning_tests.loss_and_grads, kernel,
                                          learned=learned))(q, k, v, cotangent, decay)
-  reference = functools.partial(lightning.reference, segment_ids=ids, scale=scale)
+  reference = functools.partial(lightning_attention_reference, segment_ids=ids, scale=scale)
   with jax.default_matmul_precision("highest"):
     want_out, want_grads = jax.jit(functools.partial(
         lightning_tests.loss_and_grads, reference, learned=learned))(

@@ -9,11 +9,11 @@ Every public attention function with a kernel takes ``implementation: str | None
     "pallas"  always the kernel; off the GPU (the only backend the kernels are written for) it
               runs in interpret mode. Options the kernel does not support raise ``ValueError``.
 
-Anything else raises ``ValueError`` naming the value. The kernels lower through Pallas's own
-Triton backend on the GPU (chosen by passing :func:`triton_compiler_params`; without them Pallas
-now lowers to Mosaic GPU), which needs no jax-triton package, so jax-triton is never imported.
-The tests build that lowering for CUDA on the CPU, and ``tests/kernels/test_native_gpu.py``
-compiles and runs every kernel against its reference where a GPU is present.
+Anything else raises ``ValueError`` naming the value. This policy lives beside the attention
+functions and imports the kernels (``momentum_jax.kernels``), which know nothing of it; where the
+kernels run natively and how they are lowered is :mod:`momentum_jax.kernels.backend`. The tests
+build that lowering for CUDA on the CPU, and ``tests/kernels/test_native_gpu.py`` compiles and
+runs every kernel against its reference where a GPU is present.
 """
 
 from __future__ import annotations
@@ -21,11 +21,9 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-IMPLEMENTATIONS = ("xla", "pallas")
+from momentum_jax.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention
 
-# Backends whose Pallas lowering the kernels were written for (Triton on the GPU); elsewhere a
-# forced kernel runs in interpret mode.
-KERNEL_PLATFORMS = ("gpu",)
+IMPLEMENTATIONS = ("xla", "pallas")
 
 # Backends where implementation=None picks each kernel. All three compile and match their
 # references on an H200 (tests/kernels/test_native_gpu.py), but only Lightning is picked there:
@@ -77,7 +75,6 @@ def softmax_kernel(
   """
   if not wants_kernel(implementation, "flash" if options.get("gamma") is None else "flash_shear"):
     return None
-  from momentum_jax.kernels.flash_attention import MAX_HEAD_DIM, SUPPORTED_DTYPES, flash_attention
   head_dim = q_BxTxNxH.shape[-1]
   reason = None
   if bias is not None:
@@ -93,15 +90,3 @@ def softmax_kernel(
   if implementation == "pallas":
     raise ValueError(f"implementation='pallas': {reason}")
   return None
-
-
-def default_interpret() -> bool:
-  """Interpret mode where the default backend has no native lowering for the kernels (CPU)."""
-  return jax.default_backend() not in KERNEL_PLATFORMS
-
-
-def triton_compiler_params(num_warps: int, num_stages: int) -> object:
-  """Pallas Triton compiler parameters; passing them selects the Triton lowering on the GPU over
-  Mosaic GPU. Interpret mode ignores them."""
-  from jax.experimental.pallas import triton as pallas_triton
-  return pallas_triton.CompilerParams(num_warps=num_warps, num_stages=num_stages)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention._checks import check_floating, check_positions, check_rank4
+from momentum_jax.core.checks import check_floating, check_positions, check_rank4
 
 
 def rope_frequencies(head_dim: int, base: float = 10000.0) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Trace-time validation shared by every attention function.
+"""Trace-time validation shared by every attention form: the pure functions and the kernels.
 
 Shapes and dtypes are static under ``jax.jit``, so these checks run once while tracing and cost
 nothing at run time. Messages name the argument and the offending shapes or values.
@@ -149,3 +149,88 @@ def check_per_head(
     array = np.asarray(value, dtype=np.float64)
     if np.isnan(array).any() or (array < 0).any():
       raise ValueError(f"{name} must be >= 0 and not NaN, got {name}={value}")
+
+
+def check_factors(
+    q: jax.Array, k: jax.Array, q_bias: jax.Array | None, k_bias: jax.Array | None
+) -> None:
+  """Validates FlashBias's low-rank factors q_bias ``[B, T, N, R]`` and k_bias
+  ``[B, S, K or N, R]`` (both or neither)."""
+  if (q_bias is None) != (k_bias is None):
+    raise ValueError(
+        f"q_bias and k_bias must be given together, got q_bias.shape={np.shape(q_bias)} "
+        f"and k_bias.shape={np.shape(k_bias)}"
+    )
+  if q_bias is None:
+    return
+  check_floating("q_bias", q_bias)
+  check_floating("k_bias", k_bias)
+  batch, seq_q, heads, _ = q.shape
+  seq_k, kv_heads = k.shape[1:3]
+  if q_bias.ndim != 4 or q_bias.shape[:3] != (batch, seq_q, heads):
+    raise ValueError(
+        f"q_bias must have shape [B, T, N, R] = {(batch, seq_q, heads)} + (R,), "
+        f"got q_bias.shape={q_bias.shape} and q.shape={q.shape}"
+    )
+  if (k_bias.ndim != 4 or k_bias.shape[:2] != (batch, seq_k)
+      or k_bias.shape[2] not in (kv_heads, heads) or k_bias.shape[3] != q_bias.shape[3]):
+    raise ValueError(
+        f"k_bias must have shape [B, S, K or N, R] with S={seq_k}, K={kv_heads}, N={heads} and "
+        f"R={q_bias.shape[3]} from q_bias, got k_bias.shape={k_bias.shape} and k.shape={k.shape}"
+    )
+
+
+def check_unsupported(
+    variant: str,
+    *,
+    window: int | None,
+    bias: jax.Array | None,
+    sinks: jax.Array | None,
+) -> None:
+  """Raises ``ValueError`` naming ``window``, ``bias`` or ``sinks`` when one is given: a kernel
+  form without softmax logits has no place for them."""
+  if window is not None:
+    raise ValueError(f"window is not supported by {variant} attention, got window={window!r}")
+  if bias is not None:
+    raise ValueError(
+        f"bias is not supported by {variant} attention, got bias.shape={np.shape(bias)}"
+    )
+  if sinks is not None:
+    raise ValueError(
+        f"sinks are not supported by {variant} attention, got sinks.shape={np.shape(sinks)}"
+    )
+
+
+def check_positive_int(name: str, value: object) -> None:
+  """Raises ``ValueError`` unless ``value`` is a positive int (bools are not ints here)."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"{name} must be a positive int, got {name}={value!r}")
+
+
+def check_positive_int_or_none(name: str, value: object) -> None:
+  """Raises ``ValueError`` unless ``value`` is None or a positive int."""
+  if value is not None and (
+      isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+    raise ValueError(f"{name} must be a positive int or None, got {name}={value!r}")
+
+
+def check_block_size(block_size: int) -> None:
+  """Raises ``ValueError`` unless ``block_size`` is a positive int."""
+  check_positive_int("block_size", block_size)
+
+
+def check_lightning(
+    q: jax.Array, k: jax.Array, *, causal: bool, decay: object, block_size: int,
+    window: int | None, bias: jax.Array | None, sinks: jax.Array | None,
+) -> None:
+  """Raises ``ValueError`` naming the argument for options lightning attention does not have."""
+  check_unsupported("lightning", window=window, bias=bias, sinks=sinks)
+  if not causal:
+    raise ValueError("lightning attention is causal by definition, got causal=False")
+  if q.shape[1] != k.shape[1]:
+    raise ValueError(
+        f"lightning attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}"
+    )
+  if decay is not None:
+    check_per_head("decay", decay, q.shape[2], nonnegative=True)
+  check_block_size(block_size)

@@ -73,3 +73,8 @@ def previous_step_matrix(
   if boundary == "replicate":
     prev_BxTxT |= (s_1xT == t_Tx1)[None] & start_BxT[:, :, None]
   return prev_BxTxT.astype(jnp.float32)
+
+
+def segment_runs(seq: int, segment_ids: jax.Array | None) -> jax.Array:
+  """Int32 ``[B or 1, T]`` index of the maximal run of equal ids that holds each position."""
+  return jnp.cumsum(segment_starts(seq, segment_ids), axis=1, dtype=jnp.int32)

@@ -1,6 +1,6 @@
 """The attention benchmark runs in a tiny configuration."""
 
-from momentum_jax.experiments import bench_attention
+from momentum_jax.experiments.bench import attention as bench_attention
 
 
 def test_bench_attention_tiny(capsys):

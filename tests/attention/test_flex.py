@@ -11,7 +11,7 @@ import pytest
 
 import momentum_jax.attention as attn
 from momentum_jax.attention import flex
-from momentum_jax.experiments import bench_flex_attention
+from momentum_jax.experiments.bench import flex_attention as bench_flex_attention
 
 B, N, K, H = 2, 4, 2, 24
 BLOCK = 16

@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 import momentum_jax.attention as attn
-from momentum_jax.experiments import bench_linear_attention
+from momentum_jax.experiments.bench import linear_attention as bench_linear_attention
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4

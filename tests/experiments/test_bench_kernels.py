@@ -1,7 +1,7 @@
 """The kernel benchmark in its tiny CPU configuration (kernels in interpret mode, cuDNN skipped),
 so that it is known to work before a GPU run; and its FLOP count."""
 
-from momentum_jax.experiments import bench_kernels
+from momentum_jax.experiments.bench import kernels as bench_kernels
 
 
 def test_causal_attention_flops():

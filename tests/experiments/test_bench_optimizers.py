@@ -2,7 +2,7 @@
 
 import jax.numpy as jnp
 
-from momentum_jax.experiments import bench_optimizers
+from momentum_jax.experiments.bench import optimizers as bench_optimizers
 
 
 def test_bench_optimizers_tiny(capsys):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from momentum_jax.experiments import bench_train_step
+from momentum_jax.experiments.bench import train_step as bench_train_step
 
 
 @pytest.mark.slow

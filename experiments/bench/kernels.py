@@ -1,6 +1,6 @@
 """Fused attention kernels against cuDNN and XLA attention: TFLOP/s, forward and forward + backward.
 
-    python -m momentum_jax.experiments.bench_kernels [--seq-lens 1024 2048 4096 8192 16384]
+    python -m momentum_jax.experiments.bench.kernels [--seq-lens 1024 2048 4096 8192 16384]
         [--tokens 16384] [--heads 16] [--head-dim 128] [--gamma 0.5] [--repeats 10] [--tiny]
 
 Candidates, all bfloat16, causal, layout [B, T, N, H]:
@@ -16,9 +16,8 @@ Method: each candidate is jitted, compiled and called once first; a candidate th
 compile on this backend (cuDNN without a GPU, a kernel without a lowering) or to run (out of
 memory) is skipped from then on with its error printed. Then two warm-up calls each, and the
 median of --repeats calls, each blocked until ready, the candidates interleaved call by call so
-that background load falls on all alike
-(``experiments/timing.py``). Forward + backward is one jitted gradient of Σ out ⊙ cotangent
-w.r.t. q, k and v.
+that background load falls on all alike (``experiments/bench/timing.py``). Forward + backward is
+one jitted gradient of Σ out ⊙ cotangent w.r.t. q, k and v.
 
 FLOP count (as in the FlashAttention benchmarks): causal softmax attention does two T×T×H
 matmuls over half the score matrix, forward 4·B·N·T²·H / 2 FLOPs; the backward pass does 2.5×
@@ -56,7 +55,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.experiments.timing import (
+from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )
 from momentum_jax.kernels.lightning import lightning_attention_kernel

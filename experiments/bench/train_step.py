@@ -1,6 +1,6 @@
 """Train-step time: the NNX model (as the trainer runs it) vs the same model as pure JAX.
 
-    python -m momentum_jax.experiments.bench_train_step [--preset induction|lm] [--repeats 50]
+    python -m momentum_jax.experiments.bench.train_step [--preset induction|lm] [--repeats 50]
 
 Three Adam train steps on one fixed batch, measured side by side in one run:
   pure      a hand-written pure-pytree forward of the same transformer (the baseline a user
@@ -25,7 +25,7 @@ from flax import nnx
 
 from momentum_jax.attention import apply_rope, get_attention
 from momentum_jax.data import Batch, InductionTask
-from momentum_jax.experiments.timing import interleaved_medians
+from momentum_jax.experiments.bench.timing import interleaved_medians
 from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.train import masked_cross_entropy
 

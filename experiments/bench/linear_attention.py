@@ -1,6 +1,6 @@
 """Linear-time attention: lightning and linear against dense causal attention, forward + backward.
 
-    python -m momentum_jax.experiments.bench_linear_attention [--seq-lens 4096 ... 65536]
+    python -m momentum_jax.experiments.bench.linear_attention [--seq-lens 4096 ... 65536]
         [--dense-seq-lens 4096 8192] [--memory-seq-len 16384] [--batch 1] [--heads 8]
         [--head-dim 64] [--block-size 64] [--repeats 3]
 
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 
 from momentum_jax.attention import lightning_attention, linear_attention
-from momentum_jax.experiments.timing import (
+from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )
 

@@ -1,6 +1,6 @@
 """Block-sparse FlexAttention against dense attention, forward + backward.
 
-    python -m momentum_jax.experiments.bench_flex_attention [--seq-len 4096]
+    python -m momentum_jax.experiments.bench.flex_attention [--seq-len 4096]
         [--window-seq-len 65536] [--memory-seq-len 16384] [--window 256] [--batch 1]
         [--heads 8] [--head-dim 64] [--block 128] [--repeats 3]
 
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 from momentum_jax.attention import (
     causal_mask, create_block_mask, flex_attention, sliding_window_mask,
 )
-from momentum_jax.experiments.timing import (
+from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )
 

@@ -1,6 +1,6 @@
 """Update-step time of the momentum optimisers against ``optax.adamw``, side by side in one run.
 
-    python -m momentum_jax.experiments.bench_optimizers [--d-model 512 --layers 6 --vocab 24000]
+    python -m momentum_jax.experiments.bench.optimizers [--d-model 512 --layers 6 --vocab 24000]
 
 The parameter pytree has transformer shapes (token embedding, per layer q/k/v/o [D, D], MLP
 [D, 4D] and [4D, D], RMSNorm scales): about 31M parameters at the defaults. Each optimiser's
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.experiments.timing import interleaved_medians
+from momentum_jax.experiments.bench.timing import interleaved_medians
 from momentum_jax.optim import am_adamw, mkor, spam, stable_spam
 
 TARGETS = {"spam": 1.15, "stable_spam": 1.25, "am_adamw": 1.30, "mkor (amortised)": 1.5}

@@ -1,6 +1,6 @@
 """Cost of the momentum shear: forward + backward time against plain causal attention.
 
-    python -m momentum_jax.experiments.bench_attention [--seq-lens 1024 2048 4096] [--batch 4]
+    python -m momentum_jax.experiments.bench.attention [--seq-lens 1024 2048 4096] [--batch 4]
         [--heads 8] [--head-dim 64] [--repeats 3]
 
 Measured side by side in one run, float32, gradients with respect to q, k and v:
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 import jax
 
 from momentum_jax.attention import apply_rope, momentum_attention
-from momentum_jax.experiments.timing import (
+from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )
 

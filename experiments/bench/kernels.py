@@ -42,7 +42,7 @@ RESULT (one NVIDIA H200, jax 0.11.2, ``--seq-lens 1024 4096 8192``; TFLOP/s, lig
    fwd+bwd   8192   2     40.2   39.8  441.5   69.4         2.542           0.091            1.714
   The shear costs 0-8 % (momentum vs plain). The flash kernel is 2.6-5× slower than cuDNN forward
   and 5-11× forward + backward, and slower than XLA forward + backward, so implementation=None
-  does not pick it (``kernels/dispatch.py``). Lightning is 1.1-1.7× faster than cuDNN at these
+  does not pick it (``attention/dispatch.py``). Lightning is 1.1-1.7× faster than cuDNN at these
   lengths. At T = 16384 XLA's attention ran out of GPU memory (40 GiB asked for its T×T scores).
 """
 

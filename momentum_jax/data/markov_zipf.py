@@ -27,7 +27,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.data import Batch
+from momentum_jax.data.batch import Batch
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,6 +146,27 @@ def _proj_KxGxHxH(proj: jax.Array, heads: int, kv_heads: int, head_dim: int,
   return proj.reshape(kv_heads, heads // kv_heads, head_dim, head_dim)
 
 
+def _sparse_branch(q_BxKxGxQxCxH: jax.Array, k_sel: jax.Array, v_sel: jax.Array,
+                   index_BxKxGxQxM: jax.Array, valid_BxKxGxQxM: jax.Array, *, scale: float,
+                   causal: bool, seq_k: int) -> jax.Array:
+  """SLA's sparse part: softmax over the gathered kept blocks ``k_sel``/``v_sel``
+  ``[B, K, G, Q, M, C, H]`` (logits ``[B, K, G, Q, C, M, C]``), padded and, when ``causal``,
+  future keys masked; a query row with no kept key gives zeros."""
+  num_q, size = q_BxKxGxQxCxH.shape[3:5]
+  logits = scale * jnp.einsum("bkgqch,bkgqmeh->bkgqcme", q_BxKxGxQxCxH, k_sel, precision=_HI)
+  key_pos_BxKxGxQxMxC = index_BxKxGxQxM[..., None] * size + jnp.arange(size)
+  keep = (valid_BxKxGxQxM[..., None] & (key_pos_BxKxGxQxMxC < seq_k))[:, :, :, :, None]
+  if causal:
+    query_pos_QxC = jnp.arange(num_q * size).reshape(num_q, size)
+    keep &= key_pos_BxKxGxQxMxC[:, :, :, :, None] <= query_pos_QxC[:, :, None, None]
+  logits = jnp.where(keep, logits, -jnp.inf)
+  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=(5, 6), keepdims=True))
+  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+  exp = jnp.exp(logits - row_max)
+  weights = exp / jnp.sum(exp, axis=(5, 6), keepdims=True)
+  return jnp.einsum("bkgqcme,bkgqmeh->bkgqch", weights, v_sel, precision=_HI)
+
+
 def sla_attention(
     q_BxTxNxH: jax.Array,
     k_BxSxKxH: jax.Array,
@@ -203,21 +224,9 @@ def sla_attention(
   b_ix = jnp.arange(batch)[:, None, None, None, None]
   k_ix = jnp.arange(kv_heads)[None, :, None, None, None]
 
-  # Sparse part: softmax over the gathered kept blocks, [B, K, G, Q, C, M, C].
-  k_sel = k_BxKxLxCxH[b_ix, k_ix, index_BxKxGxQxM]
-  v_sel = v_BxKxLxCxH[b_ix, k_ix, index_BxKxGxQxM]
-  logits = scale * jnp.einsum("bkgqch,bkgqmeh->bkgqcme", q_BxKxGxQxCxH, k_sel, precision=_HI)
-  key_pos_BxKxGxQxMxC = index_BxKxGxQxM[..., None] * size + jnp.arange(size)
-  keep = (valid_BxKxGxQxM[..., None] & (key_pos_BxKxGxQxMxC < seq_k))[:, :, :, :, None]
-  if causal:
-    query_pos_QxC = jnp.arange(num_q * size).reshape(num_q, size)
-    keep &= key_pos_BxKxGxQxMxC[:, :, :, :, None] <= query_pos_QxC[:, :, None, None]
-  logits = jnp.where(keep, logits, -jnp.inf)
-  row_max = jax.lax.stop_gradient(jnp.max(logits, axis=(5, 6), keepdims=True))
-  row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-  exp = jnp.exp(logits - row_max)
-  weights = exp / jnp.sum(exp, axis=(5, 6), keepdims=True)
-  o_sparse = jnp.einsum("bkgqcme,bkgqmeh->bkgqch", weights, v_sel, precision=_HI)
+  o_sparse = _sparse_branch(q_BxKxGxQxCxH, k_BxKxLxCxH[b_ix, k_ix, index_BxKxGxQxM],
+                            v_BxKxLxCxH[b_ix, k_ix, index_BxKxGxQxM], index_BxKxGxQxM,
+                            valid_BxKxGxQxM, scale=scale, causal=causal, seq_k=seq_k)
 
   # Linear part: (total − kept) block summaries.
   phi_q = jax.nn.softmax(q_BxKxGxQxCxH, axis=-1)

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.core.checks import check_attention_inputs, check_floating, check_unsupported
+from momentum_jax.core.checks import (
+    broadcasts_to, check_attention_inputs, check_floating, check_unsupported,
+)
 from momentum_jax.core.heads import repeat_kv
 
 
@@ -44,11 +46,7 @@ def _check_agent(
     if value is None:
       continue
     check_floating(name, value)
-    try:
-      ok = value.ndim <= 4 and np.broadcast_shapes(value.shape, target) == target
-    except ValueError:
-      ok = False
-    if not ok:
+    if not broadcasts_to(value, target):
       raise ValueError(
           f"{name} must be broadcastable to {target} (that is [N, {target[2]}, {target[3]}] or "
           f"[B, N, {target[2]}, {target[3]}]), got {name}.shape={value.shape}"

@@ -28,6 +28,14 @@ def is_concrete(x: object) -> bool:
   return not isinstance(x, jax.core.Tracer)
 
 
+def broadcasts_to(x: jax.Array, target: tuple[int, ...]) -> bool:
+  """Whether ``x`` (of rank at most ``len(target)``) broadcasts to exactly ``target``."""
+  try:
+    return x.ndim <= len(target) and np.broadcast_shapes(x.shape, target) == target
+  except ValueError:
+    return False
+
+
 def check_attention_inputs(
     q: jax.Array,
     k: jax.Array,
@@ -84,11 +92,7 @@ def check_attention_inputs(
   if bias is not None:
     check_floating("bias", bias)
     target = (batch, heads, seq_q, seq_k)
-    try:
-      ok = bias.ndim <= 4 and np.broadcast_shapes(bias.shape, target) == target
-    except ValueError:
-      ok = False
-    if not ok:
+    if not broadcasts_to(bias, target):
       raise ValueError(
           f"bias must be broadcastable to [B, N, T, S] = {target}, got bias.shape={bias.shape}"
       )

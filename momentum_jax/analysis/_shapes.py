@@ -1,6 +1,6 @@
 """Trace-time shape checks shared by the attention-analysis functions.
 
-Messages name the argument and its shape, like the checks in ``momentum_jax.attention._checks``.
+Messages name the argument and its shape, like the checks in ``momentum_jax.core.checks``.
 """
 
 from __future__ import annotations

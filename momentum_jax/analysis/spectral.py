@@ -15,7 +15,7 @@ segregation).
 This module computes the analytic response of the shear and of any causal FIR filter
 (``c_j``, x̂_t = Σ_j c_j x_{t−j}), Bode data (magnitude in dB, unwrapped phase), a least-squares
 FIR fit between two q/k tensors, time power spectra per head and per RoPE pair (pairs are
-channels (i, i + H/2), the rotate-half convention of :mod:`momentum_jax.attention.rope`) and
+channels (i, i + H/2), the rotate-half convention of :mod:`momentum_jax.core.rope`) and
 band energies below / above a cut-off. Inputs are arrays ``[B, T, N, H]``, not models.
 """
 

@@ -29,8 +29,8 @@ IMPLEMENTATIONS = ("xla", "pallas")
 # references on an H200 (tests/kernels/test_native_gpu.py), but only Lightning is picked there:
 # on that GPU (bfloat16, causal, N = 16, H = 128, T = 1024-8192) the flash kernel, with or without
 # the shear, ran forward + backward at 33-40 TFLOP/s against 48-69 for XLA's attention and
-# 159-442 for cuDNN's (``bench_kernels``), so the pure form (the shear as one elementwise pass,
-# then ``jax.nn.dot_product_attention``) is the faster default.
+# 159-442 for cuDNN's (``experiments/bench/kernels.py``), so the pure form (the shear as one
+# elementwise pass, then ``jax.nn.dot_product_attention``) is the faster default.
 DEFAULT_PLATFORMS = {
     "lightning": ("gpu",),
     "flash": (),

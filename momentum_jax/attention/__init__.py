@@ -23,9 +23,12 @@ from momentum_jax.attention.flash_bias import (
     flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
 )
 from momentum_jax.attention.flex import (
-    alibi_score, and_masks, causal_mask, flex_attention, flex_attention_reference,
-    flex_softmax_attention, flex_softmax_attention_reference, no_mask, segment_mask,
-    sliding_window_mask, softcap_score, streaming_llm_mask,
+    flex_attention, flex_attention_reference, flex_softmax_attention,
+    flex_softmax_attention_reference,
+)
+from momentum_jax.attention.flex_mods import (
+    alibi_score, and_masks, causal_mask, no_mask, segment_mask, sliding_window_mask, softcap_score,
+    streaming_llm_mask,
 )
 from momentum_jax.attention.flow import flow_attention, flow_attention_reference
 from momentum_jax.attention.grat import (
@@ -106,7 +109,6 @@ register_attention(
         params=("fixed_q", "fixed_k"),
         # Learned position-indexed queries / keys ~ N(0, 1), [context_len, N or K, H].
         learned={"fixed_q": fixed_q_init, "fixed_k": fixed_k_init},
-        masking="causal",
     ),
 )
 register_attention(

@@ -104,7 +104,9 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from momentum_jax.optim.spam import _after
+from momentum_jax.optim._checks import (
+    check_beta, check_non_negative, check_positive, check_rate, fail)
+from momentum_jax.optim._numerics import after
 
 MemoryPlane = Literal["previous_loss", "tangent"]
 _MEMORY_PLANES = ("previous_loss", "tangent")
@@ -141,42 +143,15 @@ class AdaptiveMemoryAdamState(NamedTuple):
   beta: jax.Array
 
 
-def _concrete_float(value: Any) -> float | None:
-  """The value as a float when it is known at trace time, else None (tracer or schedule)."""
-  if callable(value) or isinstance(value, jax.core.Tracer):
-    return None
-  return float(value)
-
-
-def _check_interval(
-    name: str, value: Any, low: float, high: float, *, high_open: bool = False
-) -> None:
-  """Raises ``ValueError`` unless a concrete ``value`` lies in [low, high] (or [low, high))."""
-  v = _concrete_float(value)
-  if v is None:
-    return
-  if not (low <= v < high if high_open else low <= v <= high):
-    bracket = ")" if high_open else "]"
-    raise ValueError(f"{name} must lie in [{low}, {high}{bracket}, got {name}={v}")
-
-
 def _check_common(
     lam: Any, beta_max: Any, memory_plane: str, fixed_beta: Any
 ) -> None:
-  v = _concrete_float(lam)
-  if v is not None and not v >= 0.0:
-    raise ValueError(f"lam must be >= 0, got lam={v}")
-  _check_interval("beta_max", beta_max, 0.0, 1.0, high_open=True)
+  check_non_negative("lam", lam)
+  check_beta("beta_max", beta_max)
   if memory_plane not in _MEMORY_PLANES:
-    raise ValueError(f"memory_plane must be one of {_MEMORY_PLANES}, got {memory_plane=}")
+    fail("memory_plane", memory_plane, f"one of {_MEMORY_PLANES}")
   if fixed_beta is not None:
-    _check_interval("fixed_beta", fixed_beta, 0.0, 1.0, high_open=True)
-
-
-def _check_learning_rate(learning_rate: Any) -> None:
-  v = _concrete_float(learning_rate)
-  if v is not None and not v >= 0.0:
-    raise ValueError(f"learning_rate must be >= 0, got learning_rate={v}")
+    check_beta("fixed_beta", fixed_beta)
 
 
 def _compute_dtype(tree: optax.Updates) -> jnp.dtype:
@@ -290,23 +265,14 @@ def scale_by_adaptive_memory_momentum(
     memory_plane: MemoryPlane = "previous_loss",
     fixed_beta: float | jax.Array | None = None,
 ) -> optax.GradientTransformation:
-  r"""Adaptive memory momentum: replaces the gradient by the direction :math:`d_{t+1}`.
+  r"""The gradient transformation of :func:`am_sgd`; see it for the update rule.
 
-  .. math::
-
-    d_{t+1} = \frac{\beta_t + \lambda}{1 + \lambda} d_t + \frac{1 - \beta_t}{1 + \lambda} g_t,
-    \qquad d_0 = g_0,
-
-  with :math:`\beta_t` from :func:`adaptive_memory_coefficient` (one scalar for all leaves). The
-  update returned is :math:`d_{t+1}`; chain with ``optax.scale_by_learning_rate`` for
-  :math:`x_{t+1} = x_t - \eta d_{t+1}`. The last :math:`\beta_t` is kept in the state's ``beta``
-  field (see :func:`adaptive_memory_beta`).
+  It returns the direction :math:`d_{t+1}`, before the learning rate and without weight decay;
+  chain it with ``optax.scale_by_learning_rate`` for :math:`x_{t+1} = x_t - \eta d_{t+1}`. The
+  last :math:`\beta_t` is kept in the state's ``beta`` field (see :func:`adaptive_memory_beta`).
 
   Args:
-    lam: damping :math:`\lambda \ge 0` of the step towards the previous direction.
-    beta_max: upper clip :math:`\beta_{\max} \in [0, 1)` of the coefficient.
-    memory_plane: ``"previous_loss"`` (default; the published rule) or ``"tangent"``; see the
-      module docstring.
+    lam, beta_max, memory_plane: as in :func:`am_sgd`.
     fixed_beta: if given, use this constant :math:`\beta \in [0, 1)` instead of the adaptive one
       (an ablation; with ``lam=0`` this is EMA momentum :math:`d = \beta d + (1-\beta) g`).
 
@@ -322,7 +288,7 @@ def scale_by_adaptive_memory_momentum(
     >>> params = optax.apply_updates(params, updates)
 
   References:
-    Topollai & Choromanska, https://arxiv.org/abs/2510.04988
+    See :func:`am_sgd`.
   """
   _check_common(lam, beta_max, memory_plane, fixed_beta)
 
@@ -355,25 +321,14 @@ def scale_by_adaptive_memory_adam(
     memory_plane: MemoryPlane = "previous_loss",
     fixed_beta: float | jax.Array | None = None,
 ) -> optax.GradientTransformation:
-  r"""Adaptive memory momentum in the Adam metric.
+  r"""The gradient transformation of :func:`am_adamw`; see it for the update rule.
 
-  .. math::
-
-    v_t = b_2 v_{t-1} + (1 - b_2) g_t^2, \quad
-    P_t = \sqrt{v_t / (1 - b_2^{t+1})} + \epsilon, \\
-    d_{t+1} = \frac{\beta_t + \lambda}{1 + \lambda} d_t + \frac{1 - \beta_t}{1 + \lambda} g_t,
-    \quad \text{update} = d_{t+1} / P_t ,
-
-  with :math:`\beta_t` from :func:`adaptive_memory_coefficient` with inner products weighted by
-  :math:`P_t^{-1}` (one scalar for all leaves), and :math:`d_0 = g_0`.
+  It returns :math:`d_{t+1} / P_t`, before the learning rate and the weight decay.
 
   Args:
-    b2: decay of the second-moment EMA, in [0, 1).
-    eps: added to :math:`\sqrt{\hat v}` (outside the square root), > 0.
-    lam: damping :math:`\lambda \ge 0` of the step towards the previous direction.
-    beta_max: upper clip :math:`\beta_{\max} \in [0, 1)` of the coefficient.
-    memory_plane: ``"previous_loss"`` (default) or ``"tangent"``; see the module docstring.
-    fixed_beta: if given, a constant :math:`\beta` instead of the adaptive one (an ablation).
+    b2, eps, lam, beta_max, memory_plane: as in :func:`am_adamw`.
+    fixed_beta: if given, a constant :math:`\beta \in [0, 1)` instead of the adaptive one (an
+      ablation).
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`AdaptiveMemoryAdamState`.
@@ -385,13 +340,11 @@ def scale_by_adaptive_memory_adam(
     >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
 
   References:
-    Topollai & Choromanska, https://arxiv.org/abs/2510.04988
+    See :func:`am_adamw`.
   """
   _check_common(lam, beta_max, memory_plane, fixed_beta)
-  _check_interval("b2", b2, 0.0, 1.0, high_open=True)
-  v = _concrete_float(eps)
-  if v is not None and not v > 0.0:
-    raise ValueError(f"eps must be > 0, got eps={v}")
+  check_beta("b2", b2)
+  check_positive("eps", eps)
 
   def init_fn(params: optax.Params) -> AdaptiveMemoryAdamState:
     return AdaptiveMemoryAdamState(
@@ -419,9 +372,9 @@ def scale_by_adaptive_memory_adam(
         jax.tree.map(inv_metric, nu))
     # The inverse metric costs a square root and a division per entry: XLA:CPU would store it
     # rather than recompute it in both the reduction above and the update below. Reading the
-    # second moments through `_after` here gives the update its own copy of the expression.
+    # second moments through `after` here gives the update its own copy of the expression.
     new_updates = jax.tree.map(
-        lambda d, n, g: (d.astype(acc) * inv_metric(_after(n, beta, count > 0))).astype(g.dtype),
+        lambda d, n, g: (d.astype(acc) * inv_metric(after(n, beta, count > 0))).astype(g.dtype),
         direction, nu, updates)
     return new_updates, AdaptiveMemoryAdamState(
         count=count, direction=direction, nu=nu, beta=beta)
@@ -443,18 +396,23 @@ def am_sgd(
 
     \tilde g_t = g_t + w x_t, \qquad
     d_{t+1} = \frac{\beta_t + \lambda}{1 + \lambda} d_t + \frac{1 - \beta_t}{1 + \lambda}\tilde g_t,
-    \qquad x_{t+1} = x_t - \eta_t d_{t+1},
+    \qquad d_0 = \tilde g_0, \qquad x_{t+1} = x_t - \eta_t d_{t+1},
 
-  with the adaptive :math:`\beta_t` of :func:`scale_by_adaptive_memory_momentum`. Weight decay
-  :math:`w` is coupled (an L2 term added to the gradient, as in ``torch.optim.SGD``), so it also
-  enters :math:`\beta_t`.
+  with :math:`\beta_t` from :func:`adaptive_memory_coefficient` (one scalar for all leaves; see
+  the module docstring). Weight decay :math:`w` is coupled (an L2 term added to the gradient, as
+  in ``torch.optim.SGD``), so it also enters :math:`\beta_t`.
+  :func:`scale_by_adaptive_memory_momentum` computes :math:`d_{t+1}`, and keeps the last
+  :math:`\beta_t` in its state (see :func:`adaptive_memory_beta`).
 
   Args:
     learning_rate: :math:`\eta`, a non-negative scalar or an optax schedule.
-    lam: damping :math:`\lambda \ge 0`; 0.1 is the reported deep-learning setting.
-    beta_max: upper clip of :math:`\beta_t`, in [0, 1); 0.9 is the reported setting.
+    lam: damping :math:`\lambda \ge 0` of the step towards the previous direction; 0.1 is the
+      reported deep-learning setting.
+    beta_max: upper clip :math:`\beta_{\max} \in [0, 1)` of :math:`\beta_t`; 0.9 is the reported
+      setting.
     weight_decay: coupled L2 coefficient :math:`w`.
-    memory_plane: ``"previous_loss"`` (default) or ``"tangent"``; see the module docstring.
+    memory_plane: ``"previous_loss"`` (default; the published rule) or ``"tangent"``; see the
+      module docstring.
 
   Returns:
     An ``optax.GradientTransformation`` (a chain).
@@ -474,10 +432,8 @@ def am_sgd(
   References:
     Topollai & Choromanska, https://arxiv.org/abs/2510.04988
   """
-  _check_learning_rate(learning_rate)
-  v = _concrete_float(weight_decay)
-  if v is not None and not v >= 0.0:
-    raise ValueError(f"weight_decay must be >= 0, got weight_decay={v}")
+  check_rate("learning_rate", learning_rate)
+  check_rate("weight_decay", weight_decay)
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       scale_by_adaptive_memory_momentum(lam, beta_max, memory_plane=memory_plane),
@@ -499,17 +455,25 @@ def am_adamw(
 
   .. math::
 
-    x_{t+1} = x_t - \eta_t \big( d_{t+1} / (\sqrt{\hat v_t} + \epsilon) + w x_t \big),
+    v_t = b_2 v_{t-1} + (1 - b_2) g_t^2, \quad
+    P_t = \sqrt{v_t / (1 - b_2^{t+1})} + \epsilon, \\
+    d_{t+1} = \frac{\beta_t + \lambda}{1 + \lambda} d_t + \frac{1 - \beta_t}{1 + \lambda} g_t,
+    \quad d_0 = g_0, \\
+    x_{t+1} = x_t - \eta_t \big( d_{t+1} / P_t + w x_t \big),
 
-  with :math:`d_{t+1}` and :math:`\hat v_t` from :func:`scale_by_adaptive_memory_adam` and
-  decoupled weight decay :math:`w` (as in ``optax.adamw``).
+  with :math:`\beta_t` from :func:`adaptive_memory_coefficient` with inner products weighted by
+  :math:`P_t^{-1}` (one scalar for all leaves; see the module docstring) and decoupled weight
+  decay :math:`w` (as in ``optax.adamw``). :func:`scale_by_adaptive_memory_adam` computes
+  :math:`d_{t+1} / P_t`.
 
   Args:
     learning_rate: :math:`\eta`, a non-negative scalar or an optax schedule.
-    b2: second-moment decay, in [0, 1).
-    eps: added to :math:`\sqrt{\hat v}`, > 0.
-    lam: damping :math:`\lambda \ge 0`; 0.1 is the reported deep-learning setting.
-    beta_max: upper clip of :math:`\beta_t`, in [0, 1); 0.9 is the reported setting.
+    b2: decay of the second-moment EMA, in [0, 1).
+    eps: added to :math:`\sqrt{\hat v}` (outside the square root), > 0.
+    lam: damping :math:`\lambda \ge 0` of the step towards the previous direction; 0.1 is the
+      reported deep-learning setting.
+    beta_max: upper clip :math:`\beta_{\max} \in [0, 1)` of :math:`\beta_t`; 0.9 is the reported
+      setting.
     weight_decay: decoupled weight decay :math:`w`.
     memory_plane: ``"previous_loss"`` (default) or ``"tangent"``; see the module docstring.
 
@@ -532,10 +496,8 @@ def am_adamw(
     Topollai & Choromanska, https://arxiv.org/abs/2510.04988
     Loshchilov & Hutter, "Decoupled Weight Decay Regularization", https://arxiv.org/abs/1711.05101
   """
-  _check_learning_rate(learning_rate)
-  v = _concrete_float(weight_decay)
-  if v is not None and not v >= 0.0:
-    raise ValueError(f"weight_decay must be >= 0, got weight_decay={v}")
+  check_rate("learning_rate", learning_rate)
+  check_rate("weight_decay", weight_decay)
   return optax.chain(
       scale_by_adaptive_memory_adam(b2, eps, lam, beta_max, memory_plane=memory_plane),
       optax.add_decayed_weights(weight_decay),

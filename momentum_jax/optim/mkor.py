@@ -15,13 +15,15 @@ a pair and ``momentum_jax.nn.value_grad_and_layer_stats`` returns the dict for a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from momentum_jax.optim._checks import (
+    check_count, check_finite, check_positive, check_unit_interval)
 
 PreconditionFilter = Callable[[str, jax.Array], bool]
 
@@ -107,11 +109,6 @@ def _bias_name(kernel_name: str, leaves: Mapping[str, jax.Array]) -> str | None:
   return name if bias is not None and jnp.shape(bias) == (d_out,) else None
 
 
-def _check(name: str, value: Any, ok: bool, requirement: str) -> None:
-  if not ok:
-    raise ValueError(f"{name}={value!r} must be {requirement}")
-
-
 def _sherman_morrison(f_inv: jax.Array, v: jax.Array, damping: float) -> jax.Array:
   """(P⁻¹ + v vᵀ)⁻¹ with P = (1 − damping) F⁻¹ + damping I, by Sherman–Morrison.
 
@@ -141,6 +138,95 @@ def _refresh_layer(layer: MkorLayerState, a: jax.Array, g: jax.Array, damping: f
   g_inv, g_overflow = step(layer.g_inv, g, reset_g)
   return MkorLayerState(a_inv=a_inv, g_inv=g_inv,
                         reset_a=jnp.logical_or(a_overflow, g_overflow), reset_g=g_overflow)
+
+
+def _init_layers(
+    params: optax.Params, is_selected: PreconditionFilter
+) -> dict[str, MkorLayerState]:
+  """Identity factors, flagged for reset, for every selected kernel of ``params``."""
+  leaves = _named_leaves(params)
+  layers = {}
+  for name, leaf in leaves.items():
+    if not is_selected(name, leaf):
+      continue
+    if jnp.ndim(leaf) != 2:
+      raise ValueError(f"precondition selected {name!r} with shape {jnp.shape(leaf)}; "
+                       "MKOR preconditions 2-D [d_in, d_out] kernels only")
+    d_in, d_out = jnp.shape(leaf)
+    d_a = d_in + (_bias_name(name, leaves) is not None)
+    layers[name] = MkorLayerState(
+        a_inv=jnp.eye(d_a, dtype=jnp.float32), g_inv=jnp.eye(d_out, dtype=jnp.float32),
+        reset_a=jnp.array(True), reset_g=jnp.array(True))
+  return layers
+
+
+def _statistics(
+    layers: Mapping[str, MkorLayerState], leaves: Mapping[str, jax.Array],
+    layer_stats: Mapping[str, tuple[jax.Array, jax.Array]], clipping: float,
+) -> dict[str, tuple[jax.Array, jax.Array]]:
+  """Clipped (a, g) per registered layer, with the bias 1 appended to a."""
+  missing = sorted(set(layers) - set(layer_stats))
+  if missing:
+    raise ValueError(f"layer_stats has no entry for the registered kernels {missing}; "
+                     f"it has {sorted(layer_stats)}")
+  vectors = {}
+  for name, layer in layers.items():
+    a, g = (jnp.asarray(x, jnp.float32) for x in layer_stats[name])
+    d_in, d_out = jnp.shape(leaves[name])
+    if a.shape != (d_in,) or g.shape != (d_out,):
+      raise ValueError(f"layer_stats[{name!r}] has shapes a={a.shape}, g={g.shape}; the "
+                       f"kernel's shape {(d_in, d_out)} needs a=({d_in},), g=({d_out},)")
+    if layer.a_inv.shape[0] == d_in + 1:
+      a = jnp.concatenate([a, jnp.ones((1,), jnp.float32)])
+    vectors[name] = (jnp.clip(a, -clipping, clipping), jnp.clip(g, -clipping, clipping))
+  return vectors
+
+
+def _precondition_layer(
+    layer: MkorLayerState, kernel_grad: jax.Array, bias_grad: jax.Array | None, rescale: bool
+) -> tuple[jax.Array, jax.Array | None]:
+  """(Δ_K, Δ_b) for one layer, or the raw gradients if the result is not finite."""
+  m = kernel_grad.astype(jnp.float32)
+  if bias_grad is not None:
+    m = jnp.concatenate([m, bias_grad.astype(jnp.float32)[None]], axis=0)
+  delta = layer.a_inv @ m @ layer.g_inv
+  if rescale:
+    d_in = kernel_grad.shape[0]
+    grad_norm = jnp.linalg.norm(m[:d_in]) + jnp.linalg.norm(m[d_in:])
+    delta_norm = jnp.linalg.norm(delta[:d_in]) + jnp.linalg.norm(delta[d_in:])
+    delta = delta * (grad_norm / delta_norm)
+  out = jnp.where(jnp.all(jnp.isfinite(delta)), delta, m)
+  new_kernel = out[:kernel_grad.shape[0]].astype(kernel_grad.dtype)
+  new_bias = None if bias_grad is None else out[-1].astype(bias_grad.dtype)
+  return new_kernel, new_bias
+
+
+def _precondition(
+    updates: optax.Updates, layers: dict[str, MkorLayerState],
+    layer_stats: Mapping[str, tuple[jax.Array, jax.Array]], refresh: jax.Array, *,
+    clipping: float, damping: float, stabilizer_threshold: float, rescale: bool,
+) -> tuple[optax.Updates, dict[str, MkorLayerState]]:
+  """Steps 1-3 of :func:`mkor`: the factor update when ``refresh``, then the preconditioning.
+
+  Returns the preconditioned ``updates`` (other leaves unchanged) and the new factors.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
+  names = [param_path_name(path) for path, _ in flat]
+  leaves = dict(zip(names, (leaf for _, leaf in flat)))
+  vectors = _statistics(layers, leaves, layer_stats, clipping)
+  layers = jax.lax.cond(
+      refresh,
+      lambda layers: {name: _refresh_layer(layer, *vectors[name], damping, stabilizer_threshold)
+                      for name, layer in layers.items()},
+      lambda layers: layers,
+      layers)
+  for name, layer in layers.items():
+    bias = _bias_name(name, leaves) if layer.a_inv.shape[0] != leaves[name].shape[0] else None
+    leaves[name], bias_update = _precondition_layer(
+        layer, leaves[name], None if bias is None else leaves[bias], rescale)
+    if bias is not None:
+      leaves[bias] = bias_update
+  return jax.tree_util.tree_unflatten(treedef, [leaves[name] for name in names]), layers
 
 
 def mkor(
@@ -247,93 +333,51 @@ def mkor(
     Mozaffari, Li, Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using
     Rank-1 Updates", NeurIPS 2023, arXiv:2306.01685.
   """
-  _check("inv_freq", inv_freq, isinstance(inv_freq, int) and inv_freq >= 1, "an integer >= 1")
-  _check("clipping", clipping, clipping > 0, "> 0")
-  _check("stabilizer_threshold", stabilizer_threshold, stabilizer_threshold > 0, "> 0")
-  _check("damping", damping, 0.0 <= damping <= 1.0, "in [0, 1]")
-  _check("warmup_steps", warmup_steps, isinstance(warmup_steps, int) and warmup_steps >= 0,
-         "an integer >= 0")
+  check_count("inv_freq", inv_freq, 1)
+  check_positive("clipping", clipping)
+  check_positive("stabilizer_threshold", stabilizer_threshold)
+  check_unit_interval("damping", damping)
+  check_count("warmup_steps", warmup_steps, 0)
   inner = optax.with_extra_args_support(inner)
   is_selected = is_dense_kernel if precondition is None else precondition
 
   def init_fn(params: optax.Params) -> MkorState:
-    leaves = _named_leaves(params)
-    layers = {}
-    for name, leaf in leaves.items():
-      if not is_selected(name, leaf):
-        continue
-      if jnp.ndim(leaf) != 2:
-        raise ValueError(f"precondition selected {name!r} with shape {jnp.shape(leaf)}; "
-                         "MKOR preconditions 2-D [d_in, d_out] kernels only")
-      d_in, d_out = jnp.shape(leaf)
-      d_a = d_in + (_bias_name(name, leaves) is not None)
-      layers[name] = MkorLayerState(
-          a_inv=jnp.eye(d_a, dtype=jnp.float32), g_inv=jnp.eye(d_out, dtype=jnp.float32),
-          reset_a=jnp.array(True), reset_g=jnp.array(True))
-    return MkorState(count=jnp.zeros([], jnp.int32), layers=layers,
+    return MkorState(count=jnp.zeros([], jnp.int32), layers=_init_layers(params, is_selected),
                      inner_state=inner.init(params))
-
-  def statistics(layers, leaves, layer_stats):
-    """Clipped (a, g) per registered layer, with the bias 1 appended to a."""
-    missing = sorted(set(layers) - set(layer_stats))
-    if missing:
-      raise ValueError(f"layer_stats has no entry for the registered kernels {missing}; "
-                       f"it has {sorted(layer_stats)}")
-    vectors = {}
-    for name, layer in layers.items():
-      a, g = (jnp.asarray(x, jnp.float32) for x in layer_stats[name])
-      d_in, d_out = jnp.shape(leaves[name])
-      if a.shape != (d_in,) or g.shape != (d_out,):
-        raise ValueError(f"layer_stats[{name!r}] has shapes a={a.shape}, g={g.shape}; the "
-                         f"kernel's shape {(d_in, d_out)} needs a=({d_in},), g=({d_out},)")
-      if layer.a_inv.shape[0] == d_in + 1:
-        a = jnp.concatenate([a, jnp.ones((1,), jnp.float32)])
-      vectors[name] = (jnp.clip(a, -clipping, clipping), jnp.clip(g, -clipping, clipping))
-    return vectors
-
-  def precondition_layer(layer, kernel_grad, bias_grad):
-    """(Δ_K, Δ_b) for one layer, or the raw gradients if the result is not finite."""
-    m = kernel_grad.astype(jnp.float32)
-    if bias_grad is not None:
-      m = jnp.concatenate([m, bias_grad.astype(jnp.float32)[None]], axis=0)
-    delta = layer.a_inv @ m @ layer.g_inv
-    if rescale:
-      d_in = kernel_grad.shape[0]
-      grad_norm = jnp.linalg.norm(m[:d_in]) + jnp.linalg.norm(m[d_in:])
-      delta_norm = jnp.linalg.norm(delta[:d_in]) + jnp.linalg.norm(delta[d_in:])
-      delta = delta * (grad_norm / delta_norm)
-    out = jnp.where(jnp.all(jnp.isfinite(delta)), delta, m)
-    new_kernel = out[:kernel_grad.shape[0]].astype(kernel_grad.dtype)
-    new_bias = None if bias_grad is None else out[-1].astype(bias_grad.dtype)
-    return new_kernel, new_bias
 
   def update_fn(updates, state, params=None, *, layer_stats=None, **extra_args):
     layers = state.layers
     if layer_stats is not None:
-      flat, treedef = jax.tree_util.tree_flatten_with_path(updates)
-      names = [param_path_name(path) for path, _ in flat]
-      leaves = dict(zip(names, (leaf for _, leaf in flat)))
-      vectors = statistics(layers, leaves, layer_stats)
       refresh = jnp.logical_or(state.count % inv_freq == 0, state.count < warmup_steps)
-      layers = jax.lax.cond(
-          refresh,
-          lambda layers: {name: _refresh_layer(layer, *vectors[name], damping,
-                                               stabilizer_threshold)
-                          for name, layer in layers.items()},
-          lambda layers: layers,
-          layers)
-      for name, layer in layers.items():
-        bias = _bias_name(name, leaves) if layer.a_inv.shape[0] != leaves[name].shape[0] else None
-        leaves[name], bias_update = precondition_layer(
-            layer, leaves[name], None if bias is None else leaves[bias])
-        if bias is not None:
-          leaves[bias] = bias_update
-      updates = jax.tree_util.tree_unflatten(treedef, [leaves[name] for name in names])
+      updates, layers = _precondition(
+          updates, layers, layer_stats, refresh, clipping=clipping, damping=damping,
+          stabilizer_threshold=stabilizer_threshold, rescale=rescale)
     updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
     return updates, MkorState(count=optax.safe_increment(state.count), layers=layers,
                               inner_state=inner_state)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _record_loss(
+    state: MkorHState, mkor_state: MkorState, value: jax.Array, window: int,
+    min_improvement: float,
+) -> MkorHState:
+  """The next :class:`MkorHState` after the loss ``value``; see :func:`mkor_h` for the rule."""
+  loss_sum = state.window_loss_sum + jnp.asarray(value, jnp.float32)
+  length = state.window_len + 1
+  closes = length >= window
+  mean = loss_sum / length
+  improvement = ((state.prev_window_mean - mean)
+                 / jnp.maximum(jnp.abs(state.prev_window_mean), jnp.finfo(jnp.float32).tiny))
+  stalled = closes & state.has_prev & ~(improvement >= min_improvement)
+  return MkorHState(
+      mkor=mkor_state,
+      second_order=state.second_order & ~stalled,
+      window_loss_sum=jnp.where(closes, 0.0, loss_sum),
+      window_len=jnp.where(closes, 0, length),
+      prev_window_mean=jnp.where(closes, mean, state.prev_window_mean),
+      has_prev=state.has_prev | closes)
 
 
 def mkor_h(
@@ -397,8 +441,8 @@ def mkor_h(
     Mozaffari, Li, Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using
     Rank-1 Updates", NeurIPS 2023, arXiv:2306.01685 (MKOR-H, the hybrid variant).
   """
-  _check("window", window, isinstance(window, int) and window >= 1, "an integer >= 1")
-  _check("min_improvement", min_improvement, math.isfinite(min_improvement), "finite")
+  check_count("window", window, 1)
+  check_finite("min_improvement", min_improvement)
   base = mkor(inner, inv_freq=inv_freq, clipping=clipping,
               stabilizer_threshold=stabilizer_threshold, damping=damping, rescale=rescale,
               warmup_steps=warmup_steps, precondition=precondition)
@@ -426,19 +470,6 @@ def mkor_h(
     if value is None:
       return updates, state._replace(mkor=mkor_state)
 
-    loss_sum = state.window_loss_sum + jnp.asarray(value, jnp.float32)
-    length = state.window_len + 1
-    closes = length >= window
-    mean = loss_sum / length
-    improvement = ((state.prev_window_mean - mean)
-                   / jnp.maximum(jnp.abs(state.prev_window_mean), jnp.finfo(jnp.float32).tiny))
-    stalled = closes & state.has_prev & ~(improvement >= min_improvement)
-    return updates, MkorHState(
-        mkor=mkor_state,
-        second_order=state.second_order & ~stalled,
-        window_loss_sum=jnp.where(closes, 0.0, loss_sum),
-        window_len=jnp.where(closes, 0, length),
-        prev_window_mean=jnp.where(closes, mean, state.prev_window_mean),
-        has_prev=state.has_prev | closes)
+    return updates, _record_loss(state, mkor_state, value, window, min_improvement)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -9,13 +9,14 @@ optimizer (clipped, spike-aware or not) can be run through the same spikes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from momentum_jax.optim._checks import check_finite, fail
 
 
 class InjectGradientSpikesState(NamedTuple):
@@ -69,11 +70,9 @@ def inject_gradient_spikes(
     Huang et al., "SPAM: Spike-Aware Adam with Momentum Reset for Stable LLM Training", ICLR 2025,
     arXiv:2501.06842 (gradient spikes and their effect on Adam's moments).
   """
-  bad = [s for s in steps if not isinstance(s, int) or isinstance(s, bool) or s < 1]
-  if bad:
-    raise ValueError(f"steps must be ints >= 1 (1-indexed), got bad steps {bad}")
-  if not math.isfinite(factor):
-    raise ValueError(f"factor must be a finite float, got factor={factor!r}")
+  if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in steps):
+    fail("steps", steps, "ints >= 1 (1-indexed)")
+  check_finite("factor", factor)
   spike_steps = tuple(sorted(set(steps)))
 
   def init_fn(params: optax.Params) -> InjectGradientSpikesState:

@@ -5,6 +5,7 @@ affine-scaled attention, the flux layer router)."""
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.dense import Dense
+from momentum_jax.nn.ema import ema_update_model
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
@@ -27,6 +28,7 @@ __all__ = [
     "Recorder",
     "Transformer",
     "TransformerConfig",
+    "ema_update_model",
     "load_balance_loss",
     "prefix_mean",
     "segment_positions",

@@ -1,7 +1,8 @@
 """Momentum optimisers as optax ``GradientTransformation``s.
 
 SPAM and Stable-SPAM (spike-aware Adam with momentum reset), adaptive memory momentum (AM-SGD,
-AM-AdamW), MKOR (rank-1 K-FAC preconditioning) and momentum (EMA) teachers.
+AM-AdamW), MKOR (rank-1 K-FAC preconditioning), momentum (EMA) teachers and artificial gradient
+spikes. This package depends on jax, optax and numpy only.
 """
 
 from momentum_jax.optim.adaptive_momentum import (
@@ -22,9 +23,37 @@ from momentum_jax.optim.teachers import (
     MomentumQueue,
     ema_momentum_schedule,
     ema_update,
-    ema_update_model,
-    momentum_distillation_loss,
     queue_init,
     queue_push,
     queue_valid_mask,
 )
+
+__all__ = [
+    "AdaptiveMemoryAdamState",
+    "AdaptiveMemoryState",
+    "InjectGradientSpikesState",
+    "MkorHState",
+    "MkorLayerState",
+    "MkorState",
+    "MomentumQueue",
+    "ScaleBySpamState",
+    "ScaleByStableSpamState",
+    "adaptive_memory_beta",
+    "adaptive_memory_coefficient",
+    "am_adamw",
+    "am_sgd",
+    "ema_momentum_schedule",
+    "ema_update",
+    "inject_gradient_spikes",
+    "mkor",
+    "mkor_h",
+    "queue_init",
+    "queue_push",
+    "queue_valid_mask",
+    "scale_by_adaptive_memory_adam",
+    "scale_by_adaptive_memory_momentum",
+    "scale_by_spam",
+    "scale_by_stable_spam",
+    "spam",
+    "stable_spam",
+]

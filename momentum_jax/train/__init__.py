@@ -2,7 +2,8 @@
 
 from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
 from momentum_jax.train.loop import METRICS_FILE, TrainResult, train
-from momentum_jax.train.loss import masked_accuracy, masked_cross_entropy, masked_sums
+from momentum_jax.train.loss import (
+    masked_accuracy, masked_cross_entropy, masked_sums, momentum_distillation_loss)
 from momentum_jax.train.sharding import DATA_AXIS, data_parallel_shardings, default_mesh
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "masked_accuracy",
     "masked_cross_entropy",
     "masked_sums",
+    "momentum_distillation_loss",
     "train",
 ]

@@ -16,7 +16,7 @@ PUBLIC_FUNCTIONS = [(name, obj) for name, obj in vars(momentum_jax.optim).items(
 # Factories of update rules: their docstrings must also carry the rule, Args and References.
 UPDATE_RULES = {"spam", "scale_by_spam", "stable_spam", "scale_by_stable_spam", "am_sgd",
                 "am_adamw", "scale_by_adaptive_memory_momentum", "scale_by_adaptive_memory_adam",
-                "mkor", "mkor_h", "ema_update", "momentum_distillation_loss"}
+                "mkor", "mkor_h", "ema_update"}
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])

@@ -4,7 +4,6 @@ Every kernel has a pure-JAX reference in ``momentum_jax.attention`` and is teste
 in Pallas interpret mode on the CPU. jax-triton is imported only where a GPU is present.
 """
 
-from momentum_jax.kernels.flash_attention import (
-    BlockSizes, flash_attention, flash_attention_reference,
-)
+from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
+from momentum_jax.kernels.flash_reference import flash_attention_reference
 from momentum_jax.kernels.lightning import lightning_attention_kernel

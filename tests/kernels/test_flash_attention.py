@@ -29,9 +29,8 @@ from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import momentum_jax.attention as attn
 from momentum_jax.core.masks import previous_step
-from momentum_jax.kernels.flash_attention import (
-    BlockSizes, flash_attention, flash_attention_reference,
-)
+from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
+from momentum_jax.kernels.flash_reference import flash_attention_reference
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 

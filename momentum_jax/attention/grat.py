@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.flex import and_masks, flex_attention, flex_attention_reference
+from momentum_jax.attention.flex import flex_attention, flex_attention_reference
+from momentum_jax.attention.flex_mods import and_masks
 from momentum_jax.core.block_mask import MaskMod, create_block_mask
 from momentum_jax.core.checks import check_attention_inputs
 

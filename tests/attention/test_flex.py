@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
-from momentum_jax.attention import flex
+from momentum_jax.core.block_mask import EMPTY, FULL, PARTIAL
 from momentum_jax.experiments.bench import flex_attention as bench_flex_attention
 
 B, N, K, H = 2, 4, 2, 24
@@ -133,8 +133,8 @@ def test_causal_block_mask_classification_and_skipping():
   mask = attn.create_block_mask(attn.causal_mask, None, None, 64, 64, BLOCK, BLOCK)
   kind = np.asarray(mask.kind_BxNxQxK[0, 0])
   blocks = np.arange(4)
-  expected = np.where(blocks[:, None] > blocks[None], flex.FULL,
-                      np.where(blocks[:, None] == blocks[None], flex.PARTIAL, flex.EMPTY))
+  expected = np.where(blocks[:, None] > blocks[None], FULL,
+                      np.where(blocks[:, None] == blocks[None], PARTIAL, EMPTY))
   np.testing.assert_array_equal(kind, expected)
   np.testing.assert_array_equal(mask.kv_count_BxNxQ[0, 0], [1, 2, 3, 4])
   np.testing.assert_array_equal(mask.kv_index_BxNxQxM[0, 0, 2], [0, 1, 2, 0])
@@ -142,10 +142,10 @@ def test_causal_block_mask_classification_and_skipping():
   # Padding: T = 70 gives 5 query and 5 key blocks; the last key block is partial.
   mask = attn.create_block_mask(attn.causal_mask, None, None, 70, 70, BLOCK, BLOCK)
   kind = np.asarray(mask.kind_BxNxQxK[0, 0])
-  assert kind.shape == (5, 5) and kind[4, 3] == flex.FULL and kind[4, 4] == flex.PARTIAL
+  assert kind.shape == (5, 5) and kind[4, 3] == FULL and kind[4, 4] == PARTIAL
   # Window 16 on 16-blocks: two partial tiles per row, everything else empty.
   mask = attn.create_block_mask(attn.sliding_window_mask(16), None, None, 64, 64, BLOCK, BLOCK)
-  assert mask.kv_index_BxNxQxM.shape[-1] == 2 and not np.any(mask.kind_BxNxQxK == flex.FULL)
+  assert mask.kv_index_BxNxQxM.shape[-1] == 2 and not np.any(mask.kind_BxNxQxK == FULL)
 
 
 def test_block_mask_per_batch_and_head():

@@ -43,14 +43,12 @@ def concrete(name: str, value: Any) -> float | None:
   """
   if isinstance(value, jax.core.Tracer):
     return None
-  if isinstance(value, (bool, np.bool_, str, bytes)):
-    fail(name, value, "a real number")
   try:
     array = np.asarray(value)
-  except (TypeError, ValueError):
-    fail(name, value, "a real number")
-  numeric = jnp.issubdtype(array.dtype, jnp.integer) or jnp.issubdtype(array.dtype, jnp.floating)
-  if array.ndim != 0 or not numeric:
+  except (TypeError, ValueError):  # e.g. a ragged list
+    array = np.asarray(None)
+  if array.ndim != 0 or not (jnp.issubdtype(array.dtype, jnp.integer)
+                             or jnp.issubdtype(array.dtype, jnp.floating)):
     fail(name, value, "a real number")
   return float(array)
 

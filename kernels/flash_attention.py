@@ -41,7 +41,7 @@ from momentum_jax.core.checks import (
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.shear import momentum_shear
 from momentum_jax.kernels.flash_kernels import (
-    BlockSizes, _backward_kernels, _forward, _sparse_lists, _Static,
+    BlockSizes, Static, flash_backward, flash_forward, sparse_lists,
 )
 
 SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -51,17 +51,17 @@ MAX_HEAD_DIM = 256
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _flash(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
-  out, _ = _forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
+  out, _ = flash_forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
   return out.astype(q.dtype)
 
 
 def _flash_fwd(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
-  out, lse = _forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
+  out, lse = flash_forward(st, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts)
   residuals = (q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts, out, lse)
   return out.astype(q.dtype), residuals
 
 
-def _shear_vjp(st: _Static, x, gamma_heads, seg, dx_hat):
+def _shear_vjp(st: Static, x, gamma_heads, seg, dx_hat):
   """The shear's transpose: (dx, dγ per head of x) from dx̂, an O(T·H) elementwise pass."""
   seg = None if seg is None else seg[:, :x.shape[1]]
   shear = lambda x, g: momentum_shear(x, g, boundary=st.boundary, segment_ids=seg)
@@ -74,7 +74,7 @@ def _flash_bwd(st, residuals, do):
   delta = None
   if not st.sigmoid:
     delta = jnp.einsum("btnh,btnh->bnt", out.astype(jnp.float32), do.astype(jnp.float32))
-  dq_outs, dkv_outs = _backward_kernels(st, q, k, v, gamma_K, qb, kb, seg, sparse, mask_consts,
+  dq_outs, dkv_outs = flash_backward(st, q, k, v, gamma_K, qb, kb, seg, sparse, mask_consts,
                                         do, lse, delta)
   dq, dk, dv = dq_outs[0], dkv_outs[0], dkv_outs[1]
   dgamma_K = None
@@ -110,7 +110,7 @@ def _check_block_sizes(block_sizes: BlockSizes) -> None:
                        f"got block_sizes.{field.name}={value!r}")
 
 
-def _check_flash(q, k, v, *, causal, window, segment_ids, sinks, gamma, boundary, q_bias, k_bias,
+def check_flash(q, k, v, *, causal, window, segment_ids, sinks, gamma, boundary, q_bias, k_bias,
                  sigmoid, sigmoid_bias, block_mask, block_sizes, dtypes=SUPPORTED_DTYPES) -> None:
   """Validates every argument of :func:`flash_attention` (and of its reference, which also
   takes float64)."""
@@ -227,7 +227,7 @@ def flash_attention(
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
-  _check_flash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window,
+  check_flash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window,
                segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary,
                q_bias=q_bias, k_bias=k_bias, sigmoid=sigmoid, sigmoid_bias=sigmoid_bias,
                block_mask=block_mask, block_sizes=block_sizes)
@@ -255,8 +255,8 @@ def flash_attention(
     consts = [jnp.asarray(c) for c in closed.consts]
     mask_shapes = tuple(c.shape for c in consts)  # scalars travel as [1] blocks, reshaped back
     mask_consts = tuple(c.reshape(-1) if c.ndim == 0 else c for c in consts)
-    sparse = _sparse_lists(block_mask)
-  st = _Static(
+    sparse = sparse_lists(block_mask)
+  st = Static(
       scale=head_dim**-0.5 if scale is None else float(scale), causal=causal, window=window,
       boundary=boundary, sigmoid=sigmoid,
       offset=(-math.log(seq_k) if sigmoid_bias is None else float(sigmoid_bias)),

@@ -106,7 +106,7 @@ class BlockSizes:
                       bk(backward(self.block_k_dq, self.block_k)))
 
 
-class _Static(NamedTuple):
+class Static(NamedTuple):
   """Trace-time configuration shared by the kernels and the custom VJP."""
 
   scale: float
@@ -165,7 +165,7 @@ def _sheared_rows(x_ref, start, size, gamma, seg_ref, boundary, head=None) -> ja
   return x_CxH + gamma * (x_CxH - prev_CxH)
 
 
-def _visible(st: _Static, q0, block_q, k0, block_k, seg_ref, b, n, kind, mask_refs) -> jax.Array:
+def _visible(st: Static, q0, block_q, k0, block_k, seg_ref, b, n, kind, mask_refs) -> jax.Array:
   """Boolean ``[block_q, block_k]``: which entries of the tile at (q0, k0) are visible."""
   t_Cx1 = q0 + jax.lax.broadcasted_iota(jnp.int32, (block_q, 1), 0)
   s_1xD = k0 + jax.lax.broadcasted_iota(jnp.int32, (1, block_k), 1)
@@ -187,7 +187,7 @@ def _visible(st: _Static, q0, block_q, k0, block_k, seg_ref, b, n, kind, mask_re
   return visible_CxD
 
 
-def _logits(st: _Static, q_CxH, k_DxH, qb_CxR, kb_DxR) -> jax.Array:
+def _logits(st: Static, q_CxH, k_DxH, qb_CxR, kb_DxR) -> jax.Array:
   """scale · q̂ k̂ᵀ + qb kbᵀ (+ b in sigmoid mode), ``[C, D]`` float32."""
   logits_CxD = st.scale * _dot_t(q_CxH, k_DxH)
   if qb_CxR is not None:
@@ -197,14 +197,14 @@ def _logits(st: _Static, q_CxH, k_DxH, qb_CxR, kb_DxR) -> jax.Array:
   return logits_CxD
 
 
-def _probs(st: _Static, logits_CxD, visible_CxD, lse_C) -> jax.Array:
+def _probs(st: Static, logits_CxD, visible_CxD, lse_C) -> jax.Array:
   """Attention weights of a tile: σ(l) or e^{l − L}, 0 where invisible."""
   if st.sigmoid:
     return jnp.where(visible_CxD, jax.nn.sigmoid(logits_CxD), 0.0)
   return jnp.where(visible_CxD, jnp.exp(logits_CxD - lse_C[:, None]), 0.0)
 
 
-def _dlogits(st: _Static, probs_CxD, do_CxH, v_DxH, delta_C) -> jax.Array:
+def _dlogits(st: Static, probs_CxD, do_CxH, v_DxH, delta_C) -> jax.Array:
   """dl from the weights P, dO and V: P ∘ (dO Vᵀ − Δ), or σ(1 − σ) ∘ dO Vᵀ."""
   dp_CxD = _dot_t(do_CxH, v_DxH)
   if st.sigmoid:
@@ -212,7 +212,7 @@ def _dlogits(st: _Static, probs_CxD, do_CxH, v_DxH, delta_C) -> jax.Array:
   return probs_CxD * (dp_CxD - delta_C[:, None])
 
 
-def _key_tiles(st: _Static, q0, block_q: int, block_k: int, num_k: int):
+def _key_tiles(st: Static, q0, block_q: int, block_k: int, num_k: int):
   """Key tiles [lo, hi) that causality and the window leave non-empty for queries from q0."""
   lo, hi = 0, num_k
   if st.causal:
@@ -222,7 +222,7 @@ def _key_tiles(st: _Static, q0, block_q: int, block_k: int, num_k: int):
   return lo, hi
 
 
-def _query_tiles(st: _Static, k0, block_q: int, block_k: int, num_q: int):
+def _query_tiles(st: Static, k0, block_q: int, block_k: int, num_q: int):
   """Query tiles [lo, hi) that causality and the window leave non-empty for keys from k0."""
   lo, hi = 0, num_q
   if st.causal:
@@ -242,7 +242,7 @@ def _loop(lo, hi, listed, count, body, carry):
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, kb_ref,
-                    sparse_refs, mask_refs, o_ref, *lse_refs, st: _Static):
+                    sparse_refs, mask_refs, o_ref, *lse_refs, st: Static):
   """One (batch, query head, query tile): online softmax (or sigmoid sum) over key tiles."""
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   block_q, block_k = st.blocks.block_q, st.blocks.block_k
@@ -295,7 +295,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, sinks_ref, qb_ref, 
 
 
 def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_refs, mask_refs,
-               do_ref, lse_ref, delta_ref, dq_ref, *dqb_refs, st: _Static):
+               do_ref, lse_ref, delta_ref, dq_ref, *dqb_refs, st: Static):
   """One (batch, query head, query tile): dq̂ and dqb over the key tiles."""
   b, n, i = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   block_q, block_k = st.blocks.block_q_dq, st.blocks.block_k_dq
@@ -337,7 +337,7 @@ def _dq_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_r
 
 
 def _dkv_kernel(q_ref, k_ref, v_ref, seg_ref, gamma_ref, qb_ref, kb_ref, sparse_refs, mask_refs,
-                do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *dkb_refs, st: _Static):
+                do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *dkb_refs, st: Static):
   """One (batch, kv head, key tile): dk̂, dv and dkb, summed over the group's query heads."""
   b, h, j = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   block_q, block_k = st.blocks.block_q_dkv, st.blocks.block_k_dkv
@@ -398,7 +398,7 @@ class _Sparse(NamedTuple):
   kind_BxNxKxQ: jax.Array
 
 
-def _sparse_lists(block_mask: BlockMask) -> _Sparse:
+def sparse_lists(block_mask: BlockMask) -> _Sparse:
   """The block mask's key-tile lists and their transpose (query-tile lists per key tile)."""
   kind_BxNxKxQ = jnp.swapaxes(block_mask.kind_BxNxQxK, -1, -2)
   nonempty_BxNxKxQ = kind_BxNxKxQ != EMPTY
@@ -473,7 +473,7 @@ def _query_tile_lists(sparse: _Sparse | None, groups: int) -> tuple[tuple | None
   return args, specs
 
 
-def _forward(st: _Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
+def flash_forward(st: Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_consts):
   """The forward kernel on padded inputs: float32 out ``[B, T, N, H]`` and L ``[B, N, T]``
   (softmax only)."""
   batch, seq_q, heads, head_dim = q.shape
@@ -503,7 +503,7 @@ def _forward(st: _Static, q, k, v, gamma_K, sinks_N, qb, kb, seg, sparse, mask_c
   return outs[0], (outs[1] if len(outs) > 1 else None)
 
 
-def _backward_kernels(st: _Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_consts, do, lse,
+def flash_backward(st: Static, q, k, v, gamma_K, qb, kb, seg, sparse, mask_consts, do, lse,
                       delta):
   """dq̂, dqb from the dq kernel and dk̂, dv, dkb from the dk/dv kernel (padded shapes)."""
   batch, seq_q, heads, head_dim = q.shape

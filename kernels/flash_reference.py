@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from momentum_jax.core.block_mask import BlockMask
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.masks import previous_step_matrix, visibility_mask
-from momentum_jax.kernels.flash_attention import SUPPORTED_DTYPES, BlockSizes, _check_flash
+from momentum_jax.kernels.flash_attention import SUPPORTED_DTYPES, BlockSizes, check_flash
 
 
 def flash_attention_reference(
@@ -49,7 +49,7 @@ def flash_attention_reference(
   scores_BxNxTxS, weights_BxNxTxS)`` in the compute dtype: scores with masked entries −inf,
   weights the rows without the sink column (zeros where masked).
   """
-  _check_flash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window,
+  check_flash(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window,
                segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary,
                q_bias=q_bias, k_bias=k_bias, sigmoid=sigmoid, sigmoid_bias=sigmoid_bias,
                block_mask=block_mask, block_sizes=block_sizes,

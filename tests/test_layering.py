@@ -173,6 +173,7 @@ def test_checks_catch_an_injected_upward_import_and_cycle(graph):
 
 def test_graph_sees_function_level_imports(tmp_path):
   source = tmp_path / "mod.py"
-  source.write_text("def f():\n  from momentum_jax.kernels import backend\n  import momentum_jax.nn\n")
+  source.write_text(
+      "def f():\n  from momentum_jax.kernels import backend\n  import momentum_jax.nn\n")
   assert imported_names(source, "momentum_jax.attention.mod") == {
       "momentum_jax.kernels.backend", "momentum_jax.nn"}

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from momentum_jax.attention.flex_mods import (
     and_masks, causal_mask, no_mask, segment_mask, sliding_window_mask,
 )
-from momentum_jax.attention.flex_scan import _closure_convert_score, _flex_tiles, _Tiles
+from momentum_jax.attention.flex_scan import closure_convert_score, flex_tiles, Tiles
 from momentum_jax.core.block_mask import BlockMask, MaskMod, ScoreMod, create_block_mask, index_grid
 from momentum_jax.core.checks import check_attention_inputs, check_positive_int_or_none
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -129,9 +129,9 @@ def flex_attention(
       pad(q_BxTxNxH, num_q * bq).reshape(batch, num_q, bq, heads, head_dim), (1, 0, 3, 2, 4))
   to_tiles = lambda x: jnp.transpose(
       pad(x, num_k * bk).reshape(batch, num_k, bk, kv_heads, head_dim), (1, 0, 3, 2, 4))
-  score_fn, consts = _closure_convert_score(score_mod, batch, heads, bq, bk, dtype)
-  tiles = _Tiles(score_fn, mask.mask_mod, float(scale), seq_q, seq_k, bq, bk)
-  out_QxBxNxCxH = _flex_tiles(tiles, q_QxBxNxCxH, to_tiles(k_BxSxKxH), to_tiles(v_BxSxKxH),
+  score_fn, consts = closure_convert_score(score_mod, batch, heads, bq, bk, dtype)
+  tiles = Tiles(score_fn, mask.mask_mod, float(scale), seq_q, seq_k, bq, bk)
+  out_QxBxNxCxH = flex_tiles(tiles, q_QxBxNxCxH, to_tiles(k_BxSxKxH), to_tiles(v_BxSxKxH),
                               consts, kind_BxNxQxK, index_BxNxQxM, count_BxNxQ)
   out_BxTxNxH = jnp.transpose(out_QxBxNxCxH, (1, 0, 3, 2, 4)).reshape(
       batch, num_q * bq, heads, head_dim)

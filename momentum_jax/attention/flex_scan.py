@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from momentum_jax.core.block_mask import EMPTY, FULL, PARTIAL, MaskMod, ScoreMod, index_grid
 
 
-class _Tiles(NamedTuple):
+class Tiles(NamedTuple):
   """Static configuration of the tiled computation."""
 
   score_fn: Callable[..., jax.Array] | None  # (score, b, n, t, s, *consts) -> score
@@ -35,7 +35,7 @@ class _Tiles(NamedTuple):
   block_k: int
 
 
-def _closure_convert_score(
+def closure_convert_score(
     score_mod: ScoreMod | None, batch: int, heads: int, block_q: int, block_k: int,
     dtype: jnp.dtype,
 ) -> tuple[Callable[..., jax.Array] | None, tuple[jax.Array, ...]]:
@@ -61,7 +61,7 @@ def _gather_tile(x_KxBxJxDxH: jax.Array, j_BxN: jax.Array) -> jax.Array:
 
 
 def _tile_logits(
-    tiles: _Tiles, consts: tuple[jax.Array, ...], i: jax.Array, j_BxN: jax.Array,
+    tiles: Tiles, consts: tuple[jax.Array, ...], i: jax.Array, j_BxN: jax.Array,
     kind_BxN: jax.Array, q_BxNxCxH: jax.Array, k_BxNxDxH: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array, Callable[..., jax.Array]]:
   """Logits of one tile after score_mod with invisible entries -inf, the visibility, the raw
@@ -146,7 +146,7 @@ def _flex_forward(tiles, q_QxBxNxCxH, k_KxBxJxDxH, v_KxBxJxDxH, consts, kind_BxN
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flex_tiles(tiles, q_QxBxNxCxH, k_KxBxJxDxH, v_KxBxJxDxH, consts, kind_BxNxQxK,
+def flex_tiles(tiles, q_QxBxNxCxH, k_KxBxJxDxH, v_KxBxJxDxH, consts, kind_BxNxQxK,
                 index_BxNxQxM, count_BxNxQ):
   return _flex_forward(tiles, q_QxBxNxCxH, k_KxBxJxDxH, v_KxBxJxDxH, consts, kind_BxNxQxK,
                        index_BxNxQxM, count_BxNxQ)[0]
@@ -242,4 +242,4 @@ def _flex_tiles_bwd(tiles, residuals, dout_QxBxNxCxH):
   return (dq_QxBxNxCxH, group(dk_KxBxNxDxH), group(dv_KxBxNxDxH), dconsts, None, None, None)
 
 
-_flex_tiles.defvjp(_flex_tiles_fwd, _flex_tiles_bwd)
+flex_tiles.defvjp(_flex_tiles_fwd, _flex_tiles_bwd)

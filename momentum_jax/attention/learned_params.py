@@ -13,8 +13,8 @@ their registrations declare in ``AttentionVariant.learned``.
   random init (std ``LEARNED_BIAS_STD``).
 
 Each per-position initialiser returns the keyword argument for a batch of one sequence of
-``context_len`` tokens; its registration's ``LearnedLayout.at_positions`` (:func:`rows_at_positions`,
-:func:`key_columns_at_positions`) gathers the rows of a batch's token positions.
+``context_len`` tokens; its registration's ``LearnedLayout.at_positions``
+(:func:`rows_at_positions`, :func:`key_columns_at_positions`) gathers a batch's token positions.
 """
 
 from __future__ import annotations

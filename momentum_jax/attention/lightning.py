@@ -104,7 +104,8 @@ def lightning_attention(
   if wants_kernel(implementation, "lightning"):
     block_sizes = lightning_kernel.BlockSizes(block_size, block_size, block_size)
     if (implementation == "pallas"
-        or lightning_kernel.unsupported_reason(q_BxTxNxH, scale=scale, block_sizes=block_sizes) is None):
+        or lightning_kernel.unsupported_reason(
+            q_BxTxNxH, scale=scale, block_sizes=block_sizes) is None):
       return lightning_kernel.lightning_attention_kernel(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids, scale=scale, decay=decay,
           block_sizes=block_sizes)

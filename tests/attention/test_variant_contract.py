@@ -113,7 +113,8 @@ def test_a_new_variant_needs_no_model_edit(scratch_registry):
   stored = model.blocks[0].attn.variant_params["temperature"][...]
   np.testing.assert_allclose(stored, np.log(2.0), rtol=1e-6)
   tokens = jnp.arange(8)[None] % 16
-  logits, cache = model.run_with_cache(tokens, names_filter=lambda n: n.endswith(("hook_rot_q", "hook_q_scaled")))
+  wanted = lambda name: name.endswith(("hook_rot_q", "hook_q_scaled"))
+  logits, cache = model.run_with_cache(tokens, names_filter=wanted)
   rot_q, scaled_q = cache["blocks.0.attn.hook_rot_q"], cache["blocks.0.attn.hook_q_scaled"]
   np.testing.assert_allclose(scaled_q, rot_q / 2.0, rtol=1e-6)
   np.testing.assert_allclose(logits, model(tokens), rtol=1e-5, atol=1e-6)

@@ -14,7 +14,8 @@ Subpackages:
 
 Import layering (A ← B: B may import A, never the reverse):
   core ← kernels ← attention ← nn ← train ← experiments
-optim and data import no other subpackage; analysis reads attention weights and uses core.
+optim and data import no other subpackage (nn's EMA teacher uses optim, train uses both);
+analysis reads attention weights and uses core. ``tests/test_layering.py`` enforces this.
 """
 
 __version__ = "0.1.0"

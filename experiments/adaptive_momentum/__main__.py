@@ -2,6 +2,7 @@
 fixed b1 on a small transformer. Writes tables, JSON and one figure.
 
     python -m momentum_jax.experiments.adaptive_momentum [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import optax
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
+from momentum_jax.experiments.cli import start_experiment  # noqa: E402
 from momentum_jax.experiments.adaptive_momentum.config import (  # noqa: E402
     TARGET_ACCURACY,
     TARGET_LOSS_RATIO,
@@ -195,8 +196,9 @@ def _verdicts(quad: dict, nets: dict) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "adaptive_momentum")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "adaptive_momentum", get_config,
+                         workdirs=lambda config: (name for name, _ in config.runs))
+  config, out_dir = run.config, run.out_dir
   total = time.perf_counter()
   quad = run_quadratic(config.quadratic)
   quad_seconds = time.perf_counter() - total
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for name, train_config in config.runs:
     start = time.perf_counter()
     result = train(config.model, train_config, config.task, out_dir / name,
-                   progress=not args.no_progress)
+                   progress=run.progress, experiment=run.experiment)
     history = result.history
     loss_steps, train_loss = _history_series(history, "train_loss")
     beta_steps, beta = _history_series(history, "beta")
@@ -226,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   summary = {"quadratic_config": dataclasses.asdict(config.quadratic), "quadratic": quad,
              "quadratic_seconds": quad_seconds, "task": config.task.__dict__,
              "model": config.model.to_dict(), "transformer": nets, "verdicts": verdicts,
-             "seconds": time.perf_counter() - total, "quick": args.quick}
+             "seconds": time.perf_counter() - total, "quick": run.quick,
+             **run.record()}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
   _plot(quad, nets, config.quadratic.common_lr, out_dir / "adaptive_momentum.png")
 

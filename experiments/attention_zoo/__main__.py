@@ -2,6 +2,7 @@
 writes results.json, results.md and zoo.png.
 
     python -m momentum_jax.experiments.attention_zoo [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from momentum_jax.data import Task  # noqa: E402
 from momentum_jax.experiments.attention_zoo.config import (  # noqa: E402
     ATTENTION_PARAMS, ExperimentConfig, get_config,
 )
-from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
+from momentum_jax.experiments.cli import start_experiment  # noqa: E402
 from momentum_jax.nn import Transformer, TransformerConfig  # noqa: E402
 from momentum_jax.train import make_optimizer, masked_sums  # noqa: E402
 
@@ -179,8 +180,8 @@ def _plot(summary: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-  args, out_dir = parse_experiment_args(argv, __doc__, "attention_zoo")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "attention_zoo", get_config, workdirs=lambda config: ())
+  config, out_dir = run.config, run.out_dir
   start = time.perf_counter()
   results: dict[str, dict[str, Any]] = {name: {} for name, _ in config.tasks}
   skipped: dict[str, str] = {}
@@ -194,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           skipped[attention] = f"non-causal only: {reason}"
           break
         results[task_name][attention] = run_variant(config.model(task, attention), task, config,
-                                                    not args.no_progress, executables)
+                                                    run.progress, executables)
       except Exception as error:  # noqa: BLE001  one broken variant must not end the sweep
         failed[f"{attention} ({task_name})"] = f"{type(error).__name__}: {error}"
         print(f"{attention} on {task_name} FAILED: {type(error).__name__}: {error}")
@@ -205,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{r['peak_memory_bytes'] / 2**20:6.2f} MiB  (compile {r['compile_s']:.1f} s)")
 
   summary = {
-      "quick": args.quick,
+      "quick": run.quick,
+      **run.record(),
       "tasks": {name: {"type": type(task).__name__, **task.__dict__, "seq_len": task.seq_len}
                 for name, task in config.tasks},
       "train": config.train.to_dict(),

@@ -2,6 +2,7 @@
 head as previous-token, duplicate-token, induction and prefix-matching head.
 
     python -m momentum_jax.experiments.head_detection [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from momentum_jax.analysis import chance_scores, detect_heads, plot_head_scores, score_heads
 from momentum_jax.data import repeated_random_tokens
-from momentum_jax.experiments.cli import parse_experiment_args
+from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.head_detection.config import get_config
 from momentum_jax.train import train
 
@@ -30,8 +31,9 @@ def head_score_tables(patterns: dict[str, jax.Array], tokens_BxT: jax.Array,
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "head_detection")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "head_detection", get_config,
+                         workdirs=lambda config: (name for name, _ in config.models))
+  config, out_dir = run.config, run.out_dir
   tokens_BxT = repeated_random_tokens(jax.random.key(config.seed), config.probe_batch,
                                       config.repeat_len, config.task.vocab_size)
   chance = {kind: float(jnp.mean(score_B)) for kind, score_B in
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results = {}
   for name, model_config in config.models:
     result = train(model_config, config.train, config.task, out_dir / name,
-                   progress=not args.no_progress)
+                   progress=run.progress, experiment=run.experiment)
     _, cache = result.model.run_with_cache(
         tokens_BxT, names_filter=lambda hook: hook.endswith("attn.hook_pattern"))
     tables = head_score_tables(cache, tokens_BxT, config.repeat_len)
@@ -54,9 +56,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "detected": [hit._asdict() for hit in found],
     }
 
-  summary = {"quick": args.quick, "repeat_len": config.repeat_len,
+  summary = {"quick": run.quick, "repeat_len": config.repeat_len,
              "threshold": config.threshold, "min_lift": config.min_lift, "chance": chance,
-             "results": results}
+             "results": results, **run.record()}
   (out_dir / "head_detection.json").write_text(json.dumps(summary, indent=2))
   print("uniform head (chance): " + ", ".join(f"{kind} {value:.3f}"
                                               for kind, value in chance.items()))

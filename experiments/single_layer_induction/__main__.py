@@ -1,6 +1,7 @@
 """Trains the models of ``config.py`` on the induction task; writes a table, JSON and a plot.
 
     python -m momentum_jax.experiments.single_layer_induction [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
+from momentum_jax.experiments.cli import start_experiment  # noqa: E402
 from momentum_jax.experiments.single_layer_induction.config import get_config  # noqa: E402
 from momentum_jax.train import train  # noqa: E402
 
@@ -57,13 +58,14 @@ def _plot(results: dict[str, dict], path: pathlib.Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "single_layer_induction")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "single_layer_induction", get_config,
+                         workdirs=lambda config: (name for name, _ in config.models))
+  config, out_dir = run.config, run.out_dir
   results: dict[str, dict] = {}
   for name, model_config in config.models:
     start = time.perf_counter()
     result = train(model_config, config.train, config.task, out_dir / name,
-                   progress=not args.no_progress)
+                   progress=run.progress, experiment=run.experiment)
     steps, accs = _eval_curve(result.history)
     results[name] = {
         "eval_accuracy": float(result.final_eval["accuracy"]),
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
   checks = _check(results)
   summary = {"task": config.task.__dict__, "train": config.train.to_dict(), "results": results,
-             "targets": checks, "quick": args.quick}
+             "targets": checks, "quick": run.quick, **run.record()}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
   _plot(results, out_dir / "accuracy.png")
 

@@ -2,6 +2,7 @@
 the first-token attention sink (Sink_1, ε = 0.3) over training; writes a table, JSON and plots.
 
     python -m momentum_jax.experiments.sink_emergence [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from momentum_jax.analysis import plot_sink_heatmap, sink_alpha, sink_rate
-from momentum_jax.experiments.cli import parse_experiment_args
+from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.sink_emergence.config import get_config
 from momentum_jax.train import train
+
+# Per model folder: the Sink_1, eval loss and α_1 measured at each step, so that a rerun does not
+# need the (deleted) intermediate checkpoints.
+MEASUREMENTS_FILE = "sink_measurements.json"
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_layers", "epsilon"))
@@ -52,30 +57,47 @@ def _plot_curves(results: dict[str, dict], epsilon: float, path: pathlib.Path) -
   fig.savefig(path, dpi=120)
 
 
+def _measurements(workdir: pathlib.Path) -> dict[int, dict]:
+  """The measurements a previous run of this model saved, by step (``{}`` if none)."""
+  path = workdir / MEASUREMENTS_FILE
+  if not path.exists():
+    return {}
+  return {int(step): record for step, record in json.loads(path.read_text()).items()}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "sink_emergence")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "sink_emergence", get_config,
+                         workdirs=lambda config: (name for name, _ in config.models))
+  config, out_dir = run.config, run.out_dir
   probe = config.task.sample(jax.random.key(config.probe_seed), config.probe_batch).tokens
+  schedule = sorted({*range(config.measure_every, config.train.steps, config.measure_every),
+                     config.train.steps})
   results: dict[str, dict] = {}
   for name, model_config in config.models:
-    record = {"steps": [], "sink_1": [], "eval_loss": [], "model": model_config.to_dict()}
-    for steps in range(config.measure_every, config.train.steps + 1, config.measure_every):
+    workdir = out_dir / name
+    measured = _measurements(workdir)
+    for steps in schedule:
+      if steps in measured and steps != schedule[-1]:
+        continue  # measured by an earlier run; the last step always runs to check the checkpoint
       result = train(model_config, dataclasses.replace(config.train, steps=steps), config.task,
-                     out_dir / name, progress=not args.no_progress)
+                     workdir, progress=run.progress, experiment=run.experiment)
       graphdef, state = nnx.split(result.model)
-      measured = _measure(state, probe, graphdef=graphdef, num_layers=model_config.num_layers,
-                          epsilon=config.epsilon)
-      record["steps"].append(steps)
-      record["sink_1"].append(float(measured["sink_1"]))
-      record["eval_loss"].append(float(result.final_eval["loss"]))
-    record["alpha_1_final"] = np.asarray(measured["alpha_1_LxN"]).tolist()
-    results[name] = record
-    plot_sink_heatmap(measured["alpha_1_LxN"], out_dir / f"sink_heatmap_{name}.png",
-                      epsilon=config.epsilon, title=f"{name}: α_1 after {steps} steps")
+      values = _measure(state, probe, graphdef=graphdef, num_layers=model_config.num_layers,
+                        epsilon=config.epsilon)
+      measured[steps] = {"sink_1": float(values["sink_1"]),
+                         "eval_loss": float(result.final_eval["loss"]),
+                         "alpha_1_LxN": np.asarray(values["alpha_1_LxN"]).tolist()}
+      (workdir / MEASUREMENTS_FILE).write_text(json.dumps(measured))
+    final = measured[schedule[-1]]
+    results[name] = {"steps": schedule, "sink_1": [measured[s]["sink_1"] for s in schedule],
+                     "eval_loss": [measured[s]["eval_loss"] for s in schedule],
+                     "model": model_config.to_dict(), "alpha_1_final": final["alpha_1_LxN"]}
+    plot_sink_heatmap(np.asarray(final["alpha_1_LxN"]), out_dir / f"sink_heatmap_{name}.png",
+                      epsilon=config.epsilon, title=f"{name}: α_1 after {schedule[-1]} steps")
 
   summary = {"task": dataclasses.asdict(config.task), "entropy_rate": config.task.entropy_rate(),
-             "train": config.train.to_dict(), "epsilon": config.epsilon, "quick": args.quick,
-             "results": results}
+             "train": config.train.to_dict(), "epsilon": config.epsilon, "quick": run.quick,
+             "results": results, **run.record()}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
   _plot_curves(results, config.epsilon, out_dir / "sink_curve.png")
 

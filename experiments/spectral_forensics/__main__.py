@@ -2,6 +2,7 @@
 their spectral forensics: JSON, attention patterns, Bode plot and band-energy charts.
 
     python -m momentum_jax.experiments.spectral_forensics [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from momentum_jax.analysis import (
 )
 from momentum_jax.attention import momentum_shear, rope_frequencies
 from momentum_jax.data import repeated_random_tokens
-from momentum_jax.experiments.cli import parse_experiment_args
+from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.spectral_forensics.config import ExperimentConfig, get_config
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import train
@@ -124,8 +125,9 @@ def _write_plots(config: ExperimentConfig, arrays: dict[str, dict], momentum_nam
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "spectral_forensics")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "spectral_forensics", get_config,
+                         workdirs=lambda config: (name for name, _ in config.models))
+  config, out_dir = run.config, run.out_dir
   probe_key, repeat_key = jax.random.split(jax.random.key(config.seed))
   induction_tokens = config.task.sample(probe_key, config.probe_batch).tokens
   repeated_tokens = repeated_random_tokens(repeat_key, config.probe_batch, config.repeat_len,
@@ -133,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   results, arrays = {}, {}
   for name, model_config in config.models:
     result = train(model_config, config.train, config.task, out_dir / name,
-                   progress=not args.no_progress)
+                   progress=run.progress, experiment=run.experiment)
     graphdef, state = nnx.split(result.model)
     arrays[name] = _measure(state, induction_tokens, repeated_tokens, graphdef=graphdef,
                             model_config=model_config, config=config)
@@ -146,14 +148,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
   omega_F = arrays[momentum_name]["omega_F"]
   head_dim = momentum_config.head_dim
   summary = {
-      "task": config.task.__dict__, "train": config.train.to_dict(), "quick": args.quick,
+      "task": config.task.__dict__, "train": config.train.to_dict(), "quick": run.quick,
       "cutoff": config.cutoff, "repeat_len": config.repeat_len,
       "omega_F": np.asarray(omega_F).tolist(),
       "analytic_gain_db": np.asarray(10 * jnp.log10(
           jnp.abs(fir_response(shear_taps(gamma), omega_F)) ** 2)).tolist(),
       "rope_theta": np.asarray(rope_frequencies(head_dim)).tolist(),
       "rope_static_momentum_ratio": np.asarray(rope_momentum_gain(head_dim) ** 2).tolist(),
-      "results": results,
+      "results": results, **run.record(),
   }
   (out_dir / "spectral_forensics.json").write_text(json.dumps(summary, indent=2))
   paths = _write_plots(config, arrays, momentum_name, gamma, out_dir)

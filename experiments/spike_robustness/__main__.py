@@ -2,6 +2,7 @@
 plot.
 
     python -m momentum_jax.experiments.spike_robustness [--quick] [--output-dir DIR]
+        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from momentum_jax.experiments.cli import parse_experiment_args  # noqa: E402
+from momentum_jax.experiments.cli import start_experiment  # noqa: E402
 from momentum_jax.experiments.spike_robustness.config import (  # noqa: E402
     SPIKE_FACTOR,
     WINDOW,
@@ -80,14 +81,15 @@ def _verdict(results: dict[str, dict]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  args, out_dir = parse_experiment_args(argv, __doc__, "spike_robustness")
-  config = get_config(quick=args.quick)
+  run = start_experiment(argv, __doc__, "spike_robustness", get_config,
+                         workdirs=lambda config: (name for name, _ in config.runs))
+  config, out_dir = run.config, run.out_dir
   total = time.perf_counter()
   results: dict[str, dict] = {}
   for name, train_config in config.runs:
     start = time.perf_counter()
     result = train(config.model, train_config, config.task, out_dir / name,
-                   progress=not args.no_progress)
+                   progress=run.progress, experiment=run.experiment)
     curves = _curves(result.history)
     results[name] = {
         "eval_loss": float(result.final_eval["loss"]),
@@ -100,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
   verdict = _verdict(results)
   summary = {"task": config.task.__dict__, "model": config.model.to_dict(),
              "spikes": list(config.spikes), "window": WINDOW, "results": results,
-             "verdict": verdict, "seconds": time.perf_counter() - total, "quick": args.quick}
+             "verdict": verdict, "seconds": time.perf_counter() - total, "quick": run.quick,
+             **run.record()}
   (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
   _plot(results, config.spikes, out_dir / "loss_curves.png")
 

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import pathlib
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -43,9 +44,14 @@ from momentum_jax.train.config import (
     make_schedule,
 )
 from momentum_jax.train.loss import masked_sums
+from momentum_jax.train.metrics_log import MetricsLog
+from momentum_jax.train.sharding import data_parallel_shardings, default_mesh
 
 # Auxiliary losses of the model logged with the train metrics when the model has them.
 AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
+METRICS_FILE = "metrics.jsonl"
+_START_OVER = ("to start over, rerun the experiment with --fresh (or delete the workdir); to keep "
+               "both runs, give another --output-dir (or workdir)")
 
 
 def _saveable(rest: nnx.State) -> Any:
@@ -61,10 +67,6 @@ def _restored(saved: Any, like: nnx.State) -> nnx.State:
       lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
                       if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x),
       saved, like)
-from momentum_jax.train.metrics_log import MetricsLog
-from momentum_jax.train.sharding import data_parallel_shardings, default_mesh
-
-METRICS_FILE = "metrics.jsonl"
 
 
 class TrainResult(NamedTuple):
@@ -182,14 +184,18 @@ def train(
     *,
     mesh: Mesh | None = None,
     progress: bool = True,
+    experiment: Mapping[str, Any] | None = None,
 ) -> TrainResult:
   """Trains ``Transformer(model_config)`` on ``task`` with masked next-token cross-entropy.
 
   Writes ``workdir/metrics.jsonl`` (train metrics every ``log_every`` steps, held-out eval every
   ``eval_every`` steps and at the end) and orbax checkpoints in ``workdir/checkpoints`` (every
   ``checkpoint_every`` steps and at the end). If ``workdir`` holds a checkpoint, training resumes
-  from the latest one, bit-identically to an uninterrupted run; resuming under a different model,
-  optimisation or task config raises ``ValueError`` listing each differing key. ``nnx.Param``
+  from the latest one, bit-identically to an uninterrupted run, and prints
+  ``resumed <workdir name> from step <k> of <steps>``, or ``<workdir name> finished at step <k> of
+  <steps>: skipped (--fresh retrains)`` when nothing is left to train (the final evaluation still
+  runs). Resuming under a different package version, model, optimisation, task or experiment
+  config raises ``ValueError`` listing each differing key. ``nnx.Param``
   state is trained; other module state (running statistics, random-number streams) is carried
   from step to step as the model updates it; both are checkpointed. The loss adds the model's
   weighted auxiliary losses (``Transformer.logits_and_aux_loss``) to the task loss.
@@ -204,6 +210,10 @@ def train(
     mesh: a mesh with a ``"data"`` axis; the batch is sharded over it, params and optimizer state
       are replicated. Default: one device.
     progress: show a tqdm progress bar.
+    experiment: a JSON record of the experiment that runs this training, saved in the checkpoint
+      signature (the experiment CLI passes its name, the hash of its resolved config and that
+      config); compared on resume with a saved record of the same experiment name
+      (``checkpoint.signature_differences``).
 
   Returns:
     ``TrainResult(params, final_eval, history, model)``.
@@ -213,9 +223,11 @@ def train(
   mesh = default_mesh() if mesh is None else mesh
   batch_sharding, replicated = data_parallel_shardings(mesh, cfg.batch_size)
   workdir = pathlib.Path(workdir)
+  signature = checkpoint.run_signature(model_config, cfg, task, experiment)
   manager = checkpoint.checkpoint_manager(workdir)
   try:
-    return _run(model_config, cfg, task, workdir, manager, batch_sharding, replicated, progress)
+    return _run(model_config, cfg, task, workdir, manager, signature, batch_sharding, replicated,
+                progress)
   finally:
     manager.close()
 
@@ -226,12 +238,12 @@ def _run(
     task: Task,
     workdir: pathlib.Path,
     manager: ocp.CheckpointManager,
+    signature: dict[str, Any],
     batch_sharding: NamedSharding,
     replicated: NamedSharding,
     progress: bool,
 ) -> TrainResult:
-  """``train`` after validation, with an open checkpoint manager."""
-  signature = checkpoint.run_signature(model_config, cfg, task)
+  """``train`` after validation, with an open checkpoint manager and the run's signature."""
   latest = manager.latest_step()
   if latest is not None:
     differences = checkpoint.signature_differences(
@@ -240,10 +252,16 @@ def _run(
     if differences:
       raise ValueError(
           f"the checkpoint in {workdir} was saved under a different config; differing keys:\n  "
-          + "\n  ".join(differences)
+          + "\n  ".join(differences) + f"\n{_START_OVER}"
       )
     if latest > cfg.steps:
-      raise ValueError(f"the latest checkpoint is at step {latest} > steps={cfg.steps}")
+      raise ValueError(
+          f"the latest checkpoint is at step {latest} > steps={cfg.steps} in {workdir}; "
+          f"{_START_OVER}")
+    if latest == cfg.steps:
+      print(f"{workdir.name} finished at step {latest} of {cfg.steps}: skipped (--fresh retrains)")
+    else:
+      print(f"resumed {workdir.name} from step {latest} of {cfg.steps}")
 
   params_key, data_key, eval_key = jax.random.split(jax.random.key(cfg.seed), 3)
   model = Transformer(model_config, rngs=nnx.Rngs(params_key))

@@ -12,7 +12,7 @@ from momentum_jax.experiments.adaptive_momentum.config import get_config
 def test_quick_run_writes_tables_json_plot_and_logged_beta(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   config = get_config(quick=True)
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   assert list(saved["quadratic"]) == ["am_sgd"] + [f"beta_{b:g}" for b in config.quadratic.betas]
   for r in saved["quadratic"].values():
     assert len(r["curve_best"]) == config.quadratic.steps
@@ -24,7 +24,7 @@ def test_quick_run_writes_tables_json_plot_and_logged_beta(tmp_path, capsys):
   assert all(0.0 <= b <= 0.9 for b in am["beta"])
   assert all(not r["beta"] for name, r in nets.items() if name != "am_adamw")
   assert len(summary["verdicts"]) == 3
-  assert (tmp_path / "adaptive_momentum.png").stat().st_size > 1000
+  assert (tmp_path / "quick" / "adaptive_momentum.png").stat().st_size > 1000
   out = capsys.readouterr().out
   assert "am_sgd" in out and "am_adamw" in out and "AM-AdamW is" in out
 

@@ -13,7 +13,7 @@ from momentum_jax.experiments.attention_zoo.config import get_config
 @pytest.mark.slow
 def test_quick_run_has_a_finite_row_for_every_causal_variant(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   assert saved["results"] == json.loads(json.dumps(summary["results"]))
   assert saved["failed"] == {}
   task_names = [name for name, _ in get_config(quick=True).tasks]
@@ -29,9 +29,9 @@ def test_quick_run_has_a_finite_row_for_every_causal_variant(tmp_path, capsys):
       assert row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
       assert len(row["loss_curve"]) == get_config(quick=True).train.steps
   assert "softmax" in saved["results"]["mqar"]
-  table = (tmp_path / "results.md").read_text()
+  table = (tmp_path / "quick" / "results.md").read_text()
   assert all(name in table for name in available_attention())
-  assert (tmp_path / "zoo.png").stat().st_size > 1000
+  assert (tmp_path / "quick" / "zoo.png").stat().st_size > 1000
   assert "softmax" in capsys.readouterr().out
 
 

@@ -40,11 +40,11 @@ def test_config_uses_the_single_layer_induction_models():
 @pytest.mark.slow
 def test_quick_run_writes_json_and_heatmaps(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
-  saved = json.loads((tmp_path / "head_detection.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "head_detection.json").read_text())
   assert list(saved["results"]) == list(summary["results"]) == list(MODELS)
   for name, result in saved["results"].items():
     for kind in ("previous_token", "induction"):
-      assert (tmp_path / f"{name}_{kind}.png").stat().st_size > 1000
+      assert (tmp_path / "quick" / f"{name}_{kind}.png").stat().st_size > 1000
     scores = np.asarray(result["scores"]["induction"])
     assert scores.shape[0] == (2 if name == "softmax_2L" else 1)
     assert np.all((scores >= 0) & (scores <= 1))

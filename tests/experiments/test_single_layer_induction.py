@@ -13,13 +13,13 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   names = [name for name, _ in get_config(quick=True).models]
   assert list(summary["results"]) == names
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   assert set(saved["results"]) == set(names)
   for result in saved["results"].values():
     assert 0.0 <= result["eval_accuracy"] <= 1.0
     assert result["curve_steps"][-1] == get_config(quick=True).train.steps
   assert set(saved["targets"]) == {"momentum_1L (best)", "softmax_1L", "softmax_2L"}
-  assert (tmp_path / "accuracy.png").stat().st_size > 1000
+  assert (tmp_path / "quick" / "accuracy.png").stat().st_size > 1000
   out = capsys.readouterr().out
   for name in names:
     assert name in out

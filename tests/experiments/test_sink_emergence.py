@@ -25,12 +25,12 @@ def test_default_models_differ_only_in_attention():
 def test_quick_run_writes_curves_json_and_plots(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   config = get_config(quick=True)
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   assert list(saved["results"]) == [name for name, _ in config.models] == list(summary["results"])
   for name, result in saved["results"].items():
     assert result["steps"] == [10, 20]
     assert all(0.0 <= s <= 100.0 for s in result["sink_1"])
     assert np.shape(result["alpha_1_final"]) == (2, 4)
-    assert (tmp_path / f"sink_heatmap_{name}.png").stat().st_size > 1000
-  assert (tmp_path / "sink_curve.png").stat().st_size > 1000
+    assert (tmp_path / "quick" / f"sink_heatmap_{name}.png").stat().st_size > 1000
+  assert (tmp_path / "quick" / "sink_curve.png").stat().st_size > 1000
   assert "sigmoid_normalized" in capsys.readouterr().out

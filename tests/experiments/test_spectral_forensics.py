@@ -17,8 +17,8 @@ OUTPUTS = ("spectral_forensics.json", "patterns.png", "bode.png", "band_energies
 def test_quick_run_writes_json_and_plots(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   for name in OUTPUTS:
-    assert (tmp_path / name).stat().st_size > 1000
-  saved = json.loads((tmp_path / "spectral_forensics.json").read_text())
+    assert (tmp_path / "quick" / name).stat().st_size > 1000
+  saved = json.loads((tmp_path / "quick" / "spectral_forensics.json").read_text())
   assert list(saved["results"]) == list(MODELS) == list(summary["results"])
   softmax, momentum = (saved["results"][name] for name in MODELS)
   # The fitted filters recover the shear the attention applied: [1+γ, −γ, 0, 0] and identity.

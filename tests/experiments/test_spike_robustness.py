@@ -14,14 +14,14 @@ RUNS = ["adamw_no_spikes", "adamw", "adamw_clip", "spam", "stable_spam"]
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   assert list(summary["results"]) == RUNS
-  saved = json.loads((tmp_path / "results.json").read_text())
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   steps = get_config(quick=True).runs[0][1].steps
   for result in saved["results"].values():
     assert 0.0 <= result["eval_accuracy"] <= 1.0
     assert result["curves"]["steps"] == list(range(1, steps + 1))  # the loss of every step
     assert result["max_loss_after_spikes"] > 0.0
   assert saved["spikes"] and "best under spikes" in saved["verdict"]
-  assert (tmp_path / "loss_curves.png").stat().st_size > 1000
+  assert (tmp_path / "quick" / "loss_curves.png").stat().st_size > 1000
   out = capsys.readouterr().out
   assert all(name in out for name in RUNS) and "best under spikes" in out
 

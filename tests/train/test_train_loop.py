@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 
+import momentum_jax
 from momentum_jax.data import AssociativeRecallTask, InductionTask
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import METRICS_FILE, TrainConfig, data_parallel_shardings, train
@@ -52,23 +53,26 @@ def test_train_logs_evaluates_checkpoints_and_learns(tmp_path):
   assert logits.shape == (2, task.seq_len, task.vocab_size)
 
 
-def test_resume_is_bit_identical(tmp_path):
+def test_resume_is_bit_identical(tmp_path, capsys):
   straight = train(MODEL, TRAIN, TASK, tmp_path / "straight", progress=False)
   half = dataclasses.replace(TRAIN, steps=TRAIN.steps // 2)
-  train(MODEL, half, TASK, tmp_path / "resumed", progress=False)
-  resumed = train(MODEL, TRAIN, TASK, tmp_path / "resumed", progress=False)
+  train(MODEL, half, TASK, tmp_path / "run", progress=False)
+  assert capsys.readouterr().out == ""  # nothing resumed yet
+  resumed = train(MODEL, TRAIN, TASK, tmp_path / "run", progress=False)
+  assert capsys.readouterr().out == "resumed run from step 10 of 20\n"
   _assert_params_equal(straight.params, resumed.params)
   assert resumed.final_eval == straight.final_eval
-  keys = [(r["step"], k) for r in _records(tmp_path / "resumed") for k in r if k != "step"]
+  keys = [(r["step"], k) for r in _records(tmp_path / "run") for k in r if k != "step"]
   assert len(keys) == len(set(keys))  # no duplicated records
 
-  again = train(MODEL, TRAIN, TASK, tmp_path / "resumed", progress=False)  # nothing left to do
+  again = train(MODEL, TRAIN, TASK, tmp_path / "run", progress=False)  # nothing left to do
+  assert capsys.readouterr().out == "run finished at step 20 of 20: skipped (--fresh retrains)\n"
   _assert_params_equal(straight.params, again.params)
   assert again.history == resumed.history
 
   shorter = dataclasses.replace(TRAIN, steps=5)
-  with pytest.raises(ValueError, match="step 20 > steps=5"):
-    train(MODEL, shorter, TASK, tmp_path / "resumed", progress=False)
+  with pytest.raises(ValueError, match="step 20 > steps=5 .*--fresh.*--output-dir"):
+    train(MODEL, shorter, TASK, tmp_path / "run", progress=False)
 
 
 def test_module_state_and_aux_losses_are_trained_carried_and_resumed(tmp_path):
@@ -106,9 +110,29 @@ def test_resume_under_another_config_names_each_difference(tmp_path):
     train(other_model, TRAIN, TASK, tmp_path, progress=False)
   assert "model.attention: saved 'softmax' vs current 'momentum'" in str(info.value)
   assert "model.attention_params.gamma: saved <absent> vs current 0.5" in str(info.value)
+  assert "rerun the experiment with --fresh" in str(info.value)
+  assert "give another --output-dir" in str(info.value)
   # Cadence and length may change between a run and its resumption.
   train(MODEL, dataclasses.replace(TRAIN, log_every=3, eval_every=0), TASK, tmp_path,
         progress=False)
+
+
+def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_path, monkeypatch):
+  cfg = dataclasses.replace(TRAIN, steps=2, eval_every=0, checkpoint_every=0)
+  experiment = {"name": "sweep", "config_hash": "a1", "config": {"probe": 4}}
+  train(MODEL, cfg, TASK, tmp_path, progress=False, experiment=experiment)
+  with pytest.raises(ValueError) as info:
+    train(MODEL, cfg, TASK, tmp_path, progress=False,
+          experiment={"name": "sweep", "config_hash": "b2", "config": {"probe": 8}})
+  assert "experiment.config.probe: saved 4 vs current 8" in str(info.value)
+  assert "experiment.config_hash: saved 'a1' vs current 'b2'" in str(info.value)
+  # Another experiment reading these models, and a plain train() call, compare the rest only.
+  train(MODEL, cfg, TASK, tmp_path, progress=False,
+        experiment={"name": "reader", "config_hash": "c3", "config": {}})
+  train(MODEL, cfg, TASK, tmp_path, progress=False)
+  monkeypatch.setattr(momentum_jax, "__version__", "99.0")
+  with pytest.raises(ValueError, match=r"version: saved '.+' vs current '99\.0'"):
+    train(MODEL, cfg, TASK, tmp_path, progress=False)
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,39 @@
 
 Shapes and dtypes are static under ``jax.jit``, so these checks run once while tracing and cost
 nothing at run time. Messages name the argument and the offending shapes or values.
+
+Values of traced arrays (a γ under ``jax.jit``) are unknown while tracing. Their checks are
+``jax.experimental.checkify`` checks, emitted only while :func:`runtime_checks` is on (as it is
+inside ``momentum_jax.nn.checked``); otherwise nothing is traced for them and they cost nothing.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
+
+# Part of jit's cache key: a function traced with the checks on is retraced with them off.
+_RUNTIME_CHECKS = jax.make_user_context(default_value=False)
+
+
+def runtime_checks(enabled: bool = True) -> AbstractContextManager[None]:
+  """Context manager that turns the checkify checks of traced values on (or off) while tracing.
+
+  The value is part of ``jax.jit``'s cache key, so a jitted function called with the checks on
+  and off is traced once for each. A function traced with them on must be run through
+  ``checkify.checkify`` (``momentum_jax.nn.checked`` does both).
+  """
+  return _RUNTIME_CHECKS(enabled)
+
+
+def runtime_checks_enabled() -> bool:
+  """Whether :func:`runtime_checks` is on: code that checks traced values emits the checks only
+  then."""
+  return bool(_RUNTIME_CHECKS.value)
 
 
 def check_floating(name: str, x: jax.Array) -> None:
@@ -138,11 +164,19 @@ def check_segment_ids(segment_ids: jax.Array | None, x: jax.Array, name: str = "
 def check_per_head(
     name: str, value: object, heads: int, *, unit: str = "head", nonnegative: bool = False
 ) -> None:
-  """Raises ``ValueError`` unless ``value`` is a scalar or has shape ``[heads]``.
+  """Raises ``TypeError`` unless ``value`` is a real number or an array of them (not a string,
+  not a bool) and ``ValueError`` unless it is a scalar or has shape ``[heads]``.
 
-  With ``nonnegative``, concrete values must also be >= 0 and not NaN; traced values (under jit or
-  grad) cannot be inspected and are not checked.
+  With ``nonnegative``, concrete values must also be >= 0 and not NaN. Traced values (under jit or
+  grad) cannot be inspected while tracing: with :func:`runtime_checks` on, the same condition is a
+  checkify check with the same message; otherwise they are not checked.
   """
+  dtype = value.dtype if isinstance(value, (jax.Array, np.ndarray, np.generic)) else (
+      np.asarray(value).dtype)
+  if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    raise TypeError(
+        f"{name} must be a real number or an array of real numbers, got {name}={value!r} "
+        f"(dtype {dtype})")
   shape = np.shape(value)
   if shape not in ((), (heads,)):
     raise ValueError(
@@ -153,6 +187,10 @@ def check_per_head(
     array = np.asarray(value, dtype=np.float64)
     if np.isnan(array).any() or (array < 0).any():
       raise ValueError(f"{name} must be >= 0 and not NaN, got {name}={value}")
+  elif nonnegative and runtime_checks_enabled():
+    array = jnp.asarray(value)
+    checkify.check(~jnp.any(jnp.isnan(array) | (array < 0)),
+                   f"{name} must be >= 0 and not NaN, got {name}={{}}", array)
 
 
 def check_factors(

@@ -9,6 +9,7 @@ from momentum_jax.nn.ema import ema_update_model
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
+from momentum_jax.nn.input_checks import checked
 from momentum_jax.nn.layer_stats import DenseStats, value_grad_and_layer_stats
 from momentum_jax.nn.moh import MoHRouter, load_balance_loss
 from momentum_jax.nn.transformer import Attention, Block, Mlp, Transformer, segment_positions
@@ -28,6 +29,7 @@ __all__ = [
     "Recorder",
     "Transformer",
     "TransformerConfig",
+    "checked",
     "ema_update_model",
     "load_balance_loss",
     "prefix_mean",

@@ -10,6 +10,11 @@ Optional attention layers with their own parameters (all off by default, see
 routing (``moh.py``), the α projection of affine-scaled attention (``affine.py``) and the flux
 full-vs-sliding-window layer router (``flux_router.py``). Their losses (MoH load balance, flux
 sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
+
+Input checks: shapes and dtypes of the inputs are checked while tracing. Values are checked
+under ``jax.jit`` only inside :func:`momentum_jax.nn.checked` (``input_checks.py``, through
+``jax.experimental.checkify``): token ids in ``[0, vocab_size)`` and a traced γ >= 0 and not NaN.
+Without it the model traces with no value check and no cost.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
+from momentum_jax.nn.input_checks import check_token_ids
 from momentum_jax.nn.moh import MoHRouter
 from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
 
@@ -278,6 +284,16 @@ class Transformer(nnx.Module):
     >>> model = Transformer(cfg, rngs=nnx.Rngs(0))
     >>> logits, cache = model.run_with_cache(jnp.zeros((2, 49), jnp.int32),
     ...                                      names_filter="blocks.0.attn.hook_pattern")
+
+  Input checks: the shape and dtype of ``tokens``, ``positions`` and ``segment_ids`` and
+  ``seq_len <= context_len`` raise ``ValueError`` / ``TypeError`` while tracing. Values are
+  checked only under :func:`momentum_jax.nn.checked`, which holds under ``jax.jit``: token ids
+  must be in ``[0, vocab_size)`` ("tokens must be in [0, vocab_size=64), got a token id of 64 at
+  tokens[0, 5]"; out of range, the embedding gives NaN logits above and wraps silently below)
+  and a traced γ of momentum attention must be >= 0 and not NaN. Without ``checked`` the model
+  emits no value check and costs nothing more::
+
+    >>> logits = jax.jit(checked(lambda tokens: model(tokens)))(tokens_BxT)
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -357,6 +373,7 @@ class Transformer(nnx.Module):
                aux: AuxLosses | None = None):
     tokens_BxT = jnp.asarray(tokens_BxT)
     self._validate_inputs(tokens_BxT, positions_BxT, segment_ids_BxT)
+    check_token_ids(tokens_BxT, self.config.vocab_size)
     if positions_BxT is None:
       if segment_ids_BxT is None:
         positions_BxT = jnp.broadcast_to(jnp.arange(tokens_BxT.shape[1]), tokens_BxT.shape)

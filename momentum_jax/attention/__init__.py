@@ -48,7 +48,7 @@ from momentum_jax.attention.mega_ema import (
     mega_ema_attention, mega_ema_attention_reference, mega_ema_delta_init, mega_ema_gamma_init,
 )
 from momentum_jax.attention.momentum import (
-    momentum_attention, momentum_attention_reference, momentum_prepare,
+    check_momentum_params, momentum_attention, momentum_attention_reference, momentum_prepare,
 )
 from momentum_jax.attention.radial import (
     radial_attention, radial_attention_reference, radial_block_mask, radial_mask, radial_mask_numpy,
@@ -76,6 +76,7 @@ register_attention(
         params=("gamma", "boundary"),
         prepare=momentum_prepare,
         prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
+        check_params=check_momentum_params,
     ),
 )
 register_attention(

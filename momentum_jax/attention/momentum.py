@@ -23,11 +23,14 @@ K = N this is plain per-head γ.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from momentum_jax.attention.dispatch import softmax_kernel, wants_kernel
-from momentum_jax.attention.registry import Prepared
+from momentum_jax.attention.registry import AttentionDims, Prepared
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_boundary, check_per_head
 from momentum_jax.core.rope import apply_rope
@@ -46,6 +49,22 @@ def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, se
   q = shear(q, gamma_q, boundary=boundary, segment_ids=segment_ids)
   k = shear(k, gamma, boundary=boundary, segment_ids=segment_ids)
   return q, k
+
+
+def check_momentum_params(dims: AttentionDims, fixed: Mapping[str, object]) -> None:
+  """The registered variant's ``check_params``: the values a model config fixes.
+
+  Raises ``TypeError`` unless ``gamma`` is a real number or a sequence of them, and
+  ``ValueError`` unless it is a scalar or ``[num_kv_heads]``, finite and >= 0, or unless
+  ``boundary`` is ``"zero"`` or ``"replicate"``; each message names the argument and its value.
+  """
+  if "gamma" in fixed:
+    gamma = fixed["gamma"]
+    check_per_head("gamma", gamma, dims.num_kv_heads, unit="kv head", nonnegative=True)
+    if not np.isfinite(np.asarray(gamma, dtype=np.float64)).all():
+      raise ValueError(f"gamma must be finite, got gamma={gamma!r}")
+  if "boundary" in fixed:
+    check_boundary(fixed["boundary"])
 
 
 def momentum_prepare(

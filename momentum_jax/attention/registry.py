@@ -12,11 +12,14 @@ q and k arrive *after* the model's RoPE: registered variants never apply RoPE th
 The registry entry is the whole contract between a variant and the model (``momentum_jax.nn``
 names no variant): which keyword arguments it takes, which of them a model learns and how it
 stores them, which masking it supports, an optional ``prepare`` step whose outputs the model
-exposes under hook names, and an optional per-token parameter module.
+exposes under hook names, an optional per-token parameter module, and an optional ``check_params``
+validator of the values a model config fixes. The arguments a config must fix
+(:attr:`AttentionVariant.required_params`) come from the signature of ``fn``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
@@ -62,6 +65,7 @@ class Prepared(NamedTuple):
 
 
 Prepare = Callable[..., Prepared]
+CheckParams = Callable[[AttentionDims, Mapping[str, object]], None]
 
 
 class AttentionVariant(NamedTuple):
@@ -85,6 +89,11 @@ class AttentionVariant(NamedTuple):
       ``{"q": "hook_q_shear", "k": "hook_k_shear"}``.
     token_params: name of the per-token parameter module a model builds for the variant (the
       α projection of affine-scaled attention, ``"affine"``; see ``momentum_jax.nn``), or None.
+    check_params: optional ``check_params(dims: AttentionDims, fixed: Mapping) -> None`` that
+      raises ``ValueError`` / ``TypeError`` naming the argument for a bad fixed value; a model
+      config calls it with the parameters it fixes (momentum's checks that γ is a finite real
+      number >= 0, or one per kv head, and the boundary), so a bad value fails when the config
+      is built instead of at the first forward pass.
 
   The decoding form of each variant (KV cache, ring buffer or recurrent state) attaches here as
   one more field, beside ``prepare``, when generation lands.
@@ -99,6 +108,16 @@ class AttentionVariant(NamedTuple):
   prepare: Prepare | None = None
   prepared_hooks: Mapping[str, str] = {}
   token_params: str | None = None
+  check_params: CheckParams | None = None
+
+  @property
+  def required_params(self) -> tuple[str, ...]:
+    """The parameters a model config must fix: the keyword-only arguments of ``fn`` without a
+    default (``inspect.signature`` sees through a ``functools.partial``), less the learned ones,
+    in signature order; e.g. ``("gamma",)`` for momentum attention."""
+    return tuple(
+        p.name for p in inspect.signature(self.fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in self.learned)
 
 
 _REGISTRY: dict[str, AttentionVariant] = {}
@@ -109,6 +128,11 @@ def _check_variant(name: str, variant: AttentionVariant) -> None:
   if unknown:
     raise ValueError(
         f"learned parameters {unknown} of {name!r} are not in its params {variant.params}")
+  undeclared = sorted(set(variant.required_params) - set(variant.params))
+  if undeclared:
+    raise ValueError(
+        f"required arguments {undeclared} of {name!r} (keyword-only, without a default) are not "
+        f"in its params {variant.params}")
   unlearned = sorted(set(variant.layouts) - set(variant.learned))
   if unlearned:
     raise ValueError(

@@ -9,7 +9,7 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from momentum_jax.attention import get_attention
+from momentum_jax.attention import AttentionDims, get_attention
 from momentum_jax.nn.gated import GATE_MODES
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -25,13 +25,15 @@ class TransformerConfig:
     num_layers: number of residual blocks.
     d_model: residual-stream width.
     num_heads: query heads N.
-    head_dim: per-head width H (default ``d_model // num_heads``).
+    head_dim: per-head width H (default ``d_model // num_heads``, which then must divide evenly).
     num_kv_heads: key/value heads K (default ``num_heads``; ``num_heads % K == 0`` for GQA).
     mlp_dim: hidden width of the GELU MLP; 0 makes the model attention-only.
     attention: a name from ``momentum_jax.attention.available_attention()``.
     attention_params: fixed keyword arguments of the variant, e.g. ``{"gamma": 0.5}``;
       stored as a sorted tuple of pairs so the config stays hashable. A learned parameter of the
-      variant given a fixed value here is not learned.
+      variant given a fixed value here is not learned. Every required parameter of the variant
+      (``AttentionVariant.required_params``, e.g. momentum's ``gamma``) must be given, and the
+      values are checked by the variant's ``check_params`` when the config is built.
     window: sliding-window size (keys per query, itself included); ``None`` = full causal.
     learnable_sinks: add one learnable sink logit per head to every softmax row.
     rope: rotate q and k with RoPE before the attention variant sees them.
@@ -95,10 +97,21 @@ class TransformerConfig:
       params = tuple(sorted(tuple(pair) for pair in params))
     object.__setattr__(self, "attention_params", params)
     if self.head_dim is None:
-      object.__setattr__(self, "head_dim", self.d_model // max(self.num_heads, 1))
+      object.__setattr__(self, "head_dim", self._default_head_dim())
     if self.num_kv_heads is None:
       object.__setattr__(self, "num_kv_heads", self.num_heads)
     self._validate()
+
+  def _default_head_dim(self) -> int:
+    """``d_model // num_heads``; raises ``ValueError`` when num_heads does not divide d_model."""
+    d_model, num_heads = self.d_model, self.num_heads
+    if (isinstance(d_model, int) and isinstance(num_heads, int) and num_heads >= 1
+        and d_model % num_heads):
+      raise ValueError(
+          f"d_model must be divisible by num_heads when head_dim is not given, got "
+          f"d_model={d_model}, num_heads={num_heads} (d_model % num_heads = "
+          f"{d_model % num_heads}); choose them so, or pass head_dim")
+    return d_model // max(num_heads, 1)
 
   def _validate(self) -> None:
     for name in ("vocab_size", "context_len", "num_layers", "d_model", "num_heads", "head_dim",
@@ -128,11 +141,20 @@ class TransformerConfig:
     if variant.masking == "causal" and not self.causal:
       raise ValueError(
           f"attention={self.attention!r} is causal only: it needs causal=True, got causal=False")
-    unknown = sorted(set(dict(self.attention_params)) - set(variant.params))
+    fixed = dict(self.attention_params)
+    unknown = sorted(set(fixed) - set(variant.params))
     if unknown:
       raise ValueError(
           f"attention_params {unknown} are not parameters of attention={self.attention!r}; "
           f"it takes {list(variant.params)}")
+    missing = [name for name in variant.required_params if name not in fixed]
+    if missing:
+      raise ValueError(
+          f"attention={self.attention!r} needs attention_params {missing} (parameters without a "
+          f"default that the model does not learn), got attention_params={fixed}")
+    if variant.check_params is not None:
+      variant.check_params(
+          AttentionDims(self.num_heads, self.num_kv_heads, self.head_dim, self.context_len), fixed)
 
   def _validate_layer_options(self) -> None:
     if self.gate not in GATE_MODES:

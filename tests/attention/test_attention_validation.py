@@ -70,6 +70,8 @@ def test_momentum_errors(fn):
     fn(Q, KV, KV, gamma=jnp.ones(3))
   with pytest.raises(ValueError, match=r"boundary='reflect'"):
     fn(Q, KV, KV, gamma=0.5, boundary="reflect")
+  with pytest.raises(TypeError, match=r"gamma must be a real number .*got gamma='0.5'"):
+    fn(Q, KV, KV, gamma="0.5")
 
 
 @pytest.mark.parametrize("fn", [attn.momentum_shear, attn.momentum_shear_reference])

@@ -84,7 +84,37 @@ def test_register_rejects_a_contract_it_cannot_keep(scratch_registry):
   with pytest.raises(ValueError, match="prepared_hooks of 'bad'"):
     attn.register_attention("bad", base._replace(
         prepare=lambda q, k, v, **p: attn.Prepared(q, k, v, p), prepared_hooks={"o": "hook_o"}))
+  with pytest.raises(ValueError, match=r"required arguments \['w'\] of 'bad'.*not in its params"):
+    attn.register_attention("bad", base._replace(
+        fn=lambda q, k, v, *, w, **kwargs: attn.softmax_attention(q, k, v, **kwargs)))
   assert "bad" not in attn.available_attention()
+
+
+def test_config_calls_check_params_with_the_fixed_values_and_dims(scratch_registry):
+  """A config fixes every required parameter and hands the fixed values to ``check_params``."""
+  seen = []
+
+  def check_params(dims, fixed):
+    seen.append((dims, dict(fixed)))
+    if fixed["width"] > dims.head_dim:
+      raise ValueError(f"width must be <= head_dim={dims.head_dim}, got width={fixed['width']}")
+
+  def widened(fn, q, k, v, *, width, **kwargs):
+    return fn(q, k, v, **kwargs)
+
+  attn.register_attention("widened", attn.AttentionVariant(
+      functools.partial(widened, attn.softmax_attention),
+      functools.partial(widened, attn.softmax_attention_reference),
+      params=("width",), check_params=check_params))
+  assert attn.get_attention("widened").required_params == ("width",)
+  with pytest.raises(ValueError, match=r"attention='widened' needs attention_params \['width'\]"):
+    TransformerConfig(vocab_size=8, context_len=8, attention="widened", d_model=16, num_heads=2)
+  with pytest.raises(ValueError, match="got width=9"):
+    TransformerConfig(vocab_size=8, context_len=8, attention="widened", d_model=16, num_heads=2,
+                      attention_params={"width": 9})
+  TransformerConfig(vocab_size=8, context_len=8, attention="widened", d_model=16, num_heads=2,
+                    attention_params={"width": 8})
+  assert seen[-1] == (attn.AttentionDims(2, 2, 8, 8), {"width": 8})
 
 
 def _temperature_prepare(q, k, v, *, segment_ids=None, temperature):

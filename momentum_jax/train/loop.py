@@ -7,7 +7,8 @@ only. ``rest`` is the module state that is not a parameter (for example the runn
 affine-scaled attention's α, or a router's random-number stream): the step returns it updated and
 it is checkpointed with the parameters. The loss is the task's masked cross-entropy plus the
 model's weighted auxiliary losses (mixture-of-heads load balance, flux router sparsity); the
-held-out evaluation runs the model in eval mode.
+held-out evaluation runs the model in eval mode, under ``momentum_jax.nn.checked`` (the model's
+input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs unchecked.
 The step and the eval are module-level jits with the graphdef, optimizer config, task and
 shardings static, so repeated ``train`` calls on the same setup (a resume, a sweep over seeds)
 reuse one compilation.
@@ -35,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from momentum_jax.data import Batch, Task
-from momentum_jax.nn import Transformer, TransformerConfig
+from momentum_jax.nn import Transformer, TransformerConfig, checked
 from momentum_jax.train import checkpoint
 from momentum_jax.train.config import (
     SCHEDULE_ONLY_FIELDS,
@@ -280,11 +281,14 @@ def _run(
 
   step_static = dict(graphdef=graphdef, cfg=_step_config(cfg), task=task,
                      batch_sharding=batch_sharding)
-  eval_static = dict(graphdef=graphdef, task=task, batch_size=cfg.batch_size,
-                     num_batches=cfg.eval_batches, batch_sharding=batch_sharding)
+  # The held-out evaluation runs with the model's input checks on (token ids in range, γ >= 0
+  # and not NaN): a failed check raises a named error; the train step runs without them.
+  evaluate = checked(functools.partial(
+      _evaluate, graphdef=graphdef, task=task, batch_size=cfg.batch_size,
+      num_batches=cfg.eval_batches, batch_sharding=batch_sharding))
 
   def run_eval(step: int) -> dict[str, float]:
-    means = jax.device_get(_evaluate(params, rest, eval_key, **eval_static))
+    means = jax.device_get(evaluate(params, rest, eval_key))
     means = {k: float(v) for k, v in means.items()}
     if not log.has(step, "eval_loss"):
       log.append(step, {f"eval_{k}": v for k, v in means.items()})

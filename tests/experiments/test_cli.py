@@ -209,7 +209,8 @@ def test_fresh_removes_this_mode_s_models_and_trains_from_step_zero(tmp_path, ca
 
 @pytest.mark.slow
 def test_a_finished_sink_run_is_skipped_with_its_measurements(tmp_path, capsys):
-  args = ["--quick", "--output-dir", str(tmp_path), "--config.measure_every=2", *TINY]
+  args = ["--quick", "--output-dir", str(tmp_path), "--config.measure_every=2",
+          "--config.models.num_layers=1", *TINY]
   first = sink_emergence(args)
   capsys.readouterr()
   again = sink_emergence(args)

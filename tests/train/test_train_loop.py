@@ -135,6 +135,24 @@ def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_pat
     train(MODEL, cfg, TASK, tmp_path, progress=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class _LastTokenOutOfVocabulary(InductionTask):
+  """Induction batches whose last token id is ``vocab_size``, one past the vocabulary."""
+
+  def sample(self, key, batch_size):
+    batch = super().sample(key, batch_size)
+    return batch._replace(tokens=batch.tokens.at[:, -1].set(self.vocab_size))
+
+
+def test_eval_checks_the_model_inputs_and_the_train_step_does_not(tmp_path):
+  task = _LastTokenOutOfVocabulary(vocab_size=16, segment_len=4, max_gap=4)
+  cfg = dataclasses.replace(TRAIN, steps=2, eval_every=0, log_every=1)
+  with pytest.raises(ValueError, match=r"tokens must be in \[0, vocab_size=16\), got a token id "
+                                       r"of 16 at tokens\[0, 12\]"):
+    train(MODEL, cfg, task, tmp_path, progress=False)
+  assert [r["step"] for r in _records(tmp_path)] == [1, 2]  # both steps trained, unchecked
+
+
 @pytest.mark.parametrize(
     "model_config, match",
     [

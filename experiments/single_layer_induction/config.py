@@ -17,18 +17,20 @@ attention-only, RoPE, RMS-normalised residual): 1-layer softmax, 1-layer momentu
 Command:   python -m momentum_jax.experiments.single_layer_induction
            (add --quick for a <1 minute smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores), float32.
-Runtime:   7.9 min wall on a 2-core CPU shared with other jobs (load average 3-4); 38-125 s
-           per model. --quick: about 20 s.
+Runtime:   12.2 min wall on a 2-core CPU shared with other jobs (load average 3-4); 71-152 s
+           per model; peak memory 0.8 GB. --quick: about 20 s.
 Targets:   best 1-layer momentum >= 80 %, 1-layer softmax <= 20 %, 2-layer softmax >= 95 %.
 
-RESULT (CPU, 2 cores, default config, seed 0; two runs gave identical numbers):
+RESULT (CPU, 2 cores, default config, seed 0, jax 0.10.2, flax 0.12.8; re-recorded from a fresh
+run on 2026-12-03: the previous record, from an earlier stack, no longer matched a fresh run for
+four models, e.g. γ = 2 was 74.2 %; runs on one stack match each other bit for bit):
   model               held-out acc   loss
   softmax_1L              10.0 %    2.934
-  momentum_1L_g0.1        88.8 %    0.413
-  momentum_1L_g0.25       95.1 %    0.193
-  momentum_1L_g0.5        97.2 %    0.101   <- best 1-layer momentum
-  momentum_1L_g1          94.7 %    0.209
-  momentum_1L_g2          74.2 %    1.097
+  momentum_1L_g0.1        88.1 %    0.434
+  momentum_1L_g0.25       95.0 %    0.198
+  momentum_1L_g0.5        97.2 %    0.104   <- best 1-layer momentum
+  momentum_1L_g1          94.4 %    0.240
+  momentum_1L_g2          75.6 %    1.067
   softmax_2L             100.0 %    0.001
   All three targets met. The γ optimum for one layer at this scale is ~0.5, far below the
   paper's γ*(1) = 4.17: large γ multiplies high-frequency q·k by up to (1+2γ)² (spec §3).

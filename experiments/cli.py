@@ -16,7 +16,8 @@ Config overrides, in the style of ml_collections / big_vision: ``--config.train.
 one field of the frozen config dataclasses that the experiment's ``config.py``
 ``get_config(quick)`` returns (applied with ``dataclasses.replace``, the innermost first). A
 field that holds ``(name, config)`` pairs (``models``, ``runs``, ``tasks``) takes the field of one
-entry (``--config.models.softmax_1L.d_model=64``) or of every entry (``--config.models.d_model=64``).
+entry (``--config.models.softmax_1L.d_model=64``) or of every entry
+(``--config.models.d_model=64``).
 Values are Python literals (``ast.literal_eval``), anything else is a string; each is checked
 against the field's annotation. The overrides, the resolved config and its hash are written to
 the experiment's results file, and the name and hash go into every checkpoint's signature.
@@ -55,7 +56,6 @@ class ExperimentRun:
   Attributes:
     name: the experiment (its module name under ``momentum_jax.experiments``).
     quick: ``--quick`` was given.
-    fresh: ``--fresh`` was given (its folders are already removed).
     progress: show progress bars (no ``--no-progress``).
     out_dir: the run folder: the output root, or ``<output root>/quick`` (created).
     config: ``get_config(quick)`` with the overrides applied.
@@ -64,7 +64,6 @@ class ExperimentRun:
 
   name: str
   quick: bool
-  fresh: bool
   progress: bool
   out_dir: pathlib.Path
   config: Any
@@ -116,9 +115,8 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
   if args.fresh:
     _remove_workdirs(out_dir, workdirs(config))
   out_dir.mkdir(parents=True, exist_ok=True)
-  return ExperimentRun(name=name, quick=args.quick, fresh=args.fresh,
-                       progress=not args.no_progress, out_dir=out_dir, config=config,
-                       overrides=overrides)
+  return ExperimentRun(name=name, quick=args.quick, progress=not args.no_progress,
+                       out_dir=out_dir, config=config, overrides=overrides)
 
 
 def describe(doc: str | None) -> str:

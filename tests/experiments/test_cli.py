@@ -12,11 +12,14 @@ from momentum_jax.experiments.cli import (
     parse_overrides,
     start_experiment,
 )
+from momentum_jax.experiments.adaptive_momentum.config import get_config as adaptive_config
+from momentum_jax.experiments.attention_zoo.config import get_config as zoo_config
 from momentum_jax.experiments.head_detection.__main__ import main as head_detection
 from momentum_jax.experiments.head_detection.config import MODELS as HEAD_MODELS
 from momentum_jax.experiments.single_layer_induction.__main__ import main as induction
 from momentum_jax.experiments.single_layer_induction.config import get_config
 from momentum_jax.experiments.sink_emergence.__main__ import main as sink_emergence
+from momentum_jax.experiments.spike_robustness.config import get_config as spike_config
 
 EXPERIMENTS = ("single_layer_induction", "spike_robustness", "adaptive_momentum", "attention_zoo",
                "spectral_forensics", "sink_emergence", "head_detection")
@@ -24,9 +27,10 @@ EXPERIMENTS = ("single_layer_induction", "spike_robustness", "adaptive_momentum"
 TINY = ["--config.train.steps=4", "--config.train.eval_every=2", "--config.train.log_every=2",
         "--no-progress"]
 # The full configuration made as small: narrow models, small batches, a tiny probe.
-SMALL_FULL = ["--config.train.steps=4", "--config.train.batch_size=8", "--config.train.eval_every=0",
-              "--config.train.eval_batches=1", "--config.train.checkpoint_every=0",
-              "--config.models.d_model=16", "--config.probe_batch=4", "--no-progress"]
+SMALL_FULL = ["--config.train.steps=4", "--config.train.batch_size=8",
+              "--config.train.eval_every=0", "--config.train.eval_batches=1",
+              "--config.train.checkpoint_every=0", "--config.models.d_model=16",
+              "--config.probe_batch=4", "--no-progress"]
 INDUCTION_NAMES = [name for name, _ in get_config(quick=True).models]
 
 
@@ -60,6 +64,22 @@ def test_an_override_sets_every_named_entry_or_one_by_name():
   assert models["softmax_1L"] == dict(get_config(quick=True).models)["softmax_1L"]
 
 
+def test_overrides_reach_the_runs_and_tasks_of_the_other_experiments():
+  spike = apply_overrides(spike_config(quick=True), {"runs.seed": 3})
+  assert {train.seed for _, train in spike.runs} == {3}
+  adaptive = apply_overrides(adaptive_config(quick=True),
+                             {"runs.adamw_b1_0.9.b1": 0.5, "quadratic.steps": 7})
+  assert [train.b1 for _, train in adaptive.runs] == [0.9, 0.0, 0.5]
+  assert adaptive.quadratic.steps == 7
+  zoo = apply_overrides(zoo_config(quick=True), {"tasks.vocab_size": 20,
+                                                 "tasks.induction.max_gap": 3})
+  assert [task.vocab_size for _, task in zoo.tasks] == [20, 20]
+  assert dict(zoo.tasks)["induction"].max_gap == 3
+  with pytest.raises(ConfigOverrideError, match=r"tasks\.mqar \(AssociativeRecallTask\) has no "
+                                                r"field 'max_gap'.*tasks\.<name>\.<field>"):
+    apply_overrides(zoo_config(quick=True), {"tasks.max_gap": 3})
+
+
 @pytest.mark.parametrize("overrides, match", [
     ({"train.stepz": 4}, r"unknown config path 'train\.stepz'.*allowed keys: steps, batch_size"),
     ({"modelz.d_model": 4}, r"unknown config path 'modelz\.d_model'.*allowed keys: task, train"),
@@ -90,7 +110,8 @@ def test_override_values_are_literals_or_strings():
 def test_describe_strips_rst_markup():
   doc = ("Trains ``config.py``'s models with :func:`momentum_jax.train.train` and\n"
          ":math:`\\gamma`, see `paper`.\n\n    python -m x\n")
-  assert describe(doc) == "Trains config.py's models with momentum_jax.train.train and \\gamma, see paper."
+  assert describe(doc) == ("Trains config.py's models with momentum_jax.train.train and "
+                           "\\gamma, see paper.")
 
 
 def test_config_hash_ignores_run_length_but_not_the_trajectory(tmp_path):

@@ -15,7 +15,9 @@ attention-only, RoPE, RMS-normalised residual): 1-layer softmax, 1-layer momentu
 2-layer softmax.
 
 Command:   python -m momentum_jax.experiments.single_layer_induction
-           (add --quick for a <1 minute smoke run; --output-dir to choose where results go)
+           (--quick: a <1 minute smoke run into runs/single_layer_induction/quick; a rerun
+           resumes or skips finished models, --fresh retrains; --config.train.seed=3 and the
+           like override this config and are recorded in results.json)
 Hardware:  CPU (2 cores), float32.
 Runtime:   12.2 min wall on a 2-core CPU shared with other jobs (load average 3-4); 71-152 s
            per model; peak memory 0.8 GB. --quick: about 20 s.

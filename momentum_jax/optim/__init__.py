@@ -15,7 +15,8 @@ from momentum_jax.optim.adaptive_momentum import (
     scale_by_adaptive_memory_adam,
     scale_by_adaptive_memory_momentum,
 )
-from momentum_jax.optim.mkor import MkorHState, MkorLayerState, MkorState, mkor, mkor_h
+from momentum_jax.optim.mkor import (
+    MkorHState, MkorLayerState, MkorState, mkor, mkor_adamw, mkor_h)
 from momentum_jax.optim.spam import ScaleBySpamState, scale_by_spam, spam
 from momentum_jax.optim.spikes import InjectGradientSpikesState, inject_gradient_spikes
 from momentum_jax.optim.stable_spam import ScaleByStableSpamState, scale_by_stable_spam, stable_spam
@@ -46,6 +47,7 @@ __all__ = [
     "ema_update",
     "inject_gradient_spikes",
     "mkor",
+    "mkor_adamw",
     "mkor_h",
     "queue_init",
     "queue_push",

@@ -473,3 +473,32 @@ def mkor_h(
     return updates, _record_loss(state, mkor_state, value, window, min_improvement)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def mkor_adamw(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    weight_decay: float = 0.0,
+    *,
+    inv_freq: int = 10,
+    clipping: float = 100.0,
+    stabilizer_threshold: float = 2.0,
+    damping: float = 0.05,
+    rescale: bool = True,
+    warmup_steps: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  """MKOR preconditioning in front of AdamW: ``mkor(optax.adamw(learning_rate, b1, b2,
+  weight_decay=weight_decay), ...)``, the optimizer a trainer names ``"mkor"``.
+
+  Takes ``layer_stats`` through ``update`` as :func:`mkor` does (from
+  ``momentum_jax.nn.value_grad_and_layer_stats``); the other arguments are those of
+  :func:`mkor` and ``optax.adamw``.
+
+  References:
+    Mozaffari, Li, Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using
+    Rank-1 Updates", NeurIPS 2023, arXiv:2306.01685.
+  """
+  return mkor(optax.adamw(learning_rate, b1, b2, weight_decay=weight_decay), inv_freq=inv_freq,
+              clipping=clipping, stabilizer_threshold=stabilizer_threshold, damping=damping,
+              rescale=rescale, warmup_steps=warmup_steps)

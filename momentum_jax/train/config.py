@@ -11,6 +11,7 @@ from typing import Any
 import optax
 
 from momentum_jax.optim.adaptive_momentum import am_adamw, am_sgd
+from momentum_jax.optim.mkor import mkor_adamw
 from momentum_jax.optim.spam import spam
 from momentum_jax.optim.spikes import inject_gradient_spikes
 from momentum_jax.optim.stable_spam import stable_spam
@@ -26,13 +27,21 @@ _OPTIMIZERS: dict[str, tuple[Callable[..., optax.GradientTransformation], tuple[
     "stable_spam": (stable_spam, ("b1", "b2", "weight_decay")),
     "am_sgd": (am_sgd, ("weight_decay",)),
     "am_adamw": (am_adamw, ("b2", "weight_decay")),
+    "mkor": (mkor_adamw, ("b1", "b2", "weight_decay")),
 }
 OPTIMIZERS = tuple(_OPTIMIZERS)
+# Optimizers whose update takes the dense layers' statistics (``layer_stats``), which the train
+# step collects in the same forward/backward pass as the gradients.
+LAYER_STATS_OPTIMIZERS = ("mkor",)
+_DTYPES = ("float32", "bfloat16")
 _PARAM_TYPES = (bool, int, float, str, type(None))  # JSON scalars: hashable, saved in checkpoints
 
 # Fields that only say how often to evaluate, log or save, or how long to run: changing them
 # between a run and its resumption does not change the trajectory.
 SCHEDULE_ONLY_FIELDS = ("steps", "eval_every", "eval_batches", "checkpoint_every", "log_every")
+# Fields that say where the computation runs, not what it computes: a run may resume on another
+# mesh (the checkpoint is restored onto the new mesh's shardings).
+PLACEMENT_FIELDS = ("mesh_shape", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +56,9 @@ class TrainConfig:
       arXiv 1711.05101), ``"sgd"`` (heavy-ball momentum ``b1``; 0 = plain SGD), ``"spam"``
       (:func:`momentum_jax.optim.spam`), ``"stable_spam"`` (:func:`momentum_jax.optim.stable_spam`),
       ``"am_sgd"`` or ``"am_adamw"`` (adaptive memory momentum,
-      :func:`momentum_jax.optim.am_sgd` / :func:`momentum_jax.optim.am_adamw`).
+      :func:`momentum_jax.optim.am_sgd` / :func:`momentum_jax.optim.am_adamw`), ``"mkor"``
+      (rank-1 K-FAC preconditioning before AdamW, :func:`momentum_jax.optim.mkor_adamw`; the
+      train step collects its layer statistics in the same forward/backward pass).
     b1: first-moment decay (Adam, AdamW, SPAM, Stable-SPAM) or momentum (SGD), in [0, 1); unused
       by ``am_*``, whose momentum is adaptive (cap it with ``optimizer_params={"beta_max": ...}``).
     b2: second-moment decay (Adam, AdamW, SPAM, Stable-SPAM, AM-AdamW), in [0, 1).
@@ -71,6 +82,22 @@ class TrainConfig:
     checkpoint_every: save every this many steps (0 = only at the end); always at the end.
     log_every: log the training metrics every this many steps.
     seed: seeds the parameter initialisation, the training data and the held-out data.
+    accumulate_steps: gradient accumulation: each optimizer step sums the gradients of this many
+      micro-batches of ``batch_size`` sequences, so it sees ``batch_size · accumulate_steps``
+      sequences (the same ones, and the same update up to float summation order, as one batch of
+      that size).
+    compute_dtype: ``"float32"`` or ``"bfloat16"``: the dtype of the model's matmuls and
+      activations; ``None`` keeps ``TransformerConfig.dtype``. Losses are float32.
+    param_dtype: ``"float32"`` (master weights, the usual mixed precision with bfloat16
+      compute) or ``"bfloat16"`` (parameters and optimizer state in bfloat16); ``None`` keeps
+      ``TransformerConfig.param_dtype``.
+    mesh_shape: ``(data, fsdp, tensor)`` device counts of the training mesh
+      (``momentum_jax.train.make_mesh``), whose product must be the number of devices; the batch
+      is split over data × fsdp, parameters and optimizer state are sharded FSDP-style over
+      ``fsdp`` and the attention and MLP kernels tensor-parallel over ``tensor``. ``None``: one
+      device (or the ``mesh`` given to ``train``). Not part of the checkpoint signature: a run
+      may resume on another mesh.
+    tensorboard: also write the metrics as TensorBoard event files in ``workdir/tensorboard``.
   """
 
   steps: int = 1500
@@ -90,12 +117,19 @@ class TrainConfig:
   checkpoint_every: int = 0
   log_every: int = 10
   seed: int = 0
+  accumulate_steps: int = 1
+  compute_dtype: str | None = None
+  param_dtype: str | None = None
+  mesh_shape: tuple[int, int, int] | None = None
+  tensorboard: bool = True
 
   def __post_init__(self):
     params = self.optimizer_params
     params = params.items() if isinstance(params, Mapping) else params
     object.__setattr__(self, "optimizer_params", tuple(sorted(tuple(pair) for pair in params)))
     object.__setattr__(self, "gradient_spikes", tuple(sorted(set(self.gradient_spikes))))
+    if self.mesh_shape is not None and not isinstance(self.mesh_shape, str):
+      object.__setattr__(self, "mesh_shape", tuple(self.mesh_shape))
     self._validate()
 
   def _validate(self) -> None:
@@ -112,6 +146,17 @@ class TrainConfig:
     _int("checkpoint_every", 0)
     _int("log_every", 1)
     _int("seed", 0)
+    _int("accumulate_steps", 1)
+    for name in ("compute_dtype", "param_dtype"):
+      if getattr(self, name) not in (None, *_DTYPES):
+        raise ValueError(f"{name} must be None or one of {_DTYPES}, got "
+                         f"{name}={getattr(self, name)!r}")
+    shape = self.mesh_shape
+    if shape is not None and (
+        not isinstance(shape, tuple) or len(shape) != 3
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
+      raise ValueError(f"mesh_shape must be None or three ints >= 1 (data, fsdp, tensor), got "
+                       f"mesh_shape={self.mesh_shape!r}")
     if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
       raise ValueError(
           f"learning_rate must be a positive finite float, got learning_rate={self.learning_rate!r}"

@@ -1,21 +1,33 @@
 """Orbax checkpoints of a training run: ``{params, opt_state, step}`` plus the run's config.
 
-Layout: ``workdir/checkpoints/<step>/{state, config}``; ``state`` is a ``StandardSave`` pytree,
-``config`` a JSON record of what determines the trajectory (package version, model, optimisation,
-task and, for a run started by an experiment, the experiment's name and resolved config), used to
-refuse resuming a run under a different configuration.
+Layout: ``workdir/checkpoints/<step>/{state, config, digest[, data]}``; ``state`` is a
+``StandardSave`` pytree, ``config`` a JSON record of what determines the trajectory (package
+version, model, optimisation, task and, for a run started by an experiment, the experiment's name
+and resolved config), used to refuse resuming a run under a different configuration; ``data`` the
+JSON position of a data iterator, when the run has one; ``digest`` a checksum of each of the other
+items.
+
+The digest is there because not every damage to a file raises when it is read: a bit flipped in
+the middle of an array's zstd-compressed data decodes, without any error, to different numbers.
+``restore_latest`` recomputes it on what it restored and treats a mismatch like a read error: the
+step is unreadable, set aside into ``workdir/corrupt_checkpoints`` with a warning, and the next
+older step is tried.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
-from collections.abc import Mapping
-from typing import Any
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from etils import epath
 
 import momentum_jax
 from momentum_jax.data import Task
@@ -23,6 +35,43 @@ from momentum_jax.nn import TransformerConfig
 from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
 
 _MAX_TO_KEEP = 3
+CORRUPT_DIR = "corrupt_checkpoints"  # next to ``checkpoints``: where unreadable steps are moved
+_CAUSE_CHARS = 200  # of the first line of an error's message, in a warning
+
+
+class CorruptCheckpointWarning(UserWarning):
+  """A saved step could not be read (or failed its digest) and was set aside."""
+
+
+class ConfigMismatchError(ValueError):
+  """The newest readable checkpoint was saved under a different run signature.
+
+  Attributes:
+    step: the checkpoint's step.
+    differences: ``signature_differences(saved, current)``, non-empty.
+  """
+
+  def __init__(self, step: int, directory: epath.Path, differences: list[str]):
+    super().__init__(
+        f"the checkpoint at step {step} in {directory} was saved under a different config; "
+        "differing keys:\n  " + "\n  ".join(differences))
+    self.step = step
+    self.differences = differences
+
+
+class Restored(NamedTuple):
+  """What ``restore_latest`` read from the newest readable step.
+
+  Attributes:
+    step: the step it was saved at.
+    state: the ``{params, opt_state, step}`` pytree, shaped and sharded like the target.
+    signature: the saved run signature.
+    data_state: the saved data iterator position, or None when the step saved none.
+  """
+  step: int
+  state: dict[str, Any]
+  signature: dict[str, Any]
+  data_state: dict[str, Any] | None
 
 
 def run_signature(
@@ -88,32 +137,204 @@ def checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       workdir.absolute() / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=_MAX_TO_KEEP, create=True),
+      item_handlers={
+          "state": ocp.StandardCheckpointHandler(),
+          "config": ocp.JsonCheckpointHandler(),
+          "data": ocp.JsonCheckpointHandler(),
+          "digest": ocp.JsonCheckpointHandler(),
+      },
   )
 
 
 def save(
-    manager: ocp.CheckpointManager, step: int, state: dict[str, Any], signature: dict[str, Any]
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: dict[str, Any],
+    signature: dict[str, Any],
+    data_state: dict[str, Any] | None = None,
 ) -> None:
-  """Starts an async save of ``state`` (``{params, opt_state, step}``) and ``signature``."""
-  manager.save(
-      step,
-      args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(signature)
-      ),
-  )
+  """Starts an async save of ``state``, ``signature``, ``data_state`` and their digest.
+
+  ``state`` is the ``{params, opt_state, step}`` pytree of arrays, ``data_state`` a JSON dict (the
+  data iterator's position), saved as the ``data`` item when given. The digest is computed here,
+  before the save starts: one jitted reduction over the state's arrays, wherever they live.
+  """
+  digest: dict[str, Any] = {"state": _state_digest(state), "config": _json_digest(signature)}
+  items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(signature)}
+  if data_state is not None:
+    digest["data"] = _json_digest(data_state)
+    items["data"] = ocp.args.JsonSave(data_state)
+  manager.save(step, args=ocp.args.Composite(digest=ocp.args.JsonSave(digest), **items))
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager,
+    target: dict[str, Any],
+    signature: dict[str, Any],
+    *,
+    warn: Callable[[str, type[Warning]], object] = warnings.warn,
+) -> Restored | None:
+  """The newest readable step, restored onto ``target``'s shardings; None if no step is readable.
+
+  ``target`` is a pytree like the saved state whose arrays carry the shardings to restore onto:
+  the current mesh, whatever mesh wrote the checkpoint. Call this before the manager saves.
+
+  Steps are tried newest first. A step is unreadable when reading one of its items raises
+  anything (a truncated or missing file or item folder, undecodable array data, an array whose
+  shape does not fit ``target``) or when an item differs from the digest saved with it (steps
+  saved before digests existed are not checked). An unreadable step is moved to
+  ``corrupt_checkpoints/<step>`` (``<step>.1``, ... when taken) next to the manager's directory,
+  and ``warn`` gets a ``CorruptCheckpointWarning`` naming the step, the directory, the cause and
+  the step restored instead, or saying that training starts from scratch. Moved, so that the
+  manager sees only readable steps (orbax skips saves at steps up to an existing one, refuses to
+  save at an existing step and counts every step against ``max_to_keep``); not deleted, so that
+  a step set aside by a transient read error can be moved back.
+
+  A different configuration is not corruption: if the newest step whose config reads and matches
+  its digest has ``signature_differences`` from ``signature``, this raises ``ConfigMismatchError``
+  and moves nothing (the state is not read, so a model of another shape is never mistaken for a
+  damaged checkpoint).
+  """
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  unreadable: list[tuple[int, str]] = []
+  restored = None
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = _read_step(manager, step, abstract, signature)
+    except ConfigMismatchError:
+      raise
+    except Exception as error:  # whatever reading a damaged step raises
+      unreadable.append((step, _cause(error)))
+    else:
+      break
+  instead = (f"falling back to step {restored.step}" if restored is not None
+             else "no readable checkpoint is left, so training starts from scratch")
+  for step, cause in unreadable:
+    moved_to = _set_aside(manager, step)
+    warn(f"checkpoint step {step} in {manager.directory} is unreadable ({cause}); moved it to "
+         f"{moved_to}; {instead}", CorruptCheckpointWarning)
+  if unreadable:
+    manager.reload()
+  return restored
+
 
 
 def restore_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The config record saved at ``step``."""
+  """The config record saved at ``step`` (unchecked; ``restore_latest`` checks and falls back)."""
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
 
 
 def restore_state(
     manager: ocp.CheckpointManager, step: int, target: dict[str, Any]
 ) -> dict[str, Any]:
-  """The ``{params, opt_state, step}`` saved at ``step``, shaped and sharded like ``target``."""
+  """The state saved at ``step``, shaped and sharded like ``target`` (unchecked, no fallback)."""
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = manager.restore(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
   )
   return restored["state"]
+
+class _UnreadableItem(Exception):
+  """An item of a step that could not be read or differs from its digest."""
+
+
+def _read_step(
+    manager: ocp.CheckpointManager, step: int, abstract: Any, signature: dict[str, Any]
+) -> Restored:
+  """``step`` restored and checked; raises ``ConfigMismatchError``, or anything if unreadable."""
+  saved_items = _read("metadata", lambda: manager.metadata(step).item_handlers) or {}
+  saved_signature = _restore_item(manager, step, "config", ocp.args.JsonRestore())
+  digest = (_restore_item(manager, step, "digest", ocp.args.JsonRestore())
+            if "digest" in saved_items else None)
+  if digest is not None and digest.get("config") != _json_digest(saved_signature):
+    raise _UnreadableItem("config: differs from the digest saved with it")
+  differences = signature_differences(saved_signature, signature)
+  if differences:
+    raise ConfigMismatchError(step, manager.directory, differences)
+  state = _restore_item(manager, step, "state", ocp.args.StandardRestore(abstract))
+  has_data = "data" in (saved_items if digest is None else digest)
+  data_state = _restore_item(manager, step, "data", ocp.args.JsonRestore()) if has_data else None
+  if digest is not None:
+    if has_data and digest["data"] != _json_digest(data_state):
+      raise _UnreadableItem("data: differs from the digest saved with it")
+    saved, restored = digest.get("state", {}), _state_digest(state)
+    differing = sorted(k for k in saved.keys() | restored.keys() if saved.get(k) != restored.get(k))
+    if differing:
+      raise _UnreadableItem(
+          f"state: {len(differing)} array(s) differ from the digest saved with them, first "
+          f"{differing[0]}")
+  return Restored(step, state, saved_signature, data_state)
+
+
+def _restore_item(
+    manager: ocp.CheckpointManager, step: int, name: str, args: ocp.args.CheckpointArgs
+) -> Any:
+  """Item ``name`` of ``step``."""
+  return _read(name, lambda: manager.restore(step, args=ocp.args.Composite(**{name: args}))[name])
+
+
+def _read(what: str, read: Callable[[], Any]) -> Any:
+  """``read()``; whatever it raises is re-raised as an ``_UnreadableItem`` naming ``what``."""
+  try:
+    return read()
+  except Exception as error:  # any failure to read makes the step unreadable
+    raise _UnreadableItem(f"{what}: {_cause(error)}") from error
+
+
+def _cause(error: Exception) -> str:
+  """``"Type: first line of the message"`` (the item's own text for an ``_UnreadableItem``)."""
+  if isinstance(error, _UnreadableItem):
+    return str(error)
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  first = lines[0] if lines else ""
+  if len(first) > _CAUSE_CHARS:
+    first = first[:_CAUSE_CHARS] + "..."
+  return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  """Moves ``step``'s folder into ``corrupt_checkpoints`` next to the manager's directory."""
+  corrupt = manager.directory.parent / CORRUPT_DIR
+  corrupt.mkdir(parents=True, exist_ok=True)
+  destination, n = corrupt / str(step), 0
+  while destination.exists():
+    n += 1
+    destination = corrupt / f"{step}.{n}"
+  (manager.directory / str(step)).rename(destination)
+  return destination
+
+
+def _json_digest(value: Any) -> str:
+  """SHA-256 of ``value``'s JSON text, keys sorted (the same after a JSON round trip)."""
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of ``x`` as a flat ``uint32`` vector: narrower elements widened, wider ones split."""
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = 8 * x.dtype.itemsize
+  if bits < 32:
+    return jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{bits}")).astype(jnp.uint32).ravel()
+  return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()
+
+
+@jax.jit
+def _leaf_digests(leaves: list[jax.Array]) -> list[jax.Array]:
+  """Per array, ``sum_i words[i] * (2i + 1) mod 2**32``; any one flipped bit changes it.
+
+  Integer sums do not depend on the order of addition, so the digest of an array is the same
+  whatever its sharding.
+  """
+  def digest(x: jax.Array) -> jax.Array:
+    words = _words(jnp.asarray(x))
+    weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
+    return jnp.sum(words * weights, dtype=jnp.uint32)
+  return [digest(x) for x in leaves]
+
+
+def _state_digest(state: Any) -> dict[str, int]:
+  """``{keystr(path): digest}`` over the arrays of ``state``."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  values = jax.device_get(_leaf_digests([leaf for _, leaf in flat]))
+  return {jax.tree_util.keystr(path): int(value) for (path, _), value in zip(flat, values)}

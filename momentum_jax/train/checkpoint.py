@@ -36,7 +36,7 @@ from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
 
 _MAX_TO_KEEP = 3
 CORRUPT_DIR = "corrupt_checkpoints"  # next to ``checkpoints``: where unreadable steps are moved
-_CAUSE_CHARS = 200  # of the first line of an error's message, in a warning
+_CAUSE_CHARS = 500  # of the first line of an error's message, in a warning
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -282,9 +282,22 @@ def _read(what: str, read: Callable[[], Any]) -> Any:
 
 
 def _cause(error: Exception) -> str:
-  """``"Type: first line of the message"`` (the item's own text for an ``_UnreadableItem``)."""
+  """``"Type: first line of the message"`` of the innermost exception ``error`` was raised from.
+
+  The innermost one says what went wrong (orbax wraps a TensorStore ``ValueError`` such as
+  ``ZSTD_decompressStream() failed`` in an ``Exception`` that only names the array index read);
+  an ``_UnreadableItem`` is shown as its own text.
+  """
   if isinstance(error, _UnreadableItem):
     return str(error)
+  seen = {id(error)}
+  while True:
+    inner = error.__cause__ if error.__cause__ is not None else (
+        None if error.__suppress_context__ else error.__context__)
+    if inner is None or id(inner) in seen:
+      break
+    error = inner
+    seen.add(id(error))
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   first = lines[0] if lines else ""
   if len(first) > _CAUSE_CHARS:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,7 +28,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
-from etils import epath
 
 import momentum_jax
 from momentum_jax.data import Task
@@ -51,7 +51,7 @@ class ConfigMismatchError(ValueError):
     differences: ``signature_differences(saved, current)``, non-empty.
   """
 
-  def __init__(self, step: int, directory: epath.Path, differences: list[str]):
+  def __init__(self, step: int, directory: os.PathLike[str], differences: list[str]):
     super().__init__(
         f"the checkpoint at step {step} in {directory} was saved under a different config; "
         "differing keys:\n  " + "\n  ".join(differences))
@@ -218,7 +218,6 @@ def restore_latest(
   return restored
 
 
-
 def restore_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The config record saved at ``step`` (unchecked; ``restore_latest`` checks and falls back)."""
   return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
@@ -233,6 +232,7 @@ def restore_state(
       step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
   )
   return restored["state"]
+
 
 class _UnreadableItem(Exception):
   """An item of a step that could not be read or differs from its digest."""
@@ -305,7 +305,7 @@ def _cause(error: Exception) -> str:
   return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
-def _set_aside(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+def _set_aside(manager: ocp.CheckpointManager, step: int) -> os.PathLike[str]:
   """Moves ``step``'s folder into ``corrupt_checkpoints`` next to the manager's directory."""
   corrupt = manager.directory.parent / CORRUPT_DIR
   corrupt.mkdir(parents=True, exist_ok=True)

@@ -209,8 +209,8 @@ def test_undamaged_round_trip_with_and_without_a_data_state(tmp_path):
   restored, caught, manager = _restore(tmp_path)
   assert caught == [] and restored.step == 6 and restored.data_state == _data_state(6)
   _assert_bitwise_equal(restored.state, _state(6))
-  shutil.rmtree(_step_dir(tmp_path, 6))
   manager.close()
+  shutil.rmtree(_step_dir(tmp_path, 6))
   restored, caught, _ = _restore(tmp_path)
   assert caught == [] and restored.step == 5 and restored.data_state is None
   _assert_bitwise_equal(restored.state, _state(5))
@@ -244,7 +244,7 @@ def test_a_step_saved_without_a_digest_is_restored_unchecked(tmp_path):
 _MESH_WORKER = """
 import json, sys, pathlib
 import jax, jax.numpy as jnp, numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from momentum_jax.train import checkpoint
 
 assert jax.device_count() == 8, jax.devices()

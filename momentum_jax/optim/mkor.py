@@ -495,6 +495,16 @@ def mkor_adamw(
   ``momentum_jax.nn.value_grad_and_layer_stats``); the other arguments are those of
   :func:`mkor` and ``optax.adamw``.
 
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from momentum_jax.optim import mkor_adamw
+    >>> params = {"w": jnp.ones((3, 2))}
+    >>> tx = mkor_adamw(1e-2, weight_decay=0.1)
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({"w": jnp.full((3, 2), 0.5)}, state, params)
+    >>> updates["w"].shape
+    (3, 2)
+
   References:
     Mozaffari, Li, Dehnavi, "MKOR: Momentum-Enabled Kronecker-Factor-Based Optimizer Using
     Rank-1 Updates", NeurIPS 2023, arXiv:2306.01685.

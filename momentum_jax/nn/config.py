@@ -13,6 +13,7 @@ from momentum_jax.attention import AttentionDims, get_attention
 from momentum_jax.nn.gated import GATE_MODES
 
 _DTYPES = ("float32", "bfloat16", "float16")
+_PARAM_DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +41,10 @@ class TransformerConfig:
     rope_base: RoPE wavelength base.
     tie_embeddings: reuse the token embedding as the output projection.
     norm_eps: RMSNorm epsilon.
-    dtype: compute dtype (parameters are kept in float32).
+    dtype: compute dtype of the matmuls and activations (logits are float32).
+    param_dtype: dtype the parameters are stored in, ``"float32"`` (the default: float32 master
+      weights under bfloat16 compute) or ``"bfloat16"``; drawn in float32 and cast, so a model
+      differs from its float32 twin only by the rounding.
     causal: causal (decoder) masking; a variant registered as causal-only needs True and one
       registered as non-causal (``attention="agent"``) needs False.
     gate: output gate of gated attention (arXiv 2505.06708): ``"none"``, ``"elementwise"``
@@ -77,6 +81,7 @@ class TransformerConfig:
   tie_embeddings: bool = True
   norm_eps: float = 1e-6
   dtype: str = "float32"
+  param_dtype: str = "float32"
   causal: bool = True
   gate: str = "none"
   moh: bool = False
@@ -131,6 +136,9 @@ class TransformerConfig:
       raise ValueError(f"window must be None or an int >= 1, got window={self.window!r}")
     if self.dtype not in _DTYPES:
       raise ValueError(f"dtype must be one of {_DTYPES}, got dtype={self.dtype!r}")
+    if self.param_dtype not in _PARAM_DTYPES:
+      raise ValueError(
+          f"param_dtype must be one of {_PARAM_DTYPES}, got param_dtype={self.param_dtype!r}")
     if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
       raise ValueError(f"rope_base must be a positive finite float, got {self.rope_base!r}")
     self._validate_layer_options()

@@ -36,6 +36,8 @@ from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.input_checks import check_token_ids
 from momentum_jax.nn.moh import MoHRouter
+from momentum_jax.nn.partitioning import (
+    EMBED, HEADS, MLP, VOCAB, embedding_init, kernel_init, norm_scale_init)
 from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
 
 AuxLosses = dict[str, jax.Array]
@@ -79,11 +81,12 @@ class Attention(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
     d, n, k, h = config.d_model, config.num_heads, config.num_kv_heads, config.head_dim
-    dense = lambda i, o: Dense(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
-    self.q_proj = dense(d, n * h)
-    self.k_proj = dense(d, k * h)
-    self.v_proj = dense(d, k * h)
-    self.o_proj = dense(n * h, d)
+    dense = lambda i, o, names: Dense(i, o, use_bias=False, dtype=config.compute_dtype,
+                                      kernel_init=kernel_init(names), rngs=rngs)
+    self.q_proj = dense(d, n * h, (EMBED, HEADS))
+    self.k_proj = dense(d, k * h, (EMBED, HEADS))
+    self.v_proj = dense(d, k * h, (EMBED, HEADS))
+    self.o_proj = dense(n * h, d, (HEADS, EMBED))
     self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
     variant = get_attention(config.attention)
     dims = AttentionDims(n, k, h, config.context_len)
@@ -239,9 +242,10 @@ class Mlp(nnx.Module):
   """GELU MLP: W_out · gelu(W_in · x)."""
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
-    dense = lambda i, o: Dense(i, o, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
-    self.up = dense(config.d_model, config.mlp_dim)
-    self.down = dense(config.mlp_dim, config.d_model)
+    dense = lambda i, o, names: Dense(i, o, use_bias=False, dtype=config.compute_dtype,
+                                      kernel_init=kernel_init(names), rngs=rngs)
+    self.up = dense(config.d_model, config.mlp_dim, (EMBED, MLP))
+    self.down = dense(config.mlp_dim, config.d_model, (MLP, EMBED))
 
   def __call__(self, x_BxTxD: jax.Array) -> jax.Array:
     return self.down(jax.nn.gelu(self.up(x_BxTxD)))
@@ -252,7 +256,7 @@ class Block(nnx.Module):
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     norm = lambda: nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
-                               dtype=config.compute_dtype, rngs=rngs)
+                               dtype=config.compute_dtype, scale_init=norm_scale_init(), rngs=rngs)
     self.attn_norm = norm()
     self.attn = Attention(config, rngs=rngs)
     if config.mlp_dim:
@@ -299,12 +303,19 @@ class Transformer(nnx.Module):
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     self.config = config
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
-                           rngs=rngs)
+                           embedding_init=embedding_init(), rngs=rngs)
     self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
     self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
-                                  dtype=config.compute_dtype, rngs=rngs)
+                                  dtype=config.compute_dtype, scale_init=norm_scale_init(),
+                                  rngs=rngs)
     self.unembed = None if config.tie_embeddings else Dense(
-        config.d_model, config.vocab_size, use_bias=False, dtype=config.compute_dtype, rngs=rngs)
+        config.d_model, config.vocab_size, use_bias=False, dtype=config.compute_dtype,
+        kernel_init=kernel_init((EMBED, VOCAB)), rngs=rngs)
+    if config.param_dtype != "float32":
+      # Drawn in float32 (the same values as a float32 model), stored in param_dtype.
+      for _, variable in nnx.iter_graph(self):
+        if isinstance(variable, nnx.Param):
+          variable.set_value(variable.get_value().astype(config.param_dtype))
 
   def __call__(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None) -> jax.Array:

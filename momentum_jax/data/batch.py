@@ -15,11 +15,18 @@ class Batch(NamedTuple):
     targets: ``[B, T] int32`` next-token labels: ``targets[:, t]`` is the token the model should
       predict at position ``t``.
     loss_mask: ``[B, T] float32``, 1 where loss and accuracy count, 0 elsewhere.
+    segment_ids: ``[B, T] int32`` id of the document each token belongs to in its row (1, 2,
+      ...; 0 on padding) for packed text, so attention stays inside a document; None for the
+      synthetic tasks (one sequence per row).
+    positions: ``[B, T] int32`` position of each token inside its document piece, for RoPE;
+      None for the synthetic tasks (0, 1, ... along the row).
   """
 
   tokens: jax.Array
   targets: jax.Array
   loss_mask: jax.Array
+  segment_ids: jax.Array | None = None
+  positions: jax.Array | None = None
 
 
 class Task(Protocol):

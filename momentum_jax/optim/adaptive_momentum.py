@@ -505,17 +505,23 @@ def am_adamw(
   )
 
 
-def adaptive_memory_beta(opt_state: optax.OptState) -> jax.Array:
+def adaptive_memory_beta(opt_state: optax.OptState) -> jax.Array | None:
   r"""The last :math:`\beta_t` from an optimizer state that contains one adaptive memory transform.
 
   Works through ``optax.chain``, ``optax.inject_hyperparams``, ``optax.MultiSteps`` and
-  ``optax.apply_if_finite`` (it searches the state for the field named ``beta``).
+  ``optax.apply_if_finite`` (it searches the state for this module's state types, so a model
+  parameter that happens to be named ``beta``, held in another optimizer's moments, is not
+  mistaken for it).
 
   Args:
-    opt_state: the state of an optimizer built from this module.
+    opt_state: an optimizer state.
 
   Returns:
-    The float32 scalar :math:`\beta_t` of the last step (0 before the second step).
+    The float32 scalar :math:`\beta_t` of the last step (0 before the second step); None when
+    the state holds no adaptive memory transform.
+
+  Raises:
+    ValueError: the state holds more than one.
 
   Example:
     >>> import jax.numpy as jnp
@@ -524,4 +530,9 @@ def adaptive_memory_beta(opt_state: optax.OptState) -> jax.Array:
     >>> float(adaptive_memory_beta(state))
     0.0
   """
-  return otu.tree_get(opt_state, "beta")
+  state_types = (AdaptiveMemoryState, AdaptiveMemoryAdamState)
+  is_state = lambda x: isinstance(x, state_types)
+  states = [leaf for leaf in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(leaf)]
+  if len(states) > 1:
+    raise ValueError(f"opt_state holds {len(states)} adaptive memory states; expected at most one")
+  return states[0].beta if states else None

@@ -349,3 +349,13 @@ def test_schedules_are_accepted():
   params = jnp.ones(2)
   updates, _ = tx.update(jnp.ones(2), tx.init(params), params)
   np.testing.assert_allclose(updates, -1e-2 * jnp.ones(2))
+
+
+def test_beta_is_read_from_the_optimizer_state_not_from_a_parameter_named_beta():
+  params = {"beta": jnp.ones(2), "w": jnp.ones(3)}  # e.g. KV-shift attention's mixing weights
+  assert adaptive_memory_beta(optax.adam(1e-3).init(params)) is None
+  state = am_adamw(1e-3).init(params)
+  assert adaptive_memory_beta(state).shape == ()
+  two = optax.chain(am_sgd(1e-3), am_sgd(1e-3)).init(params)
+  with pytest.raises(ValueError, match="holds 2 adaptive memory states"):
+    adaptive_memory_beta(two)

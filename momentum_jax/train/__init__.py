@@ -1,23 +1,52 @@
-"""Training: config and optimizer, masked losses, the jitted mesh-aware loop with orbax resume."""
+"""Training: config and optimizer, masked losses, the jitted mesh-aware loop (synthetic tasks or
+packed text; data / FSDP / tensor-parallel meshes; mixed precision; gradient accumulation) with
+orbax checkpoints that resume on another mesh and skip damaged steps."""
 
+from momentum_jax.train.checkpoint import ConfigMismatchError, CorruptCheckpointWarning
 from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
-from momentum_jax.train.loop import METRICS_FILE, TrainResult, train
+from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_second
+from momentum_jax.train.loop import METRICS_FILE, TENSORBOARD_DIR, TrainResult, train
 from momentum_jax.train.loss import (
     masked_accuracy, masked_cross_entropy, masked_sums, momentum_distillation_loss)
-from momentum_jax.train.sharding import DATA_AXIS, data_parallel_shardings, default_mesh
+from momentum_jax.train.sharding import (
+    DATA_AXIS,
+    FSDP_AXIS,
+    LOGICAL_AXIS_RULES,
+    MESH_AXES,
+    TENSOR_AXIS,
+    batch_sharding,
+    bytes_per_device,
+    make_mesh,
+    opt_state_shardings,
+    param_shardings,
+)
+from momentum_jax.train.step import init_train_state
 
 __all__ = [
     "DATA_AXIS",
+    "FSDP_AXIS",
+    "LOGICAL_AXIS_RULES",
+    "MESH_AXES",
     "METRICS_FILE",
+    "TENSORBOARD_DIR",
+    "TENSOR_AXIS",
+    "ConfigMismatchError",
+    "CorruptCheckpointWarning",
     "TrainConfig",
     "TrainResult",
-    "data_parallel_shardings",
-    "default_mesh",
+    "batch_sharding",
+    "bytes_per_device",
+    "init_train_state",
+    "make_mesh",
     "make_optimizer",
     "make_schedule",
     "masked_accuracy",
     "masked_cross_entropy",
     "masked_sums",
+    "model_flops_per_token",
     "momentum_distillation_loss",
+    "opt_state_shardings",
+    "param_shardings",
+    "peak_flops_per_second",
     "train",
 ]

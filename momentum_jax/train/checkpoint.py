@@ -16,7 +16,6 @@ older step is tried.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -30,9 +29,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 import momentum_jax
-from momentum_jax.data import Task
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
+from momentum_jax.train.config import PLACEMENT_FIELDS, SCHEDULE_ONLY_FIELDS, TrainConfig
 
 _MAX_TO_KEEP = 3
 CORRUPT_DIR = "corrupt_checkpoints"  # next to ``checkpoints``: where unreadable steps are moved
@@ -77,22 +75,25 @@ class Restored(NamedTuple):
 def run_signature(
     model_config: TransformerConfig,
     train_config: TrainConfig,
-    task: Task,
+    data: Mapping[str, Any],
     experiment: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
   """The JSON record saved with every checkpoint and compared on resume.
 
   It holds ``momentum_jax.__version__`` (``version``), the model, the train config without
   ``SCHEDULE_ONLY_FIELDS`` (run length and eval / log / save cadence, which may change between a
-  run and its resumption), the task and, when given, the ``experiment`` record (the experiment CLI
-  passes its name, the hash of its resolved config and that config).
+  run and its resumption) and ``PLACEMENT_FIELDS`` (the mesh, the metric writers: a run may
+  resume on another mesh), the ``data`` record (a synthetic task's or a text dataset's fields,
+  as ``task``) and, when given, the ``experiment`` record (the experiment CLI passes its name,
+  the hash of its resolved config and that config).
   """
-  train = {k: v for k, v in train_config.to_dict().items() if k not in SCHEDULE_ONLY_FIELDS}
+  unsigned = (*SCHEDULE_ONLY_FIELDS, *PLACEMENT_FIELDS)
+  train = {k: v for k, v in train_config.to_dict().items() if k not in unsigned}
   signature = {
       "version": momentum_jax.__version__,
       "model": model_config.to_dict(),
       "train": train,
-      "task": {"name": type(task).__name__, **dataclasses.asdict(task)},
+      "task": dict(data),
   }
   if experiment is not None:
     signature["experiment"] = dict(experiment)
@@ -216,22 +217,6 @@ def restore_latest(
   if unreadable:
     manager.reload()
   return restored
-
-
-def restore_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
-  """The config record saved at ``step`` (unchecked; ``restore_latest`` checks and falls back)."""
-  return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-
-
-def restore_state(
-    manager: ocp.CheckpointManager, step: int, target: dict[str, Any]
-) -> dict[str, Any]:
-  """The state saved at ``step``, shaped and sharded like ``target`` (unchecked, no fallback)."""
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-  restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-  )
-  return restored["state"]
 
 
 class _UnreadableItem(Exception):

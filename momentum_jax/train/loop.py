@@ -1,56 +1,54 @@
-"""The training loop: a jitted pure step on a mesh, held-out eval, JSONL metrics, orbax resume.
+"""The training loop: a jitted step on a mesh, held-out eval, JSONL / TensorBoard metrics, orbax
+checkpoints that resume on any mesh.
 
-The hot loop runs on pure pytrees: ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``
-once, then one ``jax.jit``-ed step ``(params, opt_state, rest, step) -> (params, opt_state, rest,
-metrics)`` that merges the module inside the trace, so NNX's graph traversal is paid at trace time
-only. ``rest`` is the module state that is not a parameter (for example the running mean of the
-affine-scaled attention's α, or a router's random-number stream): the step returns it updated and
-it is checkpointed with the parameters. The loss is the task's masked cross-entropy plus the
-model's weighted auxiliary losses (mixture-of-heads load balance, flux router sparsity); the
-held-out evaluation runs the model in eval mode, under ``momentum_jax.nn.checked`` (the model's
-input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs unchecked.
-The step and the eval are module-level jits with the graphdef, optimizer config, task and
-shardings static, so repeated ``train`` calls on the same setup (a resume, a sweep over seeds)
-reuse one compilation.
-Each step builds its batch from ``fold_in(data_key, step)``: the data order depends only on the
-seed and the step index, so a run resumed from a checkpoint at step k continues bit-identically
-to an uninterrupted one.
+``train`` takes a synthetic task (sampled inside the jitted step from ``fold_in(data_key,
+step)``) or a ``TextDataset`` (packed rows read on the host by a resumable iterator whose
+position is saved in each checkpoint). Either way the batch of a step depends only on the seed
+and the step index, so a run resumed from a checkpoint at step k continues bit-identically to an
+uninterrupted one. The step and the evaluation are in ``momentum_jax.train.step``; the placement
+(``(data, fsdp, tensor)`` mesh, parameters sharded by their logical axis names) in
+``momentum_jax.train.sharding``; checkpoint reading with fallback past damaged steps in
+``momentum_jax.train.checkpoint``.
+
+The held-out evaluation runs the model in eval mode under ``momentum_jax.nn.checked`` (the
+model's input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs
+unchecked. Train records carry ``tokens_per_second`` and ``model_flops_per_second`` (PaLM model
+FLOPs, ``momentum_jax.train.flops``) measured between log records, and ``mfu`` on devices whose
+peak is known; the first step of a run (compilation) is not timed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
-import optax.tree_utils as otu
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
 
-from momentum_jax.data import Batch, Task
+from momentum_jax.data import Batch, Task, TextDataset
 from momentum_jax.nn import Transformer, TransformerConfig, checked
 from momentum_jax.train import checkpoint
-from momentum_jax.train.config import (
-    SCHEDULE_ONLY_FIELDS,
-    TrainConfig,
-    make_optimizer,
-    make_schedule,
-)
-from momentum_jax.train.loss import masked_sums
+from momentum_jax.train.config import TrainConfig
+from momentum_jax.train.flops import (
+    model_flops_per_token, peak_flops_per_second, throughput_metrics)
 from momentum_jax.train.metrics_log import MetricsLog
-from momentum_jax.train.sharding import data_parallel_shardings, default_mesh
+from momentum_jax.train.sharding import batch_sharding, make_mesh
+from momentum_jax.train.step import (
+    Placement, evaluate_batch, evaluate_task, init_train_state, step_config, train_step)
 
-# Auxiliary losses of the model logged with the train metrics when the model has them.
-AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
 METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
 _START_OVER = ("to start over, rerun the experiment with --fresh (or delete the workdir); to keep "
                "both runs, give another --output-dir (or workdir)")
 
@@ -74,13 +72,17 @@ class TrainResult(NamedTuple):
   """What ``train`` returns.
 
   Attributes:
-    params: the final ``nnx.Param`` state (a pytree).
-    final_eval: held-out ``{"loss", "accuracy"}`` at the final step, as Python floats.
+    params: the final ``nnx.Param`` state (a pytree, sharded as trained).
+    final_eval: held-out ``{"loss", "accuracy"}`` at the final step, as Python floats; on a
+      ``TextDataset`` also ``perplexity`` (``exp(loss)``) and ``bits_per_byte``
+      (``loss / ln 2 / bytes_per_token`` of the validation text).
     history: every record of ``metrics.jsonl`` (train records carry ``train_loss``,
       ``train_accuracy``, ``grad_norm`` (of the raw gradient, before any injected spike or
-      clipping), ``learning_rate``, and ``beta`` when the optimizer state has a field of that
-      name (the adaptive momentum β_t of ``am_sgd`` / ``am_adamw`` after the step);
-      eval records ``eval_loss``, ``eval_accuracy``), in order.
+      clipping), ``learning_rate``, ``beta`` when the optimizer state has a field of that name
+      (the adaptive momentum β_t of ``am_sgd`` / ``am_adamw`` after the step), and the
+      throughput ``tokens_per_second``, ``model_flops_per_second`` and ``mfu`` (where the
+      device's peak is known) once a step has been timed; eval records carry ``eval_`` and each
+      key of ``final_eval``), in order.
     model: the trained ``Transformer`` (``nnx.merge`` of the final state).
   """
 
@@ -90,126 +92,117 @@ class TrainResult(NamedTuple):
   model: Transformer
 
 
-def _check_compatible(model_config: TransformerConfig, task: Task) -> None:
-  if task.vocab_size != model_config.vocab_size:
+def _with_precision(model_config: TransformerConfig, cfg: TrainConfig) -> TransformerConfig:
+  """``model_config`` with the train config's ``compute_dtype`` / ``param_dtype`` (if set)."""
+  changes = {"dtype": cfg.compute_dtype, "param_dtype": cfg.param_dtype}
+  return dataclasses.replace(model_config, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _check_compatible(model_config: TransformerConfig, data: Task | TextDataset) -> None:
+  what = "task" if not isinstance(data, TextDataset) else "data"
+  if data.vocab_size != model_config.vocab_size:
     raise ValueError(
-        f"task.vocab_size={task.vocab_size} must equal "
+        f"{what}.vocab_size={data.vocab_size} must equal "
         f"model_config.vocab_size={model_config.vocab_size}"
     )
-  if task.seq_len > model_config.context_len:
+  if data.seq_len > model_config.context_len:
     raise ValueError(
-        f"task.seq_len={task.seq_len} exceeds model_config.context_len={model_config.context_len}"
+        f"{what}.seq_len={data.seq_len} exceeds "
+        f"model_config.context_len={model_config.context_len}"
     )
 
 
-def _sample_sharded(task: Task, key: jax.Array, batch_size: int, sharding: NamedSharding) -> Batch:
-  return jax.lax.with_sharding_constraint(task.sample(key, batch_size), sharding)
+def _data_record(data: Task | TextDataset) -> dict[str, Any]:
+  """The data's part of the run signature: its class name and fields."""
+  if isinstance(data, TextDataset):
+    return {"name": "TextDataset", "vocab_size": data.vocab_size,
+            **dataclasses.asdict(data.config)}
+  return {"name": type(data).__name__, **dataclasses.asdict(data)}
 
 
-def _masked_means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  count = jnp.maximum(sums["count"], 1.0)
-  return {"loss": sums["loss_sum"] / count, "accuracy": sums["correct_sum"] / count}
+def _training_mesh(cfg: TrainConfig, mesh: Mesh | None) -> Mesh:
+  if mesh is not None:
+    if cfg.mesh_shape is not None:
+      raise ValueError(f"give either train_config.mesh_shape={cfg.mesh_shape} or mesh, not both")
+    return mesh
+  if cfg.mesh_shape is not None:
+    return make_mesh(cfg.mesh_shape)
+  return make_mesh((1, 1, 1), jax.devices()[:1])
 
 
-def _replicate(tree: Any, batch_sharding: NamedSharding) -> Any:
-  return jax.lax.with_sharding_constraint(tree, NamedSharding(batch_sharding.mesh, PartitionSpec()))
+class _TextFeed:
+  """Global batches of a ``TextDataset`` on the mesh: this process reads its slice of each batch
+  (``TextDataset.iterator(..., shard_index=process_index)``) and the slices form one array."""
 
+  def __init__(self, dataset: TextDataset, cfg: TrainConfig, placement: Placement):
+    self._dataset, self._cfg, self._sharding = dataset, cfg, placement.batch
+    self._shards = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    self.train = dataset.iterator("train", cfg.batch_size * cfg.accumulate_steps, seed=cfg.seed,
+                                  **self._shards)
+    dataset.iterator("validation", cfg.batch_size, seed=cfg.seed, repeat=False, **self._shards)
 
-def _step_config(cfg: TrainConfig) -> TrainConfig:
-  """``cfg`` with the fields the step does not read reset, so equal steps share one compile."""
-  defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-  return dataclasses.replace(cfg, **{k: defaults[k] for k in (*SCHEDULE_ONLY_FIELDS, "seed")})
+  def _global(self, local: Batch) -> Batch:
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._sharding, x), local)
 
+  def next_train(self) -> Batch:
+    return self._global(next(self.train))
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("graphdef", "cfg", "task", "batch_sharding"),
-    donate_argnames=("params", "opt_state"),
-)
-def _train_step(params, opt_state, rest, data_key, step, *, graphdef, cfg, task, batch_sharding):
-  """One update on the batch of ``fold_in(data_key, step)``; a module-level jit, so repeated
-  ``train`` calls with the same model, optimizer and task reuse its compilation."""
-  tx, schedule = make_optimizer(cfg), make_schedule(cfg)
-
-  def loss_fn(params):
-    batch = _sample_sharded(task, jax.random.fold_in(data_key, step), cfg.batch_size,
-                            batch_sharding)
-    # A copy: the module may update its state here, inside the gradient's trace.
-    model = nnx.merge(graphdef, params, rest, copy=True)
-    logits_BxTxV, aux = model.logits_and_aux_loss(batch.tokens)
-    sums = masked_sums(logits_BxTxV, batch)
-    new_rest = nnx.split(model, nnx.Param, ...)[2]
-    return _masked_means(sums)["loss"] + aux["total"], (sums, aux, new_rest)
-
-  (_, (sums, aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-  updates, opt_state = tx.update(grads, opt_state, params)
-  params = optax.apply_updates(params, updates)
-  means = _masked_means(sums)
-  metrics = {
-      "train_loss": means["loss"],
-      "train_accuracy": means["accuracy"],
-      "grad_norm": optax.tree.norm(grads),
-      "learning_rate": schedule(step),
-  }
-  for name in AUX_LOSS_METRICS:
-    if name in aux:
-      metrics[name] = aux[name]
-  beta = otu.tree_get(opt_state, "beta")  # found at trace time, so the choice is static
-  if beta is not None:
-    metrics["beta"] = beta
-  return _replicate((params, opt_state, rest, metrics), batch_sharding)
-
-
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "task", "batch_size", "num_batches", "batch_sharding")
-)
-def _evaluate(params, rest, eval_key, *, graphdef, task, batch_size, num_batches, batch_sharding):
-  """Masked loss and accuracy over the held-out batches ``fold_in(eval_key, i)``, i < num_batches,
-  weighting every counted token equally."""
-  model = nnx.merge(graphdef, params, rest, copy=True)
-  model.eval()  # deterministic routing, running statistics read and not updated
-
-  def body(i, totals):
-    batch = _sample_sharded(task, jax.random.fold_in(eval_key, i), batch_size, batch_sharding)
-    return jax.tree.map(jnp.add, totals, masked_sums(model(batch.tokens), batch))
-
-  zeros = {k: jnp.float32(0.0) for k in ("loss_sum", "correct_sum", "count")}
-  return _replicate(_masked_means(jax.lax.fori_loop(0, num_batches, body, zeros)), batch_sharding)
+  def evaluation_batches(self) -> list[Batch]:
+    """The first ``eval_batches`` batches of one pass over the validation rows (fewer if the
+    split holds fewer): the same held-out tokens at every evaluation."""
+    validation = self._dataset.iterator("validation", self._cfg.batch_size, seed=self._cfg.seed,
+                                        repeat=False, **self._shards)
+    batches = []
+    for batch in validation:
+      if len(batches) == self._cfg.eval_batches:
+        break
+      batches.append(self._global(batch))
+    return batches
 
 
 def train(
     model_config: TransformerConfig,
     train_config: TrainConfig,
-    task: Task,
+    data: Task | TextDataset,
     workdir: str | os.PathLike[str],
     *,
     mesh: Mesh | None = None,
     progress: bool = True,
     experiment: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-  """Trains ``Transformer(model_config)`` on ``task`` with masked next-token cross-entropy.
+  """Trains ``Transformer(model_config)`` on ``data`` with masked next-token cross-entropy.
 
   Writes ``workdir/metrics.jsonl`` (train metrics every ``log_every`` steps, held-out eval every
-  ``eval_every`` steps and at the end) and orbax checkpoints in ``workdir/checkpoints`` (every
-  ``checkpoint_every`` steps and at the end). If ``workdir`` holds a checkpoint, training resumes
-  from the latest one, bit-identically to an uninterrupted run, and prints
-  ``resumed <workdir name> from step <k> of <steps>``, or ``<workdir name> finished at step <k> of
-  <steps>: skipped (--fresh retrains)`` when nothing is left to train (the final evaluation still
-  runs). Resuming under a different package version, model, optimisation, task or experiment
-  config raises ``ValueError`` listing each differing key. ``nnx.Param``
-  state is trained; other module state (running statistics, random-number streams) is carried
-  from step to step as the model updates it; both are checkpointed. The loss adds the model's
-  weighted auxiliary losses (``Transformer.logits_and_aux_loss``) to the task loss.
+  ``eval_every`` steps and at the end; also as TensorBoard scalars in ``workdir/tensorboard``
+  when ``train_config.tensorboard``) and orbax checkpoints in ``workdir/checkpoints`` (every
+  ``checkpoint_every`` steps and at the end), with the text iterator's position. If ``workdir``
+  holds a checkpoint, training resumes from the newest readable one, on whatever mesh this run
+  has, bit-identically to an uninterrupted run, and prints ``resumed <workdir name> from step
+  <k> of <steps>``, or ``<workdir name> finished at step <k> of <steps>: skipped (--fresh
+  retrains)`` when nothing is left to train (the final evaluation still runs). A damaged newest
+  checkpoint is set aside with a ``checkpoint.CorruptCheckpointWarning`` and the one before it
+  used. Resuming under a different package version, model, optimisation, data or experiment
+  config raises ``ValueError`` listing each differing key.
+
+  ``nnx.Param`` state is trained; other module state (running statistics, random-number
+  streams) is carried from step to step as the model updates it; both are checkpointed. The
+  loss adds the model's weighted auxiliary losses (``Transformer.logits_and_aux_loss``) to the
+  data loss; on packed text, attention and positions restart at each document and no loss
+  crosses a document boundary.
 
   Args:
-    model_config: the model; its ``vocab_size`` must equal the task's and its ``context_len``
-      cover ``task.seq_len``.
-    train_config: optimizer, schedule, batch size and cadences.
-    task: a synthetic task, a frozen dataclass such as those of ``momentum_jax.data``, sampled
-      inside the jitted step.
+    model_config: the model; its ``vocab_size`` must equal the data's and its ``context_len``
+      cover ``data.seq_len``. ``train_config.compute_dtype`` / ``param_dtype`` override its
+      ``dtype`` / ``param_dtype``.
+    train_config: optimizer, schedule, batch size, accumulation, precision, mesh and cadences.
+    data: a synthetic task (a frozen dataclass such as those of ``momentum_jax.data``, sampled
+      inside the jitted step) or a ``TextDataset`` (``momentum_jax.data.load_text_dataset``;
+      trained on its train split, evaluated on the first ``eval_batches`` batches of its
+      validation split).
     workdir: directory for metrics and checkpoints (created if absent).
-    mesh: a mesh with a ``"data"`` axis; the batch is sharded over it, params and optimizer state
-      are replicated. Default: one device.
+    mesh: a mesh whose axes are among ``("data", "fsdp", "tensor")``, instead of
+      ``train_config.mesh_shape``. Default: the mesh of ``mesh_shape``, or one device.
     progress: show a tqdm progress bar.
     experiment: a JSON record of the experiment that runs this training, saved in the checkpoint
       signature (the experiment CLI passes its name, the hash of its resolved config and that
@@ -218,103 +211,169 @@ def train(
 
   Returns:
     ``TrainResult(params, final_eval, history, model)``.
+
+  Raises:
+    ValueError: the model does not fit the data, the mesh does not fit the devices or the batch
+      (``batch_size`` must divide by the data × fsdp size), or the checkpoint in ``workdir`` was
+      saved under another config.
   """
-  _check_compatible(model_config, task)
   cfg = train_config
-  mesh = default_mesh() if mesh is None else mesh
-  batch_sharding, replicated = data_parallel_shardings(mesh, cfg.batch_size)
+  model_config = _with_precision(model_config, cfg)
+  _check_compatible(model_config, data)
+  mesh = _training_mesh(cfg, mesh)
+  batch_placement = batch_sharding(mesh, cfg.batch_size)
   workdir = pathlib.Path(workdir)
-  signature = checkpoint.run_signature(model_config, cfg, task, experiment)
+  signature = checkpoint.run_signature(model_config, cfg, _data_record(data), experiment)
   manager = checkpoint.checkpoint_manager(workdir)
   try:
-    return _run(model_config, cfg, task, workdir, manager, signature, batch_sharding, replicated,
+    return _run(model_config, cfg, data, workdir, manager, signature, mesh, batch_placement,
                 progress)
   finally:
     manager.close()
 
 
+class _Throughput:
+  """Tokens and seconds since the last reading, timed from the end of the run's first step."""
+
+  def __init__(self, tokens_per_step: int, flops_per_token: float, peak: float | None,
+               num_devices: int):
+    self._tokens_per_step, self._flops_per_token = tokens_per_step, flops_per_token
+    self._peak, self._num_devices = peak, num_devices
+    self._start: float | None = None
+    self._tokens = 0
+
+  def stepped(self, outputs: Any) -> None:
+    if self._start is None:  # the first step compiles: wait for it and start the clock after it
+      jax.block_until_ready(outputs)
+      self.restart()
+    else:
+      self._tokens += self._tokens_per_step
+
+  def restart(self) -> None:
+    self._start, self._tokens = time.perf_counter(), 0
+
+  def read(self) -> dict[str, float]:
+    """The throughput since the last restart (call after the outputs are fetched); restarts."""
+    metrics = {}
+    if self._tokens:
+      metrics = throughput_metrics(self._tokens, time.perf_counter() - self._start,
+                                   self._flops_per_token, self._peak, self._num_devices)
+    self.restart()
+    return metrics
+
+
 def _run(
     model_config: TransformerConfig,
     cfg: TrainConfig,
-    task: Task,
+    data: Task | TextDataset,
     workdir: pathlib.Path,
     manager: ocp.CheckpointManager,
     signature: dict[str, Any],
-    batch_sharding: NamedSharding,
-    replicated: NamedSharding,
+    mesh: Mesh,
+    batch_placement: NamedSharding,
     progress: bool,
 ) -> TrainResult:
   """``train`` after validation, with an open checkpoint manager and the run's signature."""
-  latest = manager.latest_step()
-  if latest is not None:
-    differences = checkpoint.signature_differences(
-        checkpoint.restore_signature(manager, latest), signature
-    )
-    if differences:
-      raise ValueError(
-          f"the checkpoint in {workdir} was saved under a different config; differing keys:\n  "
-          + "\n  ".join(differences) + f"\n{_START_OVER}"
-      )
-    if latest > cfg.steps:
-      raise ValueError(
-          f"the latest checkpoint is at step {latest} > steps={cfg.steps} in {workdir}; "
-          f"{_START_OVER}")
-    if latest == cfg.steps:
-      print(f"{workdir.name} finished at step {latest} of {cfg.steps}: skipped (--fresh retrains)")
-    else:
-      print(f"resumed {workdir.name} from step {latest} of {cfg.steps}")
-
   params_key, data_key, eval_key = jax.random.split(jax.random.key(cfg.seed), 3)
-  model = Transformer(model_config, rngs=nnx.Rngs(params_key))
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  params = jax.device_put(params, replicated)
-  opt_state = jax.jit(make_optimizer(cfg).init, out_shardings=replicated)(params)
+  graphdef, params, rest, opt_state, placement = init_train_state(
+      model_config, cfg, mesh, batch_placement, params_key)
+  text = _TextFeed(data, cfg, placement) if isinstance(data, TextDataset) else None
+
+  target = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
+            "step": jax.device_put(0, placement.replicated)}
+  try:
+    restored = checkpoint.restore_latest(manager, target, signature)
+  except checkpoint.ConfigMismatchError as error:
+    raise ValueError(f"{error}\n{_START_OVER}") from None
   start = 0
-  rest = jax.device_put(rest, replicated)
-  if latest is not None:
-    target = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
-              "step": jax.device_put(0, replicated)}
-    restored = checkpoint.restore_state(manager, latest, target)
-    params, opt_state, start = restored["params"], restored["opt_state"], int(restored["step"])
-    rest = _restored(restored["rest"], rest)
-  log = MetricsLog(workdir / METRICS_FILE, keep_until_step=None if latest is None else start)
+  if restored is not None:
+    if restored.step > cfg.steps:
+      raise ValueError(f"the latest checkpoint is at step {restored.step} > steps={cfg.steps} in "
+                       f"{workdir}; {_START_OVER}")
+    if restored.step == cfg.steps:
+      print(f"{workdir.name} finished at step {restored.step} of {cfg.steps}: skipped "
+            "(--fresh retrains)")
+    else:
+      print(f"resumed {workdir.name} from step {restored.step} of {cfg.steps}")
+    state = restored.state
+    params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
+    rest = _restored(state["rest"], rest)
+    if text is not None:
+      text.train.set_state(restored.data_state)
 
-  step_static = dict(graphdef=graphdef, cfg=_step_config(cfg), task=task,
-                     batch_sharding=batch_sharding)
-  # The held-out evaluation runs with the model's input checks on (token ids in range, γ >= 0
-  # and not NaN): a failed check raises a named error; the train step runs without them.
-  evaluate = checked(functools.partial(
-      _evaluate, graphdef=graphdef, task=task, batch_size=cfg.batch_size,
-      num_batches=cfg.eval_batches, batch_sharding=batch_sharding))
+  step_static = dict(graphdef=graphdef, cfg=step_config(cfg),
+                     task=None if text is not None else data, placement=placement)
+  if text is None:
+    # The held-out evaluation runs with the model's input checks on (token ids in range, γ >= 0
+    # and not NaN): a failed check raises a named error; the train step runs without them.
+    evaluate = checked(functools.partial(
+        evaluate_task, eval_key=eval_key, graphdef=graphdef, task=data,
+        batch_size=cfg.batch_size, num_batches=cfg.eval_batches, placement=placement))
+  else:
+    evaluate = _text_evaluation(text.evaluation_batches(), data, graphdef, placement)
 
-  def run_eval(step: int) -> dict[str, float]:
-    means = jax.device_get(evaluate(params, rest, eval_key))
-    means = {k: float(v) for k, v in means.items()}
-    if not log.has(step, "eval_loss"):
-      log.append(step, {f"eval_{k}": v for k, v in means.items()})
-    return means
+  seq_len = data.seq_len
+  throughput = _Throughput(
+      tokens_per_step=cfg.batch_size * cfg.accumulate_steps * seq_len,
+      flops_per_token=model_flops_per_token(model_config, seq_len),
+      peak=peak_flops_per_second(jax.devices()[0], model_config.dtype),
+      num_devices=mesh.size)
+  tensorboard_dir = workdir / TENSORBOARD_DIR if cfg.tensorboard else None
+  with MetricsLog(workdir / METRICS_FILE, keep_until_step=None if restored is None else start,
+                  tensorboard_dir=tensorboard_dir) as log:
 
-  with tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train") as bar:
-    for step in range(start, cfg.steps):
-      params, opt_state, rest, metrics = _train_step(
-          params, opt_state, rest, data_key, jnp.int32(step), **step_static)
-      done = step + 1
-      if done % cfg.log_every == 0:
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        log.append(done, values)
-        bar.set_postfix(loss=f"{values['train_loss']:.4f}")
-      if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-        run_eval(done)
-      if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-        state = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
-                 "step": jax.device_put(done, replicated)}
-        checkpoint.save(manager, done, state, signature)
-      bar.update(1)
-  final_eval = run_eval(cfg.steps)
-  manager.wait_until_finished()
+    def run_eval(step: int) -> dict[str, float]:
+      means = {k: float(v) for k, v in jax.device_get(evaluate(params, rest)).items()}
+      if not log.has(step, "eval_loss"):
+        log.append(step, {f"eval_{k}": v for k, v in means.items()})
+      return means
+
+    with tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train") as bar:
+      for step in range(start, cfg.steps):
+        batch_or_key = text.next_train() if text is not None else data_key
+        params, opt_state, rest, metrics = train_step(
+            params, opt_state, rest, batch_or_key, jnp.int32(step), **step_static)
+        throughput.stepped(metrics)
+        done = step + 1
+        if done % cfg.log_every == 0:
+          values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          values.update(throughput.read())
+          log.append(done, values)
+          bar.set_postfix(loss=f"{values['train_loss']:.4f}")
+        if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+          run_eval(done)
+          throughput.restart()
+        if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+          state = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
+                   "step": jax.device_put(done, placement.replicated)}
+          checkpoint.save(manager, done, state, signature,
+                          data_state=None if text is None else text.train.get_state())
+          throughput.restart()
+        bar.update(1)
+    final_eval = run_eval(cfg.steps)
+    manager.wait_until_finished()
+    history = list(log.records)
   return TrainResult(
       params=params,
       final_eval=final_eval,
-      history=list(log.records),
+      history=history,
       model=nnx.merge(graphdef, params, rest),
   )
+
+
+def _text_evaluation(batches: list[Batch], dataset: TextDataset, graphdef: nnx.GraphDef,
+                     placement: Placement):
+  """``evaluate(params, rest)``: loss, accuracy, perplexity and bits per byte over ``batches``."""
+  bytes_per_token = dataset.bytes_per_token("validation")
+  evaluate_one = checked(functools.partial(evaluate_batch, graphdef=graphdef,
+                                           placement=placement))
+
+  def evaluate(params, rest) -> dict[str, float]:
+    sums = [jax.device_get(evaluate_one(params, rest, batch)) for batch in batches]
+    totals = {k: float(np.sum([s[k] for s in sums], dtype=np.float64)) for k in sums[0]}
+    count = max(totals["count"], 1.0)
+    loss = totals["loss_sum"] / count
+    return {"loss": loss, "accuracy": totals["correct_sum"] / count,
+            "perplexity": math.exp(loss), "bits_per_byte": loss / math.log(2) / bytes_per_token}
+
+  return evaluate

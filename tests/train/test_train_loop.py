@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh
+from jax.sharding import AbstractMesh, PartitionSpec
 
 import momentum_jax
 from momentum_jax.data import AssociativeRecallTask, InductionTask
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train import METRICS_FILE, TrainConfig, data_parallel_shardings, train
+from momentum_jax.train import MESH_AXES, METRICS_FILE, TrainConfig, batch_sharding, train
 
 TASK = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
 MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=1, d_model=32,
@@ -167,8 +167,8 @@ def test_incompatible_task_and_model_raise(tmp_path, model_config, match):
     train(model_config, TRAIN, TASK, tmp_path, progress=False)
 
 
-def test_batch_must_divide_by_the_data_axis():
-  with pytest.raises(ValueError, match="batch_size=6 must be divisible .* 'data' axis size 4"):
-    data_parallel_shardings(AbstractMesh((4,), ("data",)), 6)
-  with pytest.raises(ValueError, match="'data' axis"):
-    data_parallel_shardings(AbstractMesh((4,), ("model",)), 8)
+def test_batch_must_divide_by_the_data_parallel_axes():
+  with pytest.raises(ValueError, match=r"batch_size=6 must be divisible .* data-parallel size 8"):
+    batch_sharding(AbstractMesh((2, 4, 1), MESH_AXES), 6)
+  # The tensor axis holds copies of the batch, so it does not need to divide it.
+  assert batch_sharding(AbstractMesh((1, 2, 4), MESH_AXES), 6).spec == PartitionSpec(("data", "fsdp"))

@@ -1,10 +1,12 @@
 """The command line every experiment shares.
 
     python -m momentum_jax.experiments.<name> [--quick] [--output-dir DIR] [--fresh]
-        [--no-progress] [--config.PATH=VALUE ...]
+        [--no-progress] [--preset NAME] [--config.PATH=VALUE ...]
 
 Where outputs go: ``--output-dir`` (default ``runs/<name>``) is the output root. A full run writes
-into it, a ``--quick`` run into ``<output-dir>/quick``, so the two never meet; each model trains in
+into it, a ``--quick`` run into ``<output-dir>/quick`` and a ``--preset NAME`` run (another
+configuration an experiment offers, such as a GPU-scale one) into ``<output-dir>/NAME``, so they
+never meet; each model trains in
 ``<run folder>/<model name>``, which is where another experiment reads it from
 (``head_detection --output-dir runs/single_layer_induction``).
 
@@ -89,7 +91,8 @@ class ExperimentRun:
 
 def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
                      get_config: Callable[[bool], Any],
-                     workdirs: Callable[[Any], Iterable[str]]) -> ExperimentRun:
+                     workdirs: Callable[[Any], Iterable[str]],
+                     presets: Mapping[str, Callable[[], Any]] | None = None) -> ExperimentRun:
   """Parses the command line, resolves the config and prepares the run folder.
 
   Args:
@@ -99,19 +102,25 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
     get_config: the experiment's ``get_config(quick)``.
     workdirs: the model folders (names under the run folder) that the resolved config trains;
       ``--fresh`` removes these.
+    presets: other named configurations (e.g. a GPU-scale one), chosen with ``--preset NAME``
+      instead of ``get_config``'s; a preset's run folder is ``<output root>/<NAME>``.
 
   Returns:
     The run. A malformed override exits through ``argparse`` (status 2) with a message naming it.
   """
-  parser = _parser(doc, name, get_config(False))
+  parser = _parser(doc, name, get_config(False), presets or {})
   args, rest = parser.parse_known_args(argv)
+  preset = getattr(args, "preset", None)
+  if preset is not None and args.quick:
+    parser.error(f"--quick and --preset {preset} exclude each other")
   try:
     overrides = parse_overrides(rest)
-    config = apply_overrides(get_config(args.quick), overrides)
+    config = presets[preset]() if preset is not None else get_config(args.quick)
+    config = apply_overrides(config, overrides)
   except ConfigOverrideError as error:
     parser.error(str(error))
   root = pathlib.Path(args.output_dir)
-  out_dir = root / QUICK_FOLDER if args.quick else root
+  out_dir = root / QUICK_FOLDER if args.quick else root / preset if preset else root
   if args.fresh:
     _remove_workdirs(out_dir, workdirs(config))
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +135,8 @@ def describe(doc: str | None) -> str:
   return re.sub(r"``([^`]*)``|`([^`]*)`", lambda m: m.group(1) or m.group(2) or "", paragraph)
 
 
-def _parser(doc: str | None, name: str, default_config: Any) -> argparse.ArgumentParser:
+def _parser(doc: str | None, name: str, default_config: Any,
+            presets: Mapping[str, Callable[[], Any]]) -> argparse.ArgumentParser:
   fields = ", ".join(f.name for f in dataclasses.fields(default_config))
   epilog = (
       f"config overrides: {OVERRIDE_PREFIX}PATH=VALUE sets a field of the config of "
@@ -136,7 +146,7 @@ def _parser(doc: str | None, name: str, default_config: Any) -> argparse.Argumen
   parser = argparse.ArgumentParser(
       prog=f"python -m momentum_jax.experiments.{name}", description=describe(doc), epilog=epilog,
       usage=(f"%(prog)s [-h] [--quick] [--output-dir DIR] [--fresh] [--no-progress] "
-             f"[{OVERRIDE_PREFIX}PATH=VALUE ...]"))
+             + ("[--preset NAME] " if presets else "") + f"[{OVERRIDE_PREFIX}PATH=VALUE ...]"))
   parser.add_argument("--quick", action="store_true",
                       help="tiny smoke configuration, written to DIR/quick")
   parser.add_argument("--output-dir", default=f"runs/{name}", metavar="DIR",
@@ -145,6 +155,9 @@ def _parser(doc: str | None, name: str, default_config: Any) -> argparse.Argumen
   parser.add_argument("--fresh", action="store_true",
                       help="start over: remove this run's model folders (checkpoints) first")
   parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+  if presets:
+    parser.add_argument("--preset", choices=sorted(presets), default=None,
+                        help="another configuration of config.py, written to DIR/PRESET")
   return parser
 
 

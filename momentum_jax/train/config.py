@@ -50,7 +50,8 @@ class TrainConfig:
 
   Attributes:
     steps: total optimizer steps of the run (a resumed run continues up to this count).
-    batch_size: sequences per step; must divide by the mesh's ``"data"`` axis size.
+    batch_size: sequences per micro-batch (per step without accumulation); must divide by the
+      mesh's data-parallel size (``data`` × ``fsdp``).
     learning_rate: peak learning rate, reached after ``warmup_steps``.
     optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay, Loshchilov & Hutter,
       arXiv 1711.05101), ``"sgd"`` (heavy-ball momentum ``b1``; 0 = plain SGD), ``"spam"``

@@ -139,6 +139,7 @@ class _TextFeed:
     self._shards = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     self.train = dataset.iterator("train", cfg.batch_size * cfg.accumulate_steps, seed=cfg.seed,
                                   **self._shards)
+    # Built once here so that a validation split smaller than one batch fails before training.
     dataset.iterator("validation", cfg.batch_size, seed=cfg.seed, repeat=False, **self._shards)
 
   def _global(self, local: Batch) -> Batch:

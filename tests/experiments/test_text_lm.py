@@ -1,0 +1,60 @@
+"""The text_lm experiment runs end to end in its --quick configuration; its configs compare the
+brief's models on identical budgets, and the GPU preset is a ~125M-parameter model."""
+
+import json
+
+import jax
+import pytest
+from flax import nnx
+
+from momentum_jax.experiments.text_lm.__main__ import main
+from momentum_jax.experiments.text_lm.config import GAMMAS, PRESETS, get_config, gpu_125m_config
+from momentum_jax.nn import Transformer
+
+
+@pytest.mark.slow
+def test_quick_run_trains_every_model_and_reports_bits_per_byte(tmp_path, capsys):
+  summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
+  config = get_config(quick=True)
+  run_dir = tmp_path / "quick"
+  saved = json.loads((run_dir / "results.json").read_text())
+  assert list(saved["models"]) == [name for name, _ in config.models]
+  for name, r in saved["models"].items():
+    assert 0.0 < r["eval_bits_per_byte"] < 8.0, name  # below a uniform byte model
+    assert r["tokens_per_second"] > 0, name
+    assert r["train_loss"][-1] < r["train_loss"][0], name
+  assert saved["models"]["softmax"]["bits_per_byte_vs_softmax"] == 0.0
+  assert saved["hardware"]["platform"] == jax.devices()[0].platform
+  assert (run_dir / "tokenizer.json").exists()  # saved with the run for evaluation and sampling
+  assert (run_dir / "text_lm.png").stat().st_size > 1000
+  assert summary["best"] in saved["models"]
+  assert "lowest held-out bits per byte" in capsys.readouterr().out
+
+
+def test_default_config_compares_softmax_momentum_and_two_variants_on_one_budget():
+  config = get_config()
+  models = dict(config.models)
+  assert [m.attention for m in models.values()] == (
+      ["softmax"] + ["momentum"] * len(GAMMAS) + ["kv_shift", "sigmoid"])
+  assert sorted(dict(m.attention_params)["gamma"] for m in models.values()
+                if m.attention == "momentum") == sorted(GAMMAS)
+  shapes = {(m.num_layers, m.d_model, m.num_heads, m.mlp_dim, m.context_len)
+            for m in models.values()}
+  assert len(shapes) == 1  # identical shapes; one TrainConfig for all
+  assert config.data.source == "kjv" and config.data.tokenizer == "byte"
+
+
+def test_gpu_preset_is_a_125m_parameter_bfloat16_model():
+  config = PRESETS["gpu_125m"]()
+  assert config == gpu_125m_config()
+  name, model = config.models[0]
+  abstract = nnx.eval_shape(lambda: Transformer(model, rngs=nnx.Rngs(0)))
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert 120e6 < count < 130e6, count
+  assert config.train.compute_dtype == "bfloat16" and config.train.param_dtype == "float32"
+  assert config.data.tokenizer == "bpe" and config.data.bpe_vocab_size == model.vocab_size
+
+
+def test_preset_and_quick_exclude_each_other(tmp_path):
+  with pytest.raises(SystemExit):
+    main(["--quick", "--preset", "gpu_125m", "--output-dir", str(tmp_path)])

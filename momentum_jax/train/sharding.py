@@ -84,6 +84,12 @@ def param_shardings(params: nnx.State, mesh: Mesh) -> Any:
   return jax.tree.map(sharding, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
+def gathered(sharding: NamedSharding) -> NamedSharding:
+  """``sharding`` without its ``fsdp`` splits: where FSDP gathers a weight to compute with it."""
+  spec = [None if axis == FSDP_AXIS else axis for axis in sharding.spec]
+  return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, params_sharding: Any,
                         mesh: Mesh) -> Any:
   """Shardings of an optimizer state (same tree as ``opt_state``): a leaf whose key path ends

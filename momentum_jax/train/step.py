@@ -45,7 +45,7 @@ from momentum_jax.train.config import (
     make_schedule,
 )
 from momentum_jax.train.loss import masked_sums
-from momentum_jax.train.sharding import opt_state_shardings, param_shardings
+from momentum_jax.train.sharding import gathered, opt_state_shardings, param_shardings
 
 # Auxiliary losses of the model logged with the train metrics when the model has them.
 AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
@@ -59,12 +59,15 @@ class Placement(NamedTuple):
     opt_state: the optimizer state's shardings, as the leaves of its tree.
     batch: the batch axis split over the mesh's data-parallel axes.
     replicated: ``PartitionSpec()`` on the mesh (module state, metrics).
+    compute_params: the parameters' shardings during the forward and backward pass: those of
+      ``params`` without the ``fsdp`` axis (gathered, tensor-parallel splits kept).
   """
 
   params: tuple[NamedSharding, ...]
   opt_state: tuple[NamedSharding, ...]
   batch: NamedSharding
   replicated: NamedSharding
+  compute_params: tuple[NamedSharding, ...]
 
 
 def step_config(cfg: TrainConfig) -> TrainConfig:
@@ -175,7 +178,8 @@ def init_train_state(model_config: TransformerConfig, cfg: TrainConfig, mesh: Me
   opt_state = jax.jit(tx.init, out_shardings=opt_sharding)(params)
   placement = Placement(params=tuple(jax.tree.leaves(params_sharding)),
                         opt_state=tuple(jax.tree.leaves(opt_sharding)),
-                        batch=batch_placement, replicated=replicated)
+                        batch=batch_placement, replicated=replicated,
+                        compute_params=tuple(map(gathered, jax.tree.leaves(params_sharding))))
   return graphdef, params, rest, opt_state, placement
 
 
@@ -200,10 +204,14 @@ def train_step(params, opt_state, rest, data, step, *, graphdef, cfg: TrainConfi
   with_stats = cfg.optimizer in LAYER_STATS_OPTIMIZERS
   grad = functools.partial(_value_and_grad, graphdef=graphdef, with_stats=with_stats)
   count = jnp.maximum(jnp.sum(batch.loss_mask.astype(jnp.float32)), 1.0)
+  # FSDP: the weights are gathered for the forward and backward pass and their gradients
+  # reduce-scattered back onto the parameters' shards for the optimizer.
+  compute_params = _placed(params, placement.compute_params)
   if k == 1:
-    (sums, aux, rest), grads, stats = grad(params, rest, batch, count, None)
+    (sums, aux, rest), grads, stats = grad(compute_params, rest, batch, count, None)
   else:
-    (sums, aux, rest), grads, stats = _accumulated(params, rest, batch, count, k, grad)
+    (sums, aux, rest), grads, stats = _accumulated(compute_params, rest, batch, count, k, grad)
+  grads = _placed(grads, placement.params)
   if with_stats:
     updates, opt_state = tx.update(grads, opt_state, params, layer_stats=stats)
   else:

@@ -1,0 +1,273 @@
+"""read_documents: local .txt files (a file, a folder, a glob), .jsonl lines with a text field and
+group_by, the offline King James Bible ("kjv"), a tensorflow-datasets dataset built offline in
+a temporary data_dir ("tfds:<name>"), and the message of every ValueError."""
+
+import json
+import re
+
+import pytest
+
+from momentum_jax.data import read_documents
+
+try:
+  import tensorflow_datasets as tfds
+except ImportError:  # the optional data extra: the tfds tests skip, the others run
+  tfds = None
+
+
+def _write_jsonl(path, records):
+  path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records),
+                  encoding="utf-8")
+  return path
+
+
+# --- .txt files --------------------------------------------------------------------------------
+
+
+def test_a_txt_file_is_one_document_kept_verbatim(tmp_path):
+  text = "First line.\nSecond line, naïve café — ünïcödé.\n\n"
+  (tmp_path / "one.txt").write_text(text, encoding="utf-8")
+  assert read_documents(str(tmp_path / "one.txt")) == [text]
+
+
+def test_a_folder_gives_its_txt_and_jsonl_files_recursively_in_sorted_path_order(tmp_path):
+  (tmp_path / "b.txt").write_text("text of b", encoding="utf-8")
+  (tmp_path / "a.txt").write_text("text of a", encoding="utf-8")
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "c.txt").write_text("text of sub/c", encoding="utf-8")
+  _write_jsonl(tmp_path / "d.jsonl", [{"text": "line 1 of d"}, {"text": "line 2 of d"}])
+  (tmp_path / "notes.md").write_text("not a text source file", encoding="utf-8")
+  assert read_documents(str(tmp_path)) == [
+      "text of a", "text of b", "line 1 of d", "line 2 of d", "text of sub/c"]
+
+
+def test_a_glob_reads_only_the_files_it_matches_in_sorted_order(tmp_path):
+  for name in ("part_2.txt", "part_1.txt", "part_10.txt", "other.txt"):
+    (tmp_path / name).write_text(f"contents of {name}", encoding="utf-8")
+  assert read_documents(str(tmp_path / "part_*.txt")) == [
+      "contents of part_1.txt", "contents of part_10.txt", "contents of part_2.txt"]
+
+
+def test_a_recursive_glob_reaches_nested_folders(tmp_path):
+  (tmp_path / "x" / "y").mkdir(parents=True)
+  (tmp_path / "top.txt").write_text("top", encoding="utf-8")
+  (tmp_path / "x" / "y" / "deep.txt").write_text("deep", encoding="utf-8")
+  assert read_documents(str(tmp_path / "**" / "*.txt")) == ["top", "deep"]
+
+
+def test_a_path_with_a_colon_that_is_not_a_scheme_is_a_local_file(tmp_path, monkeypatch):
+  (tmp_path / "a:b.txt").write_text("colon in the name", encoding="utf-8")
+  monkeypatch.chdir(tmp_path)
+  assert read_documents("./a:b.txt") == ["colon in the name"]
+
+
+# --- .jsonl files ------------------------------------------------------------------------------
+
+
+def test_jsonl_gives_one_document_per_line_from_the_text_field_skipping_blank_ones(tmp_path):
+  path = _write_jsonl(tmp_path / "docs.jsonl", [
+      {"body": "first document", "id": 1},
+      {"body": "second\nwith a newline and U+2028 \u2028 inside", "id": 2},
+      {"body": "   ", "id": 3},
+      {"body": "third", "id": 4},
+  ])
+  path.write_text(path.read_text(encoding="utf-8") + "\n\n", encoding="utf-8")  # blank lines
+  assert read_documents(str(path), text_field="body") == [
+      "first document", "second\nwith a newline and U+2028 \u2028 inside", "third"]
+
+
+def test_jsonl_group_by_joins_consecutive_lines_with_equal_fields(tmp_path):
+  path = _write_jsonl(tmp_path / "verses.jsonl", [
+      {"text": "a1", "book": "A", "chapter": 1},
+      {"text": "a2", "book": "A", "chapter": 1},
+      {"text": "b1", "book": "A", "chapter": 2},
+      {"text": "c1", "book": "B", "chapter": 2},
+      {"text": "c2", "book": "B", "chapter": 2},
+      {"text": "c3", "book": "B", "chapter": 2},
+      {"text": "again", "book": "A", "chapter": 1},  # equal to the first, but not consecutive
+  ])
+  assert read_documents(str(path), group_by=("book", "chapter")) == [
+      "a1\na2", "b1", "c1\nc2\nc3", "again"]
+  assert read_documents(str(path), group_by=("book",)) == [
+      "a1\na2\nb1", "c1\nc2\nc3", "again"]
+  assert read_documents(str(path)) == ["a1", "a2", "b1", "c1", "c2", "c3", "again"]
+
+
+def test_jsonl_groups_do_not_join_across_files(tmp_path):
+  _write_jsonl(tmp_path / "1.jsonl", [{"text": "end of file 1", "g": 0}])
+  _write_jsonl(tmp_path / "2.jsonl", [{"text": "start of file 2", "g": 0}])
+  assert read_documents(str(tmp_path), group_by=("g",)) == ["end of file 1", "start of file 2"]
+
+
+# --- the offline corpus ------------------------------------------------------------------------
+
+
+def test_kjv_is_the_king_james_bible_one_document_per_chapter():
+  documents = read_documents("kjv")
+  assert 1_100 <= len(documents) <= 1_300  # 1,189 chapters
+  assert documents[0].startswith("In the beginning God created the heaven and the earth.")
+  assert "In the beginning God created" in documents[0]
+  assert all(isinstance(d, str) and d.strip() for d in documents)
+  total_bytes = sum(len(d.encode("utf-8")) for d in documents)
+  assert 3_000_000 < total_bytes < 6_000_000
+  # Genesis 1 has 31 verses, joined by newlines into one document.
+  assert documents[0].count("\n") == 30
+  assert "Jesus wept." in "\n".join(documents)
+
+
+def test_kjv_group_by_book_gives_one_document_per_book():
+  books = read_documents("kjv", group_by=("book",))
+  assert len(books) == 66
+  assert books[0].startswith("In the beginning God created")
+
+
+# --- tensorflow-datasets -----------------------------------------------------------------------
+
+TINY_TEXTS = [f"document {i} é" for i in range(5)]
+
+if tfds is not None:
+
+  class TinyText(tfds.core.GeneratorBasedBuilder):
+    """Five short texts, prepared offline as array_record (registered by tfds as tiny_text)."""
+
+    # A one-part module name: tfds looks for a checksums file next to a builder's code, and for a
+    # builder in a dotted module of a namespace package (pytest's importlib mode makes this one
+    # tests.data.test_text_sources) it type-checks the path against importlib_resources, a
+    # package recent etils no longer installs. With one part it uses inspect.getfile instead.
+    __module__ = __name__.rpartition(".")[2]
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, text in enumerate(TINY_TEXTS):
+        yield i, {"text": text}
+
+
+@pytest.fixture(scope="module")
+def tiny_text_data_dir(tmp_path_factory):
+  pytest.importorskip("tensorflow_datasets")
+  data_dir = tmp_path_factory.mktemp("tfds")
+  TinyText(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return str(data_dir)
+
+
+def test_tfds_source_reads_every_example_text_as_one_document(tiny_text_data_dir):
+  documents = read_documents("tfds:tiny_text", data_dir=tiny_text_data_dir, text_field="text")
+  assert sorted(documents) == TINY_TEXTS  # tfds stores the examples shuffled
+
+
+def test_tfds_source_without_the_text_field_names_the_features(tiny_text_data_dir):
+  with pytest.raises(ValueError, match=r"has no feature text_field='body'; its features are "
+                     r"\['text'\]"):
+    read_documents("tfds:tiny_text", data_dir=tiny_text_data_dir, text_field="body")
+
+
+def test_tfds_source_of_a_missing_split_cannot_be_opened(tiny_text_data_dir):
+  with pytest.raises(ValueError, match=r"source='tfds:tiny_text' \(split='test'.*could not be "
+                     r"opened"):
+    read_documents("tfds:tiny_text", data_dir=tiny_text_data_dir, tfds_split="test")
+
+
+def test_tfds_dataset_that_does_not_exist_cannot_be_opened(tmp_path):
+  pytest.importorskip("tensorflow_datasets")
+  with pytest.raises(ValueError, match=r"source='tfds:no_such_dataset_xyz' \(split='train', "
+                     r"data_dir=.*\) could not be opened: DatasetNotFoundError"):
+    read_documents("tfds:no_such_dataset_xyz", data_dir=str(tmp_path))
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["", None, 3])
+def test_source_must_be_a_non_empty_string(source):
+  with pytest.raises(ValueError, match="source must be a non-empty string"):
+    read_documents(source)
+
+
+def test_tfds_prefix_without_a_name_is_refused():
+  with pytest.raises(ValueError, match=r"source='tfds:' names no dataset"):
+    read_documents("tfds:")
+
+
+@pytest.mark.parametrize("source", ["hf:wikitext", "gs://bucket/file.txt", "a:b.txt"])
+def test_an_unknown_scheme_is_refused(source):
+  with pytest.raises(ValueError, match=f"source={re.escape(repr(source))} has an unknown scheme"):
+    read_documents(source)
+
+
+def test_a_source_that_matches_no_file_is_refused(tmp_path):
+  source = str(tmp_path / "missing_*.txt")
+  with pytest.raises(ValueError, match=f"source={re.escape(repr(source))} matches no file"):
+    read_documents(source)
+
+
+def test_an_empty_folder_matches_no_file(tmp_path):
+  with pytest.raises(ValueError, match="matches no file"):
+    read_documents(str(tmp_path))
+
+
+def test_a_glob_matching_a_file_that_is_not_txt_or_jsonl_is_refused(tmp_path):
+  (tmp_path / "a.txt").write_text("fine", encoding="utf-8")
+  (tmp_path / "b.csv").write_text("x,y", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"matches 1 path\(s\) that are not .txt or .jsonl files, "
+                     r"e.g. .*b\.csv"):
+    read_documents(str(tmp_path / "*"))
+
+
+@pytest.mark.parametrize("contents", ["", "  \n\t\n"])
+@pytest.mark.parametrize("name", ["empty.txt", "empty.jsonl"])
+def test_an_empty_file_is_refused(tmp_path, name, contents):
+  (tmp_path / name).write_text(contents, encoding="utf-8")
+  with pytest.raises(ValueError, match=f"{re.escape(name)} is empty"):
+    read_documents(str(tmp_path / name))
+
+
+def test_bytes_that_are_not_utf8_are_refused_with_their_byte_offset(tmp_path):
+  (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))  # é is the byte 0xE9
+  with pytest.raises(ValueError, match=r"latin1\.txt is not UTF-8 text: .* at byte offset 3"):
+    read_documents(str(tmp_path / "latin1.txt"))
+  (tmp_path / "bad.jsonl").write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
+  with pytest.raises(ValueError, match=r"bad\.jsonl is not UTF-8 text: invalid start byte at "
+                     r"byte offset 25"):
+    read_documents(str(tmp_path / "bad.jsonl"))
+
+
+def test_a_line_that_is_not_json_is_refused_with_its_line_number(tmp_path):
+  (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n\n{"text": unquoted}\n', encoding="utf-8")
+  with pytest.raises(ValueError, match=r"bad\.jsonl line 3 is not JSON: Expecting value"):
+    read_documents(str(tmp_path / "bad.jsonl"))
+
+
+def test_a_line_that_is_not_a_json_object_is_refused(tmp_path):
+  (tmp_path / "list.jsonl").write_text('{"text": "fine"}\n["text", "in a list"]\n',
+                                       encoding="utf-8")
+  with pytest.raises(ValueError, match=r"list\.jsonl line 2 is not a JSON object"):
+    read_documents(str(tmp_path / "list.jsonl"))
+
+
+def test_a_line_without_the_text_field_is_refused(tmp_path):
+  path = _write_jsonl(tmp_path / "docs.jsonl", [{"text": "a"}, {"content": "b"}])
+  with pytest.raises(ValueError, match=r"docs\.jsonl line 2 has no field 'text' \(text_field="
+                     r"'text', group_by=\(\)\)"):
+    read_documents(str(path))
+
+
+def test_a_line_without_a_group_by_field_is_refused(tmp_path):
+  path = _write_jsonl(tmp_path / "docs.jsonl", [{"text": "a", "book": "A", "chapter": 1},
+                                                {"text": "b", "book": "A"}])
+  with pytest.raises(ValueError, match=r"docs\.jsonl line 2 has no field 'chapter' \(text_field="
+                     r"'text', group_by=\('book', 'chapter'\)\)"):
+    read_documents(str(path), group_by=["book", "chapter"])
+
+
+def test_a_text_field_that_is_not_a_string_is_refused(tmp_path):
+  path = _write_jsonl(tmp_path / "docs.jsonl", [{"text": 42}])
+  with pytest.raises(ValueError, match=r"docs\.jsonl line 1: field 'text' is a int, not a "
+                     r"string"):
+    read_documents(str(path))

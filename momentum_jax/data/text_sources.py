@@ -60,6 +60,8 @@ def _files(source: str) -> list[pathlib.Path]:
   path = pathlib.Path(source)
   if path.is_dir():
     found = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIXES and p.is_file())
+  elif path.is_file():  # taken literally: a name such as "notes[1].txt" is not a pattern
+    found = [path]
   else:
     found = sorted(pathlib.Path(p) for p in glob.glob(source, recursive=True))
   if not found:

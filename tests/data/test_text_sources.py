@@ -271,3 +271,9 @@ def test_a_text_field_that_is_not_a_string_is_refused(tmp_path):
   with pytest.raises(ValueError, match=r"docs\.jsonl line 1: field 'text' is a int, not a "
                      r"string"):
     read_documents(str(path))
+
+
+def test_a_file_whose_name_looks_like_a_glob_is_read_literally(tmp_path):
+  path = tmp_path / "notes[1].txt"
+  path.write_text("hello")
+  assert read_documents(str(path)) == ["hello"]

@@ -10,7 +10,7 @@ available offline), one document per chapter, every 20th chapter held out; UTF-8
 the momentum shear and the loss restart at each chapter.
 
 Models, identical budgets (AdamW 3e-3, b2 0.95, weight decay 0.1, 50 warmup steps, gradient
-clip 1, batch 16 × 256 tokens, 300 steps ≈ 1.2M tokens ≈ 0.3 epoch; 4 layers, d_model 128,
+clip 1, batch 16 × 256 tokens, 200 steps ≈ 0.8M tokens ≈ 0.2 epoch; 4 layers, d_model 128,
 4 heads, GELU MLP 512, RoPE, 0.80M parameters): softmax; momentum with γ ∈ {0.25, 0.5, 1.0};
 KV-shift attention (learned mixes of each key/value with its predecessor, arXiv 2411.19574:
 the other "previous token" mechanism); sigmoid attention (arXiv 2409.04431). Reported: held-out
@@ -21,7 +21,26 @@ Command:   python -m momentum_jax.experiments.text_lm
            TPU configuration below; a rerun resumes or skips finished models, --fresh retrains;
            --config.train.mesh_shape=(1,8,1) and the like override the config)
 Hardware:  CPU (2 cores), float32.
-Runtime:   (recorded below after a full run)
+Runtime:   14.9 min wall (889 s: 137-164 s per model, data 0.3 s), peak memory 1.5 GB;
+           --quick: about 40 s.
+
+RESULT (CPU, 2 cores, default config, seed 0, jax 0.10.2; 15,309 train rows and 786
+validation rows of 256 bytes; held-out = the first 8 validation batches, 32,768 bytes):
+  model            loss   bits/byte   Δ vs softmax   tokens/s
+  softmax         1.584     2.285        +0.000        5358
+  momentum γ0.25  1.611     2.325        +0.039        6467
+  momentum γ0.5   1.628     2.348        +0.063        6069
+  momentum γ1     1.767     2.549        +0.264        6230
+  kv_shift        1.599     2.307        +0.022        5698
+  sigmoid         1.644     2.371        +0.086        6173
+  Every model learns English bytes (from 8 bits/byte to 2.3-2.5 in 0.8M tokens), but at this
+  scale softmax wins: momentum costs bits per byte, more as γ grows (γ = 1 is clearly worse),
+  and the smallest γ is closest. A longer run (300 steps, the same trajectory to step 200)
+  ended at softmax 2.091, momentum γ0.25 2.100, γ0.5 2.137, γ1 2.354, kv_shift 2.095,
+  sigmoid 2.137: the γ = 0.25 gap shrinks from 0.039 to 0.009. The paper's claim is about
+  larger models and longer training; this run does not reach that regime and does not support
+  it. Tokens/s differ by ±10 % between runs on this shared CPU (the shear itself costs ~2 %);
+  one seed.
 
 GPU / TPU configuration (``--preset gpu_125m``, not run here: no accelerator was available when
 it was written): GPT-2-small shapes, 12 layers, d_model 768, 12 heads, MLP 3072, context 1024,
@@ -70,7 +89,7 @@ def _models(base: TransformerConfig) -> tuple[tuple[str, TransformerConfig], ...
 def get_config(quick: bool = False) -> ExperimentConfig:
   """The default (about 15 minutes on a 2-core CPU) or the ``--quick`` smoke configuration."""
   seq_len, d_model, layers, steps, batch_size = (32, 32, 1, 12, 8) if quick else (
-      256, 128, 4, 300, 16)
+      256, 128, 4, 200, 16)
   data = TextDataConfig(source="kjv", tokenizer="byte", seq_len=seq_len,
                         validation_fraction=0.05)
   base = TransformerConfig(vocab_size=256, context_len=seq_len, num_layers=layers,
@@ -78,7 +97,7 @@ def get_config(quick: bool = False) -> ExperimentConfig:
                            mlp_dim=4 * d_model)
   train = TrainConfig(steps=steps, batch_size=batch_size, learning_rate=3e-3, optimizer="adamw",
                       b2=0.95, weight_decay=0.1, warmup_steps=5 if quick else 50,
-                      grad_clip_norm=1.0, eval_every=0 if quick else 100,
+                      grad_clip_norm=1.0, eval_every=0 if quick else 50,
                       eval_batches=2 if quick else 8, checkpoint_every=0 if quick else 100,
                       log_every=2 if quick else 10, seed=0)
   return ExperimentConfig(data=data, train=train, models=_models(base))

@@ -39,8 +39,8 @@ validation rows of 256 bytes; held-out = the first 8 validation batches, 32,768 
   ended at softmax 2.091, momentum γ0.25 2.100, γ0.5 2.137, γ1 2.354, kv_shift 2.095,
   sigmoid 2.137: the γ = 0.25 gap shrinks from 0.039 to 0.009. The paper's claim is about
   larger models and longer training; this run does not reach that regime and does not support
-  it. Tokens/s differ by ±10 % between runs on this shared CPU (the shear itself costs ~2 %);
-  one seed.
+  it. Tokens/s differ by ±10 % between runs on this shared CPU (softmax was the slowest here
+  and the fastest of the 300-step run), so they do not rank the variants; one seed.
 
 GPU / TPU configuration (``--preset gpu_125m``, not run here: no accelerator was available when
 it was written): GPT-2-small shapes, 12 layers, d_model 768, 12 heads, MLP 3072, context 1024,

@@ -12,6 +12,15 @@ import functools
 
 from momentum_jax.attention.affine import affine_attention, affine_attention_reference
 from momentum_jax.attention.agent import agent_attention, agent_attention_reference, pooling_matrix
+from momentum_jax.attention.decoding import (
+    KVCache,
+    MomentumCache,
+    init_kv_cache,
+    init_momentum_cache,
+    kv_cache_bytes_per_token,
+    momentum_decode,
+    softmax_decode,
+)
 from momentum_jax.attention.deconstructed import (
     deconstructed_fixed_qk_attention, deconstructed_fixed_qk_attention_reference,
     deconstructed_mlp_attention, deconstructed_self_gated_attention,
@@ -200,7 +209,9 @@ __all__ = [
     "AttentionDims",
     "AttentionVariant",
     "BlockMask",
+    "KVCache",
     "LearnedLayout",
+    "MomentumCache",
     "Prepared",
     "affine_attention",
     "affine_attention_reference",
@@ -245,7 +256,10 @@ __all__ = [
     "grat_mask_numpy",
     "grat_to_grid",
     "grat_to_groups",
+    "init_kv_cache",
+    "init_momentum_cache",
     "key_columns_at_positions",
+    "kv_cache_bytes_per_token",
     "kv_shift_attention",
     "kv_shift_attention_reference",
     "kv_shift_identity_init",
@@ -260,6 +274,7 @@ __all__ = [
     "mega_ema_gamma_init",
     "momentum_attention",
     "momentum_attention_reference",
+    "momentum_decode",
     "momentum_prepare",
     "momentum_shear",
     "momentum_shear_reference",
@@ -284,6 +299,7 @@ __all__ = [
     "softcap_score",
     "softmax_attention",
     "softmax_attention_reference",
+    "softmax_decode",
     "streaming_llm_mask",
     "zero_agent_bias",
 ]

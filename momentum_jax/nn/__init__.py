@@ -4,6 +4,7 @@ affine-scaled attention, the flux layer router)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.decoding import DECODABLE_ATTENTION, check_decodable, decode, init_cache
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.ema import ema_update_model
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
@@ -20,6 +21,7 @@ __all__ = [
     "Attention",
     "AttentionGate",
     "Block",
+    "DECODABLE_ATTENTION",
     "Dense",
     "DenseStats",
     "FluxRouter",
@@ -29,8 +31,11 @@ __all__ = [
     "Recorder",
     "Transformer",
     "TransformerConfig",
+    "check_decodable",
     "checked",
+    "decode",
     "ema_update_model",
+    "init_cache",
     "load_balance_loss",
     "prefix_mean",
     "segment_positions",

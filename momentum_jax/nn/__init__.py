@@ -13,6 +13,7 @@ from momentum_jax.nn.hooks import NamesFilter, Recorder
 from momentum_jax.nn.input_checks import checked
 from momentum_jax.nn.layer_stats import DenseStats, value_grad_and_layer_stats
 from momentum_jax.nn.moh import MoHRouter, load_balance_loss
+from momentum_jax.nn.sampling import generate, sample_next
 from momentum_jax.nn.transformer import Attention, Block, Mlp, Transformer, segment_positions
 
 __all__ = [
@@ -35,9 +36,11 @@ __all__ = [
     "checked",
     "decode",
     "ema_update_model",
+    "generate",
     "init_cache",
     "load_balance_loss",
     "prefix_mean",
+    "sample_next",
     "segment_positions",
     "sparsity_loss",
     "value_grad_and_layer_stats",

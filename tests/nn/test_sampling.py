@@ -1,0 +1,73 @@
+"""generate: greedy equals the argmax of repeated full forward passes; sampling honours top_k,
+top_p and the rng; eos fills the rest; bad arguments raise naming them."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from momentum_jax.nn import Transformer, TransformerConfig
+from momentum_jax.nn.sampling import generate, sample_next
+
+CONFIG = TransformerConfig(vocab_size=23, context_len=20, num_layers=2, d_model=32, num_heads=4,
+                           mlp_dim=64, attention="momentum", attention_params={"gamma": 0.5})
+
+
+@pytest.fixture(scope="module")
+def model():
+  return Transformer(CONFIG, rngs=nnx.Rngs(0))
+
+
+def test_greedy_generation_equals_argmax_of_full_forward_passes(model):
+  prompt = jax.random.randint(jax.random.key(3), (2, 5), 0, CONFIG.vocab_size)
+  out = generate(model, prompt, 9)
+  expected = prompt
+  for _ in range(9):
+    next_token = jnp.argmax(model(expected)[:, -1], axis=-1).astype(jnp.int32)
+    expected = jnp.concatenate([expected, next_token[:, None]], axis=1)
+  np.testing.assert_array_equal(out, expected)
+
+
+def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
+  prompt = jnp.zeros((3, 2), jnp.int32)
+  first = generate(model, prompt, 6, rng=jax.random.key(0), temperature=1.0)
+  again = generate(model, prompt, 6, rng=jax.random.key(0), temperature=1.0)
+  np.testing.assert_array_equal(first, again)
+  top1 = generate(model, prompt, 6, rng=jax.random.key(5), temperature=2.0, top_k=1)
+  np.testing.assert_array_equal(top1, generate(model, prompt, 6))
+
+
+def test_top_k_and_top_p_keep_only_the_allowed_tokens():
+  logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 2000))
+  keys = jax.random.key(0)
+  top2 = sample_next(logits, keys, temperature=1.0, top_k=2)
+  assert set(np.unique(top2).tolist()) == {0, 1}
+  nucleus = sample_next(logits, keys, temperature=1.0, top_p=0.7)  # 0.5 + 0.3 reach 0.7
+  assert set(np.unique(nucleus).tolist()) == {0, 1}
+  assert abs(float(jnp.mean(nucleus == 0)) - 0.5 / 0.8) < 0.05
+
+
+def test_eos_fills_the_rest_of_a_finished_sequence(model):
+  prompt = jnp.zeros((2, 3), jnp.int32)
+  greedy = generate(model, prompt, 8)
+  eos = int(greedy[0, 3])  # the first generated token of sequence 0
+  out = generate(model, prompt, 8, eos_id=eos)
+  assert out.shape == (2, 11)
+  assert (out[0, 3:] == eos).all()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"top_p": 0.0, "temperature": 1.0}, r"top_p must be in \(0, 1\]"),
+    ({"top_p": 1.5}, r"top_p must be in \(0, 1\]"),
+    ({"top_k": 0}, "top_k must be None or an int >= 1"),
+    ({"temperature": 1.0}, "rng must be a PRNG key"),
+    ({"max_new_tokens": 18}, r"plus max_new_tokens=18 exceeds the model's context_len=20"),
+])
+def test_bad_arguments_are_named(model, kwargs, match):
+  kwargs = {"max_new_tokens": 3, **kwargs}
+  with pytest.raises(ValueError, match=match):
+    generate(model, jnp.zeros((1, 4), jnp.int32), **kwargs)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from momentum_jax.experiments.bench import decode as bench_decode
 from momentum_jax.experiments.bench import train_step as bench_train_step
 
 
@@ -11,3 +12,11 @@ def test_bench_train_step_tiny(capsys):
   assert set(results["induction"]) == {"pure", "nnx", "nnx.jit"}
   assert all(t > 0 for t in results["induction"].values())
   assert "nnx/pure" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_decode_tiny(capsys):
+  results = bench_decode.main(["--contexts", "16", "--repeats", "1"])
+  assert set(results) == {"softmax", "momentum"}
+  assert all(set(r[16]) == {"decode", "recompute"} for r in results.values())
+  assert "speed-up" in capsys.readouterr().out

@@ -1,0 +1,69 @@
+"""Decoding speed: one KV-cache decode step against recomputing the full forward pass for one
+new token, at a short and a long context, per decodable attention variant.
+
+    python -m momentum_jax.experiments.bench.decode [--contexts 256 4096] [--repeats 10]
+
+The model: 4 layers, d_model 256, 4 heads, MLP 1024, batch 1, float32. For each variant and
+context C the cache holds C − 1 tokens (prefilled once), and the two candidates, timed side by
+side (interleaved medians, jitted, blocked until ready), are
+
+  decode    ``decode(model, one token, cache)``: attends to the C cached rows;
+  recompute ``model(all C tokens)``: what a sampler without a cache does for each new token.
+
+Printed: seconds per new token, recompute / decode (the cache's speed-up) and decode tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from momentum_jax.experiments.bench.timing import interleaved_medians
+from momentum_jax.nn import DECODABLE_ATTENTION, Transformer, TransformerConfig, decode, init_cache
+
+VARIANT_PARAMS = {"softmax": {}, "momentum": {"gamma": 0.5}}
+
+
+def _candidates(config: TransformerConfig, context: int):
+  """``{"decode": ..., "recompute": ...}`` zero-argument calls at ``context`` tokens."""
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  tokens = jax.random.randint(jax.random.key(1), (1, context), 0, config.vocab_size)
+  step = nnx.jit(decode)
+  _, cache = step(model, tokens[:, :-1], init_cache(model, 1, context))
+  forward = nnx.jit(lambda model, tokens: model(tokens))
+  last = tokens[:, -1:]
+  return {"decode": lambda: step(model, last, cache)[0],
+          "recompute": lambda: forward(model, tokens)}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, float]]]:
+  parser = argparse.ArgumentParser(prog="python -m momentum_jax.experiments.bench.decode",
+                                   description=__doc__.split("\n\n")[0])
+  parser.add_argument("--contexts", type=int, nargs="+", default=[256, 4096])
+  parser.add_argument("--repeats", type=int, default=10)
+  args = parser.parse_args(argv)
+  base = TransformerConfig(vocab_size=256, context_len=max(args.contexts), num_layers=4,
+                           d_model=256, num_heads=4, mlp_dim=1024)
+  results: dict[str, dict[int, dict[str, float]]] = {}
+  print(f"{jax.devices()[0].device_kind}: 4 layers, d_model 256, batch 1, median of "
+        f"{args.repeats}")
+  print(f"{'variant':<10}{'context':>8}{'decode s':>11}{'recompute s':>13}{'speed-up':>10}"
+        f"{'tokens/s':>10}")
+  for name in DECODABLE_ATTENTION:
+    config = dataclasses.replace(base, attention=name,
+                                 attention_params=VARIANT_PARAMS.get(name, {}))
+    for context in args.contexts:
+      seconds = interleaved_medians(_candidates(config, context), args.repeats)
+      results.setdefault(name, {})[context] = seconds
+      print(f"{name:<10}{context:>8}{seconds['decode']:>11.5f}{seconds['recompute']:>13.5f}"
+            f"{seconds['recompute'] / seconds['decode']:>10.1f}{1 / seconds['decode']:>10.0f}")
+  return results
+
+
+if __name__ == "__main__":
+  main()

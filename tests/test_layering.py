@@ -31,6 +31,7 @@ LAYERS = {
     "nn": 3,
     "train": 4,
     "experiments": 5,
+    "generate": 5,  # the sampling command (momentum_jax/generate.py)
 }
 
 Graph = dict[str, set[str]]

@@ -219,6 +219,26 @@ def restore_latest(
   return restored
 
 
+def read_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
+  """The run signature saved at ``step`` (unchecked: ``restore_latest`` checks it)."""
+  return _restore_item(manager, step, "config", ocp.args.JsonRestore())
+
+
+def saveable_rest(rest: Any) -> Any:
+  """Module state with typed PRNG keys as their raw key data, which orbax stores as arrays."""
+  return jax.tree.map(
+      lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
+      rest)
+
+
+def restored_rest(saved: Any, like: Any) -> Any:
+  """Inverse of :func:`saveable_rest`: key data wrapped back into keys of ``like``'s key type."""
+  return jax.tree.map(
+      lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
+                      if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x),
+      saved, like)
+
+
 class _UnreadableItem(Exception):
   """An item of a step that could not be read or differs from its digest."""
 

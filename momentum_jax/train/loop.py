@@ -53,21 +53,6 @@ _START_OVER = ("to start over, rerun the experiment with --fresh (or delete the 
                "both runs, give another --output-dir (or workdir)")
 
 
-def _saveable(rest: nnx.State) -> Any:
-  """``rest`` with typed PRNG keys as their raw key data, which orbax stores as plain arrays."""
-  return jax.tree.map(
-      lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
-      rest)
-
-
-def _restored(saved: Any, like: nnx.State) -> nnx.State:
-  """Inverse of :func:`_saveable`: wraps key data back into keys of ``like``'s key type."""
-  return jax.tree.map(
-      lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                      if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x),
-      saved, like)
-
-
 class TrainResult(NamedTuple):
   """What ``train`` returns.
 
@@ -280,7 +265,7 @@ def _run(
       model_config, cfg, mesh, batch_placement, params_key)
   text = _TextFeed(data, cfg, placement) if isinstance(data, TextDataset) else None
 
-  target = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
+  target = {"params": params, "opt_state": opt_state, "rest": checkpoint.saveable_rest(rest),
             "step": jax.device_put(0, placement.replicated)}
   try:
     restored = checkpoint.restore_latest(manager, target, signature)
@@ -298,7 +283,7 @@ def _run(
       print(f"resumed {workdir.name} from step {restored.step} of {cfg.steps}")
     state = restored.state
     params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-    rest = _restored(state["rest"], rest)
+    rest = checkpoint.restored_rest(state["rest"], rest)
     if text is not None:
       text.train.set_state(restored.data_state)
 
@@ -345,7 +330,8 @@ def _run(
           run_eval(done)
           throughput.restart()
         if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-          state = {"params": params, "opt_state": opt_state, "rest": _saveable(rest),
+          state = {"params": params, "opt_state": opt_state,
+                   "rest": checkpoint.saveable_rest(rest),
                    "step": jax.device_put(done, placement.replicated)}
           checkpoint.save(manager, done, state, signature,
                           data_state=None if text is None else text.train.get_state())

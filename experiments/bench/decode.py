@@ -1,16 +1,21 @@
-"""Decoding speed: one KV-cache decode step against recomputing the full forward pass for one
-new token, at a short and a long context, per decodable attention variant.
+"""Decoding speed: one decode step against recomputing the full forward pass for one new token,
+at a short and a long context, per attention variant.
 
     python -m momentum_jax.experiments.bench.decode [--contexts 256 4096] [--repeats 10]
+        [--variants softmax momentum ...]
 
 The model: 4 layers, d_model 256, 4 heads, MLP 1024, batch 1, float32. For each variant and
 context C the cache holds C − 1 tokens (prefilled once), and the two candidates, timed side by
 side (interleaved medians, jitted, blocked until ready), are
 
-  decode    ``decode(model, one token, cache)``: attends to the C cached rows;
+  decode    ``decode(model, one token, cache)``: the variant's decoding step (a K/V cache of C
+            rows, or the O(1) state of linear / Lightning attention), or, for a variant without
+            one (``decoding_form`` ``"recompute"``), the layer's attention over the C rows;
   recompute ``model(all C tokens)``: what a sampler without a cache does for each new token.
 
-Printed: seconds per new token, recompute / decode (the cache's speed-up) and decode tokens/s.
+Printed: the form, seconds per new token, recompute / decode (the cache's speed-up), decode
+tokens/s, and decode at the longest context / decode at the shortest (flat for a recurrent state,
+linear in C for a cache).
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from momentum_jax.experiments.bench.timing import interleaved_medians
-from momentum_jax.nn import DECODABLE_ATTENTION, Transformer, TransformerConfig, decode, init_cache
+from momentum_jax.nn import Transformer, TransformerConfig, decode, decoding_form, init_cache
 
-VARIANT_PARAMS = {"softmax": {}, "momentum": {"gamma": 0.5}}
+VARIANT_PARAMS = {"momentum": {"gamma": 0.5}, "ema_value": {"eta": 0.5}}
+VARIANTS = ("softmax", "momentum", "kv_shift", "ema_value", "linear", "lightning", "sigmoid")
 
 
 def _candidates(config: TransformerConfig, context: int):
@@ -46,22 +52,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--contexts", type=int, nargs="+", default=[256, 4096])
   parser.add_argument("--repeats", type=int, default=10)
+  parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
   args = parser.parse_args(argv)
   base = TransformerConfig(vocab_size=256, context_len=max(args.contexts), num_layers=4,
                            d_model=256, num_heads=4, mlp_dim=1024)
   results: dict[str, dict[int, dict[str, float]]] = {}
   print(f"{jax.devices()[0].device_kind}: 4 layers, d_model 256, batch 1, median of "
         f"{args.repeats}")
-  print(f"{'variant':<10}{'context':>8}{'decode s':>11}{'recompute s':>13}{'speed-up':>10}"
-        f"{'tokens/s':>10}")
-  for name in DECODABLE_ATTENTION:
+  print(f"{'variant':<11}{'form':<10}{'context':>8}{'decode s':>11}{'recompute s':>13}"
+        f"{'speed-up':>10}{'tokens/s':>10}{'vs shortest':>13}")
+  for name in args.variants:
     config = dataclasses.replace(base, attention=name,
                                  attention_params=VARIANT_PARAMS.get(name, {}))
     for context in args.contexts:
       seconds = interleaved_medians(_candidates(config, context), args.repeats)
       results.setdefault(name, {})[context] = seconds
-      print(f"{name:<10}{context:>8}{seconds['decode']:>11.5f}{seconds['recompute']:>13.5f}"
-            f"{seconds['recompute'] / seconds['decode']:>10.1f}{1 / seconds['decode']:>10.0f}")
+      growth = seconds["decode"] / results[name][args.contexts[0]]["decode"]
+      print(f"{name:<11}{decoding_form(config):<10}{context:>8}{seconds['decode']:>11.5f}"
+            f"{seconds['recompute']:>13.5f}{seconds['recompute'] / seconds['decode']:>10.1f}"
+            f"{1 / seconds['decode']:>10.0f}{growth:>13.2f}")
   return results
 
 

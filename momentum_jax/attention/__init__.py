@@ -13,13 +13,13 @@ import functools
 from momentum_jax.attention.affine import affine_attention, affine_attention_reference
 from momentum_jax.attention.agent import agent_attention, agent_attention_reference, pooling_matrix
 from momentum_jax.attention.decoding import (
-    KVCache,
-    MomentumCache,
-    init_kv_cache,
-    init_momentum_cache,
-    kv_cache_bytes_per_token,
-    momentum_decode,
-    softmax_decode,
+    DecodeContext, EmaCache, KVCache, ShiftCache, cache_bytes, cache_capacity, ema_value_decode,
+    init_ema_cache, init_kv_cache, init_kv_shift_cache, init_momentum_cache,
+    kv_cache_bytes_per_token, kv_shift_decode, momentum_decode, softmax_decode,
+)
+from momentum_jax.attention.decoding_recurrent import (
+    LightningState, LinearState, init_lightning_state, init_linear_state, lightning_decode,
+    linear_decode,
 )
 from momentum_jax.attention.deconstructed import (
     deconstructed_fixed_qk_attention, deconstructed_fixed_qk_attention_reference,
@@ -63,7 +63,7 @@ from momentum_jax.attention.radial import (
     radial_attention, radial_attention_reference, radial_block_mask, radial_mask, radial_mask_numpy,
 )
 from momentum_jax.attention.registry import (
-    AttentionDims, AttentionVariant, LearnedLayout, Prepared, available_attention, get_attention,
+    AttentionDims, AttentionVariant, Decoding, LearnedLayout, Prepared, available_attention, get_attention,
     register_attention,
 )
 from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
@@ -76,7 +76,11 @@ from momentum_jax.core.block_mask import BlockMask, create_block_mask
 from momentum_jax.core.rope import apply_rope, rope_frequencies
 from momentum_jax.core.shear import momentum_shear, momentum_shear_reference
 
-register_attention("softmax", AttentionVariant(softmax_attention, softmax_attention_reference))
+register_attention(
+    "softmax",
+    AttentionVariant(softmax_attention, softmax_attention_reference,
+                     decoding=Decoding(init_kv_cache, softmax_decode)),
+)
 register_attention(
     "momentum",
     AttentionVariant(
@@ -86,6 +90,7 @@ register_attention(
         prepare=momentum_prepare,
         prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
         check_params=check_momentum_params,
+        decoding=Decoding(init_momentum_cache, momentum_decode),
     ),
 )
 register_attention(
@@ -94,6 +99,7 @@ register_attention(
         kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta"),
         # KV shifting (arXiv 2411.19574) learns start at the identity: k̃_t = k_t, ṽ_t = v_t.
         learned={"alpha": kv_shift_identity_init, "beta": kv_shift_identity_init},
+        decoding=Decoding(init_kv_shift_cache, kv_shift_decode),
     ),
 )
 # The relaxations of "Deconstructing Attention" (arXiv 2510.11602). The token-wise MLP variant's
@@ -124,7 +130,7 @@ register_attention(
 register_attention(
     "ema_value",
     AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",),
-                     masking="causal"),
+                     masking="causal", decoding=Decoding(init_ema_cache, ema_value_decode)),
 )
 register_attention(
     "ema_value_learned",
@@ -138,7 +144,8 @@ register_attention(
 register_attention(
     "linear",
     AttentionVariant(linear_attention, linear_attention_reference,
-                     params=("feature_map", "eps", "block_size")),
+                     params=("feature_map", "eps", "block_size"),
+                     decoding=Decoding(init_linear_state, linear_decode)),
 )
 register_attention(
     "lightning",
@@ -146,7 +153,7 @@ register_attention(
         lightning_attention, lightning_attention_reference, params=("decay", "block_size"),
         # The decay rate stays positive (λ = exp(−decay) in (0, 1)): stored as its logarithm.
         learned={"decay": alibi_decay_init}, layouts={"decay": LearnedLayout(positive=True)},
-        masking="causal",
+        masking="causal", decoding=Decoding(init_lightning_state, lightning_decode),
     ),
 )
 register_attention(
@@ -209,10 +216,15 @@ __all__ = [
     "AttentionDims",
     "AttentionVariant",
     "BlockMask",
+    "DecodeContext",
+    "Decoding",
+    "EmaCache",
     "KVCache",
     "LearnedLayout",
-    "MomentumCache",
+    "LightningState",
+    "LinearState",
     "Prepared",
+    "ShiftCache",
     "affine_attention",
     "affine_attention_reference",
     "agent_attention",
@@ -224,6 +236,8 @@ __all__ = [
     "apply_rope",
     "available_attention",
     "block_local_mask",
+    "cache_bytes",
+    "cache_capacity",
     "causal_mask",
     "create_block_mask",
     "criss_cross_mask",
@@ -236,6 +250,7 @@ __all__ = [
     "deconstructed_taylor_attention_reference",
     "ema_value_attention",
     "ema_value_attention_reference",
+    "ema_value_decode",
     "fixed_k_init",
     "fixed_q_init",
     "flash_bias_attention",
@@ -256,17 +271,24 @@ __all__ = [
     "grat_mask_numpy",
     "grat_to_grid",
     "grat_to_groups",
+    "init_ema_cache",
     "init_kv_cache",
+    "init_kv_shift_cache",
+    "init_lightning_state",
+    "init_linear_state",
     "init_momentum_cache",
     "key_columns_at_positions",
     "kv_cache_bytes_per_token",
     "kv_shift_attention",
     "kv_shift_attention_reference",
+    "kv_shift_decode",
     "kv_shift_identity_init",
     "lightning_attention",
     "lightning_attention_reference",
+    "lightning_decode",
     "linear_attention",
     "linear_attention_reference",
+    "linear_decode",
     "low_rank_bias_factors",
     "mega_ema_attention",
     "mega_ema_attention_reference",

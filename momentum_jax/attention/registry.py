@@ -65,6 +65,25 @@ class Prepared(NamedTuple):
 
 
 Prepare = Callable[..., Prepared]
+
+
+class Decoding(NamedTuple):
+  """A variant's decoding form: a cache or recurrent state and a step over new rows.
+
+  Attributes:
+    init: ``init(batch, capacity, dims: AttentionDims, dtype) -> state``, the empty state of one
+      layer; ``capacity`` is the rows a K/V cache keeps (``max_len``, or ``window``), unused by
+      recurrent states.
+    step: ``step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state, context, *, window, sinks, scale,
+      **params) -> (out_BxTxNxH, state)`` for T new rows (q and k after RoPE), ``context`` a
+      ``momentum_jax.attention.decoding.DecodeContext``; row for row equal to the causal ``fn``
+      over the whole sequence.
+  """
+
+  init: Callable[..., object]
+  step: Callable[..., tuple[jax.Array, object]]
+
+
 CheckParams = Callable[[AttentionDims, Mapping[str, object]], None]
 
 
@@ -94,9 +113,9 @@ class AttentionVariant(NamedTuple):
       config calls it with the parameters it fixes (momentum's checks that γ is a finite real
       number >= 0, or one per kv head, and the boundary), so a bad value fails when the config
       is built instead of at the first forward pass.
-
-  The decoding form of each variant (KV cache, ring buffer or recurrent state) attaches here as
-  one more field, beside ``prepare``, when generation lands.
+    decoding: the variant's fast decoding form (:class:`Decoding`), or None: a model then
+      decodes a causal variant by recomputing the layer's attention over the rows so far
+      (``momentum_jax.nn.decoding``), exact but O(context) per new token.
   """
 
   fn: Callable[..., object]
@@ -109,6 +128,7 @@ class AttentionVariant(NamedTuple):
   prepared_hooks: Mapping[str, str] = {}
   token_params: str | None = None
   check_params: CheckParams | None = None
+  decoding: Decoding | None = None
 
   @property
   def required_params(self) -> tuple[str, ...]:
@@ -137,6 +157,8 @@ def _check_variant(name: str, variant: AttentionVariant) -> None:
   if unlearned:
     raise ValueError(
         f"layouts {unlearned} of {name!r} are not learned parameters {sorted(variant.learned)}")
+  if variant.decoding is not None and variant.masking == "bidirectional":
+    raise ValueError(f"{name!r} is bidirectional only, so it cannot have a decoding form")
   if variant.masking not in MASKINGS:
     raise ValueError(f"masking of {name!r} must be one of {MASKINGS}, got {variant.masking!r}")
   fields = sorted(set(variant.prepared_hooks) - {"q", "k", "v"})

@@ -4,7 +4,9 @@ affine-scaled attention, the flux layer router)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
-from momentum_jax.nn.decoding import DECODABLE_ATTENTION, check_decodable, decode, init_cache
+from momentum_jax.nn.decoding import (
+    DecodeState, RecomputeCache, check_decodable, decode, decoding_form, init_cache,
+)
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.ema import ema_update_model
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
@@ -22,19 +24,21 @@ __all__ = [
     "Attention",
     "AttentionGate",
     "Block",
-    "DECODABLE_ATTENTION",
+    "DecodeState",
     "Dense",
     "DenseStats",
     "FluxRouter",
     "Mlp",
     "MoHRouter",
     "NamesFilter",
+    "RecomputeCache",
     "Recorder",
     "Transformer",
     "TransformerConfig",
     "check_decodable",
     "checked",
     "decode",
+    "decoding_form",
     "ema_update_model",
     "generate",
     "init_cache",

@@ -10,9 +10,11 @@ the smallest set of tokens whose probabilities sum to at least ``top_p`` (Holtzm
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from momentum_jax.nn.decoding import decode, init_cache
@@ -54,33 +56,39 @@ def sample_next(logits_BxV: jax.Array, rng: jax.Array | None, *, temperature: fl
 
 
 @functools.partial(nnx.jit, static_argnames=("temperature", "top_k", "top_p"))
-def _step(model, tokens_BxT, cache, rng, *, temperature, top_k, top_p):
-  logits_BxTxV, cache = decode(model, tokens_BxT, cache)
+def _step(model, tokens_BxT, cache, rng, segment_ids_BxT, *, temperature, top_k, top_p):
+  logits_BxTxV, cache = decode(model, tokens_BxT, cache, segment_ids_BxT=segment_ids_BxT)
   return sample_next(logits_BxTxV[:, -1], rng, temperature=temperature, top_k=top_k,
                      top_p=top_p), cache
 
 
 def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: int, *,
              rng: jax.Array | None = None, temperature: float = 0.0, top_k: int | None = None,
-             top_p: float = 1.0, eos_id: int | None = None) -> jax.Array:
+             top_p: float = 1.0, eos_id: int | None = None,
+             prompt_lengths: Sequence[int] | jax.Array | None = None) -> jax.Array:
   """The prompt followed by ``max_new_tokens`` generated tokens, int32 ``[B, P + max_new_tokens]``.
 
   A sequence that emits ``eos_id`` is filled with ``eos_id`` after it; generation stops early
   when every sequence has. Compiles the prefill once per prompt shape and the single-token step
-  once.
+  once. Prompts of different lengths are left-padded to P and given by ``prompt_lengths``: the
+  pads form a segment of their own (id 0, the prompt and its continuation id 1), so each
+  sequence is continued exactly as if it had been decoded alone.
 
   Args:
-    model: a decodable model (``momentum_jax.nn.check_decodable``).
-    prompt_tokens_BxP: int token ids, P >= 1, the same length for every sequence.
+    model: a causal model (``momentum_jax.nn.check_decodable``).
+    prompt_tokens_BxP: int token ids, P >= 1; row b's prompt is its last ``prompt_lengths[b]``
+      tokens (all P when ``prompt_lengths`` is None), the rest any token id.
     max_new_tokens: tokens to generate, >= 0; P + max_new_tokens must fit ``context_len``.
     rng: PRNG key for sampling (needed when ``temperature > 0``).
     temperature: 0 = greedy, else the softmax temperature.
     top_k: keep only the k largest logits (None = all).
     top_p: nucleus mass in (0, 1] (1 = all).
     eos_id: the end-of-sequence token, or None.
+    prompt_lengths: ``[B]`` ints in [1, P], the prompt lengths of left-padded prompts.
 
   Raises:
     ValueError: naming the argument: a prompt that is not ``[B, P]`` or longer than the cache,
+      ``prompt_lengths`` not ``[B]`` ints in [1, P],
       a negative ``max_new_tokens``, ``temperature < 0``, ``top_p`` outside (0, 1], a bad
       ``top_k``, or no ``rng`` for sampling.
   """
@@ -98,16 +106,26 @@ def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: i
   if max_len > model.config.context_len:
     raise ValueError(f"the prompt (P={prompt_len}) plus max_new_tokens={max_new_tokens} exceeds "
                      f"the model's context_len={model.config.context_len}")
+  segment_ids_BxP = None
+  if prompt_lengths is not None:
+    lengths_B = np.asarray(prompt_lengths)
+    if (lengths_B.shape != (batch,) or not np.issubdtype(lengths_B.dtype, np.integer)
+        or lengths_B.min() < 1 or lengths_B.max() > prompt_len):
+      raise ValueError(f"prompt_lengths must be [batch={batch}] ints in [1, P={prompt_len}], got "
+                       f"prompt_lengths={prompt_lengths!r}")
+    segment_ids_BxP = jnp.asarray(
+        np.arange(prompt_len)[None, :] >= prompt_len - lengths_B[:, None], jnp.int32)
   if max_new_tokens == 0:
     return prompt_tokens_BxP
-  cache = init_cache(model, batch, max_len)
+  cache = init_cache(model, batch, max_len, segments=segment_ids_BxP is not None)
   sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
   keys = (jax.random.split(rng, max_new_tokens) if rng is not None
           else [None] * max_new_tokens)
   done_B = jnp.zeros((batch,), bool)
   tokens, feed_BxT = [], prompt_tokens_BxP
   for i in range(max_new_tokens):
-    next_B, cache = _step(model, feed_BxT, cache, keys[i], **sampling)
+    next_B, cache = _step(model, feed_BxT, cache, keys[i], segment_ids_BxP if i == 0 else None,
+                          **sampling)
     if eos_id is not None:
       next_B = jnp.where(done_B, eos_id, next_B)
       done_B = done_B | (next_B == eos_id)

@@ -144,7 +144,7 @@ class Attention(nnx.Module):
     on; the pattern is captured and, when a hook edits it, z moves by (W' − W)·v."""
     cfg = self.config
     variant = get_attention(cfg.attention)
-    kwargs = self._variant_kwargs(variant, x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
+    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
                                   prefix)
     wanted = [f for f, hook in variant.prepared_hooks.items() if recorder.wants(prefix + hook)]
     if wanted:
@@ -187,7 +187,7 @@ class Attention(nnx.Module):
       z_BxTxNxH = z_BxTxNxH * head_gates_BxTxN[..., None].astype(z_BxTxNxH.dtype)
     return z_BxTxNxH
 
-  def _variant_kwargs(self, variant: AttentionVariant, x_BxTxD: jax.Array,
+  def variant_kwargs(self, variant: AttentionVariant, x_BxTxD: jax.Array,
                       positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
                       recorder: Recorder, prefix: str) -> dict[str, object]:
     """The variant's keyword arguments: fixed, learned, per-token, masking and sinks."""

@@ -1,6 +1,8 @@
-"""Transformer KV-cache decoding: prefill + single tokens give the logits of the full forward
-pass at every position (softmax and momentum, GQA, with and without the MLP); jit compiles once
-per shape; unsupported configurations and bad inputs raise naming the option."""
+"""Transformer decoding: for every causal registered variant, a prefill then single tokens give the
+logits of the full forward pass at every position, with left-padded prompts in their own segment
+where the variant takes segment ids; the variants' own decoding steps also with a longer cache, a
+sliding window (ring buffer), sinks, output gates and MoH; the flux router by recomputation; the
+memory of each form; jit compiles once per shape; bad inputs are named."""
 
 import dataclasses
 
@@ -10,54 +12,166 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from momentum_jax.nn import Transformer, TransformerConfig
-from momentum_jax.nn.decoding import decode, init_cache
+from momentum_jax.attention import (
+    available_attention, cache_bytes, get_attention, kv_cache_bytes_per_token)
+from momentum_jax.nn import (
+    RecomputeCache, Transformer, TransformerConfig, decode, decoding_form, init_cache)
 
 BASE = TransformerConfig(vocab_size=37, context_len=24, num_layers=2, d_model=32, num_heads=4,
                          num_kv_heads=2, mlp_dim=64)
-CONFIGS = {
-    "softmax": BASE,
-    "momentum": dataclasses.replace(BASE, attention="momentum", attention_params={"gamma": 0.5}),
-    "momentum_replicate_no_mlp": dataclasses.replace(
-        BASE, attention="momentum", attention_params={"gamma": 1.0, "boundary": "replicate"},
-        mlp_dim=0),
-    "softmax_untied": dataclasses.replace(BASE, tie_embeddings=False),
-}
+# The fixed values of the variants' required parameters (a new variant with a required
+# parameter fails test_every_required_parameter_has_a_value until it is added here).
+REQUIRED = {"momentum": {"gamma": 0.5}, "ema_value": {"eta": 0.5}}
+CAUSAL = [n for n in available_attention() if get_attention(n).masking != "bidirectional"]
+WITH_STEP = [n for n in CAUSAL if get_attention(n).decoding is not None]
+B, T = 3, 13
+# Row 0: a prompt of 9 after 4 pads; row 1: no pads; row 2: 2 pads, then two documents.
+SEGMENTS = jnp.asarray([[0] * 4 + [1] * 9, [1] * 13, [0] * 2 + [1] * 6 + [2] * 5])
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-@pytest.mark.parametrize("prefill", [1, 6, 11])
-def test_prefill_then_single_tokens_equal_the_full_forward_pass(name, prefill):
-  model = Transformer(CONFIGS[name], rngs=nnx.Rngs(0))
-  tokens = jax.random.randint(jax.random.key(1), (3, 11), 0, BASE.vocab_size)
-  full = model(tokens)
+def _model(name, **changes):
+  config = dataclasses.replace(BASE, attention=name, attention_params=REQUIRED.get(name, {}),
+                               **changes)
+  model = Transformer(config, rngs=nnx.Rngs(0))
+  model.eval()  # frozen running statistics (affine attention's α_ma)
+  return model
+
+
+def _takes_segments(model, tokens):
+  try:
+    model(tokens, segment_ids_BxT=SEGMENTS)
+  except ValueError as error:
+    assert "segment_ids are not supported" in str(error)
+    return False
+  return True
+
+
+def _decode_in_steps(model, tokens, max_len, prefill, segment_ids=None):
   step = nnx.jit(decode)
-  logits, cache = step(model, tokens[:, :prefill], init_cache(model, 3, 16))
-  pieces = [logits]
-  for t in range(prefill, tokens.shape[1]):
-    logits, cache = step(model, tokens[:, t:t + 1], cache)
+  cache = init_cache(model, tokens.shape[0], max_len, segments=segment_ids is not None)
+  pieces, start = [], 0
+  for stop in [prefill, *range(prefill + 1, tokens.shape[1] + 1)]:
+    ids = None if segment_ids is None else segment_ids[:, start:stop]
+    logits, cache = step(model, tokens[:, start:stop], cache, segment_ids_BxT=ids)
     pieces.append(logits)
-  np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
+    start = stop
+  return jnp.concatenate(pieces, axis=1), cache
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"attention": "sigmoid"}, r"attention in \('softmax', 'momentum'\), got attention='sigmoid'"),
-    ({"gate": "elementwise"}, "does not support gate='elementwise'"),
-    ({"window": 4}, "does not support window=4"),
+def _assert_close(got, full):
+  scale = float(jnp.max(jnp.abs(full)))
+  np.testing.assert_allclose(got / scale, full / scale, rtol=0, atol=1e-5)
+
+
+def test_every_required_parameter_has_a_value():
+  for name in CAUSAL:
+    assert set(get_attention(name).required_params) <= set(REQUIRED.get(name, {})), name
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_every_causal_variant_decodes_like_the_full_forward_pass(name):
+  model = _model(name)
+  tokens = jax.random.randint(jax.random.key(1), (B, T), 0, BASE.vocab_size)
+  segments = SEGMENTS if _takes_segments(model, tokens) else None
+  full = model(tokens, segment_ids_BxT=segments)
+  got, cache = _decode_in_steps(model, tokens, T, prefill=5, segment_ids=segments)
+  _assert_close(got, full)
+  assert int(cache.length) == T
+
+
+@pytest.mark.parametrize("name", WITH_STEP)
+@pytest.mark.parametrize("changes", [
+    {}, {"window": 4}, {"learnable_sinks": True}, {"gate": "elementwise"},
+    {"moh": True, "moh_shared_heads": 1, "moh_top_k": 2}, {"num_kv_heads": 1, "gate": "headwise"},
+], ids=["longer_cache", "window", "sinks", "gate", "moh", "mqa_headwise_gate"])
+def test_variant_steps_decode_with_every_layer_option(name, changes):
+  model = _model(name, **changes)
+  tokens = jax.random.randint(jax.random.key(2), (B, T), 0, BASE.vocab_size)
+  if ("window" in changes or "learnable_sinks" in changes) and name in ("linear", "lightning"):
+    with pytest.raises(ValueError, match="not supported"):
+      model(tokens)
+    return
+  assert decoding_form(model.config) == "variant"
+  with jax.default_matmul_precision("highest"):
+    full = model(tokens, segment_ids_BxT=SEGMENTS)
+    got, _ = _decode_in_steps(model, tokens, 19, prefill=7, segment_ids=SEGMENTS)
+  _assert_close(got, full)
+
+
+def test_the_flux_router_decodes_by_recomputation():
+  model = _model("momentum", flux_router=True, flux_window=3)
+  assert decoding_form(model.config) == "recompute"
+  tokens = jax.random.randint(jax.random.key(3), (B, T), 0, BASE.vocab_size)
+  got, cache = _decode_in_steps(model, tokens, T, prefill=4, segment_ids=SEGMENTS)
+  _assert_close(got, model(tokens, segment_ids_BxT=SEGMENTS))
+  assert isinstance(cache.layers[0], RecomputeCache)
+
+
+def test_positions_restart_in_each_segment_and_continue_across_steps():
+  model = _model("softmax")
+  cache = init_cache(model, 1, 10, segments=True)
+  _, cache = decode(model, jnp.zeros((1, 4), jnp.int32), cache,
+                    segment_ids_BxT=jnp.asarray([[0, 0, 1, 1]]))
+  _, cache = decode(model, jnp.zeros((1, 2), jnp.int32), cache)
+  _, cache = decode(model, jnp.zeros((1, 1), jnp.int32), cache, segment_ids_BxT=jnp.asarray([[5]]))
+  np.testing.assert_array_equal(cache.positions[0, :7], [0, 1, 0, 1, 2, 3, 0])
+  np.testing.assert_array_equal(cache.segment_ids[0, :7], [0, 0, 1, 1, 1, 1, 5])
+
+
+def test_cache_memory_follows_the_form():
+  per_row = kv_cache_bytes_per_token(BASE.num_kv_heads, BASE.head_dim, jnp.float32)
+  assert per_row == 2 * BASE.num_kv_heads * BASE.head_dim * 4
+  for max_len in (8, 20):
+    softmax = init_cache(_model("softmax"), 2, max_len)
+    assert cache_bytes(softmax.layers[0]) == 2 * max_len * per_row  # batch 2
+    window = init_cache(_model("softmax", window=5), 2, max_len)
+    assert cache_bytes(window.layers[0]) == 2 * min(5, max_len) * per_row
+    linear = init_cache(_model("linear"), 2, max_len)
+    h = BASE.head_dim
+    assert cache_bytes(linear.layers[0]) == 2 * BASE.num_kv_heads * (h * h + h) * 4
+    lightning = init_cache(_model("lightning"), 2, max_len)
+    assert cache_bytes(lightning.layers[0]) == 2 * BASE.num_heads * h * h * 4
+    momentum = init_cache(_model("momentum"), 2, max_len)
+    last_rows = 2 * (BASE.num_heads + BASE.num_kv_heads) * h * 4
+    assert cache_bytes(momentum.layers[0]) == 2 * max_len * per_row + last_rows
+    assert len(softmax.layers) == BASE.num_layers
+
+
+def test_one_token_steps_compile_once():
+  model = _model("momentum")
+  traces = []
+  traced = nnx.jit(lambda m, t, c: (traces.append(1), decode(m, t, c))[1])
+  _, cache = traced(model, jnp.zeros((2, 3), jnp.int32), init_cache(model, 2, 9))
+  for _ in range(4):
+    _, cache = traced(model, jnp.zeros((2, 1), jnp.int32), cache)
+  assert len(traces) == 2
+
+
+@pytest.mark.parametrize("name, changes, match", [
+    ("agent", {"causal": False}, "got causal=False with attention='agent'"),
+    ("softmax", {"causal": False}, "decoding needs a causal model, got causal=False"),
 ])
-def test_configurations_without_a_decoding_form_are_named(change, match):
-  model = Transformer(dataclasses.replace(BASE, **change), rngs=nnx.Rngs(0))
+def test_configurations_without_a_causal_form_are_named(name, changes, match):
+  config = dataclasses.replace(BASE, attention=name, **changes)
   with pytest.raises(ValueError, match=match):
-    init_cache(model, 2, 8)
+    init_cache(Transformer(config, rngs=nnx.Rngs(0)), 2, 8)
 
 
-def test_bad_cache_sizes_and_batches_are_refused():
-  model = Transformer(BASE, rngs=nnx.Rngs(0))
+def test_bad_cache_sizes_batches_and_segments_are_refused():
+  model = _model("softmax")
   with pytest.raises(ValueError, match=r"max_len must be an int in \[1, context_len=24\]"):
     init_cache(model, 2, 25)
+  with pytest.raises(ValueError, match="batch must be an int >= 1, got batch=0"):
+    init_cache(model, 0, 8)
   cache = init_cache(model, 2, 8)
   with pytest.raises(ValueError, match=r"tokens must be \[batch=2, T\] like the cache"):
     decode(model, jnp.zeros((3, 1), jnp.int32), cache)
+  with pytest.raises(ValueError, match=r"segments=True"):
+    decode(model, jnp.zeros((2, 1), jnp.int32), cache, segment_ids_BxT=jnp.zeros((2, 1), int))
   _, cache = decode(model, jnp.zeros((2, 6), jnp.int32), cache)
   with pytest.raises(ValueError, match="passes the cache end max_len=8"):
     decode(model, jnp.zeros((2, 3), jnp.int32), cache)
+  segmented = init_cache(model, 2, 8, segments=True)
+  with pytest.raises(ValueError, match=r"segment_ids must be integers shaped like tokens \(2, 3\)"):
+    decode(model, jnp.zeros((2, 3), jnp.int32), segmented,
+           segment_ids_BxT=jnp.zeros((2, 2), jnp.int32))

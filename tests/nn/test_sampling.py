@@ -1,5 +1,6 @@
-"""generate: greedy equals the argmax of repeated full forward passes; sampling honours top_k,
-top_p and the rng; eos fills the rest; bad arguments raise naming them."""
+"""generate: greedy equals the argmax of repeated full forward passes; left-padded prompts of
+different lengths continue as each would alone; sampling honours top_k, top_p and the rng; eos
+fills the rest; bad arguments raise naming them."""
 
 import dataclasses
 
@@ -29,6 +30,19 @@ def test_greedy_generation_equals_argmax_of_full_forward_passes(model):
     next_token = jnp.argmax(model(expected)[:, -1], axis=-1).astype(jnp.int32)
     expected = jnp.concatenate([expected, next_token[:, None]], axis=1)
   np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("attention, params", [
+    ("momentum", {"gamma": 0.5}), ("linear", {}), ("flash_bias", {})])
+def test_left_padded_prompts_continue_as_each_would_alone(attention, params):
+  config = dataclasses.replace(CONFIG, attention=attention, attention_params=params)
+  model = Transformer(config, rngs=nnx.Rngs(1))
+  prompts = [[3, 1, 4, 1, 5, 9], [2, 6], [5, 3, 5, 8]]
+  padded = jnp.asarray([[0] * (6 - len(p)) + p for p in prompts])
+  out = generate(model, padded, 7, prompt_lengths=[len(p) for p in prompts])
+  for row, prompt in enumerate(prompts):
+    alone = generate(model, jnp.asarray([prompt]), 7)
+    np.testing.assert_array_equal(out[row, -7:], alone[0, -7:])
 
 
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
@@ -66,6 +80,9 @@ def test_eos_fills_the_rest_of_a_finished_sequence(model):
     ({"top_k": 0}, "top_k must be None or an int >= 1"),
     ({"temperature": 1.0}, "rng must be a PRNG key"),
     ({"max_new_tokens": 18}, r"plus max_new_tokens=18 exceeds the model's context_len=20"),
+    ({"prompt_lengths": [5]}, r"prompt_lengths must be \[batch=1\] ints in \[1, P=4\]"),
+    ({"prompt_lengths": [0]}, r"prompt_lengths must be \[batch=1\] ints in \[1, P=4\]"),
+    ({"prompt_lengths": [1, 2]}, r"prompt_lengths must be \[batch=1\] ints"),
 ])
 def test_bad_arguments_are_named(model, kwargs, match):
   kwargs = {"max_new_tokens": 3, **kwargs}

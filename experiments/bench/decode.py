@@ -13,7 +13,7 @@ side (interleaved medians, jitted, blocked until ready), are
             one (``decoding_form`` ``"recompute"``), the layer's attention over the C rows;
   recompute ``model(all C tokens)``: what a sampler without a cache does for each new token.
 
-Printed: the form, seconds per new token, recompute / decode (the cache's speed-up), decode
+Every candidate of a variant is timed in one interleaved round. Printed: the form, seconds per new token, recompute / decode (the cache's speed-up), decode
 tokens/s, and decode at the longest context / decode at the shortest (flat for a recurrent state,
 linear in C for a cache).
 """
@@ -36,15 +36,24 @@ VARIANTS = ("softmax", "momentum", "kv_shift", "ema_value", "linear", "lightning
 
 
 def _candidates(config: TransformerConfig, context: int):
-  """``{"decode": ..., "recompute": ...}`` zero-argument calls at ``context`` tokens."""
-  model = Transformer(config, rngs=nnx.Rngs(0))
+  """``{"decode": ..., "recompute": ...}`` zero-argument calls at ``context`` tokens, both pure
+  ``jax.jit`` functions of the split model. The decode step donates its cache, as ``generate``
+  does, so the new row is written in place; each call then rewinds the length by one, so every
+  call decodes the last token at the same context."""
+  graphdef, weights = nnx.split(Transformer(config, rngs=nnx.Rngs(0)))
   tokens = jax.random.randint(jax.random.key(1), (1, context), 0, config.vocab_size)
-  step = nnx.jit(decode)
-  _, cache = step(model, tokens[:, :-1], init_cache(model, 1, context))
-  forward = nnx.jit(lambda model, tokens: model(tokens))
-  last = tokens[:, -1:]
-  return {"decode": lambda: step(model, last, cache)[0],
-          "recompute": lambda: forward(model, tokens)}
+  step = jax.jit(lambda weights, tokens, cache: decode(nnx.merge(graphdef, weights), tokens,
+                                                       cache), donate_argnums=2)
+  _, cache = step(weights, tokens[:, :-1], init_cache(nnx.merge(graphdef, weights), 1, context))
+  forward = jax.jit(lambda weights, tokens: nnx.merge(graphdef, weights)(tokens))
+  last, held = tokens[:, -1:], {"cache": cache}
+
+  def decode_last() -> jax.Array:
+    logits, cache = step(weights, last, held["cache"])
+    held["cache"] = cache._replace(length=cache.length - 1)
+    return logits
+
+  return {"decode": decode_last, "recompute": lambda: forward(weights, tokens)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, float]]]:
@@ -64,8 +73,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[int, dict[str, flo
   for name in args.variants:
     config = dataclasses.replace(base, attention=name,
                                  attention_params=VARIANT_PARAMS.get(name, {}))
+    # Every context's candidates in one interleaved round, each timed call after an untimed one
+    # of its own (so a long recompute's memory traffic does not fall on the next decode step).
+    calls = {(context, kind): call for context in args.contexts
+             for kind, call in _candidates(config, context).items()}
+    medians = interleaved_medians(calls, args.repeats, settle=True)
     for context in args.contexts:
-      seconds = interleaved_medians(_candidates(config, context), args.repeats)
+      seconds = {kind: medians[(context, kind)] for kind in ("decode", "recompute")}
       results.setdefault(name, {})[context] = seconds
       growth = seconds["decode"] / results[name][args.contexts[0]]["decode"]
       print(f"{name:<11}{decoding_form(config):<10}{context:>8}{seconds['decode']:>11.5f}"

@@ -41,7 +41,6 @@ import numpy as np
 from momentum_jax.attention.kv_shift import _check_pair, _pair_Kx2
 from momentum_jax.attention.registry import AttentionDims
 from momentum_jax.core.checks import check_boundary, is_concrete
-from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.shear import Gamma
 
 _HI = jax.lax.Precision.HIGHEST
@@ -111,8 +110,9 @@ def init_kv_cache(batch: int, capacity: int, dims: AttentionDims,
                   dtype: jnp.dtype = jnp.float32) -> KVCache:
   """An empty cache of ``capacity`` rows per sequence (:func:`cache_capacity`)."""
   _check_sizes(batch=batch, capacity=capacity)
-  zeros = jnp.zeros((batch, capacity, dims.num_kv_heads, dims.head_dim), dtype)
-  return KVCache(k=zeros, v=zeros)
+  shape = (batch, capacity, dims.num_kv_heads, dims.head_dim)
+  # Separate buffers, so that a jitted step may donate the cache.
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
 
 
 def kv_cache_bytes_per_token(num_kv_heads: int, head_dim: int,
@@ -230,23 +230,25 @@ def softmax_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Ar
       raise ValueError(f"writing T={t} rows after length={int(context.length)} passes the cache "
                        f"end max_len={capacity}")
   scale = head_dim**-0.5 if scale is None else scale
-  k_BxSxKxH = jnp.concatenate([cache.k, k_BxTxKxH.astype(cache.k.dtype)], axis=1)
-  v_BxSxKxH = jnp.concatenate([cache.v, v_BxTxKxH.astype(cache.v.dtype)], axis=1)
-  k_BxSxNxH = repeat_kv(k_BxSxKxH, heads).astype(jnp.float32)
-  v_BxSxNxH = repeat_kv(v_BxSxKxH, heads).astype(jnp.float32)
-  logits_BxNxTxS = scale * jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH.astype(jnp.float32),
-                                      k_BxSxNxH, precision=_HI)
-  visible_Bx1xTxS = _visible(context, capacity, t, window)[:, None]
-  logits_BxNxTxS = jnp.where(visible_Bx1xTxS, logits_BxNxTxS, -jnp.inf)
+  batch, kv_heads = q_BxTxNxH.shape[0], cache.k.shape[2]
+  # Query heads grouped by their kv head, so no K/V row is repeated or copied.
+  q_BxTxKxGxH = q_BxTxNxH.astype(jnp.float32).reshape(
+      batch, t, kv_heads, heads // kv_heads, head_dim)
+  logits = lambda k_BxSxKxH: scale * jnp.einsum(
+      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(jnp.float32), precision=_HI)
+  logits_BxKxGxTxS = jnp.concatenate([logits(cache.k), logits(k_BxTxKxH)], axis=-1)
+  visible_Bx1x1xTxS = _visible(context, capacity, t, window)[:, None, None]
+  logits_BxKxGxTxS = jnp.where(visible_Bx1x1xTxS, logits_BxKxGxTxS, -jnp.inf)
   if sinks is not None:
-    sink_BxNxTx1 = jnp.broadcast_to(jnp.asarray(sinks, jnp.float32)[None, :, None, None],
-                                    logits_BxNxTxS.shape[:3] + (1,))
-    logits_BxNxTxS = jnp.concatenate([sink_BxNxTx1, logits_BxNxTxS], axis=-1)
-  weights_BxNxTxS = jax.nn.softmax(logits_BxNxTxS, axis=-1)
-  if sinks is not None:
-    weights_BxNxTxS = weights_BxNxTxS[..., 1:]
-  out_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", weights_BxNxTxS, v_BxSxNxH, precision=_HI)
-  return (out_BxTxNxH.astype(q_BxTxNxH.dtype),
+    sink_1xKxGx1x1 = jnp.asarray(sinks, jnp.float32).reshape(1, kv_heads, -1, 1, 1)
+    sink_BxKxGxTx1 = jnp.broadcast_to(sink_1xKxGx1x1, logits_BxKxGxTxS.shape[:4] + (1,))
+    logits_BxKxGxTxS = jnp.concatenate([sink_BxKxGxTx1, logits_BxKxGxTxS], axis=-1)
+  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)[..., -(capacity + t):]
+  mix = lambda w_BxKxGxTxS, v_BxSxKxH: jnp.einsum(
+      "bkgts,bskh->btkgh", w_BxKxGxTxS, v_BxSxKxH.astype(jnp.float32), precision=_HI)
+  out_BxTxKxGxH = (mix(weights_BxKxGxTxS[..., :capacity], cache.v)
+                   + mix(weights_BxKxGxTxS[..., capacity:], v_BxTxKxH))
+  return (out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype),
           _write(cache, k_BxTxKxH, v_BxTxKxH, context.length))
 
 
@@ -271,8 +273,9 @@ def init_momentum_cache(batch: int, capacity: int, dims: AttentionDims,
 def init_kv_shift_cache(batch: int, capacity: int, dims: AttentionDims,
                         dtype: jnp.dtype = jnp.float32) -> ShiftCache:
   """An empty KV-shift cache: a K/V cache and zero last k and v rows (K heads)."""
-  zeros = jnp.zeros((batch, dims.num_kv_heads, dims.head_dim), jnp.float32)
-  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype), last_a=zeros, last_b=zeros)
+  shape = (batch, dims.num_kv_heads, dims.head_dim)
+  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype),
+                    last_a=jnp.zeros(shape, jnp.float32), last_b=jnp.zeros(shape, jnp.float32))
 
 
 def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
@@ -342,8 +345,9 @@ def kv_shift_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.A
 def init_ema_cache(batch: int, capacity: int, dims: AttentionDims,
                    dtype: jnp.dtype = jnp.float32) -> EmaCache:
   """An empty :class:`EmaCache`: a K/V cache, zero EMA and zero last value (K heads)."""
-  zeros = jnp.zeros((batch, dims.num_kv_heads, dims.head_dim), jnp.float32)
-  return EmaCache(kv=init_kv_cache(batch, capacity, dims, dtype), ema=zeros, last_v=zeros)
+  shape = (batch, dims.num_kv_heads, dims.head_dim)
+  return EmaCache(kv=init_kv_cache(batch, capacity, dims, dtype),
+                  ema=jnp.zeros(shape, jnp.float32), last_v=jnp.zeros(shape, jnp.float32))
 
 
 def ema_value_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,

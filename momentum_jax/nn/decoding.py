@@ -112,10 +112,10 @@ def init_cache(model: Transformer, batch: int, max_len: int, *,
     make = lambda: init(batch, cache_capacity(max_len, config.window), dims, dtype)
   else:
     make = lambda: RecomputeCache(jnp.zeros((batch, max_len, config.d_model), dtype))
-  rows = jnp.zeros((batch, max_len), jnp.int32)
+  rows = lambda: jnp.zeros((batch, max_len), jnp.int32)  # a buffer each: a step may donate them
   return DecodeState(layers=tuple(make() for _ in range(config.num_layers)),
-                     length=jnp.zeros((), jnp.int32), positions=rows,
-                     segment_ids=rows if segments else None)
+                     length=jnp.zeros((), jnp.int32), positions=rows(),
+                     segment_ids=rows() if segments else None)
 
 
 def _new_segment_ids(cache: DecodeState, segment_ids_BxT: jax.Array | None,

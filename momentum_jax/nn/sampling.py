@@ -55,8 +55,13 @@ def sample_next(logits_BxV: jax.Array, rng: jax.Array | None, *, temperature: fl
   return jax.random.categorical(rng, logits_BxV, axis=-1).astype(jnp.int32)
 
 
-@functools.partial(nnx.jit, static_argnames=("temperature", "top_k", "top_p"))
-def _step(model, tokens_BxT, cache, rng, segment_ids_BxT, *, temperature, top_k, top_p):
+# A pure jit over the split model (nnx.jit walks the module graph on every call, a fixed cost that
+# dominates a small model's token step); the cache is donated, so its rows are written in place.
+@functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "top_k", "top_p"),
+                   donate_argnames=("cache",))
+def _step(weights, tokens_BxT, cache, rng, segment_ids_BxT, *, graphdef, temperature, top_k,
+          top_p):
+  model = nnx.merge(graphdef, weights)
   logits_BxTxV, cache = decode(model, tokens_BxT, cache, segment_ids_BxT=segment_ids_BxT)
   return sample_next(logits_BxTxV[:, -1], rng, temperature=temperature, top_k=top_k,
                      top_p=top_p), cache
@@ -118,14 +123,15 @@ def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: i
   if max_new_tokens == 0:
     return prompt_tokens_BxP
   cache = init_cache(model, batch, max_len, segments=segment_ids_BxP is not None)
-  sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+  graphdef, weights = nnx.split(model)
+  sampling = dict(graphdef=graphdef, temperature=temperature, top_k=top_k, top_p=top_p)
   keys = (jax.random.split(rng, max_new_tokens) if rng is not None
           else [None] * max_new_tokens)
   done_B = jnp.zeros((batch,), bool)
   tokens, feed_BxT = [], prompt_tokens_BxP
   for i in range(max_new_tokens):
-    next_B, cache = _step(model, feed_BxT, cache, keys[i], segment_ids_BxP if i == 0 else None,
-                          **sampling)
+    next_B, cache = _step(weights, feed_BxT, cache, keys[i],
+                          segment_ids_BxP if i == 0 else None, **sampling)
     if eos_id is not None:
       next_B = jnp.where(done_B, eos_id, next_B)
       done_B = done_B | (next_B == eos_id)

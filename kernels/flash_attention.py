@@ -40,6 +40,7 @@ from momentum_jax.core.checks import (
 )
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.shear import momentum_shear
+from momentum_jax.kernels.backend import default_interpret
 from momentum_jax.kernels.flash_kernels import (
     BlockSizes, Static, flash_backward, flash_forward, sparse_lists,
 )
@@ -221,8 +222,9 @@ def flash_attention(
       lists are visited whatever ``causal`` and ``window`` say: put those in its mask_mod to skip
       their empty tiles too.
     block_sizes: :class:`BlockSizes`; default 128 × 128 (or the block mask's tiles).
-    interpret: run the kernels in Pallas interpret mode; None means on the CPU only. Elsewhere
-      they lower to Triton.
+    interpret: run the kernels in Pallas interpret mode; None means wherever the backend has no
+      native lowering for them (:func:`momentum_jax.kernels.backend.default_interpret`: every
+      backend but the GPU, where they lower to Triton).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
@@ -262,7 +264,7 @@ def flash_attention(
       offset=(-math.log(seq_k) if sigmoid_bias is None else float(sigmoid_bias)),
       seq_q=seq_q, seq_k=seq_k, groups=heads // kv_heads, blocks=blocks, mask_fn=mask_fn,
       mask_shapes=mask_shapes,
-      interpret=jax.default_backend() == "cpu" if interpret is None else bool(interpret),
+      interpret=default_interpret() if interpret is None else bool(interpret),
   )
   pad_q = _round_up(seq_q, max(blocks.block_q, blocks.block_q_dkv, blocks.block_q_dq))
   pad_k = _round_up(seq_k, max(blocks.block_k, blocks.block_k_dkv, blocks.block_k_dq))

@@ -29,12 +29,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.dispatch import softmax_kernel, wants_kernel
+from momentum_jax.attention.dispatch import softmax_call, softmax_route
 from momentum_jax.attention.registry import AttentionDims, Prepared
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_boundary, check_per_head
 from momentum_jax.core.rope import apply_rope
 from momentum_jax.core.shear import Gamma, momentum_shear, momentum_shear_reference
+from momentum_jax.kernels.flash_attention import flash_attention
 
 
 def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, segment_ids):
@@ -119,12 +120,12 @@ def momentum_attention(
     rope_base: RoPE base.
     causal, window, segment_ids, bias, sinks, scale: as in :func:`softmax_attention`;
       ``segment_ids`` also restart the shear.
-    implementation: None and ``"xla"`` run the pure form (the shear, then
-      ``jax.nn.dot_product_attention``, which measured faster on a GPU);
+    implementation: as in :func:`softmax_attention`, by the same table
+      (:mod:`momentum_jax.attention.dispatch`): ``"xla"``, ``"cudnn"`` and ``"splash"`` shear
+      q and k in one elementwise XLA pass (its VJP is elementwise too) and attend with that
+      implementation;
       ``"pallas"`` runs the fused Pallas kernel with the shear inside
-      (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE;
-      interpret mode on the CPU), raising ``ValueError`` for inputs it does not support (see
-      :mod:`momentum_jax.attention.dispatch`).
+      (:func:`momentum_jax.kernels.flash_attention.flash_attention` with ``gamma``, after RoPE).
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
@@ -133,25 +134,25 @@ def momentum_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  if wants_kernel(implementation, "flash_shear"):
+  route = softmax_route(implementation, softmax_call(
+      q_BxTxNxH, k_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids, bias=bias,
+      sinks=sinks, scale=scale))
+  if route == "pallas":
     check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
     check_boundary(boundary)
-    q_rope, k_rope = q_BxTxNxH, k_BxSxKxH
     if rope:
-      q_rope = apply_rope(q_BxTxNxH, positions, base=rope_base)
-      k_rope = apply_rope(k_BxSxKxH, positions, base=rope_base)
-    out_BxTxNxH = softmax_kernel(
-        implementation, q_rope, k_rope, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
-        window=window, segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary)
-    if out_BxTxNxH is not None:
-      return out_BxTxNxH
+      q_BxTxNxH = apply_rope(q_BxTxNxH, positions, base=rope_base)
+      k_BxSxKxH = apply_rope(k_BxSxKxH, positions, base=rope_base)
+    return flash_attention(
+        q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, causal=causal, window=window,
+        segment_ids=segment_ids, sinks=sinks, gamma=gamma, boundary=boundary)
   q_BxTxNxH, k_BxSxKxH = _rope_and_shear(
       momentum_shear, q_BxTxNxH, k_BxSxKxH, gamma, boundary, rope, positions, rope_base,
       segment_ids,
   )
   return softmax_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
-      bias=bias, sinks=sinks, scale=scale, implementation=implementation,
+      bias=bias, sinks=sinks, scale=scale, implementation=route,
   )
 
 

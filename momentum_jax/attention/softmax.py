@@ -14,10 +14,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention.dispatch import softmax_kernel
+from momentum_jax.attention.dispatch import softmax_call, softmax_route
+from momentum_jax.attention.splash import splash_softmax_attention
 from momentum_jax.core.checks import check_attention_inputs
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.masks import visibility_mask
+from momentum_jax.kernels.flash_attention import flash_attention
 
 # -inf entries of ``bias`` are clamped to this finite value so that no softmax row is all -inf.
 _BIAS_FLOOR = -1e30
@@ -57,10 +59,13 @@ def softmax_attention(
     bias: additive logits broadcastable to ``[B, N, T, S]``; -inf masks an entry.
     sinks: ``[N]`` per-head sink logits (an extra softmax term with a zero value vector).
     scale: logit scale, default ``1 / sqrt(H)``.
-    implementation: None and ``"xla"`` run ``jax.nn.dot_product_attention`` (faster on a GPU
-      than the kernel, see :mod:`momentum_jax.attention.dispatch`); ``"pallas"`` runs the fused
-      Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`; interpret mode
-      on the CPU), raising ``ValueError`` for inputs it does not support.
+    implementation: None picks by the table of :mod:`momentum_jax.attention.dispatch` (on a GPU
+      cuDNN where it supports the call, else the fused kernel; elsewhere XLA); ``"xla"`` runs
+      ``jax.nn.dot_product_attention``'s XLA form; ``"cudnn"`` its cuDNN form; ``"pallas"`` the
+      fused Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`;
+      interpret mode off the GPU); ``"splash"`` JAX's TPU splash kernel (interpret mode off the
+      TPU). A forced choice that cannot run the call raises
+      ``ValueError`` naming why.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
@@ -69,11 +74,15 @@ def softmax_attention(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
-  out_BxTxNxH = softmax_kernel(
-      implementation, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, scale=scale, causal=causal,
-      window=window, segment_ids=segment_ids, sinks=sinks)
-  if out_BxTxNxH is not None:
-    return out_BxTxNxH
+  route = softmax_route(implementation, softmax_call(
+      q_BxTxNxH, k_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids, bias=bias,
+      sinks=sinks, scale=scale))
+  if route == "pallas":
+    return flash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale=scale, causal=causal,
+                           window=window, segment_ids=segment_ids, sinks=sinks)
+  if route == "splash":
+    return splash_softmax_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal,
+                                    window=window, segment_ids=segment_ids, scale=scale)
   _, seq_q, _, head_dim = q_BxTxNxH.shape
   seq_k = k_BxSxKxH.shape[1]
   scale = head_dim**-0.5 if scale is None else scale
@@ -93,6 +102,7 @@ def softmax_attention(
     out_BxTxNxH = jax.nn.dot_product_attention(
         q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias, mask=mask, scale=scale, is_causal=causal,
         local_window_size=None if window is None else (window - 1, 0),
+        implementation="cudnn" if route == "cudnn" else None,
     )
     if keep_BxNxT is None:
       return out_BxTxNxH

@@ -1,8 +1,12 @@
-"""Kernel dispatch: ``implementation`` None / "xla" / "pallas" on the CPU, where the default is
-the pure XLA form and "pallas" runs the kernel in interpret mode and matches it (outputs and every
-gradient), for lightning, softmax and momentum attention."""
+"""Kernel dispatch: the softmax route table (``softmax_route``) for every option combination on
+every backend; ``implementation`` None / "xla" / "cudnn" / "pallas" on the CPU, where the default
+is the pure XLA form, "cudnn" is refused and "pallas" runs the kernel in interpret mode and
+matches it (outputs and every gradient), for lightning, softmax and momentum attention; the GPU
+default passes "cudnn" to ``jax.nn.dot_product_attention``; interpret mode off the GPU."""
 
 import functools
+import importlib
+import itertools
 import re
 
 import jax
@@ -11,11 +15,13 @@ import numpy as np
 import pytest
 
 from momentum_jax.attention import lightning_attention, momentum_attention, softmax_attention
-from momentum_jax.attention import dispatch
+from momentum_jax.attention import dispatch, splash
 from momentum_jax.kernels.backend import default_interpret
 from momentum_jax.kernels.flash_attention import flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
+# The module (the package re-exports its function under the same name).
+flash_module = importlib.import_module("momentum_jax.kernels.flash_attention")
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
@@ -32,10 +38,10 @@ def inputs(seed):
 
 
 def test_check_implementation():
-  for implementation in (None, "xla", "pallas"):
+  for implementation in (None, "xla", "cudnn", "pallas"):
     dispatch.check_implementation(implementation)
-  with pytest.raises(ValueError, match="implementation='cudnn'"):
-    dispatch.check_implementation("cudnn")
+  with pytest.raises(ValueError, match="implementation='triton'"):
+    dispatch.check_implementation("triton")
 
 
 def test_cpu_defaults():
@@ -44,7 +50,163 @@ def test_cpu_defaults():
     assert not dispatch.wants_kernel(None, kernel)
     assert not dispatch.wants_kernel("xla", kernel)
     assert dispatch.wants_kernel("pallas", kernel)
+  with pytest.raises(ValueError, match="implementation='cudnn' has no lightning attention"):
+    dispatch.wants_kernel("cudnn", "lightning")
   assert default_interpret()
+
+
+OPTIONS = {
+    "backend": ("cpu", "gpu", "tpu"),
+    "dtype": (jnp.float32, jnp.bfloat16, jnp.float16),
+    "head_dim": (64, 36, 128, 192, 320),
+    "seq": ((256, 256), (256, 512), (255, 255)),
+    "causal": (True, False),
+    "window": (None, 64),
+    "segment_ids": (False, True),
+    "bias": (False, True),
+    "sinks": (False, True),
+    "static_scale": (True, False),
+    "hopper": (False, True),
+}
+
+
+def _calls():
+  for values in itertools.product(*OPTIONS.values()):
+    options = dict(zip(OPTIONS, values))
+    seq_q, seq_k = options.pop("seq")
+    yield dispatch.SoftmaxCall(seq_q=seq_q, seq_k=seq_k, **options)
+
+
+def _cudnn_can(call):
+  """Footnote 1 of the dispatch table, restated."""
+  head_dims = 256 if call.hopper else 128
+  return (call.backend == "gpu" and call.dtype in (jnp.bfloat16, jnp.float16)
+          and call.head_dim % 8 == 0 and call.head_dim <= head_dims and not call.segment_ids
+          and not call.sinks and (call.window is None or call.causal)
+          and (not call.causal or call.seq_q == call.seq_k)
+          and (not call.bias or (call.seq_q % 2 == 0 and call.seq_k % 2 == 0))
+          and call.static_scale)
+
+
+def _splash_can(call):
+  """Footnote 3 of the dispatch table, restated."""
+  return (call.seq_q == call.seq_k and not call.bias and not call.sinks
+          and (call.window is None or call.causal))
+
+
+def _kernel_can(call):
+  """Footnote 2 of the dispatch table, restated."""
+  return (not call.bias and call.head_dim <= 256 and call.static_scale)
+
+
+def test_the_route_table_for_every_option_combination():
+  routes = {"xla": 0, "cudnn": 0, "pallas": 0, "splash": 0}
+  for call in _calls():
+    if call.backend == "tpu":
+      expected = "splash" if _splash_can(call) else "xla"
+    elif call.backend == "cpu":
+      expected = "xla"
+    elif _cudnn_can(call):
+      expected = "cudnn"
+    elif _kernel_can(call):
+      expected = "pallas"
+    else:
+      expected = "xla"
+    assert dispatch.softmax_route(None, call) == expected, call
+    routes[expected] += 1
+    assert dispatch.softmax_route("xla", call) == "xla"
+    if _cudnn_can(call):
+      assert dispatch.softmax_route("cudnn", call) == "cudnn"
+    else:
+      with pytest.raises(ValueError, match="implementation='cudnn': cuDNN"):
+        dispatch.softmax_route("cudnn", call)
+    if _kernel_can(call):
+      assert dispatch.softmax_route("pallas", call) == "pallas"
+    else:
+      with pytest.raises(ValueError, match="implementation='pallas': .*flash kernel"):
+        dispatch.softmax_route("pallas", call)
+    if _splash_can(call):
+      assert dispatch.softmax_route("splash", call) == "splash"
+    else:
+      with pytest.raises(ValueError, match="implementation='splash': "):
+        dispatch.softmax_route("splash", call)
+  assert all(routes.values()), routes  # every route is taken by some combination
+
+
+def test_cudnn_is_refused_off_the_gpu_naming_the_backend():
+  q, k, v, _ = inputs(3)
+  for attend in (softmax_attention, functools.partial(momentum_attention, gamma=0.5)):
+    with pytest.raises(ValueError, match="implementation='cudnn': cuDNN needs a GPU, the default "
+                                         "backend is 'cpu'"):
+      attend(q, k, v, implementation="cudnn")
+
+
+@pytest.mark.parametrize("name, options, route", [
+    ("softmax", {}, "cudnn"),
+    ("momentum", {"gamma": 0.5}, "cudnn"),
+    ("momentum", {"gamma": 0.5, "window": 5}, "cudnn"),
+    ("softmax", {"sinks": jnp.asarray([0.5, -1.0, 0.0, 2.0])}, "pallas"),
+    ("momentum", {"gamma": 0.5, "segment_ids": True}, "pallas"),
+])
+def test_the_gpu_default_takes_the_tabled_route(monkeypatch, name, options, route):
+  """With the backend reported as a GPU, the default passes implementation="cudnn" to
+  jax.nn.dot_product_attention (run here in its XLA form, since cuDNN needs a GPU) or runs the
+  fused kernel (in interpret mode), and the output equals the CPU default's."""
+  q, k, v, ids = inputs(5)
+  q, k, v = (x[:, :36, :, :16].astype(jnp.bfloat16) for x in (q, k, v))
+  options = dict(options)
+  if options.pop("segment_ids", False):
+    options["segment_ids"] = ids[:, :36]
+  attend = functools.partial(FUNCTIONS[name], **options)
+  expected = attend(q, k, v)
+  passed = []
+  xla_attention = jax.nn.dot_product_attention
+
+  def recording(*args, implementation=None, **kwargs):
+    passed.append(implementation)
+    return xla_attention(*args, **kwargs)
+
+  monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(dispatch, "is_hopper", lambda: True)
+  monkeypatch.setattr(flash_module, "default_interpret", lambda: True)  # no Triton on this CPU
+  got = attend(q, k, v)
+  assert passed == (["cudnn"] if route == "cudnn" else [])
+  assert ("pallas_call" in str(jax.make_jaxpr(attend)(q, k, v))) == (route == "pallas")
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                             atol=2e-2)
+
+
+def test_splash_in_tpu_interpret_mode_matches_the_pure_form():
+  """Softmax (window 9, sinks absent) and momentum (per-kv-head γ) attention through the splash
+  kernel: outputs and gradients w.r.t. q, k, v and γ equal the XLA form's, with GQA, segment ids
+  and T = 37 (padded to one 128 tile inside)."""
+  got, want = pallas_and_pure(functools.partial(softmax_attention, window=9), {}, 8,
+                              implementation="splash")
+  got_m, want_m = pallas_and_pure(momentum_attention, {"gamma": jnp.asarray([0.3, 0.7])}, 9,
+                                  implementation="splash")
+  assert len(got) == 4 and len(got_m) == 5
+  for a, b in zip(got + got_m, want + want_m):
+    assert rel_err(a, b) <= 1e-5
+
+
+def test_the_tpu_default_runs_splash(monkeypatch):
+  q, k, v, ids = inputs(10)
+  expected = momentum_attention(q, k, v, gamma=0.5, segment_ids=ids)
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  monkeypatch.setattr(splash, "default_interpret", lambda: True)  # no TPU lowering on this CPU
+  attend = functools.partial(momentum_attention, gamma=0.5, segment_ids=ids)
+  assert "pallas_call" in str(jax.make_jaxpr(attend)(q, k, v))
+  np.testing.assert_allclose(attend(q, k, v), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_kernel_runs_in_interpret_mode_off_the_gpu(monkeypatch):
+  """On a TPU (or any backend but the GPU) the kernel interprets instead of lowering to Triton."""
+  q, k, v, _ = inputs(7)
+  expected = flash_attention(q, k, v)
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert default_interpret()
+  np.testing.assert_allclose(flash_attention(q, k, v), expected, rtol=1e-6, atol=1e-6)
 
 
 KERNELS = {
@@ -68,7 +230,7 @@ LOWERING_CASES = [
 
 
 def test_lowering_cases_cover_every_dispatched_kernel():
-  assert {case[0] for case in LOWERING_CASES} == set(dispatch.DEFAULT_PLATFORMS)
+  assert {case[0] for case in LOWERING_CASES} == {*dispatch.DEFAULT_PLATFORMS, *KERNELS}
 
 
 @pytest.mark.parametrize("kernel,head_dim,learned,static", LOWERING_CASES,
@@ -115,8 +277,9 @@ def test_runs_the_selected_form(name, implementation, kernel):
   assert ("pallas_call" in str(jax.make_jaxpr(attend)(q, k, v))) == kernel
 
 
-def pallas_and_pure(attend, params, seed):
-  """Outputs and gradients w.r.t. q, k, v and ``params`` with "pallas" and with the default."""
+def pallas_and_pure(attend, params, seed, implementation="pallas"):
+  """Outputs and gradients w.r.t. q, k, v and ``params`` with ``implementation`` and with the
+  default."""
   q, k, v, ids = inputs(seed)
   cotangent = jnp.asarray(np.random.default_rng(seed + 1).standard_normal(q.shape), jnp.float32)
 
@@ -126,7 +289,7 @@ def pallas_and_pure(attend, params, seed):
       return jnp.sum(out * cotangent), out
     return jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))(q, k, v, params)
 
-  (_, out), grads = run("pallas")
+  (_, out), grads = run(implementation)
   (_, expected_out), expected_grads = run(None)
   return (out, *jax.tree.leaves(grads)), (expected_out, *jax.tree.leaves(expected_grads))
 

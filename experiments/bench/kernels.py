@@ -4,6 +4,9 @@
         [--tokens 16384] [--heads 16] [--head-dim 128] [--gamma 0.5] [--repeats 10] [--tiny]
 
 Candidates, all bfloat16, causal, layout [B, T, N, H]:
+  dispatch   momentum attention as a user calls it, ``momentum_attention(gamma=--gamma)`` with
+             ``implementation=None``: on a GPU the shear as one XLA pass, then cuDNN
+             (``momentum_jax.attention.dispatch``)
   momentum   our fused kernel with the momentum shear, ``flash_attention(gamma=--gamma)``
   plain      the same kernel without the shear, ``flash_attention(gamma=None)``
   cudnn      ``jax.nn.dot_product_attention(is_causal=True, implementation="cudnn")``
@@ -42,7 +45,8 @@ RESULT (one NVIDIA H200, jax 0.11.2, ``--seq-lens 1024 4096 8192``; TFLOP/s, lig
    fwd+bwd   8192   2     40.2   39.8  441.5   69.4         2.542           0.091            1.714
   The shear costs 0-8 % (momentum vs plain). The flash kernel is 2.6-5× slower than cuDNN forward
   and 5-11× forward + backward, and slower than XLA forward + backward, so implementation=None
-  does not pick it (``attention/dispatch.py``). Lightning is 1.1-1.7× faster than cuDNN at these
+  picks cuDNN (after the shear) wherever cuDNN supports the call (``attention/dispatch.py``; the
+  ``dispatch`` column, added after this run, measures that route). Lightning is 1.1-1.7× faster than cuDNN at these
   lengths. At T = 16384 XLA's attention ran out of GPU memory (40 GiB asked for its T×T scores).
 """
 
@@ -58,9 +62,10 @@ import jax.numpy as jnp
 from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )
+from momentum_jax.attention import momentum_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
-SOFTMAX = ("momentum", "plain", "cudnn", "xla")
+SOFTMAX = ("dispatch", "momentum", "plain", "cudnn", "xla")
 CANDIDATES = (*SOFTMAX, "lightning")
 MODES = ("fwd", "fwd+bwd")
 BACKWARD_FLOPS = 2.5
@@ -78,6 +83,8 @@ def _candidate(name: str, gamma: float) -> Callable[..., jax.Array]:
     return functools.partial(jax.nn.dot_product_attention, is_causal=True, implementation=name)
   if name == "lightning":
     return lightning_attention_kernel
+  if name == "dispatch":
+    return functools.partial(momentum_attention, gamma=gamma, rope=False, causal=True)
   from momentum_jax.kernels.flash_attention import flash_attention
   return functools.partial(flash_attention, causal=True,
                            gamma=gamma if name == "momentum" else None)
@@ -119,12 +126,13 @@ def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, rep
 
 def summarize(seconds: dict[str, float], flops: float) -> dict:
   """A result row from median seconds per candidate: TFLOP/s of the softmax candidates,
-  ``momentum/cudnn`` (ratio of TFLOP/s) and ``cudnn/lightning`` (ratio of times) where both
-  candidates of a ratio were measured."""
+  ``dispatch/cudnn`` and ``momentum/cudnn`` (ratios of TFLOP/s) and ``cudnn/lightning`` (ratio of
+  times) where both candidates of a ratio were measured."""
   row = {"seconds": seconds,
          "tflops": {name: flops / seconds[name] / 1e12 for name in seconds if name in SOFTMAX}}
-  if "cudnn" in seconds and "momentum" in seconds:
-    row["momentum/cudnn"] = row["tflops"]["momentum"] / row["tflops"]["cudnn"]
+  for name in ("dispatch", "momentum"):
+    if "cudnn" in seconds and name in seconds:
+      row[f"{name}/cudnn"] = row["tflops"][name] / row["tflops"]["cudnn"]
   if "cudnn" in seconds and "lightning" in seconds:
     row["cudnn/lightning"] = seconds["cudnn"] / seconds["lightning"]
   return row
@@ -140,6 +148,7 @@ def format_row(seq_len: int, batch: int, mode: str, row: dict) -> str:
   return (f"{mode:>8}{seq_len:>7}{batch:>4}"
           + "".join(_cell(row["tflops"].get(name), 10, ".4g") for name in SOFTMAX)
           + _cell(None if lightning is None else 1e3 * lightning, 14, ".4g")
+          + _cell(row.get("dispatch/cudnn"), 16, ".3f")
           + _cell(row.get("momentum/cudnn"), 16, ".3f")
           + _cell(row.get("cudnn/lightning"), 17, ".3f"))
 
@@ -163,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"gamma={args.gamma}, median of {args.repeats} after 2 warm-up calls, "
         f"backend={jax.default_backend()}; TFLOP/s for {', '.join(SOFTMAX)}", flush=True)
   print(f"{'mode':>8}{'T':>7}{'B':>4}" + "".join(f"{name:>10}" for name in SOFTMAX)
-        + f"{'lightning ms':>14}{'momentum/cudnn':>16}{'cudnn/lightning':>17}", flush=True)
+        + f"{'lightning ms':>14}{'dispatch/cudnn':>16}{'momentum/cudnn':>16}"
+        f"{'cudnn/lightning':>17}", flush=True)
   skipped: dict[str, str] = {}
   results: dict[str, dict] = {mode: {} for mode in MODES}
   for seq_len in args.seq_lens:

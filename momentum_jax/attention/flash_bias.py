@@ -39,8 +39,11 @@ def flash_bias_attention(
   """Softmax attention plus the low-rank bias q_bias·k_biasᵀ, by feature concatenation.
 
       out = softmax(scale · q kᵀ + q_bias k_biasᵀ + bias, masked) v
+          = softmax([scale · q, q_bias, 0] [k, k_bias, 0]ᵀ + bias, masked) [v, 0, 0]
 
-  Masks, ``bias`` and ``sinks`` behave as in :func:`softmax_attention`, which does the work.
+  (zero features pad the width H + R to a multiple of 8). Masks, ``bias`` and ``sinks`` behave as
+  in :func:`softmax_attention`, which does the work on its dispatch route: on a GPU, cuDNN while
+  H + R fits its head dims, so the bias never becomes a T×S array.
 
   Args:
     q_BxTxNxH: queries (after any RoPE).
@@ -70,10 +73,13 @@ def flash_bias_attention(
   if k_bias.shape[2] != k_BxSxKxH.shape[2]:  # per-query-head key factors: k and v to N heads
     k_BxSxKxH = repeat_kv(k_BxSxKxH, heads)
     v_BxSxKxH = repeat_kv(v_BxSxKxH, heads)
-  rank = q_bias.shape[3]
-  q_BxTxNxHR = jnp.concatenate([scale * q_BxTxNxH, q_bias.astype(dtype)], axis=-1)
-  k_BxSxKxHR = jnp.concatenate([k_BxSxKxH, k_bias.astype(dtype)], axis=-1)
-  v_BxSxKxHR = jnp.pad(v_BxSxKxH, ((0, 0), (0, 0), (0, 0), (0, rank)))
+  # Zero features up to a multiple of 8 leave every logit unchanged and let the concatenated call
+  # take cuDNN's fused path on a GPU (its head dims are multiples of 8).
+  width = -(-(head_dim + q_bias.shape[3]) // 8) * 8
+  features = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, width - x.shape[3])))
+  q_BxTxNxHR = features(jnp.concatenate([scale * q_BxTxNxH, q_bias.astype(dtype)], axis=-1))
+  k_BxSxKxHR = features(jnp.concatenate([k_BxSxKxH, k_bias.astype(dtype)], axis=-1))
+  v_BxSxKxHR = features(v_BxSxKxH)
   out_BxTxNxHR = softmax_attention(q_BxTxNxHR, k_BxSxKxHR, v_BxSxKxHR, scale=1.0, **kwargs)
   return out_BxTxNxHR[..., :head_dim]
 

@@ -31,6 +31,7 @@ from momentum_jax.attention.flex_mods import (
     and_masks, causal_mask, no_mask, segment_mask, sliding_window_mask,
 )
 from momentum_jax.attention.flex_scan import closure_convert_score, flex_tiles, Tiles
+from momentum_jax.attention.splash import dense_flex_mask, splash_flex_attention
 from momentum_jax.core.block_mask import BlockMask, MaskMod, ScoreMod, create_block_mask, index_grid
 from momentum_jax.core.checks import check_attention_inputs, check_positive_int_or_none
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -83,6 +84,7 @@ def flex_attention(
     scale: float | None = None,
     block_q: int | None = None,
     block_k: int | None = None,
+    implementation: str | None = None,
 ) -> jax.Array:
   """Block-sparse FlexAttention in chunked XLA, layout ``[B, T, N, H]``.
 
@@ -103,13 +105,39 @@ def flex_attention(
       from ``mask_mod`` when None.
     scale: logit scale, default ``1 / sqrt(H)``.
     block_q, block_k: tile size, default 128 (or the block mask's; they must agree with it).
+    implementation: None runs JAX's splash kernel on a TPU when it can (no ``score_mod``,
+      S == T, and a mask_mod that does not depend on the batch row or traced values, evaluated
+      densely on at most ``MAX_DENSE_MASK`` entries; :mod:`momentum_jax.attention.splash`),
+      else this XLA scan; ``"xla"`` always the scan; ``"splash"`` always splash (interpret
+      mode off the TPU), ``ValueError`` naming why it cannot.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
   """
   check_attention_inputs(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=False, window=None,
                          segment_ids=None, bias=None, sinks=None)
+  if implementation not in (None, "xla", "splash"):
+    raise ValueError(f"implementation must be None, 'xla' or 'splash' for flex attention, got "
+                     f"implementation={implementation!r}")
   mask = _resolve_block_mask(q_BxTxNxH, k_BxSxKxH, mask_mod, block_mask, block_q, block_k)
+  wants_splash = implementation == "splash" or (
+      implementation is None and jax.default_backend() == "tpu")
+  if wants_splash:
+    reason = None
+    if score_mod is not None:
+      reason = "splash attention has no score_mod"
+    elif q_BxTxNxH.shape[1] != k_BxSxKxH.shape[1]:
+      reason = (f"splash attention here needs S == T, got S={k_BxSxKxH.shape[1]} and "
+                f"T={q_BxTxNxH.shape[1]}")
+    else:
+      dense_NxTxT = dense_flex_mask(mask.mask_mod, q_BxTxNxH.shape[2], q_BxTxNxH.shape[1])
+      if dense_NxTxT is None:
+        reason = ("the mask_mod depends on the batch row or traced values, or its grid passes "
+                  "MAX_DENSE_MASK entries")
+      else:
+        return splash_flex_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, dense_NxTxT, scale=scale)
+    if implementation == "splash":
+      raise ValueError(f"implementation='splash': {reason}")
   batch, seq_q, heads, head_dim = q_BxTxNxH.shape
   seq_k, kv_heads = k_BxSxKxH.shape[1:3]
   bq, bk = mask.block_q, mask.block_k

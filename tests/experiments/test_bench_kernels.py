@@ -12,17 +12,20 @@ def test_causal_attention_flops():
 
 
 def test_summarize_and_format_row():
-  seconds = {"momentum": 2.0, "plain": 1.0, "cudnn": 0.5, "xla": 4.0, "lightning": 0.25}
+  seconds = {"dispatch": 0.625, "momentum": 2.0, "plain": 1.0, "cudnn": 0.5, "xla": 4.0,
+             "lightning": 0.25}
   row = bench_kernels.summarize(seconds, flops=1e12)
-  assert row["tflops"] == {"momentum": 0.5, "plain": 1.0, "cudnn": 2.0, "xla": 0.25}
-  assert row["momentum/cudnn"] == 0.25 and row["cudnn/lightning"] == 2.0
+  assert row["tflops"] == {"dispatch": 1.6, "momentum": 0.5, "plain": 1.0, "cudnn": 2.0,
+                           "xla": 0.25}
+  assert row["dispatch/cudnn"] == 0.8 and row["momentum/cudnn"] == 0.25
+  assert row["cudnn/lightning"] == 2.0
   line = bench_kernels.format_row(4096, 4, "fwd+bwd", row)
-  assert line.split() == ["fwd+bwd", "4096", "4", "0.5", "1", "2", "0.25", "250", "0.250",
-                          "2.000"]
+  assert line.split() == ["fwd+bwd", "4096", "4", "1.6", "0.5", "1", "2", "0.25", "250",
+                          "0.800", "0.250", "2.000"]
   partial = bench_kernels.summarize({"xla": 4.0}, flops=1e12)
   assert set(partial) == {"seconds", "tflops"}
   cells = bench_kernels.format_row(64, 1, "fwd", partial).split()[3:]
-  assert cells == ["-", "-", "-", "0.25", "-", "-", "-"]
+  assert cells == ["-", "-", "-", "-", "0.25", "-", "-", "-", "-"]
 
 
 def test_bench_kernels_tiny(capsys):
@@ -30,8 +33,8 @@ def test_bench_kernels_tiny(capsys):
   assert set(result["skipped"]) == {"cudnn"}
   for mode in bench_kernels.MODES:
     row = result["results"][mode][64]
-    assert set(row["seconds"]) == {"momentum", "plain", "xla", "lightning"}
+    assert set(row["seconds"]) == {"dispatch", "momentum", "plain", "xla", "lightning"}
     assert all(seconds > 0 for seconds in row["seconds"].values())
-    assert set(row["tflops"]) == {"momentum", "plain", "xla"}
+    assert set(row["tflops"]) == {"dispatch", "momentum", "plain", "xla"}
   printed = capsys.readouterr().out
   assert "skipped cudnn" in printed and "fwd+bwd" in printed

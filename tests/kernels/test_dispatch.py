@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from momentum_jax.attention import lightning_attention, momentum_attention, softmax_attention
+from momentum_jax.attention import (
+    flex_attention, get_attention, lightning_attention, momentum_attention, softmax_attention)
 from momentum_jax.attention import dispatch, splash
 from momentum_jax.kernels.backend import default_interpret
 from momentum_jax.kernels.flash_attention import flash_attention
@@ -198,6 +199,31 @@ def test_the_tpu_default_runs_splash(monkeypatch):
   attend = functools.partial(momentum_attention, gamma=0.5, segment_ids=ids)
   assert "pallas_call" in str(jax.make_jaxpr(attend)(q, k, v))
   np.testing.assert_allclose(attend(q, k, v), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["flex", "radial", "grat"])
+def test_flex_masks_run_on_splash_on_a_tpu(monkeypatch, name):
+  """The block-sparse variants built on flex attention take splash on a TPU (their mask_mod as a
+  dense per-head mask) and give the XLA scan's output and gradients."""
+  variant = get_attention(name)
+  q, k, v, _ = inputs(11)
+  loss = lambda q, k, v: jnp.sum(variant.fn(q, k, v, causal=True) * q)
+  expected = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  monkeypatch.setattr(splash, "default_interpret", lambda: True)  # no TPU lowering on this CPU
+  assert "pallas_call" in str(jax.make_jaxpr(loss)(q, k, v))
+  got = jax.value_and_grad(loss, argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+    assert rel_err(a, b) <= 1e-5
+
+
+def test_flex_splash_refusals_are_named():
+  q, k, v, _ = inputs(12)
+  with pytest.raises(ValueError, match="implementation='splash': splash attention has no "
+                                       "score_mod"):
+    flex_attention(q, k, v, score_mod=lambda score, b, n, t, s: score, implementation="splash")
+  with pytest.raises(ValueError, match="implementation must be None, 'xla' or 'splash'"):
+    flex_attention(q, k, v, implementation="pallas")
 
 
 def test_the_kernel_runs_in_interpret_mode_off_the_gpu(monkeypatch):

@@ -3,7 +3,8 @@
 Every variant has a fast form and a float32 reference of the same signature; importing this
 package registers ``"softmax"``, ``"momentum"``, ``"kv_shift"``, ``"ema_value"``, ``"linear"``,
 ``"lightning"``, ``"flex"``, ``"sigmoid"``, ``"flash_bias"``, ``"flow"``, ``"agent"``,
-``"affine"``, ``"radial"``, ``"grat"``, ``"ema_value_learned"``, ``"sla"`` and the relaxations
+``"affine"``, ``"radial"``, ``"grat"``, ``"ema_value_learned"``, ``"sla"``,
+``"momentum_learned"`` (γ learned per layer and kv head) and the relaxations
 ``"deconstructed_mlp"``, ``"deconstructed_taylor"``, ``"deconstructed_self_gated"`` and
 ``"deconstructed_fixed_qk"``.
 """
@@ -57,7 +58,8 @@ from momentum_jax.attention.mega_ema import (
     mega_ema_attention, mega_ema_attention_reference, mega_ema_delta_init, mega_ema_gamma_init,
 )
 from momentum_jax.attention.momentum import (
-    check_momentum_params, momentum_attention, momentum_attention_reference, momentum_prepare,
+    LEARNED_GAMMA_INIT, check_momentum_params, learned_gamma_init, momentum_attention,
+    momentum_attention_reference, momentum_prepare,
 )
 from momentum_jax.attention.radial import (
     radial_attention, radial_attention_reference, radial_block_mask, radial_mask, radial_mask_numpy,
@@ -86,7 +88,23 @@ register_attention(
     AttentionVariant(
         functools.partial(momentum_attention, rope=False),
         functools.partial(momentum_attention_reference, rope=False),
-        params=("gamma", "boundary"),
+        params=("gamma", "boundary", "normalize_gain"),
+        prepare=momentum_prepare,
+        prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
+        check_params=check_momentum_params,
+        decoding=Decoding(init_momentum_cache, momentum_decode),
+    ),
+)
+# Momentum attention with γ learned per layer and kv head through a softplus (γ >= 0, able to
+# approach 0), starting from attention_init["gamma"] or LEARNED_GAMMA_INIT.
+register_attention(
+    "momentum_learned",
+    AttentionVariant(
+        functools.partial(momentum_attention, rope=False),
+        functools.partial(momentum_attention_reference, rope=False),
+        params=("gamma", "boundary", "normalize_gain"),
+        learned={"gamma": learned_gamma_init},
+        layouts={"gamma": LearnedLayout(nonnegative=True)},
         prepare=momentum_prepare,
         prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
         check_params=check_momentum_params,
@@ -220,6 +238,7 @@ __all__ = [
     "Decoding",
     "EmaCache",
     "KVCache",
+    "LEARNED_GAMMA_INIT",
     "LearnedLayout",
     "LightningState",
     "LinearState",
@@ -283,6 +302,7 @@ __all__ = [
     "kv_shift_attention_reference",
     "kv_shift_decode",
     "kv_shift_identity_init",
+    "learned_gamma_init",
     "lightning_attention",
     "lightning_attention_reference",
     "lightning_decode",

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from momentum_jax.attention.kv_shift import _check_pair, _pair_Kx2
+from momentum_jax.attention.momentum import gain_normalize
 from momentum_jax.attention.registry import AttentionDims
 from momentum_jax.core.checks import check_boundary, is_concrete
 from momentum_jax.core.shear import Gamma
@@ -280,7 +281,8 @@ def init_kv_shift_cache(batch: int, capacity: int, dims: AttentionDims,
 
 def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
                     cache: ShiftCache, context: DecodeContext, *, gamma: Gamma,
-                    boundary: str = "zero", window: int | None = None,
+                    boundary: str = "zero", normalize_gain: bool = False,
+                    window: int | None = None,
                     sinks: jax.Array | None = None, scale: float | None = None
                     ) -> tuple[jax.Array, ShiftCache]:
   """Shears the new q and k with the cached last rows, then :func:`softmax_decode` on q̂, k̂, v.
@@ -295,8 +297,12 @@ def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.A
     context, window, sinks, scale: as in :func:`softmax_decode`.
     gamma: γ >= 0, a float, a scalar array or ``[K]`` (one per kv head).
     boundary: ``"zero"`` or ``"replicate"``, as in ``momentum_jax.core.momentum_shear``.
+    normalize_gain: the gain-normalised shear (``momentum_jax.attention.momentum.gain_normalize``;
+      the cached last rows are then the normalised pre-shear rows).
   """
   check_boundary(boundary)
+  if normalize_gain:
+    q_BxTxNxH, k_BxTxKxH = gain_normalize(q_BxTxNxH, k_BxTxKxH, gamma)
   heads, kv_heads, t = q_BxTxNxH.shape[2], k_BxTxKxH.shape[2], q_BxTxNxH.shape[1]
   gamma_K = jnp.asarray(gamma, jnp.float32)
   gamma_N = jnp.repeat(gamma_K, heads // kv_heads) if gamma_K.ndim else gamma_K

@@ -38,6 +38,26 @@ from momentum_jax.core.shear import Gamma, momentum_shear, momentum_shear_refere
 from momentum_jax.kernels.flash_attention import flash_attention
 
 
+def gain_normalize(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, gamma: Gamma
+                   ) -> tuple[jax.Array, jax.Array]:
+  """q and k divided by the shear's RMS gain, so that the gain-normalised shear
+  x̂_t = (x_t + γ (x_t − x_{t−1})) / √(1 + 2γ(1+γ)) keeps the power of white (uncorrelated) x.
+
+  The shear H(ω) = 1 + γ(1 − e^{−iω}) has |H|² = 1 + 2γ(1+γ)(1 − cos ω) (spec §1): gain 1 at
+  DC, 1 + 2γ at Nyquist, mean 1 + 2γ(1+γ) over ω ∈ [0, π]. Dividing by the root of that mean
+  separates "the shear helps" from "γ inflates the high-frequency logits by up to (1+2γ)²"
+  (spec §3) [our choice of normaliser]. The shear is linear, so scaling its input scales its
+  output; γ per kv head scales that head and its query heads.
+  """
+  heads, kv_heads = q_BxTxNxH.shape[2], k_BxSxKxH.shape[2]
+  gamma_K = jnp.asarray(gamma, jnp.float32)
+  gain_K = jax.lax.rsqrt(1.0 + 2.0 * gamma_K * (1.0 + gamma_K))
+  gain_N = jnp.repeat(gain_K, heads // kv_heads) if gain_K.ndim else gain_K
+  per_head = lambda gain: gain[:, None] if gain.ndim else gain
+  return ((q_BxTxNxH * per_head(gain_N)).astype(q_BxTxNxH.dtype),
+          (k_BxSxKxH * per_head(gain_K)).astype(k_BxSxKxH.dtype))
+
+
 def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, segment_ids):
   heads, kv_heads = q.shape[2], k.shape[2]
   check_per_head("gamma", gamma, kv_heads, unit="kv head", nonnegative=True)
@@ -66,6 +86,20 @@ def check_momentum_params(dims: AttentionDims, fixed: Mapping[str, object]) -> N
       raise ValueError(f"gamma must be finite, got gamma={gamma!r}")
   if "boundary" in fixed:
     check_boundary(fixed["boundary"])
+  if not isinstance(fixed.get("normalize_gain", False), bool):
+    raise TypeError(f"normalize_gain must be a bool, got normalize_gain="
+                    f"{fixed['normalize_gain']!r}")
+
+
+# The initial γ of ``"momentum_learned"`` when a config does not set ``attention_init``
+# [our choice: the middle of the γ range where one layer does induction at small scale].
+LEARNED_GAMMA_INIT = 0.5
+
+
+def learned_gamma_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """γ per kv head, ``[K]``, all :data:`LEARNED_GAMMA_INIT`, for ``"momentum_learned"``."""
+  del key
+  return jnp.full((dims.num_kv_heads,), LEARNED_GAMMA_INIT, jnp.float32)
 
 
 def momentum_prepare(
@@ -75,19 +109,24 @@ def momentum_prepare(
     *,
     gamma: Gamma,
     boundary: str = "zero",
+    normalize_gain: bool = False,
     segment_ids: jax.Array | None = None,
 ) -> Prepared:
   """The registered variant's ``prepare`` step: the shear of q and k (already rotated by RoPE),
   q̂ = (1+γ) q_t − γ q_{t−1} and k̂ likewise, with γ per kv head shared by its query heads.
 
-  Returns ``Prepared(q̂, k̂, v, {"gamma": 0.0, "boundary": boundary})``: momentum attention with
-  γ = 0 on q̂ and k̂ is the softmax attention of the sheared logits, so
+  Returns ``Prepared(q̂, k̂, v, {"gamma": 0.0, "boundary": boundary, "normalize_gain": False})``
+  (q̂ and k̂ gain-normalised when ``normalize_gain``): momentum attention with γ = 0 on q̂ and
+  k̂ is the softmax attention of the sheared logits, so
   ``momentum_attention(*prepared[:3], **prepared.params, ...)`` equals
   ``momentum_attention(q, k, v, gamma=gamma, boundary=boundary, ...)``.
   """
+  if normalize_gain:
+    q_BxTxNxH, k_BxSxKxH = gain_normalize(q_BxTxNxH, k_BxSxKxH, gamma)
   q_BxTxNxH, k_BxSxKxH = _rope_and_shear(
       momentum_shear, q_BxTxNxH, k_BxSxKxH, gamma, boundary, False, None, 10000.0, segment_ids)
-  return Prepared(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, {"gamma": 0.0, "boundary": boundary})
+  return Prepared(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+                  {"gamma": 0.0, "boundary": boundary, "normalize_gain": False})
 
 
 def momentum_attention(
@@ -97,6 +136,7 @@ def momentum_attention(
     *,
     gamma: Gamma,
     boundary: str = "zero",
+    normalize_gain: bool = False,
     rope: bool = True,
     positions: jax.Array | None = None,
     rope_base: float = 10000.0,
@@ -114,6 +154,7 @@ def momentum_attention(
     q_BxTxNxH, k_BxSxKxH, v_BxSxKxH: as in :func:`softmax_attention`; v is not sheared.
     gamma: γ >= 0, a float, a scalar array or ``[K]`` (one per kv head, shared by its query heads).
     boundary: ``"zero"`` or ``"replicate"``, see :func:`momentum_shear`.
+    normalize_gain: divide the shear by its RMS gain √(1 + 2γ(1+γ)) (:func:`gain_normalize`).
     rope: apply :func:`apply_rope` to q and k before the shear (the registered ``"momentum"``
       variant passes ``rope=False``: there q and k arrive after the model's RoPE).
     positions: RoPE positions ``[B, T]`` or ``[T]`` (default ``arange``), used for q and k.
@@ -137,8 +178,10 @@ def momentum_attention(
   route = softmax_route(implementation, softmax_call(
       q_BxTxNxH, k_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids, bias=bias,
       sinks=sinks, scale=scale))
+  check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
+  if normalize_gain:
+    q_BxTxNxH, k_BxSxKxH = gain_normalize(q_BxTxNxH, k_BxSxKxH, gamma)
   if route == "pallas":
-    check_per_head("gamma", gamma, k_BxSxKxH.shape[2], unit="kv head", nonnegative=True)
     check_boundary(boundary)
     if rope:
       q_BxTxNxH = apply_rope(q_BxTxNxH, positions, base=rope_base)
@@ -163,6 +206,7 @@ def momentum_attention_reference(
     *,
     gamma: Gamma,
     boundary: str = "zero",
+    normalize_gain: bool = False,
     rope: bool = True,
     positions: jax.Array | None = None,
     rope_base: float = 10000.0,
@@ -181,6 +225,8 @@ def momentum_attention_reference(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks,
   )
+  if normalize_gain:
+    q_BxTxNxH, k_BxSxKxH = gain_normalize(q_BxTxNxH, k_BxSxKxH, gamma)
   q_BxTxNxH, k_BxSxKxH = _rope_and_shear(
       momentum_shear_reference, q_BxTxNxH, k_BxSxKxH, gamma, boundary, rope, positions, rope_base,
       segment_ids,

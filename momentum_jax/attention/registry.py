@@ -46,11 +46,15 @@ class LearnedLayout(NamedTuple):
 
   Attributes:
     positive: the argument must stay > 0: the model stores log(init) and passes exp(param).
+    nonnegative: the argument must stay >= 0 and may approach 0: the model stores
+      softplus⁻¹(init) = log(e^init − 1) and passes softplus(param) = log(1 + e^param) (an
+      initial value below 1e-6 is stored as softplus⁻¹(1e-6)).
     at_positions: the initialiser gives a table for one sequence of ``context_len`` tokens;
       ``at_positions(table, positions_BxT)`` gathers the rows of the tokens' positions.
   """
 
   positive: bool = False
+  nonnegative: bool = False
   at_positions: PositionGather | None = None
 
 

@@ -16,6 +16,27 @@ _DTYPES = ("float32", "bfloat16", "float16")
 _PARAM_DTYPES = ("float32", "bfloat16")
 
 
+def _is_pair(item: object) -> bool:
+  return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
+
+
+def _normalize_params(params: Any) -> tuple:
+  """Shared parameters as a sorted tuple of pairs; per-layer ones as a tuple of those."""
+  if isinstance(params, Mapping):
+    return tuple(sorted(params.items()))
+  params = tuple(params)
+  if all(_is_pair(item) for item in params):
+    return tuple(sorted(tuple(pair) for pair in params))
+  return tuple(_normalize_params(layer) for layer in params)
+
+
+def _per_layer(name: str, value: Any) -> bool:
+  """Whether ``attention`` / normalised ``attention_params`` hold one entry per layer."""
+  if name == "attention":
+    return not isinstance(value, str)
+  return bool(value) and not all(_is_pair(item) for item in value)
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
   """Decoder-only transformer with the attention variant chosen by name.
@@ -29,12 +50,18 @@ class TransformerConfig:
     head_dim: per-head width H (default ``d_model // num_heads``, which then must divide evenly).
     num_kv_heads: key/value heads K (default ``num_heads``; ``num_heads % K == 0`` for GQA).
     mlp_dim: hidden width of the GELU MLP; 0 makes the model attention-only.
-    attention: a name from ``momentum_jax.attention.available_attention()``.
-    attention_params: fixed keyword arguments of the variant, e.g. ``{"gamma": 0.5}``;
-      stored as a sorted tuple of pairs so the config stays hashable. A learned parameter of the
-      variant given a fixed value here is not learned. Every required parameter of the variant
-      (``AttentionVariant.required_params``, e.g. momentum's ``gamma``) must be given, and the
-      values are checked by the variant's ``check_params`` when the config is built.
+    attention: a name from ``momentum_jax.attention.available_attention()``, or a sequence of
+      ``num_layers`` names, one per layer (hybrids such as momentum in layer 0, softmax above).
+    attention_params: fixed keyword arguments of the variant, e.g. ``{"gamma": 0.5}``, or a
+      sequence of ``num_layers`` such mappings, one per layer (γ per layer); stored as sorted
+      tuples of pairs so the config stays hashable. A learned parameter of the variant given a
+      fixed value here is not learned. Every required parameter of the variant
+      (``AttentionVariant.required_params``) must be given, and the values are checked by the
+      variant's ``check_params`` when the config is built. :meth:`layer` gives the
+      configuration of one layer.
+    attention_init: initial values of the variants' learned parameters, e.g. ``{"gamma": 0.25}``
+      for ``attention="momentum_learned"`` (each filled to its parameter's shape, in every layer
+      that learns it); parameters not named start from the registry's initialiser.
     window: sliding-window size (keys per query, itself included); ``None`` = full causal.
     learnable_sinks: add one learnable sink logit per head to every softmax row.
     rope: rotate q and k with RoPE before the attention variant sees them.
@@ -74,6 +101,7 @@ class TransformerConfig:
   mlp_dim: int = 0
   attention: str = "softmax"
   attention_params: Any = ()
+  attention_init: Any = ()
   window: int | None = None
   learnable_sinks: bool = False
   rope: bool = True
@@ -95,12 +123,12 @@ class TransformerConfig:
   flux_temperature: float = 1.0
 
   def __post_init__(self):
-    params = self.attention_params
-    if isinstance(params, Mapping):
-      params = tuple(sorted(params.items()))
-    else:
-      params = tuple(sorted(tuple(pair) for pair in params))
-    object.__setattr__(self, "attention_params", params)
+    object.__setattr__(self, "attention_params", _normalize_params(self.attention_params))
+    init = self.attention_init
+    object.__setattr__(self, "attention_init", tuple(sorted(
+        (init.items() if isinstance(init, Mapping) else (tuple(pair) for pair in init)))))
+    if not isinstance(self.attention, str):
+      object.__setattr__(self, "attention", tuple(self.attention))
     if self.head_dim is None:
       object.__setattr__(self, "head_dim", self._default_head_dim())
     if self.num_kv_heads is None:
@@ -142,27 +170,72 @@ class TransformerConfig:
     if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
       raise ValueError(f"rope_base must be a positive finite float, got {self.rope_base!r}")
     self._validate_layer_options()
-    variant = get_attention(self.attention)
+    for name, value in (("attention", self.attention), ("attention_params",
+                                                        self.attention_params)):
+      if _per_layer(name, value) and len(value) != self.num_layers:
+        raise ValueError(f"{name} per layer must have num_layers={self.num_layers} entries, got "
+                         f"{len(value)}: {name}={value!r}")
+    learned = set()
+    for index in range(self.num_layers):
+      name, params = self._layer_attention(index)
+      try:
+        self._validate_attention(name, params)
+      except ValueError as error:
+        if not self.per_layer:
+          raise
+        raise ValueError(f"layer {index}: {error}") from None
+      learned |= set(get_attention(name).learned) - set(dict(params))
+    for name, value in self.attention_init:
+      if name not in learned:
+        raise ValueError(f"attention_init names {name!r}, which no layer learns (learned: "
+                         f"{sorted(learned)}); a fixed parameter goes in attention_params")
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
+          value):
+        raise ValueError(f"attention_init[{name!r}] must be a finite number, got {value!r}")
+
+  def _layer_attention(self, index: int) -> tuple[str, tuple]:
+    """Layer ``index``'s variant name and fixed parameters."""
+    name = self.attention if isinstance(self.attention, str) else self.attention[index]
+    params = self.attention_params
+    return name, params[index] if _per_layer("attention_params", params) else params
+
+  def _validate_attention(self, name: str, params: tuple) -> None:
+    variant = get_attention(name)
     if variant.masking == "bidirectional" and self.causal:
       raise ValueError(
-          f"attention={self.attention!r} is non-causal: it needs causal=False, got causal=True")
+          f"attention={name!r} is non-causal: it needs causal=False, got causal=True")
     if variant.masking == "causal" and not self.causal:
       raise ValueError(
-          f"attention={self.attention!r} is causal only: it needs causal=True, got causal=False")
-    fixed = dict(self.attention_params)
+          f"attention={name!r} is causal only: it needs causal=True, got causal=False")
+    fixed = dict(params)
     unknown = sorted(set(fixed) - set(variant.params))
     if unknown:
       raise ValueError(
-          f"attention_params {unknown} are not parameters of attention={self.attention!r}; "
+          f"attention_params {unknown} are not parameters of attention={name!r}; "
           f"it takes {list(variant.params)}")
-    missing = [name for name in variant.required_params if name not in fixed]
+    missing = [p for p in variant.required_params if p not in fixed]
     if missing:
       raise ValueError(
-          f"attention={self.attention!r} needs attention_params {missing} (parameters without a "
+          f"attention={name!r} needs attention_params {missing} (parameters without a "
           f"default that the model does not learn), got attention_params={fixed}")
     if variant.check_params is not None:
       variant.check_params(
           AttentionDims(self.num_heads, self.num_kv_heads, self.head_dim, self.context_len), fixed)
+
+  @property
+  def per_layer(self) -> bool:
+    """Whether the layers differ in attention variant or fixed parameters."""
+    return (_per_layer("attention", self.attention)
+            or _per_layer("attention_params", self.attention_params))
+
+  def layer(self, index: int) -> "TransformerConfig":
+    """The configuration of layer ``index``: one variant name and its fixed parameters."""
+    if not self.per_layer:
+      return self
+    name, params = self._layer_attention(index)
+    learned = set(get_attention(name).learned) - set(dict(params))
+    return dataclasses.replace(self, attention=name, attention_params=params, attention_init=tuple(
+        (key, value) for key, value in self.attention_init if key in learned))
 
   def _validate_layer_options(self) -> None:
     if self.gate not in GATE_MODES:
@@ -201,9 +274,14 @@ class TransformerConfig:
     return jnp.dtype(self.dtype)
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-serialisable form (``attention_params`` as a dict)."""
+    """JSON-serialisable form (``attention_params`` as a dict, or a list of dicts per layer)."""
     d = dataclasses.asdict(self)
-    d["attention_params"] = dict(self.attention_params)
+    params = self.attention_params
+    d["attention_params"] = ([dict(p) for p in params]
+                             if _per_layer("attention_params", params) else dict(params))
+    d["attention_init"] = dict(self.attention_init)
+    if not isinstance(self.attention, str):
+      d["attention"] = list(self.attention)
     return d
 
   @classmethod

@@ -6,7 +6,7 @@
 full forward pass ``model(all tokens so far, segment_ids=...)`` at the same rows. Jit it once per
 shape: ``nnx.jit(decode)`` compiles once for the prefill and once for the single-token step.
 
-Each layer decodes in one of two forms (:func:`decoding_form`):
+Each layer decodes in one of two forms (:func:`decoding_form`; layers of a hybrid may differ):
 
 - ``"variant"``: the variant's registered decoding step (``AttentionVariant.decoding``): a
   contiguous K/V cache of ``max_len`` rows (softmax, momentum, KV-shift, EMA of values), a ring
@@ -77,10 +77,10 @@ def check_decodable(config: TransformerConfig) -> None:
                      f"agent attention, has no causal form)")
 
 
-def decoding_form(config: TransformerConfig) -> DecodingForm:
-  """``"variant"`` when the layers decode by their variant's step, else ``"recompute"``."""
+def decoding_form(config: TransformerConfig, layer: int = 0) -> DecodingForm:
+  """``"variant"`` when layer ``layer`` decodes by its variant's step, else ``"recompute"``."""
   check_decodable(config)
-  variant = get_attention(config.attention)
+  variant = get_attention(config.layer(layer).attention)
   return "variant" if variant.decoding is not None and not config.flux_router else "recompute"
 
 
@@ -98,22 +98,23 @@ def init_cache(model: Transformer, batch: int, max_len: int, *,
     ValueError: a bad ``batch`` or ``max_len``, or a configuration with no causal form.
   """
   config = model.config
-  form = decoding_form(config)
+  check_decodable(config)
   if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
     raise ValueError(f"batch must be an int >= 1, got batch={batch!r}")
   if not isinstance(max_len, int) or not 1 <= max_len <= config.context_len:
     raise ValueError(f"max_len must be an int in [1, context_len={config.context_len}], got "
                      f"max_len={max_len!r}")
   dtype = config.compute_dtype
-  if form == "variant":
-    dims = AttentionDims(config.num_heads, config.num_kv_heads, config.head_dim,
-                         config.context_len)
-    init = get_attention(config.attention).decoding.init
-    make = lambda: init(batch, cache_capacity(max_len, config.window), dims, dtype)
-  else:
-    make = lambda: RecomputeCache(jnp.zeros((batch, max_len, config.d_model), dtype))
+  dims = AttentionDims(config.num_heads, config.num_kv_heads, config.head_dim, config.context_len)
+
+  def make(layer: int) -> object:
+    if decoding_form(config, layer) == "variant":
+      init = get_attention(config.layer(layer).attention).decoding.init
+      return init(batch, cache_capacity(max_len, config.window), dims, dtype)
+    return RecomputeCache(jnp.zeros((batch, max_len, config.d_model), dtype))
+
   rows = lambda: jnp.zeros((batch, max_len), jnp.int32)  # a buffer each: a step may donate them
-  return DecodeState(layers=tuple(make() for _ in range(config.num_layers)),
+  return DecodeState(layers=tuple(make(layer) for layer in range(config.num_layers)),
                      length=jnp.zeros((), jnp.int32), positions=rows(),
                      segment_ids=rows() if segments else None)
 
@@ -190,7 +191,7 @@ def decode(model: Transformer, tokens_BxT: jax.Array, cache: DecodeState, *,
       (with a concrete length) the tokens run past the cache's ``max_len``.
   """
   config = model.config
-  form = decoding_form(config)
+  check_decodable(config)
   tokens_BxT = jnp.asarray(tokens_BxT)
   batch, max_len = cache.positions.shape
   if tokens_BxT.ndim != 2 or tokens_BxT.shape[0] != batch:
@@ -206,9 +207,9 @@ def decode(model: Transformer, tokens_BxT: jax.Array, cache: DecodeState, *,
       cache.positions, positions_BxT, cache.length, axis=1), segment_ids=context.segment_ids)
   x_BxTxD = model.embed(tokens_BxT)
   layers = []
-  for block, state in zip(model.blocks, cache.layers, strict=True):
+  for layer, (block, state) in enumerate(zip(model.blocks, cache.layers, strict=True)):
     h_BxTxD = block.attn_norm(x_BxTxD)
-    if form == "variant":
+    if decoding_form(config, layer) == "variant":
       out_BxTxD, state = _attend_variant(block.attn, h_BxTxD, positions_BxT, state, context)
     else:
       out_BxTxD, state = _attend_recompute(block.attn, h_BxTxD, state, cache, context)

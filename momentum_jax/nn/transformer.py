@@ -23,11 +23,13 @@ from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from momentum_jax.attention import (
     AttentionDims, AttentionVariant, LearnedLayout, apply_rope, get_attention,
 )
+from momentum_jax.attention.registry import LearnedInit
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.dense import Dense
@@ -57,12 +59,18 @@ def segment_positions(segment_ids_BxT: jax.Array) -> jax.Array:
 
 def _stored(layout: LearnedLayout, init: jax.Array) -> jax.Array:
   """What the layer keeps as the ``nnx.Param`` of a learned variant parameter."""
+  if layout.nonnegative:
+    init = jnp.maximum(init, 1e-6)
+    return init + jnp.log(-jnp.expm1(-init))  # softplus⁻¹, stable for large init
   return jnp.log(init) if layout.positive else init
 
 
 def _passed(layout: LearnedLayout, param: jax.Array, positions_BxT: jax.Array) -> jax.Array:
   """The keyword argument a stored learned parameter gives for tokens at ``positions_BxT``."""
-  value = jnp.exp(param) if layout.positive else param
+  if layout.nonnegative:
+    value = jax.nn.softplus(param)
+  else:
+    value = jnp.exp(param) if layout.positive else param
   return value if layout.at_positions is None else layout.at_positions(value, positions_BxT)
 
 
@@ -90,10 +98,15 @@ class Attention(nnx.Module):
     self.sinks = nnx.Param(jnp.zeros((n,))) if config.learnable_sinks else None
     variant = get_attention(config.attention)
     dims = AttentionDims(n, k, h, config.context_len)
-    fixed = dict(config.attention_params)
+    fixed, initial = dict(config.attention_params), dict(config.attention_init)
+
+    def first_value(name: str, init: LearnedInit) -> jax.Array:
+      value = init(dims, rngs.params())
+      return jnp.full_like(value, initial[name]) if name in initial else value
+
     self.variant_params = nnx.Dict({
         name: nnx.Param(_stored(variant.layouts.get(name, LearnedLayout()),
-                                init(dims, rngs.params())))
+                                first_value(name, init)))
         for name, init in variant.learned.items() if name not in fixed})
     dtype = config.compute_dtype
     self.gate = None if config.gate == "none" else AttentionGate(
@@ -304,7 +317,8 @@ class Transformer(nnx.Module):
     self.config = config
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
                            embedding_init=embedding_init(), rngs=rngs)
-    self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_layers)])
+    self.blocks = nnx.List([Block(config.layer(index), rngs=rngs)
+                            for index in range(config.num_layers)])
     self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
                                   dtype=config.compute_dtype, scale_init=norm_scale_init(),
                                   rngs=rngs)
@@ -321,6 +335,26 @@ class Transformer(nnx.Module):
                segment_ids_BxT: jax.Array | None = None) -> jax.Array:
     """Float32 next-token logits [B,T,V]."""
     return self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE)
+
+  def learned_attention_values(self, max_size: int = 64) -> dict[str, float]:
+    """The learned attention parameters with at most ``max_size`` entries per layer, as the
+    variant receives them (after softplus / exp), flattened, e.g. ``{"gamma/layer0/1": 0.42}``
+    (kv head 1) for ``attention="momentum_learned"``; scalars are ``"name/layer0"``. What the
+    trainer logs."""
+    values = {}
+    for index, block in enumerate(self.blocks):
+      variant = get_attention(block.attn.config.attention)
+      for name, param in block.attn.variant_params.items():
+        layout = variant.layouts.get(name, LearnedLayout())
+        if param[...].size > max_size or layout.at_positions is not None:
+          continue
+        value = np.asarray(jax.device_get(_passed(layout, param[...], None)), np.float64)
+        if value.ndim == 0:
+          values[f"{name}/layer{index}"] = float(value)
+        else:
+          values.update({f"{name}/layer{index}/{j}": float(v)
+                         for j, v in enumerate(value.reshape(-1))})
+    return values
 
   def run_with_cache(self, tokens_BxT: jax.Array, names_filter: NamesFilter = None, *,
                      positions_BxT: jax.Array | None = None,

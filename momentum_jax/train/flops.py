@@ -46,11 +46,11 @@ def matmul_params(config: TransformerConfig) -> int:
     routed = n - shared
     per_layer += d * routed + (d * shared if shared > 1 else 0)
     per_layer += 2 * d if routed and shared else 0
-  if get_attention(config.attention).token_params == "affine":
-    per_layer += d * n
   if config.flux_router:
     per_layer += 2 * d
-  return config.num_layers * per_layer + d * config.vocab_size
+  affine_layers = sum(get_attention(config.layer(i).attention).token_params == "affine"
+                      for i in range(config.num_layers))
+  return config.num_layers * per_layer + affine_layers * d * n + d * config.vocab_size
 
 
 def model_flops_per_token(config: TransformerConfig, seq_len: int) -> float:

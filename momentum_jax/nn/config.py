@@ -20,13 +20,18 @@ def _is_pair(item: object) -> bool:
   return isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str)
 
 
+def _frozen(value: Any) -> Any:
+  """Lists (as JSON gives back tuples) as tuples, so the config stays hashable."""
+  return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def _normalize_params(params: Any) -> tuple:
   """Shared parameters as a sorted tuple of pairs; per-layer ones as a tuple of those."""
   if isinstance(params, Mapping):
-    return tuple(sorted(params.items()))
+    params = tuple(params.items())
   params = tuple(params)
   if all(_is_pair(item) for item in params):
-    return tuple(sorted(tuple(pair) for pair in params))
+    return tuple(sorted((name, _frozen(value)) for name, value in params))
   return tuple(_normalize_params(layer) for layer in params)
 
 

@@ -27,7 +27,7 @@ def inputs(seq=7, kv_heads=2, seed=0):
 
 def test_registry_names_and_params():
   assert set(attn.available_attention()) >= set(PARAMS)
-  assert attn.get_attention("momentum").params == ("gamma", "boundary")
+  assert attn.get_attention("momentum").params == ("gamma", "boundary", "normalize_gain")
   assert attn.get_attention("kv_shift").params == ("alpha", "beta")
   assert attn.get_attention("ema_value").params == ("eta",)
   assert attn.get_attention("softmax").params == ()

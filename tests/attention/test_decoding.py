@@ -19,7 +19,9 @@ PAIRS = jnp.asarray([[1.2, -0.4], [0.7, 0.5]])
 # Parameter settings per variant with a decoding step; each runs against the variant's fn.
 SETTINGS = {
     "softmax": [{}],
-    "momentum": [{"gamma": 0.5}, {"gamma": jnp.asarray([0.25, 1.5]), "boundary": "replicate"}],
+    "momentum": [{"gamma": 0.5}, {"gamma": jnp.asarray([0.25, 1.5]), "boundary": "replicate"},
+                 {"gamma": jnp.asarray([0.5, 3.0]), "normalize_gain": True}],
+    "momentum_learned": [{"gamma": jnp.asarray([0.7, 0.1])}],
     "kv_shift": [{"alpha": PAIRS, "beta": PAIRS[::-1]}],
     "ema_value": [{"eta": 0.7}],
     "linear": [{}, {"feature_map": "relu", "eps": 1e-3}],

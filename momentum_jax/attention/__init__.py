@@ -84,7 +84,7 @@ register_attention(
     AttentionVariant(softmax_attention, softmax_attention_reference,
                      decoding=Decoding(init_kv_cache, softmax_decode)),
 )
-register_attention(
+_MOMENTUM = register_attention(
     "momentum",
     AttentionVariant(
         functools.partial(momentum_attention, rope=False),
@@ -96,21 +96,12 @@ register_attention(
         decoding=Decoding(init_momentum_cache, momentum_decode),
     ),
 )
-# Momentum attention with γ learned per layer and kv head through a softplus (γ >= 0, able to
+# The same variant with γ learned per layer and kv head through a softplus (γ >= 0, able to
 # approach 0), starting from attention_init["gamma"] or LEARNED_GAMMA_INIT.
 register_attention(
     "momentum_learned",
-    AttentionVariant(
-        functools.partial(momentum_attention, rope=False),
-        functools.partial(momentum_attention_reference, rope=False),
-        params=("gamma", "boundary", "normalize_gain"),
-        learned={"gamma": learned_gamma_init},
-        layouts={"gamma": LearnedLayout(nonnegative=True)},
-        prepare=momentum_prepare,
-        prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
-        check_params=check_momentum_params,
-        decoding=Decoding(init_momentum_cache, momentum_decode),
-    ),
+    _MOMENTUM._replace(learned={"gamma": learned_gamma_init},
+                       layouts={"gamma": LearnedLayout(nonnegative=True)}),
 )
 register_attention(
     "kv_shift",

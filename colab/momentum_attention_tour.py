@@ -13,6 +13,8 @@
 # ---
 
 # %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/momentum-jax/momentum_jax/blob/main/colab/momentum_attention_tour.ipynb)
+#
 # # Momentum attention in one layer
 #
 # The symplectic momentum shear (Maitra, arXiv 2602.04902) replaces queries and keys by
@@ -22,12 +24,29 @@
 # softmax attention needs two layers for.
 #
 # This notebook (1) draws the shear's frequency response, (2) trains a 1-layer softmax and a
-# 1-layer momentum model on the variable-gap induction task, and (3) shows the momentum model's
-# attention pattern. Install first: `pip install momentum_jax` (or `pip install -e .` in a
-# checkout). Set `MOMENTUM_JAX_TINY=1` to run it at smoke-test size.
+# 1-layer momentum model on the variable-gap induction task, (3) shows the momentum model's
+# attention pattern, (4) finds its induction heads and (5) trains a small momentum language model
+# on real text and samples from it (the `text_lm` notebook goes further). It takes about 5 minutes
+# on a laptop CPU.
 
 # %%
-import os
+# On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).
+import shutil
+import subprocess
+import sys
+
+if "google.colab" in sys.modules:
+  extra = "[gpu]" if shutil.which("nvidia-smi") else ""
+  subprocess.run([sys.executable, "-m", "pip", "install", "-q",
+                  f"momentum_jax{extra} @ git+https://github.com/momentum-jax/momentum_jax"],
+                 check=True)
+else:
+  print("Not on Colab: using the momentum_jax installed in this environment.")
+
+# %% tags=["parameters"]
+TINY = False  # True: a smoke-test size that runs in seconds (the notebook tests use it)
+
+# %%
 import tempfile
 
 import jax
@@ -40,7 +59,6 @@ from momentum_jax.data import InductionTask
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, train
 
-TINY = os.environ.get("MOMENTUM_JAX_TINY") == "1"
 STEPS = 4 if TINY else 800
 
 # %% [markdown]

@@ -1,0 +1,1 @@
+"""The γ*–depth law of momentum attention, measured (see ``config.py``)."""

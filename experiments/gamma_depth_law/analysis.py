@@ -1,0 +1,129 @@
+"""γ*(N) from a γ grid, its bootstrap interval, and the power-law fit γ* = a · N^b.
+
+The best γ of a depth is read off the seed-mean held-out loss over the grid γ_0 = 0 < γ_1 < … :
+the argmin γ_i, refined when γ_{i−1} > 0 and γ_{i+1} exist by the vertex of the parabola through
+the three points in u = log γ,
+
+    u* = u_i − ½ · [(u_i − u_{i−1})² (ℓ_i − ℓ_{i+1}) − (u_i − u_{i+1})² (ℓ_i − ℓ_{i−1})]
+              / [(u_i − u_{i−1}) (ℓ_i − ℓ_{i+1}) − (u_i − u_{i+1}) (ℓ_i − ℓ_{i−1})],
+
+kept inside [u_{i−1}, u_{i+1}]. γ* = 0 when γ = 0 is best. The interval resamples the seeds
+with replacement (the same resample for every γ of a depth, whose members share seeds) and
+takes the 2.5 and 97.5 percentiles of γ*. The fit is least squares of log γ* on log N over the
+depths with γ* > 0, on the point estimates and on each resample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Interval(NamedTuple):
+  """A point estimate and its 95 % bootstrap interval."""
+
+  value: float
+  low: float
+  high: float
+
+  def contains(self, x: float) -> bool:
+    return self.low <= x <= self.high
+
+
+class PowerLawFit(NamedTuple):
+  """γ* = a · N^b fitted on the depths with γ* > 0.
+
+  Attributes:
+    a: the prefactor with its interval (nan without two such depths).
+    b: the exponent with its interval.
+    depths_used: the depths the point fit used.
+    resamples_fitted: fraction of resamples with at least two depths with γ* > 0.
+  """
+
+  a: Interval
+  b: Interval
+  depths_used: tuple[int, ...]
+  resamples_fitted: float
+
+
+def best_gamma(gammas: Sequence[float], loss_G: np.ndarray) -> float:
+  """γ* of one loss-per-γ curve (see the module docstring)."""
+  gammas = np.asarray(gammas, np.float64)
+  i = int(np.argmin(loss_G))
+  if gammas[i] == 0.0 or i == 0 or gammas[i - 1] <= 0.0 or i == len(gammas) - 1:
+    return float(gammas[i])
+  u = np.log(gammas[i - 1:i + 2])
+  l0, l1, l2 = (float(x) for x in loss_G[i - 1:i + 2])
+  numerator = (u[1] - u[0]) ** 2 * (l1 - l2) - (u[1] - u[2]) ** 2 * (l1 - l0)
+  denominator = (u[1] - u[0]) * (l1 - l2) - (u[1] - u[2]) * (l1 - l0)
+  if denominator == 0.0:
+    return float(gammas[i])
+  vertex = u[1] - 0.5 * numerator / denominator
+  return float(np.exp(np.clip(vertex, u[0], u[2])))
+
+
+def seed_resamples(num_seeds: int, count: int, rng: np.random.Generator) -> np.ndarray:
+  """``[count, num_seeds]`` seed indices drawn with replacement."""
+  return rng.integers(0, num_seeds, size=(count, num_seeds))
+
+
+def gamma_star(gammas: Sequence[float], loss_SxG: np.ndarray,
+               resamples_RxS: np.ndarray) -> tuple[Interval, np.ndarray]:
+  """γ* of the seed-mean loss with its interval, and γ* of each resample ``[R]``."""
+  point = best_gamma(gammas, loss_SxG.mean(0))
+  draws_R = np.asarray([best_gamma(gammas, loss_SxG[rows].mean(0)) for rows in resamples_RxS])
+  low, high = np.percentile(draws_R, [2.5, 97.5])
+  return Interval(point, float(low), float(high)), draws_R
+
+
+def _fit_log_log(depths: np.ndarray, gamma_star_N: np.ndarray) -> tuple[float, float] | None:
+  keep = gamma_star_N > 0
+  if keep.sum() < 2:
+    return None
+  b, log_a = np.polyfit(np.log(depths[keep]), np.log(gamma_star_N[keep]), 1)
+  return float(np.exp(log_a)), float(b)
+
+
+def fit_power_law(depths: Sequence[int], gamma_star_N: np.ndarray,
+                  draws_NxR: np.ndarray) -> PowerLawFit:
+  """The fit on the point estimates, with intervals from the resamples (depth by depth)."""
+  depths_N = np.asarray(depths, np.float64)
+  point = _fit_log_log(depths_N, np.asarray(gamma_star_N, np.float64))
+  fits = [_fit_log_log(depths_N, draws_NxR[:, r]) for r in range(draws_NxR.shape[1])]
+  fits = np.asarray([f for f in fits if f is not None]).reshape(-1, 2)
+  nan = Interval(float("nan"), float("nan"), float("nan"))
+
+  def interval(value: float, column: np.ndarray) -> Interval:
+    if column.size == 0:
+      return Interval(value, float("nan"), float("nan"))
+    low, high = np.percentile(column, [2.5, 97.5])
+    return Interval(value, float(low), float(high))
+
+  used = tuple(int(n) for n, g in zip(depths, gamma_star_N) if g > 0)
+  fraction = fits.shape[0] / max(draws_NxR.shape[1], 1)
+  if point is None:
+    return PowerLawFit(nan, nan, used, fraction)
+  return PowerLawFit(interval(point[0], fits[:, 0]), interval(point[1], fits[:, 1]), used,
+                     fraction)
+
+
+def verdict(gamma_star_by_depth: dict[int, Interval], fit: PowerLawFit, paper_a: float,
+            paper_b: float) -> tuple[str, str]:
+  """``(word, reason)``: "reproduced" when every depth's interval holds the paper's γ*(N) and
+  the fitted intervals hold a and b; "refuted" when most depths' intervals exclude it;
+  otherwise "undetermined"."""
+  outside = [n for n, interval in gamma_star_by_depth.items()
+             if not interval.contains(paper_a * n ** paper_b)]
+  described = ", ".join(
+      f"N={n}: {i.value:.2f} [{i.low:.2f}, {i.high:.2f}] vs {paper_a * n ** paper_b:.2f}"
+      for n, i in gamma_star_by_depth.items())
+  fit_holds = fit.a.contains(paper_a) and fit.b.contains(paper_b)
+  if not outside and fit_holds:
+    return "reproduced", f"every depth's interval holds the paper's γ*(N) ({described})"
+  if len(outside) > len(gamma_star_by_depth) / 2:
+    return "refuted", (f"the paper's γ*(N) lies outside the interval at depths {outside} "
+                       f"({described})")
+  return "undetermined", (f"the intervals hold the paper's γ*(N) at some depths only or the "
+                          f"fit's intervals are wide ({described})")

@@ -1,0 +1,155 @@
+"""The γ*–depth law experiment: its estimators on known curves, its vmapped ensemble, its run."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from momentum_jax.data import AssociativeRecallTask
+from momentum_jax.experiments.gamma_depth_law import analysis
+from momentum_jax.experiments.gamma_depth_law.__main__ import main
+from momentum_jax.experiments.gamma_depth_law.config import (
+    PAPER_A, PAPER_B, SweepConfig, get_config)
+from momentum_jax.experiments.gamma_depth_law.ensemble import Members, train_ensemble
+from momentum_jax.nn import TransformerConfig
+
+GRID = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _parabola_in_log_gamma(vertex: float) -> np.ndarray:
+  logs = np.log(np.maximum(GRID, 1e-30))
+  return np.where(np.asarray(GRID) > 0, (logs - np.log(vertex)) ** 2, 50.0)
+
+
+@pytest.mark.parametrize("vertex", [0.3, 0.7, 1.9])
+def test_best_gamma_is_the_vertex_of_a_parabola_in_log_gamma(vertex):
+  assert analysis.best_gamma(GRID, _parabola_in_log_gamma(vertex)) == pytest.approx(vertex)
+
+
+def test_best_gamma_at_zero_and_at_the_grid_edges():
+  assert analysis.best_gamma(GRID, np.array([0.0, 1, 2, 3, 4, 5, 6])) == 0.0
+  # Best at the smallest positive γ: its left neighbour is γ = 0, no parabola in log γ.
+  assert analysis.best_gamma(GRID, np.array([1.0, 0, 2, 3, 4, 5, 6])) == 0.125
+  assert analysis.best_gamma(GRID, np.array([6.0, 5, 4, 3, 2, 1, 0])) == 4.0
+
+
+def test_gamma_star_interval_from_seed_resamples():
+  loss_SxG = np.stack([_parabola_in_log_gamma(v) for v in (0.4, 0.5, 0.6)])
+  resamples = analysis.seed_resamples(3, 200, np.random.default_rng(0))
+  interval, draws = analysis.gamma_star(GRID, loss_SxG, resamples)
+  assert draws.shape == (200,)
+  assert 0.4 <= interval.low <= interval.value <= interval.high <= 0.6
+  assert interval.low == pytest.approx(0.4, rel=0.05)
+  assert interval.high == pytest.approx(0.6, rel=0.05)
+
+
+def test_power_law_fit_recovers_a_and_b_and_skips_zero_depths():
+  depths = (1, 2, 3, 4, 6)
+  exact = np.array([2.0 * n ** -0.5 for n in depths])
+  draws = np.stack([exact * f for f in (0.9, 1.0, 1.1)], axis=1)
+  fit = analysis.fit_power_law(depths, exact, draws)
+  assert fit.a.value == pytest.approx(2.0) and fit.b.value == pytest.approx(-0.5)
+  assert fit.a.low == pytest.approx(1.8, rel=0.01) and fit.a.high == pytest.approx(2.2, rel=0.01)
+  assert fit.b.low == pytest.approx(-0.5) == fit.b.high
+  with_zero = exact.copy()
+  with_zero[1] = 0.0
+  assert analysis.fit_power_law(depths, with_zero, draws).depths_used == (1, 3, 4, 6)
+  lone = analysis.fit_power_law(depths, np.array([1.0, 0, 0, 0, 0]), draws * 0)
+  assert np.isnan(lone.a.value) and lone.resamples_fitted == 0.0
+
+
+def test_verdict_words():
+  paper = {n: PAPER_A * n ** PAPER_B for n in (1, 2, 4)}
+  holds = {n: analysis.Interval(g, 0.8 * g, 1.2 * g) for n, g in paper.items()}
+  fit = analysis.PowerLawFit(analysis.Interval(PAPER_A, 3.0, 5.0),
+                             analysis.Interval(PAPER_B, -1.0, -0.5), (1, 2, 4), 1.0)
+  assert analysis.verdict(holds, fit, PAPER_A, PAPER_B)[0] == "reproduced"
+  zero = {n: analysis.Interval(0.0, 0.0, 0.0) for n in paper}
+  word, reason = analysis.verdict(zero, fit, PAPER_A, PAPER_B)
+  assert word == "refuted" and "[1, 2, 4]" in reason
+  mixed = {1: holds[1], 2: zero[2], 4: holds[4]}
+  assert analysis.verdict(mixed, fit, PAPER_A, PAPER_B)[0] == "undetermined"
+
+
+def _tiny(task, depth=2):
+  return TransformerConfig(vocab_size=task.vocab_size, context_len=task.seq_len,
+                           num_layers=depth, d_model=16, num_heads=2, mlp_dim=0,
+                           attention="momentum_learned")
+
+
+def test_ensemble_keeps_fixed_gamma_exactly_and_trains_learned_gamma():
+  task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=2)
+  members = Members(seed=np.array([0, 0, 0, 1]), gamma=np.array([0.0, 0.7, 0.7, 0.7]),
+                    learned=np.array([False, False, True, False]))
+  eval_batch = task.sample(jax.random.key(99), 16)
+  result = train_ensemble(_tiny(task), task, members, steps=6, chunk_steps=3, batch_size=4,
+                          learning_rate=1e-2, eval_batch=eval_batch)
+  assert result.gamma.shape == (4, 2, 2) and result.gamma_curve.shape == (2, 4, 2)
+  assert np.all(result.gamma[0] == 0.0)  # γ = 0 exactly, not a softplus floor
+  np.testing.assert_allclose(result.gamma[[1, 3]], 0.7, rtol=1e-6)
+  assert np.abs(result.gamma[2] - 0.7).max() > 1e-4  # the learned γ moved
+  # Another seed: other initial weights and batches, so another result.
+  assert result.eval_loss[1] != result.eval_loss[3]
+  assert result.train_loss.shape == (2, 4) and np.isfinite(result.train_loss).all()
+
+
+def test_ensemble_member_equals_training_it_alone():
+  task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=2)
+  eval_batch = task.sample(jax.random.key(99), 16)
+  budget = dict(steps=4, chunk_steps=2, batch_size=4, learning_rate=1e-2, eval_batch=eval_batch)
+  together = train_ensemble(
+      _tiny(task), task, Members(np.array([0, 1, 1]), np.array([0.0, 0.3, 1.5]),
+                                 np.array([False, False, True])), **budget)
+  alone = train_ensemble(_tiny(task), task, Members(np.array([1]), np.array([1.5]),
+                                                    np.array([True])), **budget)
+  np.testing.assert_allclose(together.eval_loss[2], alone.eval_loss[0], rtol=1e-5)
+  np.testing.assert_allclose(together.gamma[2], alone.gamma[0], rtol=1e-5)
+
+
+def test_ensemble_needs_the_learned_momentum_variant():
+  task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=2)
+  config = TransformerConfig(vocab_size=16, context_len=task.seq_len, d_model=16, num_heads=2,
+                             attention="momentum", attention_params={"gamma": 0.5})
+  with pytest.raises(ValueError, match="config.attention must be 'momentum_learned'"):
+    train_ensemble(config, task, Members(np.array([0]), np.array([0.5]), np.array([False])),
+                   steps=2, chunk_steps=1, batch_size=2, learning_rate=1e-2,
+                   eval_batch=task.sample(jax.random.key(0), 2))
+
+
+def test_default_config_is_the_issue_design():
+  config = get_config()
+  sweep = config.sweep
+  assert sweep.depths == (1, 2, 3, 4, 6)
+  assert sweep.gammas[0] == 0.0 and max(sweep.gammas) >= PAPER_A
+  ratios = np.asarray(sweep.gammas[2:]) / np.asarray(sweep.gammas[1:-1])
+  np.testing.assert_allclose(ratios, ratios[0])  # a log grid
+  assert sweep.seeds >= 3
+  assert {name for name, _ in config.tasks} == {"mqar", "induction"}
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(depths=(0, 2)), "depths"), (dict(gammas=(0.0, 2.0, 1.0)), "gammas"),
+    (dict(seeds=1), "seeds"), (dict(steps=10, chunk_steps=3), "chunk_steps")])
+def test_sweep_config_names_a_bad_field(bad, match):
+  with pytest.raises(ValueError, match=match):
+    SweepConfig(**bad)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
+  argv = ["--quick", "--output-dir", str(tmp_path), "--no-progress"]
+  summary = main(argv)
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
+  assert set(saved["tasks"]) == {name for name, _ in get_config(quick=True).tasks}
+  for task in saved["tasks"].values():
+    assert task["verdict"] in {"reproduced", "refuted", "undetermined"}
+    for row in task["depths"].values():
+      assert row["gamma_star"]["low"] <= row["gamma_star"]["value"] <= row["gamma_star"]["high"]
+      assert row["learned"]["gamma_mean"] > 0 and row["learned_normalized"]["gamma_mean"] > 0
+  assert (tmp_path / "quick" / "gamma_star.png").stat().st_size > 1000
+  out = capsys.readouterr().out
+  assert "verdict:" in out and "fit γ* = a·N^b" in out
+  again = main(argv)  # every unit finished: read back, not retrained
+  assert "finished earlier" in capsys.readouterr().out
+  assert json.loads(json.dumps(again["tasks"])) == json.loads(json.dumps(summary["tasks"]))

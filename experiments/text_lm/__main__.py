@@ -14,6 +14,7 @@ import pathlib
 import platform
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import matplotlib
@@ -22,12 +23,22 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from momentum_jax.data import load_text_dataset  # noqa: E402
-from momentum_jax.experiments.cli import start_experiment  # noqa: E402
+from momentum_jax.data import TextDataset, load_text_dataset  # noqa: E402
+from momentum_jax.experiments.cli import ExperimentRun, start_experiment  # noqa: E402
 from momentum_jax.experiments.text_lm.config import PRESETS, get_config  # noqa: E402
 from momentum_jax.train import train  # noqa: E402
 
 BASELINE = "softmax"
+
+
+class TextModels(NamedTuple):
+  """The trained models of a text run: per model name, its held-out loss, bits per byte,
+  parameters, speed and curves."""
+
+  dataset: TextDataset
+  models: dict[str, dict]
+  tokens_per_step: int
+  data_seconds: float
 
 
 def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -35,7 +46,8 @@ def _series(history: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [r["step"] for r in records], [r[key] for r in records]
 
 
-def _hardware() -> dict:
+def hardware() -> dict:
+  """The device, device count, host and jax version a run's figures come from."""
   device = jax.devices()[0]
   return {"platform": device.platform, "device_kind": device.device_kind,
           "device_count": jax.device_count(), "host": platform.machine(),
@@ -59,17 +71,13 @@ def _plot(models: dict, path: pathlib.Path) -> None:
   plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  run = start_experiment(argv, __doc__, "text_lm", get_config,
-                         workdirs=lambda config: (name for name, _ in config.models),
-                         presets=PRESETS)
+def train_text_models(run: ExperimentRun) -> TextModels:
+  """Loads the run's text (saving its tokeniser in the run folder, for evaluation and sampling)
+  and trains each of ``run.config.models`` on ``run.config.train``, resuming from checkpoints."""
   config, out_dir = run.config, run.out_dir
-  total = time.perf_counter()
-  # The tokeniser is saved with the run (out_dir/tokenizer.json) for evaluation and sampling.
+  start = time.perf_counter()
   dataset = load_text_dataset(config.data, tokenizer_dir=out_dir)
-  data_seconds = time.perf_counter() - total
-  tokens_per_step = config.train.batch_size * config.train.accumulate_steps * dataset.seq_len
-
+  data_seconds = time.perf_counter() - start
   models: dict[str, dict] = {}
   for name, model_config in config.models:
     start = time.perf_counter()
@@ -90,18 +98,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "loss_steps": loss_steps, "train_loss": train_loss,
         "eval_steps": eval_steps, "eval_bits_per_byte_curve": eval_bpb,
     }
+  tokens_per_step = config.train.batch_size * config.train.accumulate_steps * dataset.seq_len
+  return TextModels(dataset, models, tokens_per_step, data_seconds)
+
+
+def data_record(config, text: TextModels) -> dict:
+  """The ``"data"`` entry of a results file: the text's config, rows, bytes per token, time."""
+  return {"config": dataclasses.asdict(config.data),
+          "train_rows": text.dataset.num_rows("train"),
+          "validation_rows": text.dataset.num_rows("validation"),
+          "bytes_per_token": text.dataset.bytes_per_token("validation"),
+          "seconds": text.data_seconds}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  run = start_experiment(argv, __doc__, "text_lm", get_config,
+                         workdirs=lambda config: (name for name, _ in config.models),
+                         presets=PRESETS)
+  config, out_dir = run.config, run.out_dir
+  total = time.perf_counter()
+  text = train_text_models(run)
+  models, tokens_per_step = text.models, text.tokens_per_step
   baseline = models[BASELINE]["eval_bits_per_byte"]
   for r in models.values():
     r["bits_per_byte_vs_softmax"] = r["eval_bits_per_byte"] - baseline
   best = min(models, key=lambda n: models[n]["eval_bits_per_byte"])
   summary = {
-      "data": {"config": dataclasses.asdict(config.data),
-               "train_rows": dataset.num_rows("train"),
-               "validation_rows": dataset.num_rows("validation"),
-               "bytes_per_token": dataset.bytes_per_token("validation"),
-               "seconds": data_seconds},
+      "data": data_record(config, text),
       "train": config.train.to_dict(), "tokens_per_step": tokens_per_step,
-      "models": models, "best": best, "hardware": _hardware(),
+      "models": models, "best": best, "hardware": hardware(),
       "seconds": time.perf_counter() - total, "quick": run.quick, **run.record(),
   }
   (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
@@ -109,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
          for n, r in models.items()}, out_dir / "text_lm.png")
 
   steps = config.train.steps
-  print(f"\n{config.data.source}, {config.data.tokenizer} tokens, {dataset.seq_len} per row; "
-        f"{steps} steps × {tokens_per_step} tokens; held-out loss on "
+  print(f"\n{config.data.source}, {config.data.tokenizer} tokens, {text.dataset.seq_len} per "
+        f"row; {steps} steps × {tokens_per_step} tokens; held-out loss on "
         f"{config.train.eval_batches} validation batches")
   print(f"{'model':<16}{'params':>9}{'loss':>8}{'bpb':>8}{'Δbpb':>8}{'tok/s':>9}{'time s':>8}")
   for name, r in models.items():

@@ -1,0 +1,1 @@
+"""Small momentum model vs larger softmax baselines on real text (see ``config.py``)."""

@@ -1,0 +1,62 @@
+"""momentum_vs_size: the pair gaps on hand values, the sizes of its configs, its --quick run."""
+
+import json
+
+import jax
+import pytest
+from flax import nnx
+
+from momentum_jax.experiments.momentum_vs_size.__main__ import gaps, main
+from momentum_jax.experiments.momentum_vs_size.config import MOMENTUM, PRESETS, get_config
+from momentum_jax.nn import Transformer
+
+
+def _parameters(model_config) -> int:
+  shapes = nnx.eval_shape(lambda: Transformer(model_config, rngs=nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(shapes, nnx.Param)))
+
+
+def test_gaps_are_momentum_minus_baseline():
+  models = {MOMENTUM: {"eval_loss": 1.5, "parameters": 100},
+            "softmax_1x": {"eval_loss": 1.6, "parameters": 100},
+            "softmax_2.8x": {"eval_loss": 1.4, "parameters": 280}}
+  out = gaps(models)
+  assert set(out) == {"softmax_1x", "softmax_2.8x"}
+  assert out["softmax_1x"]["loss_gap"] == pytest.approx(-0.1)
+  assert out["softmax_1x"]["relative_gap"] == pytest.approx(-0.1 / 1.6)
+  assert out["softmax_2.8x"]["relative_gap"] == pytest.approx(0.1 / 1.4)
+  assert out["softmax_2.8x"]["parameter_ratio"] == pytest.approx(2.8)
+
+
+@pytest.mark.parametrize("config", [get_config(), PRESETS["gpu_350m"]()],
+                         ids=["cpu", "gpu_350m"])
+def test_baselines_are_about_1x_2x_and_2_8x_the_momentum_model(config):
+  models = dict(config.models)
+  momentum = models.pop(MOMENTUM)
+  assert momentum.attention == "momentum" and dict(momentum.attention_params)["gamma"] > 0
+  ratios = {name: _parameters(m) / _parameters(momentum) for name, m in models.items()}
+  assert ratios["softmax_1x"] == 1.0
+  assert 1.8 <= ratios["softmax_2x"] <= 2.2 and 2.6 <= ratios["softmax_2.8x"] <= 3.0
+  assert {m.attention for m in models.values()} == {"softmax"}
+  assert len({m.context_len for _, m in config.models}) == 1
+
+
+def test_gpu_preset_is_125m_momentum_against_350m_softmax():
+  models = dict(PRESETS["gpu_350m"]().models)
+  assert 120e6 < _parameters(models[MOMENTUM]) < 130e6
+  assert 340e6 < _parameters(models["softmax_2.8x"]) < 360e6
+
+
+@pytest.mark.slow
+def test_quick_run_reports_every_gap(tmp_path, capsys):
+  summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
+  saved = json.loads((tmp_path / "quick" / "results.json").read_text())
+  names = [name for name, _ in get_config(quick=True).models]
+  assert list(saved["models"]) == names
+  assert set(saved["gaps"]) == set(names) - {MOMENTUM}
+  for name, gap in saved["gaps"].items():
+    assert gap["loss_gap"] == pytest.approx(
+        saved["models"][MOMENTUM]["eval_loss"] - saved["models"][name]["eval_loss"])
+  assert summary["gaps"] == saved["gaps"]
+  assert (tmp_path / "quick" / "momentum_vs_size.png").stat().st_size > 1000
+  assert "vs softmax_2.8x" in capsys.readouterr().out

@@ -80,9 +80,12 @@ class BlockSizes:
   its ``block_q`` and every key size its ``block_k`` (all six sizes are the mask's).
 
   Attributes:
-    block_q, block_k: query / key tile of the forward kernel.
-    block_q_dkv, block_k_dkv: query / key tile of the dk/dv kernel.
-    block_q_dq, block_k_dq: query / key tile of the dq kernel.
+    block_q: query tile of the forward kernel.
+    block_k: key tile of the forward kernel.
+    block_q_dkv: query tile of the dk/dv kernel.
+    block_k_dkv: key tile of the dk/dv kernel.
+    block_q_dq: query tile of the dq kernel.
+    block_k_dq: key tile of the dq kernel.
   """
 
   block_q: int = 128

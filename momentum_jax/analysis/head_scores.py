@@ -23,7 +23,7 @@ induction stripe over the second copy,
 What a score means depends on the sequence: on repeated random tokens a perfect induction head
 scores only about ½ (rows of the first copy have no induction key), and a head that spreads its
 attention evenly over the visible keys scores about 1/T on every kind. ``chance_scores`` gives
-that null, the scores of the uniform head U[t,s] = 1/|visible(t)| on the same tokens, and
+that null, the scores of the uniform head ``U[t,s] = 1/|visible(t)|`` on the same tokens, and
 ``detect_heads`` reports each head's lift = score / chance beside its score, so that a criterion
 can ask for attention well above chance, not only above a fixed share.
 
@@ -207,7 +207,7 @@ def chance_scores(
 ) -> dict[str, jax.Array]:
   """The scores of the uniform head on ``tokens_BxT``: ``{kind: [B]}``, the null a head's score
   is compared with. Causal: previous-token (1/(T−1)) Σ_{t>=1} 1/(t+1) ≈ ln(T)/T, and induction
-  Σ_t |induction keys of t|/(t+1) / T."""
+  ``Σ_t |induction keys of t|/(t+1) / T``."""
   check_rank("tokens", tokens_BxT, 2, "[batch, pos]")
   batch, seq = np.shape(tokens_BxT)
   scores = score_heads(uniform_weights(batch, seq, causal=causal), tokens_BxT,

@@ -5,7 +5,7 @@ divergence with and without a context segment.
 Preplan-and-Anchor Rhythm Enables Fine-Grained Policy Optimization", arXiv 2510.13554; no code).
 For a causal map A = ``weights_BxNxTxT`` and the response rows R (default every row),
 
-    d_head = (1/|R|) Σ_{t∈R} Σ_s A[t,s] (t − s).
+    ``d_head = (1/|R|) Σ_{t∈R} Σ_s A[t,s] (t − s)``.
 
 Over all (layer, head) pairs the lowest 30 % by d are local heads and the highest 30 % global
 heads (k = max(1, ⌊0.3 · count⌋) each). With Ā^loc, Ā^glob the mean maps of those heads,

@@ -12,8 +12,8 @@ T = 64; the headline number is Sink_1, the first token, index 0 here).
 **Secondary sinks** (Wong et al., ``JeffreyWong20/Secondary-Attention-Sinks``,
 ``src/hidden_state_base.py``). With hidden states h_l (the output of block l, l = 0 … L−1) the
 BOS sink is the candidate position (default {0, 1}) with the largest layer-mean norm; token j > bos
-is flagged at layer l when |cos(h_l[j], h_l[bos])| > 0.9. Its sink level is (first flagged layer,
-lifetime = number of flagged layers). The authors label lifetime >= L − 15 primary (BOS-like) and
+is flagged at layer l when ``|cos(h_l[j], h_l[bos])| > 0.9``. Its sink level is (first flagged
+layer, lifetime = number of flagged layers). The authors label lifetime >= L − 15 primary (BOS-like) and
 4 < lifetime < L − 15 secondary, for models of about 48 layers (their Qwen-14B runs). Our choice
 for small models: the same fractions of depth, primary when lifetime >= L − 15L/48 and
 secondary when 4L/48 < lifetime < L − 15L/48 (both reduce to the authors' thresholds at L = 48).
@@ -22,9 +22,10 @@ the BOS norm) is not applied: every layer is scanned.
 
 **Massive activations** (Sun et al., "Massive Activations in Large Language Models",
 arXiv 2402.17762): a few hidden-state entries are orders of magnitude larger than the median
-magnitude; the paper calls an entry massive when |x| > 100 and |x| > 1000 · median|x|.
+magnitude; the paper calls an entry massive when ``|x| > 100`` and ``|x| > 1000 · median|x|``.
 ``dimension_sink_tokens`` is the sink-token test of VAR (Kang et al., arXiv 2503.03321,
-``MICV-yonsei/VisAttnSink``): φ(x) = max over the sink dimensions D_sink of |RMSNorm(x)_d| > τ = 20.
+``MICV-yonsei/VisAttnSink``): φ(x) = max over the sink dimensions D_sink of ``|RMSNorm(x)_d|``
+> τ = 20.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def select_bos(hidden_LxBxTxD: jax.Array, candidates: Sequence[int] = (0, 1)) ->
 
 
 def sink_flags(hidden_LxBxTxD: jax.Array, bos_B: jax.Array, threshold: float = 0.9) -> jax.Array:
-  """Token j > bos is flagged at layer l when |cos(h_l[j], h_l[bos])| > threshold; ``[L, B, T]``."""
+  """Token j > bos is flagged at layer l when ``|cos(h_l[j], h_l[bos])|`` > threshold;
+  ``[L, B, T]``."""
   check_rank("hidden", hidden_LxBxTxD, 4, "[layer, batch, pos, d_model]")
   hidden = hidden_LxBxTxD.astype(jnp.float32)
   bos_B = jnp.broadcast_to(jnp.asarray(bos_B, jnp.int32), hidden.shape[1:2])
@@ -127,7 +129,7 @@ def secondary_sinks(
   Args:
     hidden_LxBxTxD: hidden states of every layer (``blocks.{l}.hook_resid_post`` stacked).
     candidates: positions that may hold the BOS sink.
-    threshold: the |cos| threshold (0.9).
+    threshold: the ``|cos|`` threshold (0.9).
   """
   bos_B = select_bos(hidden_LxBxTxD, candidates)
   flags_LxBxT = sink_flags(hidden_LxBxTxD, bos_B, threshold)
@@ -141,7 +143,7 @@ def secondary_sinks(
 
 
 class TopActivations(NamedTuple):
-  """The k largest |x| entries of a hidden state, largest first."""
+  """The k largest ``|x|`` entries of a hidden state, largest first."""
 
   value: jax.Array         # [k] signed values
   position: jax.Array      # [k] flat (batch · T + pos) index of the token
@@ -150,7 +152,8 @@ class TopActivations(NamedTuple):
 
 
 def top_activations(hidden_BxTxD: jax.Array, k: int = 5) -> TopActivations:
-  """The ``k`` largest-magnitude entries of ``hidden_BxTxD`` and their ratio to the median |x|."""
+  """The ``k`` largest-magnitude entries of ``hidden_BxTxD`` and their ratio to the median
+  ``|x|``."""
   check_rank("hidden", hidden_BxTxD, 3, "[batch, pos, d_model]")
   dims = hidden_BxTxD.shape[-1]
   flat = jnp.ravel(hidden_BxTxD.astype(jnp.float32))
@@ -164,8 +167,8 @@ def top_activations(hidden_BxTxD: jax.Array, k: int = 5) -> TopActivations:
 def massive_activation_dims(
     hidden_BxTxD: jax.Array, *, ratio: float = 1000.0, min_magnitude: float = 100.0
 ) -> jax.Array:
-  """Dimensions holding a massive activation: some |x_d| > min_magnitude and
-  > ratio · median |x| (median over all entries); ``[D]`` bool."""
+  """Dimensions holding a massive activation: some ``|x_d|`` > min_magnitude and
+  > ratio · median ``|x|`` (median over all entries); ``[D]`` bool."""
   check_rank("hidden", hidden_BxTxD, 3, "[batch, pos, d_model]")
   magnitude = jnp.abs(hidden_BxTxD.astype(jnp.float32))
   median = jnp.median(magnitude)
@@ -176,7 +179,7 @@ def massive_activation_dims(
 def dimension_sink_tokens(
     hidden_BxTxD: jax.Array, sink_dims: Sequence[int], tau: float = 20.0, eps: float = 1e-6
 ) -> jax.Array:
-  """VAR sink tokens: max_{d ∈ sink_dims} |x_d / rms(x)| > τ, rms(x) = sqrt(mean x² + eps);
+  """VAR sink tokens: ``max_{d ∈ sink_dims} |x_d / rms(x)|`` > τ, rms(x) = sqrt(mean x² + eps);
   ``[B, T]`` bool."""
   check_rank("hidden", hidden_BxTxD, 3, "[batch, pos, d_model]")
   dims = np.asarray(sink_dims)

@@ -3,12 +3,12 @@
 The shear x̂_t = (1+γ) x_t − γ x_{t−1} is the causal FIR filter H(z) = 1 + γ(1 − z⁻¹) run along
 the time axis of every q/k channel. Its frequency response H(e^{iω}) = 1 + γ(1 − e^{−iω}) has
 
-    |H|² = 1 + 2γ(1+γ)(1 − cos ω)          gain 1 at DC (ω = 0), 1 + 2γ at Nyquist (ω = π)
+    ``|H|² = 1 + 2γ(1+γ)(1 − cos ω)``      gain 1 at DC (ω = 0), 1 + 2γ at Nyquist (ω = π)
     φ(ω) = atan2(γ sin ω, 1 + γ − γ cos ω)
 
 so it passes slowly varying (DC, "semantic") content and amplifies fast (AC, "mechanistic")
 content. RoPE turns constant content c of pair i into a rotation at angle θ_i per step, so the
-momentum p_t = x_t − x_{t−1} of that pair has norm 2|sin(θ_i/2)|·|c|: low-frequency RoPE pairs
+momentum p_t = x_t − x_{t−1} of that pair has norm ``2|sin(θ_i/2)|·|c|``: low-frequency RoPE pairs
 carry almost no momentum from static content, high-frequency pairs carry most of it (DC/AC band
 segregation).
 
@@ -38,7 +38,7 @@ class BodeResponse(NamedTuple):
   Attributes:
     omega_W: angular frequencies (radians per step).
     response_W: complex H(e^{iω}) (leading axes of the taps are kept: ``[..., W]``).
-    magnitude_db_W: 20·log10|H|.
+    magnitude_db_W: ``20·log10|H|``.
     phase_W: arg H, unwrapped along ω (radians).
   """
 
@@ -117,7 +117,7 @@ def momentum_response(gamma: float | jax.Array, omega_W: jax.Array) -> jax.Array
 
 
 def momentum_gain_squared(gamma: float | jax.Array, omega_W: jax.Array) -> jax.Array:
-  """Closed form |H(e^{iω})|² = 1 + 2γ(1+γ)(1 − cos ω)."""
+  """Closed form ``|H(e^{iω})|² = 1 + 2γ(1+γ)(1 − cos ω)``."""
   gamma = jnp.asarray(gamma, jnp.float32)[..., None]
   return 1.0 + 2.0 * gamma * (1.0 + gamma) * (1.0 - jnp.cos(jnp.asarray(omega_W, jnp.float32)))
 
@@ -189,7 +189,7 @@ def fit_causal_fir(x_BxTxNxH: jax.Array, y_BxTxNxH: jax.Array, num_taps: int) ->
 
 
 def _one_sided_power(x_xT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Bins 2πf/T and one-sided power |X_f|²/T (doubled for 0 < f < T/2) along the last axis."""
+  """Bins 2πf/T and one-sided power ``|X_f|²/T`` (doubled for 0 < f < T/2) along the last axis."""
   seq = x_xT.shape[-1]
   power_xF = jnp.abs(jnp.fft.rfft(x_xT.astype(jnp.float32), axis=-1)) ** 2 / seq
   bins_F = jnp.arange(power_xF.shape[-1])
@@ -200,7 +200,7 @@ def _one_sided_power(x_xT: jax.Array) -> tuple[jax.Array, jax.Array]:
 def time_power_spectrum(x_BxTxNxH: jax.Array) -> Spectrum:
   """Per head, the power spectrum along time, averaged over batch and head dimension.
 
-  P_f = mean_{b,h} |X_f|²/T (doubled for 0 < f < T/2), X = FFT over t of x[b, :, n, h], so
+  ``P_f = mean_{b,h} |X_f|²/T`` (doubled for 0 < f < T/2), X = FFT over t of x[b, :, n, h], so
   Σ_f P_f = mean_{b,h} Σ_t x_t². Returns ``Spectrum(omega_F, power_NxF)``.
   """
   _check_qk("x", x_BxTxNxH)
@@ -252,5 +252,6 @@ def momentum_pair_norms(x_BxTxNxH: jax.Array) -> jax.Array:
 
 
 def rope_momentum_gain(head_dim: int, base: float = 10000.0) -> jax.Array:
-  """``[H/2]`` gains 2|sin(θ_i/2)|: |p_t| / |c| for constant content c through RoPE pair i."""
+  """``[H/2]`` gains ``2|sin(θ_i/2)|``: ``|p_t| / |c|`` for constant content c through RoPE
+  pair i."""
   return 2.0 * jnp.abs(jnp.sin(rope_frequencies(head_dim, base) / 2.0))

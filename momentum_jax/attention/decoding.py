@@ -78,8 +78,10 @@ class ShiftCache(NamedTuple):
 
   Attributes:
     kv: the cache.
-    last_a, last_b: float32 ``[B, heads, H]`` last pre-shift rows: q and k for momentum
-      attention, k and v for KV-shift (zeros before any row).
+    last_a: float32 ``[B, heads, H]`` last pre-shift row of q for momentum attention, of k for
+      KV-shift (zeros before any row).
+    last_b: float32 ``[B, heads, H]`` last pre-shift row of k for momentum attention, of v for
+      KV-shift (zeros before any row).
   """
 
   kv: KVCache

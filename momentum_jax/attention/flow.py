@@ -1,7 +1,7 @@
 """Flow attention (Wu et al., "Flowformer: Linearizing Transformers with Conservation Flows",
 arXiv 2202.06258): linear attention whose normalisers come from flow conservation.
 
-With φ = sigmoid, ε = 1e−6, q̃ = φ(q), k̃ = φ(k), per head and for non-causal attention:
+With φ = sigmoid, ε = 1e−6, q̃ = φ(q), k̃ = φ(k), per head and for non-causal attention::
 
     incoming  I_i = 1 / ((q̃_i + ε)·(Σ_j k̃_j + ε))
     outgoing  O_j = 1 / ((k̃_j + ε)·(Σ_i q̃_i + ε))

@@ -9,14 +9,14 @@ in raster order inside it. All queries of a group share one set of key groups:
 
     criss-cross:   key group (u_t, u_h, u_w) is visible to query group (y_t, y_h, y_w) iff
                    u_t = y_t or u_h = y_h or u_w = y_w (the authors' mask);
-    block-local:   max(|u_t − y_t|, |u_h − y_h|, |u_w − y_w|) ≤ radius (neighbouring groups
-                   within Chebyshev radius r; our choice, the paper names surrounding blocks
+    block-local:   ``max(|u_t − y_t|, |u_h − y_h|, |u_w − y_w|) ≤ radius`` (neighbouring
+                   groups within Chebyshev radius r; our choice, the paper names surrounding blocks
                    without fixing their extent).
 
 With group size a multiple of the attention tile, every tile is full or empty, and flex attention
-skips the empty ones. :func:`criss_cross_mask` and :func:`block_local_mask` are flex ``mask_mod``s
-on positions of the grouped order; :func:`grat_mask_numpy` builds the same relation on the grid
-order from each token's coordinates and is the oracle they are tested against.
+skips the empty ones. :func:`criss_cross_mask` and :func:`block_local_mask` are flex ``mask_mod``
+functions on positions of the grouped order; :func:`grat_mask_numpy` builds the same relation on
+the grid order from each token's coordinates and is the oracle they are tested against.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def gain_normalize(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, gamma: Gamma
   """q and k divided by the shear's RMS gain, so that the gain-normalised shear
   x̂_t = (x_t + γ (x_t − x_{t−1})) / √(1 + 2γ(1+γ)) keeps the power of white (uncorrelated) x.
 
-  The shear H(ω) = 1 + γ(1 − e^{−iω}) has |H|² = 1 + 2γ(1+γ)(1 − cos ω) (spec §1): gain 1 at
+  The shear H(ω) = 1 + γ(1 − e^{−iω}) has ``|H|² = 1 + 2γ(1+γ)(1 − cos ω)`` (spec §1): gain 1 at
   DC, 1 + 2γ at Nyquist, mean 1 + 2γ(1+γ) over ω ∈ [0, π]. Dividing by the root of that mean
   separates "the shear helps" from "γ inflates the high-frequency logits by up to (1+2γ)²"
   (spec §3) [our choice of normaliser]. The shear is linear, so scaling its input scales its
@@ -91,8 +91,8 @@ def check_momentum_params(dims: AttentionDims, fixed: Mapping[str, object]) -> N
                     f"{fixed['normalize_gain']!r}")
 
 
-# The initial γ of ``"momentum_learned"`` when a config does not set ``attention_init``
-# [our choice: the middle of the γ range where one layer does induction at small scale].
+#: The initial γ of ``"momentum_learned"`` when a config does not set ``attention_init``
+#: [our choice: the middle of the γ range where one layer does induction at small scale].
 LEARNED_GAMMA_INIT = 0.5
 
 

@@ -3,11 +3,11 @@ for Long Video Generation", arXiv 2506.19852): a static block-sparse mask for vi
 attention window shrinks as the temporal distance between frames grows.
 
 Tokens are frame-major: token t is row r = t mod P of frame i = t // P (P tokens per frame, F
-frames, L = F·P). For a query frame i and key frame j at distance d = |i − j|, with
+frames, L = F·P). For a query frame i and key frame j at distance ``d = |i − j|``, with
 g = bit_length(d) and ℓ = 2^bit_length(P) / 2^g, the frame pair's token mask is
 
     key frame 0 (the attention sink):  everything,
-    otherwise:                         |r − c| ≤ W(d)  and  keep(d),
+    otherwise:                         ``|r − c| ≤ W(d)``  and  keep(d),
     W(0) = P,   W(1) = ⌊P/2⌋,   W(d ≥ 2) = max(ℓ · decay, C),
     keep(d) = ℓ ≥ C  or  d mod ⌊C / ℓ⌋ = 0,
 

@@ -1,6 +1,6 @@
 """Name → attention variant, so a model config can say ``attention="momentum"``.
 
-Every registered variant has a fast form and a plain float32 reference of the same signature:
+Every registered variant has a fast form and a plain float32 reference of the same signature::
 
     fn(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, causal=True, window=None, segment_ids=None,
        bias=None, sinks=None, scale=None, **variant_params) -> out_BxTxNxH
@@ -136,9 +136,9 @@ class AttentionVariant(NamedTuple):
 
   @property
   def required_params(self) -> tuple[str, ...]:
-    """The parameters a model config must fix: the keyword-only arguments of ``fn`` without a
-    default (``inspect.signature`` sees through a ``functools.partial``), less the learned ones,
-    in signature order; e.g. ``("gamma",)`` for momentum attention."""
+    """The parameters a model config must fix, that is the keyword-only arguments of ``fn``
+    without a default (``inspect.signature`` sees through a ``functools.partial``), less the
+    learned ones, in signature order; e.g. ``("gamma",)`` for momentum attention."""
     return tuple(
         p.name for p in inspect.signature(self.fn).parameters.values()
         if p.kind is p.KEYWORD_ONLY and p.default is p.empty and p.name not in self.learned)

@@ -11,7 +11,9 @@ The T×S attention map is split at the granularity of blocks of C = ``block_size
 2. Kept blocks: exact softmax attention restricted to their keys,
    o_s(t) = Σ_{s ∈ kept(t)} e^{scale·q_t·k_s} v_s / Σ_{s ∈ kept(t)} e^{scale·q_t·k_s}.
 3. Every other visible block ("rest"): linear attention with φ = softmax over the feature dim,
+
        o_l(t) = φ(q_t) Σ_{s∈rest} φ(k_s)ᵀ v_s / (φ(q_t) · Σ_{s∈rest} φ(k_s) + ε),
+
    and o_l = 0 where the rest is empty (as the authors' kernel does when every block is kept).
    ε = 1e-6 as in ``linear.py`` (the authors' first release used 1e-5, their fused kernel none):
    huge logits make φ one-hot, the denominator underflows and the bare ratio would be NaN.

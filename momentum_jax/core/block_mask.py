@@ -40,7 +40,10 @@ class BlockMask:
       with 0 up to M, the largest count (all key blocks when built under a trace).
     kv_count_BxNxQ: int32 number of non-empty key blocks per query block.
     mask_mod: the mask it classifies (static).
-    seq_q, seq_k, block_q, block_k: T, S and the tile size (static).
+    seq_q: T, the number of queries (static).
+    seq_k: S, the number of keys (static).
+    block_q: the query tile size (static).
+    block_k: the key tile size (static).
   """
 
   kind_BxNxQxK: jax.Array

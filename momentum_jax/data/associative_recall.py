@@ -49,7 +49,7 @@ class AssociativeRecallTask:
 
   @property
   def seq_len(self) -> int:
-    """T = 2 (num_pairs + num_queries) - 1: the final value is a target, never an input."""
+    """T = 2 (num_pairs + num_queries) - 1, since the final value is a target, never an input."""
     return 2 * (self.num_pairs + self.num_queries) - 1
 
   @functools.partial(jax.jit, static_argnums=(0, 2))

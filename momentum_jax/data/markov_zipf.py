@@ -64,7 +64,7 @@ class MarkovZipfLanguage:
 
   @property
   def chain_size(self) -> int:
-    """C, the number of ids the chain emits: V, or V − 1 with ``bos``."""
+    """C, the number of ids the chain emits; V, or V − 1 with ``bos``."""
     return self.vocab_size - 1 if self.bos else self.vocab_size
 
   def zipf_logits(self) -> jax.Array:

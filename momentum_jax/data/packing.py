@@ -3,7 +3,7 @@
 Documents are concatenated in their given order (greedily, no reordering) and the stream is cut
 into rows of ``seq_len + 1`` tokens; a document longer than what is left of a row continues at
 the start of the next row, and only the last row is padded (with token 0). Row ``r`` gives the
-model, for ``t < seq_len``:
+model, for ``t < seq_len``::
 
     tokens[t] = row[t],  targets[t] = row[t + 1]
     segment_ids[t] = 1, 2, ... for the pieces of documents in the row, in order; 0 on padding

@@ -33,6 +33,8 @@ from typing import Union
 import jax
 import jax.numpy as jnp
 
+#: Which hook names a :class:`Recorder` captures: all (``None``), one name, a collection of
+#: names, or a predicate on the name.
 NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 HookFn = Callable[[jax.Array, str], Union[jax.Array, None]]
 

@@ -102,8 +102,6 @@ def value_grad_and_layer_stats(
   Example:
     >>> import jax.numpy as jnp
     >>> from flax import nnx
-
-from momentum_jax.nn.dense import _ACTIVE_COLLECTOR, Dense
     >>> from momentum_jax.nn import Dense, value_grad_and_layer_stats
     >>> layer = Dense(3, 2, rngs=nnx.Rngs(0))
     >>> x_BxTxD = jnp.ones((4, 5, 3))

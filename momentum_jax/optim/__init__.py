@@ -1,4 +1,4 @@
-"""Momentum optimisers as optax ``GradientTransformation``s.
+"""Momentum optimisers as optax transforms (``optax.GradientTransformation``).
 
 SPAM and Stable-SPAM (spike-aware Adam with momentum reset), adaptive memory momentum (AM-SGD,
 AM-AdamW), MKOR (rank-1 K-FAC preconditioning), momentum (EMA) teachers and artificial gradient

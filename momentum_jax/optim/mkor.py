@@ -401,7 +401,7 @@ def mkor_h(
   ``optax.contrib.reduce_on_plateau``). Losses are averaged over consecutive windows of
   ``window`` steps; at the end of window k (k ≥ 2), with means L̄_{k−1}, L̄_k,
 
-      r_k = (L̄_{k−1} − L̄_k) / |L̄_{k−1}|,
+      ``r_k = (L̄_{k−1} − L̄_k) / |L̄_{k−1}|``,
 
   and if r_k < ``min_improvement`` (or r_k is NaN, e.g. from a NaN loss) preconditioning is
   switched off permanently from the next step: every later update is exactly ``inner``'s, and the

@@ -174,8 +174,8 @@ def scale_by_spam(
   It returns SPAM's step :math:`u`, before the learning rate and the weight decay.
 
   Args:
-    b1, b2, eps, threshold, reset_interval, warmup_steps, grad_accu_steps, density, key,
-      reset_count_on_reset, mu_dtype: as in :func:`spam`.
+    b1, b2, eps, threshold, reset_interval, warmup_steps: as in :func:`spam`.
+    grad_accu_steps, density, key, reset_count_on_reset, mu_dtype: as in :func:`spam`.
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a :class:`ScaleBySpamState`.

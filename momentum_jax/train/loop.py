@@ -49,7 +49,9 @@ from momentum_jax.train.sharding import batch_sharding, make_mesh
 from momentum_jax.train.step import (
     Placement, evaluate_batch, evaluate_task, init_train_state, step_config, train_step)
 
+#: The file in the workdir holding one JSON record of metrics per logged step.
 METRICS_FILE = "metrics.jsonl"
+#: The folder in the workdir of the TensorBoard event file (with ``TrainConfig.tensorboard``).
 TENSORBOARD_DIR = "tensorboard"
 _START_OVER = ("to start over, rerun the experiment with --fresh (or delete the workdir); to keep "
                "both runs, give another --output-dir (or workdir)")

@@ -2,7 +2,7 @@
 
 The model's parameters carry logical axis names (``nnx.Param`` metadata ``out_sharding``, set
 in ``momentum_jax.nn``: e.g. a query kernel ``("embed", "heads")``); ``LOGICAL_AXIS_RULES`` maps
-them onto mesh axes:
+them onto mesh axes::
 
   logical   mesh axis   what it splits
   embed     fsdp        the model dimension of every weight (FSDP, ZeRO-3 style)
@@ -28,11 +28,16 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+#: The mesh axis over which the batch is split (data parallelism).
 DATA_AXIS = "data"
+#: The mesh axis over which the batch and the model dimension of every weight are split (FSDP).
 FSDP_AXIS = "fsdp"
+#: The mesh axis over which attention heads and the MLP hidden width are split (tensor parallel).
 TENSOR_AXIS = "tensor"
+#: The axis names of the mesh of :func:`make_mesh`, in the order of ``mesh_shape``.
 MESH_AXES = (DATA_AXIS, FSDP_AXIS, TENSOR_AXIS)
 BATCH_AXES = (DATA_AXIS, FSDP_AXIS)
+#: Logical axis name of a parameter dimension → the mesh axis that splits it (``None``: replicated).
 LOGICAL_AXIS_RULES: Mapping[str, str | None] = {
     "embed": FSDP_AXIS,
     "heads": TENSOR_AXIS,

@@ -140,11 +140,13 @@ def _summarise(config: ExperimentConfig, units: dict[str, dict]) -> dict[str, di
 def _print(config: ExperimentConfig, tasks: dict[str, dict]) -> None:
   gammas = config.sweep.gammas
   for task_name, summary in tasks.items():
-    print(f"\n== {task_name}: held-out loss by depth (rows) and γ (columns), mean of "
-          f"{config.sweep.seeds} seeds")
-    print(f"{'N':>3} " + "".join(f"{g:>8.3g}" for g in gammas))
-    for depth, row in summary["depths"].items():
-      print(f"{depth:>3} " + "".join(f"{x:>8.3f}" for x in row["grid_loss_mean"]))
+    for key, what, form in (("grid_loss_mean", "loss", ".3f"),
+                            ("grid_accuracy_mean", "accuracy", ".1%")):
+      print(f"\n== {task_name}: held-out {what} by depth (rows) and γ (columns), mean of "
+            f"{config.sweep.seeds} seeds")
+      print(f"{'N':>3} " + "".join(f"{g:>8.3g}" for g in gammas))
+      for depth, row in summary["depths"].items():
+        print(f"{depth:>3} " + "".join(f"{x:>8{form}}" for x in row[key]))
     print(f"\n{'N':>3}{'γ* [95% interval]':>24}{'paper':>8}{'acc@γ*grid':>12}"
           f"{'learned γ':>11}{'loss':>8}{'learned γ (norm.)':>19}{'loss':>8}")
     for depth, row in summary["depths"].items():

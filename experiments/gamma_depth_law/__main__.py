@@ -180,13 +180,17 @@ def _plot(config: ExperimentConfig, tasks: dict[str, dict], path: pathlib.Path) 
     highs = np.asarray([max(s["high"], floor) for s in stars])
     law.errorbar(depths, values, yerr=[values - lows, highs - values], fmt="o", color=color,
                  capsize=3, label=f"{task_name} γ* (γ*=0 drawn at {floor:.2g})")
-    learned = [summary["depths"][d]["learned"]["gamma_mean"] for d in sweep.depths]
-    law.plot(depths, learned, "^", color=color, mfc="none", label=f"{task_name} learned γ")
+    for shear, marker in (("learned", "^"), ("learned_normalized", "x")):
+      learned = [summary["depths"][d][shear]["gamma_mean"] for d in sweep.depths]
+      law.plot(depths, learned, marker, color=color, mfc="none",
+               label=f"{task_name} {shear.replace('_', ' ')} γ")
     a, b = summary["fit"]["a"]["value"], summary["fit"]["b"]["value"]
     if np.isfinite(a):
       law.plot(line_n, a * line_n ** b, "-", color=color, alpha=0.6,
                label=f"{task_name} fit {a:.2f}·N^{b:.2f}")
   law.set(xscale="log", yscale="log", xlabel="layers N", ylabel="γ*", title="γ*–depth law")
+  law.set_xticks(depths, [str(d) for d in sweep.depths])
+  law.minorticks_off()
   law.legend(fontsize=7)
   law.grid(alpha=0.3, which="both")
   for ax, (task_name, summary) in zip(curves, tasks.items()):
@@ -210,11 +214,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
   units = _run_units(run)
   tasks = _summarise(run.config, units)
   summary = {"tasks": tasks, "units": units, "seconds": time.perf_counter() - start,
+             "training_seconds": sum(unit["seconds"] for unit in units.values()),
              "quick": run.quick, **run.record()}
   (run.out_dir / "results.json").write_text(json.dumps(summary, indent=2))
   _plot(run.config, tasks, run.out_dir / "gamma_star.png")
   _print(run.config, tasks)
-  print(f"\ntotal {summary['seconds']:.0f} s; wrote {run.out_dir / 'results.json'} and "
+  print(f"\ntraining {summary['training_seconds']:.0f} s (all units), this call "
+        f"{summary['seconds']:.0f} s; wrote {run.out_dir / 'results.json'} and "
         f"{run.out_dir / 'gamma_star.png'}")
   return summary
 

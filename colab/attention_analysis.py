@@ -29,7 +29,7 @@
 # 4. **spectral forensics**: a Bode plot of the momentum shear, analytic and fitted on the
 #    model's own queries, and where the query and key energy sits in frequency.
 #
-# It takes about 4 minutes on a laptop CPU, most of it training the two models.
+# It takes about 5 minutes on a 2-core CPU, most of it training the two models.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

@@ -27,7 +27,7 @@
 # 3. the time and memory of linear attention against dense attention as the context grows;
 # 4. the kernels, chosen by `implementation=`: cuDNN, the fused Pallas kernels, or plain XLA.
 #
-# It takes about 2 minutes on a laptop CPU; on a GPU runtime section 4 runs the kernels natively.
+# It takes about 2 minutes on a 2-core CPU; on a GPU runtime section 4 runs the kernels natively.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

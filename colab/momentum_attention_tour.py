@@ -27,7 +27,7 @@
 # 1-layer momentum model on the variable-gap induction task, (3) shows the momentum model's
 # attention pattern, (4) finds its induction heads and (5) trains a small momentum language model
 # on real text and samples from it (the `text_lm` notebook goes further). It takes about 5 minutes
-# on a laptop CPU.
+# on a 2-core CPU.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).
@@ -144,25 +144,26 @@ for name, result in results.items():
 # contiguous K/V cache, which keeps the sheared keys and the last pre-shear q and k row (greedy
 # at temperature 0, else top-k / nucleus sampling). From a shell,
 # `python -m momentum_jax.generate --workdir <run dir> --prompt "..."` samples any finished run
-# from its newest checkpoint.
+# from its newest checkpoint. The `text_lm` notebook trains this model longer, follows its bits
+# per byte and samples a run from its checkpoint.
 
 # %%
 from momentum_jax.data import TextDataConfig, load_text_dataset
 from momentum_jax.nn import generate
 
-seq_len = 64 if TINY else 256
+seq_len = 64 if TINY else 128
 text = load_text_dataset(TextDataConfig(source="kjv", tokenizer="byte", seq_len=seq_len))
 lm_config = TransformerConfig(vocab_size=text.vocab_size, context_len=seq_len,
                               num_layers=1 if TINY else 4, d_model=32 if TINY else 128,
                               num_heads=4, mlp_dim=64 if TINY else 512, attention="momentum",
                               attention_params={"gamma": 0.25})
-lm_train = TrainConfig(steps=3 if TINY else 600, batch_size=4 if TINY else 32,
+lm_train = TrainConfig(steps=3 if TINY else 300, batch_size=4 if TINY else 16,
                        learning_rate=3e-3, eval_batches=1, log_every=100, tensorboard=False)
 with tempfile.TemporaryDirectory() as workdir:  # checkpoints go here and are removed after
   lm = train(lm_config, lm_train, text, workdir, progress=not TINY)
 print(f"held-out bits per byte: {lm.final_eval['bits_per_byte']:.3f}")
 prompt = jnp.asarray([text.tokenizer.encode("In the beginning")])
-new_tokens = 16 if TINY else 160
+new_tokens = 16 if TINY else 100
 greedy = generate(lm.model, prompt, new_tokens)
 sampled = generate(lm.model, prompt, new_tokens, rng=jax.random.key(0), temperature=0.8, top_k=40)
 print("greedy: ", repr(text.tokenizer.decode(greedy[0].tolist())))

@@ -27,7 +27,7 @@
 #    for every θ;
 # 3. follows AM-AdamW's adaptive momentum coefficient β_t over training.
 #
-# It takes about 3 minutes on a laptop CPU.
+# It takes about 3 minutes on a 2-core CPU.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

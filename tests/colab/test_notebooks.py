@@ -3,8 +3,8 @@ without outputs, opens with an "Open in Colab" badge for its own file and an ins
 runs top to bottom through a Jupyter kernel at its tiny size.
 
 The size is the notebook's one parameter: a cell tagged ``parameters`` sets ``TINY = False``, and
-the test runs a copy with ``TINY = True`` injected after it, as papermill injects parameters
-(``papermill <name>.ipynb out.ipynb -p TINY True`` runs the same thing).
+the test runs a copy with a cell ``TINY = True`` inserted after it, the papermill convention for
+injecting parameters.
 """
 
 import pathlib

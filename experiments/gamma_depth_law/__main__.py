@@ -28,7 +28,8 @@ from momentum_jax.nn import TransformerConfig  # noqa: E402
 
 # The held-out sequences' key, apart from the training seeds' keys key(0), key(1), ...
 EVAL_SEED = 987_654_321
-SHEARS = {"learned": False, "learned_normalized": True}
+# The learned-γ members of a unit: on the plain shear and on the gain-normalised one.
+SHEARS = ("learned", "learned_normalized")
 
 
 def _unit_name(task_name: str, depth: int) -> str:

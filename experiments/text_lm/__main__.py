@@ -25,7 +25,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from momentum_jax.data import TextDataset, load_text_dataset  # noqa: E402
 from momentum_jax.experiments.cli import ExperimentRun, start_experiment  # noqa: E402
-from momentum_jax.experiments.text_lm.config import PRESETS, get_config  # noqa: E402
+from momentum_jax.experiments.text_lm.config import (  # noqa: E402
+    PRESETS, ExperimentConfig, get_config)
 from momentum_jax.train import train  # noqa: E402
 
 BASELINE = "softmax"
@@ -102,7 +103,7 @@ def train_text_models(run: ExperimentRun) -> TextModels:
   return TextModels(dataset, models, tokens_per_step, data_seconds)
 
 
-def data_record(config, text: TextModels) -> dict:
+def data_record(config: ExperimentConfig, text: TextModels) -> dict:
   """The ``"data"`` entry of a results file: the text's config, rows, bytes per token, time."""
   return {"config": dataclasses.asdict(config.data),
           "train_rows": text.dataset.num_rows("train"),

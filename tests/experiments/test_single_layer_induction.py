@@ -7,6 +7,12 @@ import pytest
 from momentum_jax.experiments.single_layer_induction.__main__ import main
 from momentum_jax.experiments.single_layer_induction.config import get_config
 
+# The --quick run's table (final held-out accuracy and loss) as recorded on the CPU: the run is
+# deterministic, so a change to the experiment's code that changes its numbers shows here.
+QUICK_TABLE = {"softmax_1L": (0.017045455053448677, 4.385934352874756),
+               "momentum_1L_g0.5": (0.005681818351149559, 4.434435844421387),
+               "softmax_2L": (0.022727273404598236, 4.137948513031006)}
+
 
 @pytest.mark.slow
 def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
@@ -19,6 +25,9 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert 0.0 <= result["eval_accuracy"] <= 1.0
     assert result["curve_steps"][-1] == get_config(quick=True).train.steps
   assert set(saved["targets"]) == {"momentum_1L (best)", "softmax_1L", "softmax_2L"}
+  for name, (accuracy, loss) in QUICK_TABLE.items():
+    assert saved["results"][name]["eval_accuracy"] == pytest.approx(accuracy, rel=1e-5)
+    assert saved["results"][name]["eval_loss"] == pytest.approx(loss, rel=1e-5)
   assert (tmp_path / "quick" / "accuracy.png").stat().st_size > 1000
   out = capsys.readouterr().out
   for name in names:

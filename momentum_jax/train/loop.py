@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import math
 import os
 import pathlib
@@ -109,6 +110,15 @@ def _data_record(data: Task | TextDataset) -> dict[str, Any]:
   return {"name": type(data).__name__, **dataclasses.asdict(data)}
 
 
+def _tensorboard_dir(cfg: TrainConfig, workdir: pathlib.Path) -> pathlib.Path | None:
+  """Where the run writes TensorBoard event files: ``workdir/tensorboard`` when
+  ``cfg.tensorboard``, or, when it is None, when tensorboardX is installed; else None."""
+  wanted = cfg.tensorboard
+  if wanted is None:
+    wanted = importlib.util.find_spec("tensorboardX") is not None
+  return workdir / TENSORBOARD_DIR if wanted else None
+
+
 def _training_mesh(cfg: TrainConfig, mesh: Mesh | None) -> Mesh:
   if mesh is not None:
     if cfg.mesh_shape is not None:
@@ -165,7 +175,7 @@ def train(
 
   Writes ``workdir/metrics.jsonl`` (train metrics every ``log_every`` steps, held-out eval every
   ``eval_every`` steps and at the end; also as TensorBoard scalars in ``workdir/tensorboard``
-  when ``train_config.tensorboard``) and orbax checkpoints in ``workdir/checkpoints`` (every
+  when ``train_config.tensorboard`` is True, or None with tensorboardX installed) and orbax checkpoints in ``workdir/checkpoints`` (every
   ``checkpoint_every`` steps and at the end), with the text iterator's position. If ``workdir``
   holds a checkpoint, training resumes from the newest readable one, on whatever mesh this run
   has, bit-identically to an uninterrupted run, and prints ``resumed <workdir name> from step
@@ -308,9 +318,8 @@ def _run(
       flops_per_token=model_flops_per_token(model_config, seq_len),
       peak=peak_flops_per_second(jax.devices()[0], model_config.dtype),
       num_devices=mesh.size)
-  tensorboard_dir = workdir / TENSORBOARD_DIR if cfg.tensorboard else None
   with MetricsLog(workdir / METRICS_FILE, keep_until_step=None if restored is None else start,
-                  tensorboard_dir=tensorboard_dir) as log:
+                  tensorboard_dir=_tensorboard_dir(cfg, workdir)) as log:
 
     def run_eval(step: int) -> dict[str, float]:
       means = {k: float(v) for k, v in jax.device_get(evaluate(params, rest)).items()}

@@ -1,5 +1,5 @@
 """Metrics as JSON lines, one record per (step, kind), truncated on resume; optionally also as
-TensorBoard scalars."""
+TensorBoard scalars (through ``tensorboardX``, which the ``tensorboard`` extra installs)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numbers
 import pathlib
 import time
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import tensorboardX
+if TYPE_CHECKING:
+  import tensorboardX
 
 _EVENT_FILES = "events.out.tfevents.*"
 
@@ -69,7 +70,14 @@ class MetricsLog:
   def _open_writer(self, directory: pathlib.Path,
                    keep_until_step: int | None) -> tensorboardX.SummaryWriter:
     """A writer on a new event file in ``directory``: after a purge past the kept records when
-    the directory already has event files, else with the kept records written first."""
+    the directory already has event files, else with the kept records written first.
+    ``ModuleNotFoundError`` naming the extra to install when tensorboardX is missing."""
+    try:
+      import tensorboardX
+    except ModuleNotFoundError as error:
+      raise ModuleNotFoundError(
+          "TensorBoard event files need tensorboardX: pip install 'momentum_jax[tensorboard]'",
+          name=error.name) from error
     earlier = directory.is_dir() and any(directory.glob(_EVENT_FILES))
     purge_step = (0 if keep_until_step is None else keep_until_step + 1) if earlier else None
     # tensorboardX names the file by the second and the host and opens it with "wb": the

@@ -11,7 +11,7 @@ from momentum_jax.data import read_documents
 
 try:
   import tensorflow_datasets as tfds
-except ImportError:  # the optional data extra: the tfds tests skip, the others run
+except ImportError:  # the optional text extra: the tfds tests skip, the others run
   tfds = None
 
 

@@ -6,43 +6,32 @@ a real process and ``XLA_FLAGS`` must be set before JAX is imported.
 
 import dataclasses
 import json
-import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 import pytest
+from train_harness import assert_same_params, kill_after_a_checkpoint, train_losses, worker_env
 
 from momentum_jax.data import InductionTask
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train import METRICS_FILE, TrainConfig, train
+from momentum_jax.train import TrainConfig, train
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TASK = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
 MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=1, d_model=32,
                           num_heads=2)
 TRAIN = TrainConfig(steps=60, batch_size=8, learning_rate=1e-2, eval_every=0, eval_batches=1,
                     checkpoint_every=10, log_every=1)
 
-# Trains the configuration given as JSON in argv[1]; every metrics record is followed by a short
-# sleep so that the parent can kill the run between checkpoints.
+# Trains the configuration given as JSON in argv[1].
 _KILLABLE_WORKER = """
-import json, sys, time
+import json, sys
 from momentum_jax.data import InductionTask
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, train
-from momentum_jax.train.metrics_log import MetricsLog
 
 spec = json.loads(sys.argv[1])
-append = MetricsLog.append
-def slow_append(self, step, values):
-  append(self, step, values)
-  time.sleep(0.05)
-MetricsLog.append = slow_append
 train(TransformerConfig.from_dict(spec["model"]), TrainConfig(**spec["train"]),
       InductionTask(**spec["task"]), spec["workdir"], progress=False)
 """
@@ -86,52 +75,19 @@ def _spec(train_config: TrainConfig, workdir: pathlib.Path) -> str:
                      "task": dataclasses.asdict(TASK), "workdir": str(workdir)})
 
 
-def _env(**extra: str) -> dict[str, str]:
-  path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-  return {**os.environ, "PYTHONPATH": path, **extra}
-
-
-def _last_logged_step(workdir: pathlib.Path) -> int:
-  try:
-    lines = (workdir / METRICS_FILE).read_text().splitlines()
-    return json.loads(lines[-1])["step"] if lines else 0
-  except (FileNotFoundError, json.JSONDecodeError):
-    return 0
-
-
-def _finished_checkpoints(workdir: pathlib.Path) -> list[int]:
-  root = workdir / "checkpoints"
-  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
   workdir = tmp_path / "killed"
-  proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_WORKER, _spec(TRAIN, workdir)],
-                          env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-  deadline = time.monotonic() + 180
-  killed_after = None
-  while time.monotonic() < deadline and proc.poll() is None:
-    checkpoints = _finished_checkpoints(workdir)
-    if checkpoints and _last_logged_step(workdir) >= checkpoints[-1] + 3:
-      proc.send_signal(signal.SIGKILL)
-      killed_after = _last_logged_step(workdir)
-      break
-    time.sleep(0.01)
-  proc.wait()
-  output = proc.stdout.read().decode()
-  assert killed_after is not None, f"worker ended (rc={proc.returncode}) before the kill:\n{output}"
-  assert proc.returncode == -signal.SIGKILL
+  killed_after = kill_after_a_checkpoint(_KILLABLE_WORKER, [_spec(TRAIN, workdir)], workdir,
+                                         sleep_s=0.05, timeout_s=180)
   assert killed_after < TRAIN.steps, "the worker finished before it was killed"
 
   resumed = train(MODEL, TRAIN, TASK, workdir, progress=False)
   straight = train(MODEL, TRAIN, TASK, tmp_path / "straight", progress=False)
-  for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):
-    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert_same_params(resumed.params, straight.params)
   steps = [r["step"] for r in resumed.history if "train_loss" in r]
   assert steps == list(range(1, TRAIN.steps + 1))  # killed-run records past the checkpoint dropped
-  assert [r["train_loss"] for r in resumed.history if "train_loss" in r] == [
-      r["train_loss"] for r in straight.history if "train_loss" in r]
+  assert train_losses(resumed.history) == train_losses(straight.history)
 
 
 @pytest.mark.slow
@@ -139,7 +95,7 @@ def test_four_devices_match_one_device(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=12, log_every=2, checkpoint_every=0, eval_batches=2)
   proc = subprocess.run(
       [sys.executable, "-c", _DATA_PARALLEL_WORKER, _spec(cfg, tmp_path)],
-      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"),
+      env=worker_env(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"),
       capture_output=True, text=True, timeout=300,
   )
   assert proc.returncode == 0, proc.stderr

@@ -51,9 +51,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from momentum_jax.data import TextDataConfig, load_text_dataset
-from momentum_jax.generate import load_run
 from momentum_jax.nn import TransformerConfig, generate
-from momentum_jax.train import TrainConfig, train
+from momentum_jax.train import TrainConfig, load_run, train
 
 SEQ_LEN = 64 if TINY else 128
 NUM_LAYERS, D_MODEL = (1, 32) if TINY else (4, 128)

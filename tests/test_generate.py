@@ -1,5 +1,5 @@
 """python -m momentum_jax.generate: a text run's checkpoint and tokeniser give the continuation
-that generate() gives on the trained model; runs without text or checkpoints are named."""
+that generate() gives on the trained model; load_run refuses runs without text or checkpoints."""
 
 import dataclasses
 
@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from momentum_jax.data import InductionTask, TextDataConfig, load_text_dataset
-from momentum_jax.generate import load_run, main
+from momentum_jax.generate import main
 from momentum_jax.nn import TransformerConfig, generate
-from momentum_jax.train import TrainConfig, train
+from momentum_jax.train import TrainConfig, load_run, train
 
 MODEL = TransformerConfig(vocab_size=256, context_len=32, num_layers=1, d_model=32, num_heads=2,
                           mlp_dim=64, attention="momentum", attention_params={"gamma": 0.5})

@@ -60,11 +60,11 @@ def _mesh_step(shape: tuple[int, int, int], devices: int):
   cfg = dataclasses.replace(TRAIN, mesh_shape=shape)
   mesh = make_mesh(shape, jax.devices()[:devices])
   placement_batch = batch_sharding(mesh, cfg.batch_size)
-  graphdef, params, rest, opt_state, placement = init_train_state(
+  graphdef, fresh, placement = init_train_state(
       MODEL, cfg, mesh, placement_batch, jax.random.key(0))
-  held = {"params": max(bytes_per_device(params).values()),
-          "opt_state": max(bytes_per_device(opt_state).values())}
-  state = {"params": params, "opt_state": opt_state, "rest": rest, "step": 0}
+  held = {"params": max(bytes_per_device(fresh.params).values()),
+          "opt_state": max(bytes_per_device(fresh.opt_state).values())}
+  state = fresh._asdict()
   static = dict(graphdef=graphdef, cfg=step_config(cfg), task=None, placement=placement)
 
   def step(batch):

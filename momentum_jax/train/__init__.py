@@ -1,6 +1,7 @@
 """Training: config and optimizer, masked losses, the jitted mesh-aware loop (synthetic tasks or
 packed text; data / FSDP / tensor-parallel meshes; mixed precision; gradient accumulation) with
-orbax checkpoints that resume on another mesh and skip damaged steps."""
+orbax checkpoints of its ``TrainState`` that resume on another mesh and skip damaged steps, and
+``load_run``, which reads a trained run back for generation."""
 
 from momentum_jax.train.checkpoint import ConfigMismatchError, CorruptCheckpointWarning
 from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
@@ -8,6 +9,7 @@ from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_secon
 from momentum_jax.train.loop import METRICS_FILE, TENSORBOARD_DIR, TrainResult, train
 from momentum_jax.train.loss import (
     masked_accuracy, masked_cross_entropy, masked_sums, momentum_distillation_loss)
+from momentum_jax.train.saved_run import load_run
 from momentum_jax.train.sharding import (
     DATA_AXIS,
     FSDP_AXIS,
@@ -20,6 +22,7 @@ from momentum_jax.train.sharding import (
     opt_state_shardings,
     param_shardings,
 )
+from momentum_jax.train.state import TrainState
 from momentum_jax.train.step import init_train_state
 
 __all__ = [
@@ -34,9 +37,11 @@ __all__ = [
     "CorruptCheckpointWarning",
     "TrainConfig",
     "TrainResult",
+    "TrainState",
     "batch_sharding",
     "bytes_per_device",
     "init_train_state",
+    "load_run",
     "make_mesh",
     "make_optimizer",
     "make_schedule",

@@ -1,10 +1,11 @@
-"""Orbax checkpoints of a training run: ``{params, opt_state, step}`` plus the run's config.
+"""Orbax checkpoints of a training run: its state's checkpoint tree plus the run's config.
 
 Layout: ``workdir/checkpoints/<step>/{state, config, digest[, data]}``; ``state`` is a
-``StandardSave`` pytree, ``config`` a JSON record of what determines the trajectory (package
-version, model, optimisation, task and, for a run started by an experiment, the experiment's name
-and resolved config), used to refuse resuming a run under a different configuration; ``data`` the
-JSON position of a data iterator, when the run has one; ``digest`` a checksum of each of the other
+``StandardSave`` pytree (``TrainState.checkpoint_tree``: params, opt_state, rest, step),
+``config`` a JSON record of what determines the trajectory (package version, model,
+optimisation, task and, for a run started by an experiment, the experiment's name and resolved
+config), used to refuse resuming a run under a different configuration; ``data`` the JSON
+position of a data iterator, when the run has one; ``digest`` a checksum of each of the other
 items.
 
 The digest is there because not every damage to a file raises when it is read: a bit flipped in
@@ -62,7 +63,8 @@ class Restored(NamedTuple):
 
   Attributes:
     step: the step it was saved at.
-    state: the ``{params, opt_state, step}`` pytree, shaped and sharded like the target.
+    state: the saved pytree (``TrainState.checkpoint_tree``), shaped and sharded like the
+      target.
     signature: the saved run signature.
     data_state: the saved data iterator position, or None when the step saved none.
   """
@@ -156,7 +158,7 @@ def save(
 ) -> None:
   """Starts an async save of ``state``, ``signature``, ``data_state`` and their digest.
 
-  ``state`` is the ``{params, opt_state, step}`` pytree of arrays, ``data_state`` a JSON dict (the
+  ``state`` is a pytree of arrays (``TrainState.checkpoint_tree``), ``data_state`` a JSON dict (the
   data iterator's position), saved as the ``data`` item when given. The digest is computed here,
   before the save starts: one jitted reduction over the state's arrays, wherever they live.
   """
@@ -222,21 +224,6 @@ def restore_latest(
 def read_signature(manager: ocp.CheckpointManager, step: int) -> dict[str, Any]:
   """The run signature saved at ``step`` (unchecked: ``restore_latest`` checks it)."""
   return _restore_item(manager, step, "config", ocp.args.JsonRestore())
-
-
-def saveable_rest(rest: Any) -> Any:
-  """Module state with typed PRNG keys as their raw key data, which orbax stores as arrays."""
-  return jax.tree.map(
-      lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x,
-      rest)
-
-
-def restored_rest(saved: Any, like: Any) -> Any:
-  """Inverse of :func:`saveable_rest`: key data wrapped back into keys of ``like``'s key type."""
-  return jax.tree.map(
-      lambda x, ref: (jax.random.wrap_key_data(x, impl=jax.random.key_impl(ref))
-                      if jnp.issubdtype(ref.dtype, jax.dtypes.prng_key) else x),
-      saved, like)
 
 
 class _UnreadableItem(Exception):

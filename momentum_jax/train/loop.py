@@ -47,6 +47,7 @@ from momentum_jax.train.flops import (
     model_flops_per_token, peak_flops_per_second, throughput_metrics)
 from momentum_jax.train.metrics_log import MetricsLog
 from momentum_jax.train.sharding import batch_sharding, make_mesh
+from momentum_jax.train.state import TrainState
 from momentum_jax.train.step import (
     Placement, evaluate_batch, evaluate_task, init_train_state, step_config, train_step)
 
@@ -275,31 +276,29 @@ def _run(
 ) -> TrainResult:
   """``train`` after validation, with an open checkpoint manager and the run's signature."""
   params_key, data_key, eval_key = jax.random.split(jax.random.key(cfg.seed), 3)
-  graphdef, params, rest, opt_state, placement = init_train_state(
+  graphdef, fresh, placement = init_train_state(
       model_config, cfg, mesh, batch_placement, params_key)
   text = _TextFeed(data, cfg, placement) if isinstance(data, TextDataset) else None
 
-  target = {"params": params, "opt_state": opt_state, "rest": checkpoint.saveable_rest(rest),
-            "step": jax.device_put(0, placement.replicated)}
   try:
-    restored = checkpoint.restore_latest(manager, target, signature)
+    restored = checkpoint.restore_latest(
+        manager, fresh.checkpoint_tree(placement.replicated), signature)
   except checkpoint.ConfigMismatchError as error:
     raise ValueError(f"{error}\n{_START_OVER}") from None
-  start = 0
+  state = fresh
   if restored is not None:
-    if restored.step > cfg.steps:
-      raise ValueError(f"the latest checkpoint is at step {restored.step} > steps={cfg.steps} in "
+    state = TrainState.from_checkpoint_tree(restored.state, like=fresh)
+    if state.step > cfg.steps:
+      raise ValueError(f"the latest checkpoint is at step {state.step} > steps={cfg.steps} in "
                        f"{workdir}; {_START_OVER}")
-    if restored.step == cfg.steps:
-      print(f"{workdir.name} finished at step {restored.step} of {cfg.steps}: skipped "
+    if state.step == cfg.steps:
+      print(f"{workdir.name} finished at step {state.step} of {cfg.steps}: skipped "
             "(--fresh retrains)")
     else:
-      print(f"resumed {workdir.name} from step {restored.step} of {cfg.steps}")
-    state = restored.state
-    params, opt_state, start = state["params"], state["opt_state"], int(state["step"])
-    rest = checkpoint.restored_rest(state["rest"], rest)
+      print(f"resumed {workdir.name} from step {state.step} of {cfg.steps}")
     if text is not None:
       text.train.set_state(restored.data_state)
+  params, opt_state, rest, start = state
 
   step_static = dict(graphdef=graphdef, cfg=step_config(cfg),
                      task=None if text is not None else data, placement=placement)
@@ -344,10 +343,8 @@ def _run(
           run_eval(done)
           throughput.restart()
         if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-          state = {"params": params, "opt_state": opt_state,
-                   "rest": checkpoint.saveable_rest(rest),
-                   "step": jax.device_put(done, placement.replicated)}
-          checkpoint.save(manager, done, state, signature,
+          state = TrainState(params, opt_state, rest, done)
+          checkpoint.save(manager, done, state.checkpoint_tree(placement.replicated), signature,
                           data_state=None if text is None else text.train.get_state())
           throughput.restart()
         bar.update(1)

@@ -46,6 +46,7 @@ from momentum_jax.train.config import (
 )
 from momentum_jax.train.loss import masked_sums
 from momentum_jax.train.sharding import gathered, opt_state_shardings, param_shardings
+from momentum_jax.train.state import TrainState
 
 # Auxiliary losses of the model logged with the train metrics when the model has them.
 AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
@@ -161,8 +162,8 @@ def _accumulated(params, rest, batch: Batch, count: jax.Array, k: int, grad):
 
 def init_train_state(model_config: TransformerConfig, cfg: TrainConfig, mesh: Mesh,
                      batch_placement: NamedSharding, params_key: jax.Array
-                     ) -> tuple[nnx.GraphDef, nnx.State, nnx.State, Any, Placement]:
-  """``graphdef, params, rest, opt_state, placement`` of a fresh model and optimizer on ``mesh``.
+                     ) -> tuple[nnx.GraphDef, TrainState, Placement]:
+  """``graphdef, state, placement`` of a fresh model and optimizer on ``mesh`` (step 0).
 
   The model is initialised eagerly (the same draws as ``Transformer(config, rngs=...)``) and
   its state moved onto the shardings its logical axes give.
@@ -180,7 +181,7 @@ def init_train_state(model_config: TransformerConfig, cfg: TrainConfig, mesh: Me
                         opt_state=tuple(jax.tree.leaves(opt_sharding)),
                         batch=batch_placement, replicated=replicated,
                         compute_params=tuple(map(gathered, jax.tree.leaves(params_sharding))))
-  return graphdef, params, rest, opt_state, placement
+  return graphdef, TrainState(params, opt_state, rest, step=0), placement
 
 
 @functools.partial(

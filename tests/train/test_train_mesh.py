@@ -68,9 +68,9 @@ for shape, name in (((8, 1, 1), "moved_8x1"), (None, "moved_1")):
 # Bytes each device holds of the parameters and the AdamW state under FSDP over 8 devices.
 from momentum_jax.train import batch_sharding, bytes_per_device, init_train_state, make_mesh
 fsdp = make_mesh((1, 8, 1))
-_, params, _, opt_state, _ = init_train_state(
+_, state, _ = init_train_state(
     model, base, fsdp, batch_sharding(fsdp, base.batch_size), jax.random.key(0))
-for name, tree in (("params", params), ("opt_state", opt_state)):
+for name, tree in (("params", state.params), ("opt_state", state.opt_state)):
   held = bytes_per_device(tree)
   total = sum(x.nbytes for x in jax.tree.leaves(tree))
   out.setdefault("fsdp_bytes", {})[name] = {"total": total, "per_device": sorted(held.values())}

@@ -89,9 +89,16 @@ class ExperimentRun:
             "config_hash": self.config_hash}
 
 
+def model_names(config: Any) -> list[str]:
+  """The names in the config's field of ``(name, config)`` pairs that it trains, ``models`` or
+  else ``runs``: the model folders of the run."""
+  pairs = config.models if hasattr(config, "models") else config.runs
+  return [name for name, _ in pairs]
+
+
 def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
-                     get_config: Callable[[bool], Any],
-                     workdirs: Callable[[Any], Iterable[str]],
+                     get_config: Callable[[bool], Any], *,
+                     workdirs: Callable[[Any], Iterable[str]] = model_names,
                      presets: Mapping[str, Callable[[], Any]] | None = None) -> ExperimentRun:
   """Parses the command line, resolves the config and prepares the run folder.
 
@@ -100,8 +107,8 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
     doc: the ``__main__`` module's docstring; its first paragraph is the ``--help`` description.
     name: the experiment's module name, e.g. ``"single_layer_induction"``.
     get_config: the experiment's ``get_config(quick)``.
-    workdirs: the model folders (names under the run folder) that the resolved config trains;
-      ``--fresh`` removes these.
+    workdirs: the model folders (names under the run folder) that the resolved config trains
+      (default: ``model_names``); ``--fresh`` removes these.
     presets: other named configurations (e.g. a GPU-scale one), chosen with ``--preset NAME``
       instead of ``get_config``'s; a preset's run folder is ``<output root>/<NAME>``.
 

@@ -132,8 +132,9 @@ def print_table(title: str, width: int, columns: Sequence[Column],
   widths = [re.match(r"[+ -]?(\d*)", spec).group(1) for _, spec, _ in columns]
   headers = [header.split("\n") for header, _, _ in columns]
   for line in range(max(map(len, headers))):
-    print(f"{title if line == 0 else '':<{width}}" + "".join(
-        f"{lines[line] if line < len(lines) else '':>{w}}" for lines, w in zip(headers, widths)))
+    print((f"{title if line == 0 else '':<{width}}" + "".join(
+        f"{lines[line] if line < len(lines) else '':>{w}}" for lines, w in zip(headers, widths)
+    )).rstrip())
   for name, r in rows.items():
     cells = (format(cell(r) if callable(cell) else r[cell], ">" + spec)
              for _, spec, cell in columns)

@@ -1,7 +1,6 @@
 """Trains the models of ``config.py`` on the induction task; writes a table, JSON and a plot.
 
-    python -m momentum_jax.experiments.single_layer_induction [--quick] [--output-dir DIR]
-        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
+    python -m momentum_jax.experiments.single_layer_induction [--quick] [--fresh] [...]
 """
 
 from __future__ import annotations
@@ -52,8 +51,7 @@ def _plot(results: dict[str, dict]):
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  run = start_experiment(argv, __doc__, "single_layer_induction", get_config,
-                         workdirs=lambda config: (name for name, _ in config.models))
+  run = start_experiment(argv, __doc__, "single_layer_induction", get_config)
   config = run.config
   results = train_models(run, each_model(config.models, config.train), config.task, _row)
   checks = _check(results)

@@ -8,6 +8,13 @@ from momentum_jax.experiments.spike_robustness.__main__ import main
 from momentum_jax.experiments.spike_robustness.config import get_config
 
 RUNS = ["adamw_no_spikes", "adamw", "adamw_clip", "spam", "stable_spam"]
+# The --quick run's table (final eval loss, eval accuracy, largest loss after the spikes) as
+# recorded on the CPU: the run is deterministic, so a change that changes its numbers shows here.
+QUICK_TABLE = {"adamw_no_spikes": (3.398416519165039, 0.0357142873108387, 3.4679677486419678),
+               "adamw": (3.798644781112671, 0.0357142873108387, 3.7910380363464355),
+               "adamw_clip": (3.395242929458618, 0.0535714291036129, 3.466188669204712),
+               "spam": (3.4360198974609375, 0.02678571455180645, 3.547320604324341),
+               "stable_spam": (3.3919811248779297, 0.0446428582072258, 3.4665415287017822)}
 
 
 @pytest.mark.slow
@@ -21,6 +28,10 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
     assert result["curves"]["steps"] == list(range(1, steps + 1))  # the loss of every step
     assert result["max_loss_after_spikes"] > 0.0
   assert saved["spikes"] and "best under spikes" in saved["verdict"]
+  for name, row in QUICK_TABLE.items():
+    r = saved["results"][name]
+    assert (r["eval_loss"], r["eval_accuracy"], r["max_loss_after_spikes"]) == pytest.approx(
+        row, rel=1e-5)
   assert (tmp_path / "quick" / "loss_curves.png").stat().st_size > 1000
   out = capsys.readouterr().out
   assert all(name in out for name in RUNS) and "best under spikes" in out

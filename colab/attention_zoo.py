@@ -56,14 +56,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from momentum_jax.attention import (
-    AttentionDims, alibi_slopes, and_masks, available_attention, causal_mask, create_block_mask,
-    flex_attention, flex_attention_reference, get_attention, lightning_attention,
-    lightning_attention_reference, linear_attention, momentum_attention,
-    momentum_attention_reference, segment_mask, sliding_window_mask, softmax_attention,
-    streaming_llm_mask,
+    AttentionDims, available_attention, get_attention, momentum_attention,
+    momentum_attention_reference, softmax_attention,
 )
 from momentum_jax.attention.dispatch import SoftmaxCall, softmax_route
-from momentum_jax.core.block_mask import EMPTY, FULL, PARTIAL
+from momentum_jax.attention.flex import flex_attention, flex_attention_reference
+from momentum_jax.attention.flex_mods import (
+    and_masks, causal_mask, segment_mask, sliding_window_mask, streaming_llm_mask,
+)
+from momentum_jax.attention.lightning import lightning_attention, lightning_attention_reference
+from momentum_jax.attention.linear import linear_attention
+from momentum_jax.core.alibi import alibi_slopes
+from momentum_jax.core.block_mask import EMPTY, FULL, PARTIAL, create_block_mask
 from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians)
 

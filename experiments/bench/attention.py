@@ -32,7 +32,8 @@ from collections.abc import Sequence
 
 import jax
 
-from momentum_jax.attention import apply_rope, momentum_attention
+from momentum_jax.attention import momentum_attention
+from momentum_jax.core.rope import apply_rope
 from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )

@@ -33,9 +33,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention import (
-    causal_mask, create_block_mask, flex_attention, sliding_window_mask,
-)
+from momentum_jax.attention.flex import flex_attention
+from momentum_jax.attention.flex_mods import causal_mask, sliding_window_mask
+from momentum_jax.core.block_mask import create_block_mask
 from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )

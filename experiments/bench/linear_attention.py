@@ -36,7 +36,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from momentum_jax.attention import lightning_attention, linear_attention
+from momentum_jax.attention.lightning import lightning_attention
+from momentum_jax.attention.linear import linear_attention
 from momentum_jax.experiments.bench.timing import (
     attention_grad_step, attention_inputs, interleaved_medians,
 )

@@ -23,7 +23,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from momentum_jax.attention import apply_rope, get_attention
+from momentum_jax.attention import get_attention
+from momentum_jax.core.rope import apply_rope
 from momentum_jax.data import Batch, InductionTask
 from momentum_jax.experiments.bench.timing import interleaved_medians
 from momentum_jax.nn import Transformer, TransformerConfig

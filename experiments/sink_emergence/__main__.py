@@ -1,8 +1,7 @@
 """Trains the softmax and sigmoid LMs of ``config.py`` on the Markov–Zipf language and measures
 the first-token attention sink (Sink_1, ε = 0.3) over training; writes a table, JSON and plots.
 
-    python -m momentum_jax.experiments.sink_emergence [--quick] [--output-dir DIR]
-        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
+    python -m momentum_jax.experiments.sink_emergence [--quick] [--fresh] [...]
 """
 
 from __future__ import annotations
@@ -17,11 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from momentum_jax.analysis import plot_sink_heatmap, sink_alpha, sink_rate
 from momentum_jax.experiments.cli import start_experiment
+from momentum_jax.experiments.recipe import finish, new_figure
 from momentum_jax.experiments.sink_emergence.config import get_config
 from momentum_jax.train import train
 
@@ -41,20 +39,15 @@ def _measure(state: nnx.State, tokens_BxT: jax.Array, *, graphdef: nnx.GraphDef,
           "alpha_1_LxN": alpha_LxBxNxT[..., 0].mean(axis=1)}
 
 
-def _plot_curves(results: dict[str, dict], epsilon: float, path: pathlib.Path) -> None:
-  fig = Figure(figsize=(7, 4.5))
-  ax = fig.subplots()
+def _plot_curves(results: dict[str, dict], epsilon: float):
+  fig, ax = new_figure(figsize=(7, 4.5))
   for name, r in results.items():
     ax.plot(r["steps"], r["sink_1"], marker="o", markersize=3, label=name)
-  ax.set_xlabel("training step")
-  ax.set_ylabel(f"Sink_1 (% of sequence·layer·head with α > {epsilon:g})")
-  ax.set_ylim(-2, 102)
+  ax.set(xlabel="training step", ylabel=f"Sink_1 (% of sequence·layer·head with α > {epsilon:g})",
+         ylim=(-2, 102), title="First-token attention sink over training")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  ax.set_title("First-token attention sink over training")
-  fig.tight_layout()
-  FigureCanvasAgg(fig)
-  fig.savefig(path, dpi=120)
+  return fig
 
 
 def _measurements(workdir: pathlib.Path) -> dict[int, dict]:
@@ -66,8 +59,7 @@ def _measurements(workdir: pathlib.Path) -> dict[int, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-  run = start_experiment(argv, __doc__, "sink_emergence", get_config,
-                         workdirs=lambda config: (name for name, _ in config.models))
+  run = start_experiment(argv, __doc__, "sink_emergence", get_config)
   config, out_dir = run.config, run.out_dir
   probe = config.task.sample(jax.random.key(config.probe_seed), config.probe_batch).tokens
   schedule = sorted({*range(config.measure_every, config.train.steps, config.measure_every),
@@ -95,19 +87,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plot_sink_heatmap(np.asarray(final["alpha_1_LxN"]), out_dir / f"sink_heatmap_{name}.png",
                       epsilon=config.epsilon, title=f"{name}: α_1 after {schedule[-1]} steps")
 
-  summary = {"task": dataclasses.asdict(config.task), "entropy_rate": config.task.entropy_rate(),
-             "train": config.train.to_dict(), "epsilon": config.epsilon, "quick": run.quick,
-             "results": results, **run.record()}
-  (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
-  _plot_curves(results, config.epsilon, out_dir / "sink_curve.png")
-
-  print(f"\nentropy rate of the language: {summary['entropy_rate']:.3f} nats")
+  entropy_rate = config.task.entropy_rate()
+  print(f"\nentropy rate of the language: {entropy_rate:.3f} nats")
   print(f"{'model':<20}{'loss':>8}{'Sink_1 %':>10}  Sink_1 over training")
   for name, r in results.items():
     curve = " ".join(f"{s:.0f}" for s in r["sink_1"])
     print(f"{name:<20}{r['eval_loss'][-1]:>8.3f}{r['sink_1'][-1]:>10.1f}  {curve}")
-  print(f"\nwrote {out_dir / 'results.json'}, sink_curve.png and the sink heatmaps")
-  return summary
+  print()
+  return finish(run, {"task": dataclasses.asdict(config.task), "entropy_rate": entropy_rate,
+                      "train": config.train.to_dict(), "epsilon": config.epsilon,
+                      "results": results},
+                {"sink_curve.png": _plot_curves(results, config.epsilon)})
 
 
 if __name__ == "__main__":

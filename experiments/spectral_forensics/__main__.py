@@ -22,7 +22,8 @@ from momentum_jax.analysis import (
     plot_band_energies, plot_bode, rope_momentum_gain, rope_pair_band_energies, rope_pair_norms,
     shear_taps, time_power_spectrum,
 )
-from momentum_jax.attention import momentum_shear, rope_frequencies
+from momentum_jax.attention import momentum_shear
+from momentum_jax.core.rope import rope_frequencies
 from momentum_jax.data import repeated_random_tokens
 from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.spectral_forensics.config import ExperimentConfig, get_config

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_floating
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -196,3 +197,10 @@ def affine_attention_reference(
   if return_weights:
     return out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS
   return out_BxTxNxH
+
+
+register_attention(
+    "affine",
+    AttentionVariant(affine_attention, affine_attention_reference,
+                     params=("alpha_BxTxN", "alpha_ma"), token_params="affine"),
+)

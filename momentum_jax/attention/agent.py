@@ -11,6 +11,13 @@ covers positions floor(i·T/n_a) <= t < ceil((i+1)·T/n_a), as in PyTorch's ``Ad
 Time and memory are O((T + S)·n_a) per head; no T×S array is built. The method is non-causal
 (every agent summarises all queries and keys). The depthwise convolution on V that the authors add
 for images is not part of this function.
+
+As a learned parameter of ``"agent"``'s registration, the agent bias B1 is a per-head,
+per-key-position table ``[1, N, 1, context_len]`` shared by the agents (zero init,
+:func:`zero_agent_bias`), gathered at a batch's key positions by :func:`key_columns_at_positions`.
+The query bias B2 varies over the agents, whose number is a fixed parameter of the variant the
+initialiser does not see, and a B2 constant over agents cancels in its softmax, so B2 is not
+learned.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, LearnedLayout, register_attention,
+)
 from momentum_jax.core.checks import (
     broadcasts_to, check_attention_inputs, check_floating, check_unsupported,
 )
@@ -175,3 +185,25 @@ def agent_attention_reference(
                                  precision=hi)
     return out_BxTxNxH, jnp.log(weights_BxNxTxS), weights_BxNxTxS
   return out_BxTxNxH
+
+
+def zero_agent_bias(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """``[1, N, 1, context_len]`` zeros: agent attention's B1 per head and key position."""
+  del key
+  return jnp.zeros((1, dims.num_heads, 1, dims.context_len), jnp.float32)
+
+
+def key_columns_at_positions(table_1xNx1xC: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """``[1, N, 1, C]`` per-key table → ``[B, N, 1, S]``: column p of each key's position."""
+  return jnp.moveaxis(table_1xNx1xC[0][..., positions_BxT], 2, 0)
+
+
+register_attention(
+    "agent",
+    AttentionVariant(
+        agent_attention, agent_attention_reference,
+        params=("num_agents", "agent_bias", "query_bias"), learned={"agent_bias": zero_agent_bias},
+        layouts={"agent_bias": LearnedLayout(at_positions=key_columns_at_positions)},
+        masking="bidirectional",
+    ),
+)

@@ -1,33 +1,25 @@
-"""Decoding forms of the softmax-family variants: a preallocated contiguous K/V cache.
+"""The decoding machinery the variants' decode steps share: the decode context, a preallocated
+contiguous K/V cache and the rows a step reads and writes.
 
 A decode step receives T new rows of q, k and v per sequence, at positions ``length .. length +
 T − 1`` (every sequence of a batch advances together; prompts of different lengths are
 left-padded into their own segment), and returns the attention output of those rows, equal to
-the full causal forward pass over the whole sequence at the same rows:
+the full causal forward pass over the whole sequence at the same rows. Each variant's step sits
+in the variant's own module and is registered on it (``AttentionVariant.decoding``):
+``softmax_decode`` in :mod:`momentum_jax.attention.softmax`, and the steps built on it in
+``momentum``, ``kv_shift`` and ``ema_value``; the recurrent states of ``linear`` and
+``lightning`` in theirs.
 
-    out_t = Σ_{s visible to t} softmax_s(scale · q_t·k_s) v_s,
-
-with s visible when s ≤ t, t − s < window (when there is one) and s and t share a segment id.
-The cache holds ``capacity`` rows per sequence: ``max_len`` rows, or ``window`` rows for
+The K/V cache holds ``capacity`` rows per sequence: ``max_len`` rows, or ``window`` rows for
 sliding-window attention, a ring buffer whose slot c holds the newest row s ≡ c (mod window), so
 its memory is O(window), not O(context). It is contiguous, not paged (vAttention, arXiv
 2405.04437: contiguous memory keeps the attention kernel unchanged), and costs
 ``2 · K · H · itemsize`` bytes per cached row (:func:`kv_cache_bytes_per_token`); segment ids
 and positions are kept once for all layers (:class:`DecodeContext`), not per layer.
 
-The variants whose rows depend on the row before carry that row:
-
-- momentum (Maitra, arXiv 2602.04902): the shear x̂_t = x_t + γ (x_t − x_{t−1}) of q and k after
-  RoPE; the cache holds the sheared keys k̂ and the last pre-shear q and k of each sequence.
-- KV-shift (Xu et al., arXiv 2411.19574): k̃_t = α₁ k_t + α₂ k_{t−1}, ṽ_t = β₁ v_t + β₂ v_{t−1};
-  the cache holds k̃, ṽ and the last k and v.
-- EMA of values (Dai et al., arXiv 2212.10559): softmax attention plus m_t with
-  m_t = η (m_{t−1} + v_{t−1}); the cache holds the last m and v.
-
-At a segment start the previous row is the boundary value (zero, or x_t itself for momentum's
-``boundary="replicate"``), as in the full forms. Each decode step is registered on its variant
-(``AttentionVariant.decoding``); the recurrent forms of linear and Lightning attention are in
-:mod:`momentum_jax.attention.decoding_recurrent`.
+The variants whose rows depend on the row before (momentum's shear, KV-shift) cache that row
+(:class:`ShiftCache`); at a segment start (:func:`row_starts`) the previous row is the boundary
+value (:func:`previous_rows`), as in the full forms.
 """
 
 from __future__ import annotations
@@ -38,13 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.kv_shift import _check_pair, _pair_Kx2
-from momentum_jax.attention.momentum import gain_normalize
 from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.core.checks import check_boundary, is_concrete
-from momentum_jax.core.shear import Gamma
-
-_HI = jax.lax.Precision.HIGHEST
 
 
 class DecodeContext(NamedTuple):
@@ -87,20 +73,6 @@ class ShiftCache(NamedTuple):
   kv: KVCache
   last_a: jax.Array
   last_b: jax.Array
-
-
-class EmaCache(NamedTuple):
-  """A :class:`KVCache` plus the value EMA m of the last row and that row's value.
-
-  Attributes:
-    kv: the cache.
-    ema: float32 ``[B, K, H]``, m of the last written row.
-    last_v: float32 ``[B, K, H]``, v of the last written row.
-  """
-
-  kv: KVCache
-  ema: jax.Array
-  last_v: jax.Array
 
 
 def _check_sizes(**sizes: object) -> None:
@@ -161,7 +133,7 @@ def _slot_rows(capacity: int, length: jax.Array) -> jax.Array:
   return jnp.where(slot_C <= last, row_C, -1)
 
 
-def _visible(context: DecodeContext, capacity: int, t: int, window: int | None) -> jax.Array:
+def visible_rows(context: DecodeContext, capacity: int, t: int, window: int | None) -> jax.Array:
   """Boolean ``[B or 1, T, C + T]``: which cached and new rows each new query sees."""
   query_T = new_rows(context, t)
   key_S = jnp.concatenate([_slot_rows(capacity, context.length), query_T])
@@ -176,8 +148,8 @@ def _visible(context: DecodeContext, capacity: int, t: int, window: int | None) 
   return visible_TxS[None] & (query_ids_BxT[:, :, None] == key_ids_BxS[:, None, :])
 
 
-def _write(cache: KVCache, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-           length: jax.Array) -> KVCache:
+def write_rows(cache: KVCache, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+               length: jax.Array) -> KVCache:
   """The cache with the new rows in their slots (row s in slot s mod C; only the newest C of
   the T rows when T > C)."""
   capacity, t = cache.k.shape[1], k_BxTxKxH.shape[1]
@@ -187,8 +159,10 @@ def _write(cache: KVCache, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
                  v=cache.v.at[:, slots].set(v_BxTxKxH[:, t - kept:].astype(cache.v.dtype)))
 
 
-def _check_rows(cache: KVCache, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
-                v_BxTxKxH: jax.Array) -> None:
+def check_new_rows(cache: KVCache, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
+                   v_BxTxKxH: jax.Array) -> None:
+  """Raises ``ValueError`` naming both shapes unless the new rows fit the cache's batch, kv heads
+  and head size, and the new queries match the new keys (same B, T and H; N a multiple of K)."""
   batch, capacity, kv_heads, head_dim = cache.k.shape
   b, t, k, h = k_BxTxKxH.shape
   if (b, k, h) != (batch, kv_heads, head_dim) or v_BxTxKxH.shape != k_BxTxKxH.shape:
@@ -200,63 +174,8 @@ def _check_rows(cache: KVCache, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
                      f"{tuple(k_BxTxKxH.shape)} (same B, T and H; N a multiple of K)")
 
 
-def softmax_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                   cache: KVCache, context: DecodeContext, *, window: int | None = None,
-                   sinks: jax.Array | None = None, scale: float | None = None
-                   ) -> tuple[jax.Array, KVCache]:
-  """Attends T new queries to the cached rows and the new ones, then writes the new k and v.
-
-  Equal, row for row, to ``softmax_attention(q, k, v, causal=True, window=window,
-  segment_ids=..., sinks=sinks, scale=scale)`` over the whole sequence (float32 compute).
-
-  Args:
-    q_BxTxNxH: the new queries (after RoPE); N a multiple of the cache's K.
-    k_BxTxKxH, v_BxTxKxH: the new keys and values.
-    cache: the layer's cache, ``max_len`` rows (or ``window`` rows with a window).
-    context: rows written before these and the segment ids.
-    window: query t sees keys t − window < s ≤ t.
-    sinks: ``[N]`` sink logits (an extra softmax term with a zero value).
-    scale: logit scale, default ``1 / sqrt(H)``.
-
-  Returns:
-    ``(out [B, T, N, H] in q's dtype, the cache with the new rows written)``.
-
-  Raises:
-    ValueError: the new rows do not fit the cache's batch, heads or head size, or (with a
-      concrete ``context.length``) they pass the end of a cache that is not a window's ring.
-  """
-  _check_rows(cache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
-  heads, head_dim = q_BxTxNxH.shape[2], q_BxTxNxH.shape[3]
-  t, capacity = q_BxTxNxH.shape[1], cache.k.shape[1]
-  if (window is None or capacity < window) and is_concrete(context.length):
-    if int(context.length) + t > capacity:
-      raise ValueError(f"writing T={t} rows after length={int(context.length)} passes the cache "
-                       f"end max_len={capacity}")
-  scale = head_dim**-0.5 if scale is None else scale
-  batch, kv_heads = q_BxTxNxH.shape[0], cache.k.shape[2]
-  # Query heads grouped by their kv head, so no K/V row is repeated or copied.
-  q_BxTxKxGxH = q_BxTxNxH.astype(jnp.float32).reshape(
-      batch, t, kv_heads, heads // kv_heads, head_dim)
-  logits = lambda k_BxSxKxH: scale * jnp.einsum(
-      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(jnp.float32), precision=_HI)
-  logits_BxKxGxTxS = jnp.concatenate([logits(cache.k), logits(k_BxTxKxH)], axis=-1)
-  visible_Bx1x1xTxS = _visible(context, capacity, t, window)[:, None, None]
-  logits_BxKxGxTxS = jnp.where(visible_Bx1x1xTxS, logits_BxKxGxTxS, -jnp.inf)
-  if sinks is not None:
-    sink_1xKxGx1x1 = jnp.asarray(sinks, jnp.float32).reshape(1, kv_heads, -1, 1, 1)
-    sink_BxKxGxTx1 = jnp.broadcast_to(sink_1xKxGx1x1, logits_BxKxGxTxS.shape[:4] + (1,))
-    logits_BxKxGxTxS = jnp.concatenate([sink_BxKxGxTx1, logits_BxKxGxTxS], axis=-1)
-  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)[..., -(capacity + t):]
-  mix = lambda w_BxKxGxTxS, v_BxSxKxH: jnp.einsum(
-      "bkgts,bskh->btkgh", w_BxKxGxTxS, v_BxSxKxH.astype(jnp.float32), precision=_HI)
-  out_BxTxKxGxH = (mix(weights_BxKxGxTxS[..., :capacity], cache.v)
-                   + mix(weights_BxKxGxTxS[..., capacity:], v_BxTxKxH))
-  return (out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype),
-          _write(cache, k_BxTxKxH, v_BxTxKxH, context.length))
-
-
-def _previous_rows(x_BxTxNxH: jax.Array, last_BxNxH: jax.Array, starts_BxT: jax.Array,
-                   boundary: str) -> jax.Array:
+def previous_rows(x_BxTxNxH: jax.Array, last_BxNxH: jax.Array, starts_BxT: jax.Array,
+                  boundary: str) -> jax.Array:
   """Float32 x_{t−1} of T new rows given the row before them; at a segment start the boundary
   value (zero, or x_t itself for ``"replicate"``)."""
   x32 = x_BxTxNxH.astype(jnp.float32)
@@ -264,130 +183,3 @@ def _previous_rows(x_BxTxNxH: jax.Array, last_BxNxH: jax.Array, starts_BxT: jax.
   fill_BxTxNxH = x32 if boundary == "replicate" else jnp.zeros_like(x32)
   return jnp.where(starts_BxT[:, :, None, None], fill_BxTxNxH, prev_BxTxNxH)
 
-
-def init_momentum_cache(batch: int, capacity: int, dims: AttentionDims,
-                        dtype: jnp.dtype = jnp.float32) -> ShiftCache:
-  """An empty momentum cache: a K/V cache and zero last q (N heads) and k (K heads) rows."""
-  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype),
-                    last_a=jnp.zeros((batch, dims.num_heads, dims.head_dim), jnp.float32),
-                    last_b=jnp.zeros((batch, dims.num_kv_heads, dims.head_dim), jnp.float32))
-
-
-def init_kv_shift_cache(batch: int, capacity: int, dims: AttentionDims,
-                        dtype: jnp.dtype = jnp.float32) -> ShiftCache:
-  """An empty KV-shift cache: a K/V cache and zero last k and v rows (K heads)."""
-  shape = (batch, dims.num_kv_heads, dims.head_dim)
-  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype),
-                    last_a=jnp.zeros(shape, jnp.float32), last_b=jnp.zeros(shape, jnp.float32))
-
-
-def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                    cache: ShiftCache, context: DecodeContext, *, gamma: Gamma,
-                    boundary: str = "zero", normalize_gain: bool = False,
-                    window: int | None = None,
-                    sinks: jax.Array | None = None, scale: float | None = None
-                    ) -> tuple[jax.Array, ShiftCache]:
-  """Shears the new q and k with the cached last rows, then :func:`softmax_decode` on q̂, k̂, v.
-
-  Equal, row for row, to ``momentum_attention(q, k, v, gamma=gamma, boundary=boundary,
-  rope=False, causal=True, ...)`` over the whole sequence.
-
-  Args:
-    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH: the new rows (q and k after RoPE).
-    cache: a :class:`ShiftCache` whose last rows are the pre-shear q (``last_a``, N heads) and
-      k (``last_b``, K heads).
-    context, window, sinks, scale: as in :func:`softmax_decode`.
-    gamma: γ >= 0, a float, a scalar array or ``[K]`` (one per kv head).
-    boundary: ``"zero"`` or ``"replicate"``, as in ``momentum_jax.core.momentum_shear``.
-    normalize_gain: the gain-normalised shear (``momentum_jax.attention.momentum.gain_normalize``;
-      the cached last rows are then the normalised pre-shear rows).
-  """
-  check_boundary(boundary)
-  if normalize_gain:
-    q_BxTxNxH, k_BxTxKxH = gain_normalize(q_BxTxNxH, k_BxTxKxH, gamma)
-  heads, kv_heads, t = q_BxTxNxH.shape[2], k_BxTxKxH.shape[2], q_BxTxNxH.shape[1]
-  gamma_K = jnp.asarray(gamma, jnp.float32)
-  gamma_N = jnp.repeat(gamma_K, heads // kv_heads) if gamma_K.ndim else gamma_K
-  starts_BxT = row_starts(context, t)
-  shear = lambda x, last, g: x.astype(jnp.float32) + (g[:, None] if g.ndim else g) * (
-      x.astype(jnp.float32) - _previous_rows(x, last, starts_BxT, boundary))
-  q_hat = shear(q_BxTxNxH, cache.last_a, gamma_N).astype(q_BxTxNxH.dtype)
-  k_hat = shear(k_BxTxKxH, cache.last_b, gamma_K).astype(k_BxTxKxH.dtype)
-  out_BxTxNxH, kv = softmax_decode(q_hat, k_hat, v_BxTxKxH, cache.kv, context, window=window,
-                                   sinks=sinks, scale=scale)
-  return out_BxTxNxH, ShiftCache(kv=kv, last_a=q_BxTxNxH[:, -1].astype(jnp.float32),
-                                 last_b=k_BxTxKxH[:, -1].astype(jnp.float32))
-
-
-def kv_shift_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                    cache: ShiftCache, context: DecodeContext, *, alpha: jax.Array,
-                    beta: jax.Array, window: int | None = None, sinks: jax.Array | None = None,
-                    scale: float | None = None) -> tuple[jax.Array, ShiftCache]:
-  """Shifts the new k and v with the cached last rows, then :func:`softmax_decode` on q, k̃, ṽ.
-
-  Equal, row for row, to ``kv_shift_attention(q, k, v, alpha=alpha, beta=beta, causal=True,
-  ...)`` over the whole sequence. ``cache.last_a`` / ``last_b`` are the last pre-shift k and v.
-
-  Args:
-    alpha, beta: ``[2]`` or ``[K, 2]`` mixing pairs, as in ``kv_shift_attention``.
-    the rest: as in :func:`momentum_decode`.
-  """
-  kv_heads, t = k_BxTxKxH.shape[2], k_BxTxKxH.shape[1]
-  _check_pair("alpha", alpha, kv_heads)
-  _check_pair("beta", beta, kv_heads)
-  starts_BxT = row_starts(context, t)
-
-  def shift(x_BxTxKxH, last_BxKxH, pair):
-    pair_Kx2 = _pair_Kx2(pair, kv_heads)
-    prev_BxTxKxH = _previous_rows(x_BxTxKxH, last_BxKxH, starts_BxT, "zero")
-    out = pair_Kx2[:, 0, None] * x_BxTxKxH.astype(jnp.float32) + pair_Kx2[:, 1, None] * prev_BxTxKxH
-    return out.astype(x_BxTxKxH.dtype)
-
-  out_BxTxNxH, kv = softmax_decode(
-      q_BxTxNxH, shift(k_BxTxKxH, cache.last_a, alpha), shift(v_BxTxKxH, cache.last_b, beta),
-      cache.kv, context, window=window, sinks=sinks, scale=scale)
-  return out_BxTxNxH, ShiftCache(kv=kv, last_a=k_BxTxKxH[:, -1].astype(jnp.float32),
-                                 last_b=v_BxTxKxH[:, -1].astype(jnp.float32))
-
-
-def init_ema_cache(batch: int, capacity: int, dims: AttentionDims,
-                   dtype: jnp.dtype = jnp.float32) -> EmaCache:
-  """An empty :class:`EmaCache`: a K/V cache, zero EMA and zero last value (K heads)."""
-  shape = (batch, dims.num_kv_heads, dims.head_dim)
-  return EmaCache(kv=init_kv_cache(batch, capacity, dims, dtype),
-                  ema=jnp.zeros(shape, jnp.float32), last_v=jnp.zeros(shape, jnp.float32))
-
-
-def ema_value_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
-                     cache: EmaCache, context: DecodeContext, *, eta: float | jax.Array,
-                     window: int | None = None, sinks: jax.Array | None = None,
-                     scale: float | None = None) -> tuple[jax.Array, EmaCache]:
-  """:func:`softmax_decode` plus the value EMA m_t = η (m_{t−1} + v_{t−1}), 0 at segment starts.
-
-  Equal, row for row, to ``ema_value_attention(q, k, v, eta=eta, causal=True, ...)`` over the
-  whole sequence; the EMA of kv head j is added to each of its query heads, and ``window`` limits
-  only the softmax part.
-  """
-  if np.shape(eta) != ():
-    raise ValueError(f"eta must be a scalar, got eta.shape={np.shape(eta)}")
-  batch, t, heads, head_dim = q_BxTxNxH.shape
-  kv_heads = k_BxTxKxH.shape[2]
-  eta = jnp.asarray(eta, jnp.float32)
-  starts_TxB = jnp.broadcast_to(row_starts(context, t), (batch, t)).T
-  v_TxBxKxH = jnp.moveaxis(v_BxTxKxH.astype(jnp.float32), 1, 0)
-
-  def step(carry, row):
-    ema_BxKxH, last_v_BxKxH = carry
-    start_B, v_BxKxH = row
-    ema_BxKxH = jnp.where(start_B[:, None, None], 0.0, eta * (ema_BxKxH + last_v_BxKxH))
-    return (ema_BxKxH, v_BxKxH), ema_BxKxH
-
-  (ema_BxKxH, last_v_BxKxH), ema_TxBxKxH = jax.lax.scan(
-      step, (cache.ema, cache.last_v), (starts_TxB, v_TxBxKxH))
-  attn_BxTxNxH, kv = softmax_decode(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cache.kv, context,
-                                    window=window, sinks=sinks, scale=scale)
-  attn_BxTxKxGxH = attn_BxTxNxH.astype(jnp.float32).reshape(
-      batch, t, kv_heads, heads // kv_heads, head_dim)
-  out_BxTxKxGxH = attn_BxTxKxGxH + jnp.moveaxis(ema_TxBxKxH, 0, 1)[:, :, :, None]
-  return (out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype),
-          EmaCache(kv=kv, ema=ema_BxKxH, last_v=last_v_BxKxH))

@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.attention.registry import AttentionDims, AttentionVariant, register_attention
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_block_size, check_unsupported
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -451,3 +451,30 @@ def deconstructed_fixed_qk_attention_reference(
   return softmax_attention_reference(fq, fk, v_BxSxKxH, causal=causal, window=window,
                                      segment_ids=segment_ids, bias=bias, sinks=sinks, scale=scale,
                                      return_weights=return_weights)
+
+
+# The token-wise MLP variant's fast form is its reference (one elementwise product), so it is
+# registered as both.
+register_attention(
+    "deconstructed_mlp",
+    AttentionVariant(deconstructed_mlp_attention, deconstructed_mlp_attention),
+)
+register_attention(
+    "deconstructed_taylor",
+    AttentionVariant(deconstructed_taylor_attention, deconstructed_taylor_attention_reference,
+                     params=("block_size",), masking="causal"),
+)
+register_attention(
+    "deconstructed_self_gated",
+    AttentionVariant(deconstructed_self_gated_attention,
+                     deconstructed_self_gated_attention_reference, masking="causal"),
+)
+register_attention(
+    "deconstructed_fixed_qk",
+    AttentionVariant(
+        deconstructed_fixed_qk_attention, deconstructed_fixed_qk_attention_reference,
+        params=("fixed_q", "fixed_k"),
+        # Learned position-indexed queries / keys ~ N(0, 1), [context_len, N or K, H].
+        learned={"fixed_q": fixed_q_init, "fixed_k": fixed_k_init},
+    ),
+)

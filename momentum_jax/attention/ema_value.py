@@ -10,15 +10,26 @@ start, ignores ``window`` (it spans the whole past of the segment), and for GQA 
 head j is added to each of its query heads. The EMA term is causal by definition, so
 ``causal=False`` raises, and it pairs query t with value t, so it needs S == T. η is fixed (not
 learned).
+
+Decoding (:func:`ema_value_decode`) carries m and the last value of each sequence
+(:class:`EmaCache`) beside the K/V cache of :func:`momentum_jax.attention.softmax.softmax_decode`.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.attention.decoding import DecodeContext, KVCache, init_kv_cache, row_starts
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, Decoding, register_attention,
+)
+from momentum_jax.attention.softmax import (
+    softmax_attention, softmax_attention_reference, softmax_decode,
+)
 from momentum_jax.core.checks import check_attention_inputs, is_concrete
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.masks import previous_step, segment_starts, visibility_mask
@@ -140,3 +151,67 @@ def ema_value_attention_reference(
   if return_weights:
     return out_BxTxNxH, result[1], result[2]
   return out_BxTxNxH
+
+
+class EmaCache(NamedTuple):
+  """A :class:`KVCache` plus the value EMA m of the last row and that row's value.
+
+  Attributes:
+    kv: the cache.
+    ema: float32 ``[B, K, H]``, m of the last written row.
+    last_v: float32 ``[B, K, H]``, v of the last written row.
+  """
+
+  kv: KVCache
+  ema: jax.Array
+  last_v: jax.Array
+
+
+def init_ema_cache(batch: int, capacity: int, dims: AttentionDims,
+                   dtype: jnp.dtype = jnp.float32) -> EmaCache:
+  """An empty :class:`EmaCache`: a K/V cache, zero EMA and zero last value (K heads)."""
+  shape = (batch, dims.num_kv_heads, dims.head_dim)
+  return EmaCache(kv=init_kv_cache(batch, capacity, dims, dtype),
+                  ema=jnp.zeros(shape, jnp.float32), last_v=jnp.zeros(shape, jnp.float32))
+
+
+def ema_value_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                     cache: EmaCache, context: DecodeContext, *, eta: float | jax.Array,
+                     window: int | None = None, sinks: jax.Array | None = None,
+                     scale: float | None = None) -> tuple[jax.Array, EmaCache]:
+  """:func:`softmax_decode` plus the value EMA m_t = η (m_{t−1} + v_{t−1}), 0 at segment starts.
+
+  Equal, row for row, to ``ema_value_attention(q, k, v, eta=eta, causal=True, ...)`` over the
+  whole sequence; the EMA of kv head j is added to each of its query heads, and ``window`` limits
+  only the softmax part.
+  """
+  if np.shape(eta) != ():
+    raise ValueError(f"eta must be a scalar, got eta.shape={np.shape(eta)}")
+  batch, t, heads, head_dim = q_BxTxNxH.shape
+  kv_heads = k_BxTxKxH.shape[2]
+  eta = jnp.asarray(eta, jnp.float32)
+  starts_TxB = jnp.broadcast_to(row_starts(context, t), (batch, t)).T
+  v_TxBxKxH = jnp.moveaxis(v_BxTxKxH.astype(jnp.float32), 1, 0)
+
+  def step(carry, row):
+    ema_BxKxH, last_v_BxKxH = carry
+    start_B, v_BxKxH = row
+    ema_BxKxH = jnp.where(start_B[:, None, None], 0.0, eta * (ema_BxKxH + last_v_BxKxH))
+    return (ema_BxKxH, v_BxKxH), ema_BxKxH
+
+  (ema_BxKxH, last_v_BxKxH), ema_TxBxKxH = jax.lax.scan(
+      step, (cache.ema, cache.last_v), (starts_TxB, v_TxBxKxH))
+  attn_BxTxNxH, kv = softmax_decode(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, cache.kv, context,
+                                    window=window, sinks=sinks, scale=scale)
+  attn_BxTxKxGxH = attn_BxTxNxH.astype(jnp.float32).reshape(
+      batch, t, kv_heads, heads // kv_heads, head_dim)
+  out_BxTxKxGxH = attn_BxTxKxGxH + jnp.moveaxis(ema_TxBxKxH, 0, 1)[:, :, :, None]
+  return (out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype),
+          EmaCache(kv=kv, ema=ema_BxKxH, last_v=last_v_BxKxH))
+
+
+register_attention(
+    "ema_value",
+    AttentionVariant(ema_value_attention, ema_value_attention_reference, params=("eta",),
+                     masking="causal", decoding=Decoding(init_ema_cache, ema_value_decode)),
+)

@@ -9,6 +9,11 @@ features q' = [scale·q, qb], k' = [k, kb] with scale 1, since q'_t·k'_s = scal
 The values are zero-padded to the width H + R of q' and the output sliced back to H.
 
 A general ``[N, T, S]`` bias is approximated by :func:`low_rank_bias_factors` (truncated SVD).
+
+As learned parameters of ``"flash_bias"``'s registration, the factors are a learned low-rank
+positional bias: tables ``[1, context_len, N, R]`` and ``[1, context_len, K, R]``,
+R = ``LEARNED_BIAS_RANK``, small random init (std ``LEARNED_BIAS_STD``), gathered at a batch's
+token positions by :func:`rows_at_positions`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, LearnedLayout, register_attention,
+)
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_factors, check_floating
 from momentum_jax.core.heads import repeat_kv
+
+#: Rank R of the learned positional bias factors.
+LEARNED_BIAS_RANK = 4
+#: Standard deviation of the learned factors' normal initialisation.
+LEARNED_BIAS_STD = 0.1
 
 
 def flash_bias_attention(
@@ -160,3 +173,31 @@ def low_rank_bias_factors(
   relative_error = jnp.linalg.norm(bias32 - approx_BxNxTxS) / jnp.where(norm > 0, norm, 1.0)
   to_layout = lambda x: jnp.swapaxes(x, 1, 2).astype(bias_NxTxS.dtype)
   return to_layout(q_bias_BxNxTxR), to_layout(k_bias_BxNxSxR), relative_error.astype(jnp.float32)
+
+
+def flash_bias_q_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """``[1, context_len, N, R]`` normal(0, ``LEARNED_BIAS_STD``) query-side bias factors."""
+  shape = (1, dims.context_len, dims.num_heads, LEARNED_BIAS_RANK)
+  return LEARNED_BIAS_STD * jax.random.normal(key, shape, jnp.float32)
+
+
+def flash_bias_k_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """``[1, context_len, K, R]`` normal(0, ``LEARNED_BIAS_STD``) key-side bias factors."""
+  shape = (1, dims.context_len, dims.num_kv_heads, LEARNED_BIAS_RANK)
+  return LEARNED_BIAS_STD * jax.random.normal(key, shape, jnp.float32)
+
+
+def rows_at_positions(table_1xCxAxR: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """``[1, C, A, R]`` table (C = context_len) → ``[B, T, A, R]``: row p of each token's position."""
+  return table_1xCxAxR[0][positions_BxT]
+
+
+register_attention(
+    "flash_bias",
+    AttentionVariant(
+        flash_bias_attention, flash_bias_attention_reference, params=("q_bias", "k_bias"),
+        learned={"q_bias": flash_bias_q_init, "k_bias": flash_bias_k_init},
+        layouts={"q_bias": LearnedLayout(at_positions=rows_at_positions),
+                 "k_bias": LearnedLayout(at_positions=rows_at_positions)},
+    ),
+)

@@ -31,6 +31,7 @@ from momentum_jax.attention.flex_mods import (
     and_masks, causal_mask, no_mask, segment_mask, sliding_window_mask,
 )
 from momentum_jax.attention.flex_scan import closure_convert_score, flex_tiles, Tiles
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.attention.splash import dense_flex_mask, splash_flex_attention
 from momentum_jax.core.block_mask import BlockMask, MaskMod, ScoreMod, create_block_mask, index_grid
 from momentum_jax.core.checks import check_attention_inputs, check_positive_int_or_none
@@ -288,3 +289,10 @@ def flex_softmax_attention_reference(
   return flex_attention_reference(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, mask_mod=mask_mod,
                                   scale=scale, block_q=block_q, block_k=block_k,
                                   return_weights=return_weights)
+
+
+register_attention(
+    "flex",
+    AttentionVariant(flex_softmax_attention, flex_softmax_attention_reference,
+                     params=("block_q", "block_k")),
+)

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.linear import _causal_sums
+from momentum_jax.attention.linear import causal_sums
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.core.checks import (
     check_attention_inputs, check_block_size, check_unsupported, is_concrete,
 )
@@ -138,7 +139,7 @@ def flow_attention(
     competition_BxTxN = exp_source_BxTxN / prefix(exp_source_BxTxN) * norm_1xTx1
     fq_BxTxNx1xH = (fq_BxTxNxH * incoming_BxTxN[..., None])[:, :, :, None]
     run_1xT = jnp.ones((1, seq_q), jnp.int32)
-    out_BxTxNx1xH, _ = _causal_sums(fq_BxTxNx1xH, fk_BxSxNxH,
+    out_BxTxNx1xH, _ = causal_sums(fq_BxTxNx1xH, fk_BxSxNxH,
                                     v_BxSxNxH * competition_BxTxN[..., None], run_1xT, block_size)
     out_BxTxNxH = out_BxTxNx1xH.reshape(batch, seq_q, heads, head_dim)
   out_BxTxNxH = out_BxTxNxH * allocation_BxTxN[..., None]
@@ -218,3 +219,9 @@ def flow_attention_reference(
   if return_weights:
     return out_BxTxNxH, jnp.where(visible_TxS, kernel_BxNxTxS, -jnp.inf), weights_BxNxTxS
   return out_BxTxNxH
+
+
+register_attention(
+    "flow",
+    AttentionVariant(flow_attention, flow_attention_reference, params=("eps", "block_size")),
+)

@@ -29,6 +29,7 @@ import numpy as np
 
 from momentum_jax.attention.flex import flex_attention, flex_attention_reference
 from momentum_jax.attention.flex_mods import and_masks
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.core.block_mask import MaskMod, create_block_mask
 from momentum_jax.core.checks import check_attention_inputs
 
@@ -310,3 +311,10 @@ def grat_attention_reference(
   return flex_attention_reference(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
                                   mask_mod=lambda b, n, t, s: visible_TxS[t, s], scale=scale,
                                   return_weights=return_weights)
+
+
+register_attention(
+    "grat",
+    AttentionVariant(grat_attention, grat_attention_reference,
+                     params=("grid", "group", "pattern", "radius", "block_size")),
+)

@@ -7,7 +7,12 @@ Keys and values are mixed with their previous token before softmax attention:
 
 with k_{−1} = v_{−1} = 0 and the shift restarting at every segment start. The momentum shear of
 keys is the case α = (1 + γ, −γ), β = (1, 0) (see ``momentum.py``). α and β are learnable, of
-shape ``[2]`` (shared) or ``[K, 2]`` (one pair per kv head).
+shape ``[2]`` (shared) or ``[K, 2]`` (one pair per kv head), starting at the identity
+(:func:`kv_shift_identity_init`).
+
+Decoding (:func:`kv_shift_decode`) shifts each new k and v row with the cached last pre-shift
+row (:class:`momentum_jax.attention.decoding.ShiftCache`) and attends with
+:func:`momentum_jax.attention.softmax.softmax_decode` to the cached k̃ and ṽ.
 """
 
 from __future__ import annotations
@@ -16,8 +21,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.attention.decoding import (
+    DecodeContext, ShiftCache, init_kv_cache, previous_rows, row_starts,
+)
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, Decoding, register_attention,
+)
+from momentum_jax.attention.softmax import (
+    softmax_attention, softmax_attention_reference, softmax_decode,
+)
 from momentum_jax.core.checks import check_attention_inputs
 from momentum_jax.core.masks import previous_step, previous_step_matrix
 
@@ -130,3 +142,53 @@ def kv_shift_attention_reference(
       causal=causal, window=window, segment_ids=segment_ids, bias=bias, sinks=sinks, scale=scale,
       return_weights=return_weights,
   )
+
+
+def init_kv_shift_cache(batch: int, capacity: int, dims: AttentionDims,
+                        dtype: jnp.dtype = jnp.float32) -> ShiftCache:
+  """An empty KV-shift cache: a K/V cache and zero last k and v rows (K heads)."""
+  shape = (batch, dims.num_kv_heads, dims.head_dim)
+  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype),
+                    last_a=jnp.zeros(shape, jnp.float32), last_b=jnp.zeros(shape, jnp.float32))
+
+
+def kv_shift_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                    cache: ShiftCache, context: DecodeContext, *, alpha: jax.Array,
+                    beta: jax.Array, window: int | None = None, sinks: jax.Array | None = None,
+                    scale: float | None = None) -> tuple[jax.Array, ShiftCache]:
+  """Shifts the new k and v with the cached last rows, then :func:`softmax_decode` on q, k̃, ṽ.
+
+  Equal, row for row, to ``kv_shift_attention(q, k, v, alpha=alpha, beta=beta, causal=True,
+  ...)`` over the whole sequence. ``cache.last_a`` / ``last_b`` are the last pre-shift k and v.
+
+  Args:
+    alpha, beta: ``[2]`` or ``[K, 2]`` mixing pairs, as in ``kv_shift_attention``.
+    the rest: as in ``momentum_jax.attention.momentum.momentum_decode``.
+  """
+  kv_heads, t = k_BxTxKxH.shape[2], k_BxTxKxH.shape[1]
+  _check_pair("alpha", alpha, kv_heads)
+  _check_pair("beta", beta, kv_heads)
+  starts_BxT = row_starts(context, t)
+
+  def shift(x_BxTxKxH, last_BxKxH, pair):
+    pair_Kx2 = _pair_Kx2(pair, kv_heads)
+    prev_BxTxKxH = previous_rows(x_BxTxKxH, last_BxKxH, starts_BxT, "zero")
+    out = pair_Kx2[:, 0, None] * x_BxTxKxH.astype(jnp.float32) + pair_Kx2[:, 1, None] * prev_BxTxKxH
+    return out.astype(x_BxTxKxH.dtype)
+
+  out_BxTxNxH, kv = softmax_decode(
+      q_BxTxNxH, shift(k_BxTxKxH, cache.last_a, alpha), shift(v_BxTxKxH, cache.last_b, beta),
+      cache.kv, context, window=window, sinks=sinks, scale=scale)
+  return out_BxTxNxH, ShiftCache(kv=kv, last_a=k_BxTxKxH[:, -1].astype(jnp.float32),
+                                 last_b=v_BxTxKxH[:, -1].astype(jnp.float32))
+
+
+register_attention(
+    "kv_shift",
+    AttentionVariant(
+        kv_shift_attention, kv_shift_attention_reference, params=("alpha", "beta"),
+        # KV shifting (arXiv 2411.19574) learns start at the identity: k̃_t = k_t, ṽ_t = v_t.
+        learned={"alpha": kv_shift_identity_init, "beta": kv_shift_identity_init},
+        decoding=Decoding(init_kv_shift_cache, kv_shift_decode),
+    ),
+)

@@ -22,21 +22,33 @@ q's dtype.
 
 Segments restart the state as in :mod:`momentum_jax.attention.linear` (a segment is a maximal run
 of equal ids). Causal only: ``causal=False``, ``window``, ``bias`` and ``sinks`` raise.
+
+Decoding (:func:`lightning_decode`) is the recurrent form KV_t = λ KV_{t−1} + k_tᵀ v_t,
+out_t = q_t KV_t, one [H, H] state per query head (:class:`LightningState`) restarted at every
+segment start. As a learned parameter (``"lightning"``'s registration) the decay rates start at
+the ALiBi slopes (:func:`alibi_decay_init`) and are stored as their logarithm, so λ stays in (0, 1).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from momentum_jax.attention.decoding import DecodeContext, row_starts
 from momentum_jax.attention.dispatch import wants_kernel
 from momentum_jax.attention.linear import from_blocks, to_blocks
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, Decoding, LearnedLayout, register_attention,
+)
 from momentum_jax.core.alibi import alibi_slopes
-from momentum_jax.core.checks import check_attention_inputs, check_lightning
+from momentum_jax.core.checks import check_attention_inputs, check_lightning, check_unsupported
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import segment_runs, visibility_mask
 from momentum_jax.kernels import lightning as lightning_kernel
+
+_HI = jax.lax.Precision.HIGHEST
 
 
 def _slopes(decay: jax.Array | float | None, heads: int, dtype: jnp.dtype) -> jax.Array:
@@ -204,3 +216,74 @@ def lightning_attention_reference(
   if return_weights:
     return out_BxTxNxH, jnp.where(visible, scores_BxNxTxT, -jnp.inf), weights_BxNxTxT
   return out_BxTxNxH
+
+
+def alibi_decay_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
+  """``[N]`` ALiBi slopes 2^(−8i/N): lightning's default decay rates, the learned decay's start."""
+  del key
+  return jnp.asarray(alibi_slopes(dims.num_heads), jnp.float32)
+
+
+class LightningState(NamedTuple):
+  """The recurrent state of Lightning attention.
+
+  Attributes:
+    kv: float32 ``[B, N, H, H]``, KV = Σ λ^{t−s} k_sᵀ v_s over the current segment.
+  """
+
+  kv: jax.Array
+
+
+def init_lightning_state(batch: int, capacity: int, dims: AttentionDims,
+                         dtype: jnp.dtype = jnp.float32) -> LightningState:
+  """A zero :class:`LightningState` (float32 whatever ``dtype``; ``capacity`` does not apply)."""
+  del capacity, dtype
+  n, h = dims.num_heads, dims.head_dim
+  return LightningState(kv=jnp.zeros((batch, n, h, h), jnp.float32))
+
+
+def lightning_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                     state: LightningState, context: DecodeContext, *,
+                     decay: jax.Array | float | None = None, block_size: int = 64,
+                     window: int | None = None, sinks: jax.Array | None = None,
+                     scale: float | None = None) -> tuple[jax.Array, LightningState]:
+  """T new rows of Lightning attention from the state of the rows before them.
+
+  Equal, row for row, to ``lightning_attention(q, k, v, decay=decay, ...)`` over the whole
+  sequence; ``decay`` is a scalar or ``[N]`` (default: the ALiBi slopes). ``block_size`` does
+  not apply to a step; ``window`` and ``sinks`` are not supported, as in the full form.
+
+  Returns:
+    ``(out [B, T, N, H] in q's dtype, the state after the new rows)``.
+  """
+  check_unsupported("lightning", window=window, bias=None, sinks=sinks)
+  del block_size
+  batch, t, heads, _ = q_BxTxNxH.shape
+  q32 = q_BxTxNxH.astype(jnp.float32)
+  q32 = q32 if scale is None else q32 * scale
+  k_BxTxNxH = jnp.repeat(k_BxTxKxH.astype(jnp.float32), heads // k_BxTxKxH.shape[2], axis=2)
+  v_BxTxNxH = jnp.repeat(v_BxTxKxH.astype(jnp.float32), heads // v_BxTxKxH.shape[2], axis=2)
+  lam_N = jnp.exp(-_slopes(decay, heads, jnp.float32))
+  starts_BxT = jnp.broadcast_to(row_starts(context, t), (batch, t))
+
+  def step(kv_BxNxHxH, row):
+    start_B, q_BxNxH, k_BxNxH, v_BxNxH = row
+    carry_BxN = jnp.where(start_B[:, None], 0.0, lam_N[None, :])
+    kv_BxNxHxH = carry_BxN[..., None, None] * kv_BxNxHxH + jnp.einsum(
+        "bnh,bne->bnhe", k_BxNxH, v_BxNxH, precision=_HI)
+    return kv_BxNxHxH, jnp.einsum("bnh,bnhe->bne", q_BxNxH, kv_BxNxHxH, precision=_HI)
+
+  rows = tuple(jnp.moveaxis(x, 1, 0) for x in (starts_BxT, q32, k_BxTxNxH, v_BxTxNxH))
+  kv, out_TxBxNxH = jax.lax.scan(step, state.kv, rows)
+  return jnp.moveaxis(out_TxBxNxH, 0, 1).astype(q_BxTxNxH.dtype), LightningState(kv=kv)
+
+
+register_attention(
+    "lightning",
+    AttentionVariant(
+        lightning_attention, lightning_attention_reference, params=("decay", "block_size"),
+        # The decay rate stays positive (λ = exp(−decay) in (0, 1)): stored as its logarithm.
+        learned={"decay": alibi_decay_init}, layouts={"decay": LearnedLayout(positive=True)},
+        masking="causal", decoding=Decoding(init_lightning_state, lightning_decode),
+    ),
+)

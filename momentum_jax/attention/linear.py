@@ -16,21 +16,32 @@ output in q's dtype.
 Segments: a segment is a maximal run of equal ``segment_ids``; the state restarts at each run's
 first position, so a query sees exactly the keys s ≤ t of its own run (an id that recurs after a
 different id starts a new segment, unlike the softmax mask, which joins equal ids anywhere).
+
+Decoding (:func:`linear_decode`) is the RNN form: the state S and normaliser z of each sequence
+(:class:`LinearState`, O(H²) per kv head whatever the context), updated row by row by a
+``lax.scan`` and restarted at every segment start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from momentum_jax.attention.decoding import DecodeContext, row_starts
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, Decoding, register_attention,
+)
 from momentum_jax.core.checks import (
     check_attention_inputs, check_block_size, check_unsupported, is_concrete,
 )
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import segment_runs, visibility_mask
+
+_HI = jax.lax.Precision.HIGHEST
 
 FEATURE_MAPS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "elu+1": lambda x: jax.nn.elu(x) + 1.0,
@@ -73,7 +84,7 @@ def from_blocks(x_LxBxC: jax.Array, seq: int) -> jax.Array:
   return x_BxLxC.reshape(batch, blocks * block, *x_BxLxC.shape[3:])[:, :seq]
 
 
-def _causal_sums(
+def causal_sums(
     fq_BxTxKxGxH: jax.Array,
     fk_BxTxKxH: jax.Array,
     v_BxTxKxH: jax.Array,
@@ -192,12 +203,12 @@ def linear_attention(
                              precision=hi)
   else:
     run_BxT = segment_runs(seq, segment_ids)
-    num_BxTxKxGxH, den_BxTxKxG = _causal_sums(
+    num_BxTxKxGxH, den_BxTxKxG = causal_sums(
         fq_BxTxKxGxH, fk_BxSxKxH, v_BxSxKxH, run_BxT, block_size)
     if not causal:
       # Whole-segment sums: prefix sums forwards plus backwards, minus the diagonal counted twice.
       flip = lambda x: jnp.flip(x, axis=1)
-      back_num, back_den = _causal_sums(
+      back_num, back_den = causal_sums(
           flip(fq_BxTxKxGxH), flip(fk_BxSxKxH), flip(v_BxSxKxH), flip(run_BxT), block_size)
       diag_BxTxKxG = jnp.einsum("btkgh,btkh->btkg", fq_BxTxKxGxH, fk_BxSxKxH, precision=hi)
       num_BxTxKxGxH += flip(back_num) - diag_BxTxKxG[..., None] * v_BxSxKxH[:, :, :, None]
@@ -257,3 +268,78 @@ def linear_attention_reference(
     scores_BxNxTxS = jnp.where(visible, kernel_BxNxTxS, -jnp.inf)
     return out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS
   return out_BxTxNxH
+
+
+class LinearState(NamedTuple):
+  """The recurrent state of causal linear attention.
+
+  Attributes:
+    kv: float32 ``[B, K, H, H]``, S = Σ φ(k_s)ᵀ v_s over the current segment.
+    normalizer: float32 ``[B, K, H]``, z = Σ φ(k_s).
+  """
+
+  kv: jax.Array
+  normalizer: jax.Array
+
+
+def init_linear_state(batch: int, capacity: int, dims: AttentionDims,
+                      dtype: jnp.dtype = jnp.float32) -> LinearState:
+  """A zero :class:`LinearState` (float32 whatever ``dtype``; ``capacity`` does not apply)."""
+  del capacity, dtype
+  k, h = dims.num_kv_heads, dims.head_dim
+  return LinearState(kv=jnp.zeros((batch, k, h, h), jnp.float32),
+                     normalizer=jnp.zeros((batch, k, h), jnp.float32))
+
+
+def linear_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                  state: LinearState, context: DecodeContext, *, feature_map: str = "elu+1",
+                  eps: float = 1e-6, block_size: int = 64, window: int | None = None,
+                  sinks: jax.Array | None = None, scale: float | None = None
+                  ) -> tuple[jax.Array, LinearState]:
+  """T new rows of causal linear attention from the state of the rows before them.
+
+  Equal, row for row, to ``linear_attention(q, k, v, causal=True, ...)`` over the whole
+  sequence. ``block_size`` (the chunk length of the full form) does not apply to a step;
+  ``window`` and ``sinks`` are not supported, as in the full form.
+
+  Returns:
+    ``(out [B, T, N, H] in q's dtype, the state after the new rows)``.
+  """
+  check_unsupported("linear", window=window, bias=None, sinks=sinks)
+  if feature_map not in FEATURE_MAPS:
+    raise ValueError(
+        f"feature_map must be one of {sorted(FEATURE_MAPS)}, got feature_map={feature_map!r}")
+  del block_size
+  batch, t, heads, head_dim = q_BxTxNxH.shape
+  kv_heads = k_BxTxKxH.shape[2]
+  phi = FEATURE_MAPS[feature_map]
+  q32 = q_BxTxNxH.astype(jnp.float32)
+  fq_BxTxKxGxH = phi(q32 if scale is None else q32 * scale).reshape(
+      batch, t, kv_heads, heads // kv_heads, head_dim)
+  fk_BxTxKxH = phi(k_BxTxKxH.astype(jnp.float32))
+  starts_BxT = jnp.broadcast_to(row_starts(context, t), (batch, t))
+
+  def step(carry, row):
+    kv_BxKxHxH, z_BxKxH = carry
+    start_B, fq_BxKxGxH, fk_BxKxH, v_BxKxH = row
+    keep_B = (~start_B).astype(jnp.float32)
+    kv_BxKxHxH = keep_B[:, None, None, None] * kv_BxKxHxH + jnp.einsum(
+        "bkh,bke->bkhe", fk_BxKxH, v_BxKxH, precision=_HI)
+    z_BxKxH = keep_B[:, None, None] * z_BxKxH + fk_BxKxH
+    num_BxKxGxH = jnp.einsum("bkgh,bkhe->bkge", fq_BxKxGxH, kv_BxKxHxH, precision=_HI)
+    den_BxKxG = jnp.einsum("bkgh,bkh->bkg", fq_BxKxGxH, z_BxKxH, precision=_HI)
+    return (kv_BxKxHxH, z_BxKxH), num_BxKxGxH / (den_BxKxG[..., None] + eps)
+
+  rows = tuple(jnp.moveaxis(x, 1, 0) for x in (
+      starts_BxT, fq_BxTxKxGxH, fk_BxTxKxH, v_BxTxKxH.astype(jnp.float32)))
+  (kv, z), out_TxBxKxGxH = jax.lax.scan(step, (state.kv, state.normalizer), rows)
+  out_BxTxNxH = jnp.moveaxis(out_TxBxKxGxH, 0, 1).reshape(q_BxTxNxH.shape)
+  return out_BxTxNxH.astype(q_BxTxNxH.dtype), LinearState(kv=kv, normalizer=z)
+
+
+register_attention(
+    "linear",
+    AttentionVariant(linear_attention, linear_attention_reference,
+                     params=("feature_map", "eps", "block_size"),
+                     decoding=Decoding(init_linear_state, linear_decode)),
+)

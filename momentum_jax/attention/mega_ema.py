@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.attention.registry import AttentionDims, AttentionVariant, register_attention
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs
 
@@ -182,3 +182,14 @@ def mega_ema_attention_reference(
   if return_weights:
     return out_BxTxNxH, result[1], result[2]
   return out_BxTxNxH
+
+
+register_attention(
+    "ema_value_learned",
+    AttentionVariant(
+        mega_ema_attention, mega_ema_attention_reference, params=("delta", "gamma"),
+        # Mega's initialisation (arXiv 2209.10655): δ ~ N(0, 0.2²), γ ~ N(0, 1), 8 components.
+        learned={"delta": mega_ema_delta_init, "gamma": mega_ema_gamma_init},
+        masking="causal",
+    ),
+)

@@ -19,19 +19,33 @@ per-head and learnable γ.
 :func:`momentum_attention` that is one γ per *kv* head, ``[K]``: kv head j and all N // K query
 heads that read it (n // (N // K) = j) share γ_j, so k is sheared once and GQA stays GQA. With
 K = N this is plain per-head γ.
+
+Decoding (:func:`momentum_decode`) shears each new row with the cached last pre-shear q and k row
+(:class:`momentum_jax.attention.decoding.ShiftCache`) and attends with
+:func:`momentum_jax.attention.softmax.softmax_decode` to the cached sheared keys k̂. Registered
+as ``"momentum"`` (γ fixed by the model config) and ``"momentum_learned"`` (γ learned per layer
+and kv head).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from momentum_jax.attention.decoding import (
+    DecodeContext, ShiftCache, init_kv_cache, previous_rows, row_starts,
+)
 from momentum_jax.attention.dispatch import softmax_call, softmax_route
-from momentum_jax.attention.registry import AttentionDims, Prepared
-from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, Decoding, LearnedLayout, Prepared, register_attention,
+)
+from momentum_jax.attention.softmax import (
+    softmax_attention, softmax_attention_reference, softmax_decode,
+)
 from momentum_jax.core.checks import check_attention_inputs, check_boundary, check_per_head
 from momentum_jax.core.rope import apply_rope
 from momentum_jax.core.shear import Gamma, momentum_shear, momentum_shear_reference
@@ -235,3 +249,70 @@ def momentum_attention_reference(
       q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal=causal, window=window, segment_ids=segment_ids,
       bias=bias, sinks=sinks, scale=scale, return_weights=return_weights,
   )
+
+
+def init_momentum_cache(batch: int, capacity: int, dims: AttentionDims,
+                        dtype: jnp.dtype = jnp.float32) -> ShiftCache:
+  """An empty momentum cache: a K/V cache and zero last q (N heads) and k (K heads) rows."""
+  return ShiftCache(kv=init_kv_cache(batch, capacity, dims, dtype),
+                    last_a=jnp.zeros((batch, dims.num_heads, dims.head_dim), jnp.float32),
+                    last_b=jnp.zeros((batch, dims.num_kv_heads, dims.head_dim), jnp.float32))
+
+
+def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                    cache: ShiftCache, context: DecodeContext, *, gamma: Gamma,
+                    boundary: str = "zero", normalize_gain: bool = False,
+                    window: int | None = None,
+                    sinks: jax.Array | None = None, scale: float | None = None
+                    ) -> tuple[jax.Array, ShiftCache]:
+  """Shears the new q and k with the cached last rows, then :func:`softmax_decode` on q̂, k̂, v.
+
+  Equal, row for row, to ``momentum_attention(q, k, v, gamma=gamma, boundary=boundary,
+  rope=False, causal=True, ...)`` over the whole sequence.
+
+  Args:
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH: the new rows (q and k after RoPE).
+    cache: a :class:`ShiftCache` whose last rows are the pre-shear q (``last_a``, N heads) and
+      k (``last_b``, K heads).
+    context, window, sinks, scale: as in :func:`softmax_decode`.
+    gamma: γ >= 0, a float, a scalar array or ``[K]`` (one per kv head).
+    boundary: ``"zero"`` or ``"replicate"``, as in ``momentum_jax.core.momentum_shear``.
+    normalize_gain: the gain-normalised shear (``momentum_jax.attention.momentum.gain_normalize``;
+      the cached last rows are then the normalised pre-shear rows).
+  """
+  check_boundary(boundary)
+  if normalize_gain:
+    q_BxTxNxH, k_BxTxKxH = gain_normalize(q_BxTxNxH, k_BxTxKxH, gamma)
+  heads, kv_heads, t = q_BxTxNxH.shape[2], k_BxTxKxH.shape[2], q_BxTxNxH.shape[1]
+  gamma_K = jnp.asarray(gamma, jnp.float32)
+  gamma_N = jnp.repeat(gamma_K, heads // kv_heads) if gamma_K.ndim else gamma_K
+  starts_BxT = row_starts(context, t)
+  shear = lambda x, last, g: x.astype(jnp.float32) + (g[:, None] if g.ndim else g) * (
+      x.astype(jnp.float32) - previous_rows(x, last, starts_BxT, boundary))
+  q_hat = shear(q_BxTxNxH, cache.last_a, gamma_N).astype(q_BxTxNxH.dtype)
+  k_hat = shear(k_BxTxKxH, cache.last_b, gamma_K).astype(k_BxTxKxH.dtype)
+  out_BxTxNxH, kv = softmax_decode(q_hat, k_hat, v_BxTxKxH, cache.kv, context, window=window,
+                                   sinks=sinks, scale=scale)
+  return out_BxTxNxH, ShiftCache(kv=kv, last_a=q_BxTxNxH[:, -1].astype(jnp.float32),
+                                 last_b=k_BxTxKxH[:, -1].astype(jnp.float32))
+
+
+_MOMENTUM = register_attention(
+    "momentum",
+    AttentionVariant(
+        functools.partial(momentum_attention, rope=False),
+        functools.partial(momentum_attention_reference, rope=False),
+        params=("gamma", "boundary", "normalize_gain"),
+        prepare=momentum_prepare,
+        prepared_hooks={"q": "hook_q_shear", "k": "hook_k_shear"},
+        check_params=check_momentum_params,
+        decoding=Decoding(init_momentum_cache, momentum_decode),
+    ),
+)
+# The same variant with γ learned per layer and kv head through a softplus (γ >= 0, able to
+# approach 0), starting from attention_init["gamma"] or LEARNED_GAMMA_INIT.
+register_attention(
+    "momentum_learned",
+    _MOMENTUM._replace(learned={"gamma": learned_gamma_init},
+                       layouts={"gamma": LearnedLayout(nonnegative=True)}),
+)

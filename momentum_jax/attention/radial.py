@@ -41,6 +41,7 @@ import numpy as np
 
 from momentum_jax.attention.flex import flex_attention, flex_attention_reference
 from momentum_jax.attention.flex_mods import and_masks, causal_mask
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.core.block_mask import MaskMod, create_block_mask
 from momentum_jax.core.checks import check_attention_inputs
 
@@ -308,3 +309,10 @@ def radial_attention_reference(
   return flex_attention_reference(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
                                   mask_mod=lambda b, n, t, s: visible_TxS[t, s], scale=scale,
                                   return_weights=return_weights)
+
+
+register_attention(
+    "radial",
+    AttentionVariant(radial_attention, radial_attention_reference,
+                     params=("tokens_per_frame", "decay", "block_size")),
+)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from momentum_jax.attention.linear import to_blocks
+from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.core.checks import check_attention_inputs, check_block_size
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import visibility_mask
@@ -299,3 +300,10 @@ def sigmoid_attention_reference(
   if return_weights:
     return out_BxTxNxH, jnp.where(visible, scores_BxNxTxS, -jnp.inf), weights_BxNxTxS
   return out_BxTxNxH
+
+
+register_attention(
+    "sigmoid",
+    AttentionVariant(sigmoid_attention, sigmoid_attention_reference,
+                     params=("sigmoid_bias", "normalize", "block_size")),
+)

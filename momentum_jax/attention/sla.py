@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.attention.registry import AttentionDims, AttentionVariant, register_attention
 from momentum_jax.core.checks import check_attention_inputs, check_block_size, check_unsupported
 from momentum_jax.core.heads import repeat_kv
 
@@ -329,3 +329,13 @@ def sla_attention_reference(
   if return_weights:
     return out, scores, weights
   return out
+
+
+register_attention(
+    "sla",
+    AttentionVariant(
+        sla_attention, sla_attention_reference, params=("proj", "ratio", "block_size"),
+        # SLA (arXiv 2509.24006) zero-initialises the linear branch's projection.
+        learned={"proj": sla_proj_zero_init},
+    ),
+)

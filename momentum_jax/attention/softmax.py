@@ -7,6 +7,9 @@ For S != T the causal mask is aligned at the first position, as in jax.nn.dot_pr
 Without sinks the e^{sink_n} term is absent. Learned sinks as in gpt-oss and StreamingLLM
 (Xiao et al., arXiv 2309.17453). A query row with no visible key (every visible logit is -inf,
 which only an additive ``bias`` can cause) returns zeros, and its gradients are zeros.
+
+Decoding (:func:`softmax_decode`) attends the new rows to a preallocated contiguous K/V cache
+(:mod:`momentum_jax.attention.decoding`), a ring buffer of ``window`` rows with a window.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from momentum_jax.attention.decoding import (
+    DecodeContext, KVCache, check_new_rows, init_kv_cache, visible_rows, write_rows,
+)
 from momentum_jax.attention.dispatch import softmax_call, softmax_route
+from momentum_jax.attention.registry import AttentionVariant, Decoding, register_attention
 from momentum_jax.attention.splash import splash_softmax_attention
-from momentum_jax.core.checks import check_attention_inputs
+from momentum_jax.core.checks import check_attention_inputs, is_concrete
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.masks import visibility_mask
 from momentum_jax.kernels.flash_attention import flash_attention
+
+_HI = jax.lax.Precision.HIGHEST
 
 # -inf entries of ``bias`` are clamped to this finite value so that no softmax row is all -inf.
 _BIAS_FLOOR = -1e30
@@ -184,3 +193,65 @@ def softmax_attention_reference(
   if return_weights:
     return out_BxTxNxH, scores_BxNxTxS, weights_BxNxTxS
   return out_BxTxNxH
+
+
+def softmax_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Array,
+                   cache: KVCache, context: DecodeContext, *, window: int | None = None,
+                   sinks: jax.Array | None = None, scale: float | None = None
+                   ) -> tuple[jax.Array, KVCache]:
+  """Attends T new queries to the cached rows and the new ones, then writes the new k and v.
+
+  Equal, row for row, to ``softmax_attention(q, k, v, causal=True, window=window,
+  segment_ids=..., sinks=sinks, scale=scale)`` over the whole sequence (float32 compute).
+
+  Args:
+    q_BxTxNxH: the new queries (after RoPE); N a multiple of the cache's K.
+    k_BxTxKxH, v_BxTxKxH: the new keys and values.
+    cache: the layer's cache, ``max_len`` rows (or ``window`` rows with a window).
+    context: rows written before these and the segment ids.
+    window: query t sees keys t − window < s ≤ t.
+    sinks: ``[N]`` sink logits (an extra softmax term with a zero value).
+    scale: logit scale, default ``1 / sqrt(H)``.
+
+  Returns:
+    ``(out [B, T, N, H] in q's dtype, the cache with the new rows written)``.
+
+  Raises:
+    ValueError: the new rows do not fit the cache's batch, heads or head size, or (with a
+      concrete ``context.length``) they pass the end of a cache that is not a window's ring.
+  """
+  check_new_rows(cache, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH)
+  heads, head_dim = q_BxTxNxH.shape[2], q_BxTxNxH.shape[3]
+  t, capacity = q_BxTxNxH.shape[1], cache.k.shape[1]
+  if (window is None or capacity < window) and is_concrete(context.length):
+    if int(context.length) + t > capacity:
+      raise ValueError(f"writing T={t} rows after length={int(context.length)} passes the cache "
+                       f"end max_len={capacity}")
+  scale = head_dim**-0.5 if scale is None else scale
+  batch, kv_heads = q_BxTxNxH.shape[0], cache.k.shape[2]
+  # Query heads grouped by their kv head, so no K/V row is repeated or copied.
+  q_BxTxKxGxH = q_BxTxNxH.astype(jnp.float32).reshape(
+      batch, t, kv_heads, heads // kv_heads, head_dim)
+  logits = lambda k_BxSxKxH: scale * jnp.einsum(
+      "btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH.astype(jnp.float32), precision=_HI)
+  logits_BxKxGxTxS = jnp.concatenate([logits(cache.k), logits(k_BxTxKxH)], axis=-1)
+  visible_Bx1x1xTxS = visible_rows(context, capacity, t, window)[:, None, None]
+  logits_BxKxGxTxS = jnp.where(visible_Bx1x1xTxS, logits_BxKxGxTxS, -jnp.inf)
+  if sinks is not None:
+    sink_1xKxGx1x1 = jnp.asarray(sinks, jnp.float32).reshape(1, kv_heads, -1, 1, 1)
+    sink_BxKxGxTx1 = jnp.broadcast_to(sink_1xKxGx1x1, logits_BxKxGxTxS.shape[:4] + (1,))
+    logits_BxKxGxTxS = jnp.concatenate([sink_BxKxGxTx1, logits_BxKxGxTxS], axis=-1)
+  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)[..., -(capacity + t):]
+  mix = lambda w_BxKxGxTxS, v_BxSxKxH: jnp.einsum(
+      "bkgts,bskh->btkgh", w_BxKxGxTxS, v_BxSxKxH.astype(jnp.float32), precision=_HI)
+  out_BxTxKxGxH = (mix(weights_BxKxGxTxS[..., :capacity], cache.v)
+                   + mix(weights_BxKxGxTxS[..., capacity:], v_BxTxKxH))
+  return (out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype),
+          write_rows(cache, k_BxTxKxH, v_BxTxKxH, context.length))
+
+
+register_attention(
+    "softmax",
+    AttentionVariant(softmax_attention, softmax_attention_reference,
+                     decoding=Decoding(init_kv_cache, softmax_decode)),
+)

@@ -26,11 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from momentum_jax.attention import (
-    AttentionDims, AttentionVariant, LearnedLayout, apply_rope, get_attention,
-)
+from momentum_jax.attention import AttentionDims, AttentionVariant, LearnedLayout, get_attention
 from momentum_jax.attention.registry import LearnedInit
 from momentum_jax.core.heads import repeat_kv
+from momentum_jax.core.rope import apply_rope
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from momentum_jax.analysis import head_scores as hs
-from momentum_jax.attention import apply_rope
+from momentum_jax.core.rope import apply_rope
 from momentum_jax.nn import Transformer, TransformerConfig
 
 

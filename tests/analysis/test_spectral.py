@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from momentum_jax.analysis import spectral
-from momentum_jax.attention import apply_rope, momentum_shear, rope_frequencies
+from momentum_jax.attention import momentum_shear
+from momentum_jax.core.rope import apply_rope, rope_frequencies
 
 OMEGA = jnp.linspace(0.0, jnp.pi, 97)
 

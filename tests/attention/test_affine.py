@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.affine import affine_attention, affine_attention_reference
 
 B, N = 2, 4
 
@@ -60,9 +61,9 @@ def test_fast_matches_reference_outputs_and_gradients(seq, seq_k, head_dim, kv_h
     return jnp.sum(out * cotangent), out
 
   (_, out), grads = jit(jax.value_and_grad(
-      lambda d: loss(attn.affine_attention, d), has_aux=True))(diff)
+      lambda d: loss(affine_attention, d), has_aux=True))(diff)
   (_, ref), grads_ref = jit(jax.value_and_grad(
-      lambda d: loss(attn.affine_attention_reference, d), has_aux=True))(diff)
+      lambda d: loss(affine_attention_reference, d), has_aux=True))(diff)
   assert rel_err(out, ref) < 1e-5, rel_err(out, ref)
   for name in diff:
     assert rel_err(grads[name], grads_ref[name]) < 1e-5, (name, rel_err(grads[name],
@@ -73,10 +74,10 @@ def test_fast_matches_reference_outputs_and_gradients(seq, seq_k, head_dim, kv_h
 def test_alpha_one_is_softmax_exactly(options):
   d = make_inputs(13, 6, 2, seed=3)
   kwargs = _kwargs(13, options)
-  out = attn.affine_attention(d["q"], d["k"], d["v"], alpha_BxTxN=1.0, alpha_ma=1.0, **kwargs)
+  out = affine_attention(d["q"], d["k"], d["v"], alpha_BxTxN=1.0, alpha_ma=1.0, **kwargs)
   soft = attn.softmax_attention(d["q"], d["k"], d["v"], **kwargs)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(soft))
-  ref = attn.affine_attention_reference(d["q"], d["k"], d["v"], **kwargs)
+  ref = affine_attention_reference(d["q"], d["k"], d["v"], **kwargs)
   soft_ref = attn.softmax_attention_reference(d["q"], d["k"], d["v"], **kwargs)
   np.testing.assert_allclose(ref, soft_ref, rtol=1e-6, atol=1e-6)
 
@@ -84,7 +85,7 @@ def test_alpha_one_is_softmax_exactly(options):
 def test_weights_rows_sum_to_alpha_ma_and_are_causal():
   d = make_inputs(13, 6, 2, seed=4)
   alpha_ma = jnp.asarray([0.2, 0.5, 0.9, 1.0], jnp.float32)
-  out, scores, weights = attn.affine_attention_reference(
+  out, scores, weights = affine_attention_reference(
       d["q"], d["k"], d["v"], alpha_BxTxN=d["alpha_BxTxN"], alpha_ma=alpha_ma,
       return_weights=True)
   assert weights.shape == scores.shape == (B, N, 13, 13)
@@ -92,14 +93,14 @@ def test_weights_rows_sum_to_alpha_ma_and_are_causal():
                                                               (B, N, 13)), rtol=1e-5)
   assert float(jnp.abs(jnp.triu(weights, k=1)).max()) == 0.0
   # β: the uniform share moves from α to α_ma; with α = 0 the row is uniform over the prefix.
-  _, _, uniform = attn.affine_attention_reference(
+  _, _, uniform = affine_attention_reference(
       d["q"], d["k"], d["v"], alpha_BxTxN=0.0, alpha_ma=1.0, return_weights=True)
   np.testing.assert_allclose(uniform[0, 0, 4, :5], 0.2, rtol=1e-6)
 
 
 def test_registered_and_jits_with_traced_alpha():
   variant = attn.get_attention("affine")
-  assert variant.fn is attn.affine_attention and "alpha_BxTxN" in variant.params
+  assert variant.fn is affine_attention and "alpha_BxTxN" in variant.params
   d = make_inputs(13, 6, 2, seed=5)
   out = jax.jit(lambda a, m: variant.fn(d["q"], d["k"], d["v"], alpha_BxTxN=a, alpha_ma=m))(
       d["alpha_BxTxN"], jnp.float32(0.7))
@@ -114,6 +115,6 @@ def test_registered_and_jits_with_traced_alpha():
 def test_bad_alpha_raises(kwargs, words):
   d = make_inputs(13, 6, 2)
   error = TypeError if "floating" in words else ValueError
-  for fn in (attn.affine_attention, attn.affine_attention_reference):
+  for fn in (affine_attention, affine_attention_reference):
     with pytest.raises(error, match=words):
       fn(d["q"], d["k"], d["v"], **kwargs)

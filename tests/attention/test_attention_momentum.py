@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.kv_shift import kv_shift_attention
+from momentum_jax.core.rope import apply_rope
 
 
 def normal(rng, *shape):
@@ -84,7 +86,7 @@ def test_kv_shift_generalises_the_key_shear():
   q, k, v = normal(rng, 2, 33, 4, 24), normal(rng, 2, 33, 2, 24), normal(rng, 2, 33, 2, 24)
   ids = jnp.asarray(np.repeat([[0, 1, 2]], 11, axis=1).reshape(1, 33).repeat(2, 0))
   gamma = 0.6
-  shifted = attn.kv_shift_attention(q, k, v, alpha=jnp.array([1 + gamma, -gamma]),
+  shifted = kv_shift_attention(q, k, v, alpha=jnp.array([1 + gamma, -gamma]),
                                     beta=jnp.array([1.0, 0.0]), segment_ids=ids)
   k_hat = attn.momentum_shear(k, gamma, segment_ids=ids)
   sheared = attn.softmax_attention(q, k_hat, v, segment_ids=ids)
@@ -96,8 +98,8 @@ def test_momentum_attention_is_rope_shear_softmax():
   q, k, v = normal(rng, 2, 7, 4, 24), normal(rng, 2, 7, 2, 24), normal(rng, 2, 7, 2, 24)
   gamma = jnp.array([0.3, 1.2])  # one per kv head, shared by its query heads (n // 2)
   out = attn.momentum_attention(q, k, v, gamma=gamma)
-  q_hat = attn.momentum_shear(attn.apply_rope(q), jnp.array([0.3, 0.3, 1.2, 1.2]))
-  k_hat = attn.momentum_shear(attn.apply_rope(k), gamma)
+  q_hat = attn.momentum_shear(apply_rope(q), jnp.array([0.3, 0.3, 1.2, 1.2]))
+  k_hat = attn.momentum_shear(apply_rope(k), gamma)
   np.testing.assert_allclose(out, attn.softmax_attention(q_hat, k_hat, v), rtol=1e-6, atol=1e-6)
   registered = attn.get_attention("momentum").fn(q, k, v, gamma=gamma)  # no RoPE inside
   no_rope = attn.momentum_attention(q, k, v, gamma=gamma, rope=False)

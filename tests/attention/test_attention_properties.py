@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.ema_value import ema_value_attention
 
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
@@ -107,7 +108,7 @@ def test_window_one_returns_values():
 def test_ema_value_adds_the_decayed_past():
   q, k, v = inputs(seq=7, kv_heads=4)
   q = jnp.zeros_like(q)  # uniform causal weights: attention is the running mean of values
-  out = jit(functools.partial(attn.ema_value_attention, eta=0.5))(q, k, v)
+  out = jit(functools.partial(ema_value_attention, eta=0.5))(q, k, v)
   v64 = np.asarray(v, np.float64)
   running_mean = np.cumsum(v64, axis=1) / np.arange(1, 8)[None, :, None, None]
   lagged = lambda lag: np.pad(v64[:, :-lag], ((0, 0), (lag, 0), (0, 0), (0, 0)))

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.ema_value import ema_value_attention, ema_value_attention_reference
+from momentum_jax.attention.kv_shift import kv_shift_attention, kv_shift_attention_reference
 
 Q = jnp.ones((2, 7, 4, 24))
 KV = jnp.ones((2, 7, 2, 24))
@@ -18,10 +20,10 @@ ALL = [
     (attn.softmax_attention_reference, {}),
     (momentum, {"gamma": 0.5}),
     (attn.momentum_attention_reference, {"gamma": 0.5}),
-    (attn.kv_shift_attention, {"alpha": jnp.ones(2), "beta": jnp.ones(2)}),
-    (attn.kv_shift_attention_reference, {"alpha": jnp.ones(2), "beta": jnp.ones(2)}),
-    (attn.ema_value_attention, {"eta": 0.5}),
-    (attn.ema_value_attention_reference, {"eta": 0.5}),
+    (kv_shift_attention, {"alpha": jnp.ones(2), "beta": jnp.ones(2)}),
+    (kv_shift_attention_reference, {"alpha": jnp.ones(2), "beta": jnp.ones(2)}),
+    (ema_value_attention, {"eta": 0.5}),
+    (ema_value_attention_reference, {"eta": 0.5}),
 ]
 
 # (error, message pattern, q, k, v, keyword arguments) for inputs every attention function rejects.
@@ -90,7 +92,7 @@ def test_shear_errors(fn):
     fn(X, 0.5, boundary="")
 
 
-@pytest.mark.parametrize("fn", [attn.kv_shift_attention, attn.kv_shift_attention_reference])
+@pytest.mark.parametrize("fn", [kv_shift_attention, kv_shift_attention_reference])
 def test_kv_shift_errors(fn):
   with pytest.raises(ValueError, match=r"alpha.shape=\(3,\)"):
     fn(Q, KV, KV, alpha=jnp.ones(3), beta=jnp.ones(2))
@@ -98,7 +100,7 @@ def test_kv_shift_errors(fn):
     fn(Q, KV, KV, alpha=jnp.ones(2), beta=jnp.ones((4, 2)))
 
 
-@pytest.mark.parametrize("fn", [attn.ema_value_attention, attn.ema_value_attention_reference])
+@pytest.mark.parametrize("fn", [ema_value_attention, ema_value_attention_reference])
 def test_ema_value_errors(fn):
   for eta in (0.0, 1.0, -0.2, float("nan")):
     with pytest.raises(ValueError, match=rf"eta={eta}"):

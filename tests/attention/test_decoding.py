@@ -8,9 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from momentum_jax.attention import (
-    AttentionDims, DecodeContext, available_attention, cache_bytes, cache_capacity, get_attention,
-    init_kv_cache, kv_cache_bytes_per_token, softmax_decode)
+from momentum_jax.attention import AttentionDims, available_attention, get_attention
+from momentum_jax.attention.decoding import (
+    DecodeContext, cache_bytes, cache_capacity, init_kv_cache, kv_cache_bytes_per_token,
+)
+from momentum_jax.attention.softmax import softmax_decode
 
 B, T, N, K, H, MAX_LEN = 3, 13, 4, 2, 8, 17
 DIMS = AttentionDims(N, K, H, MAX_LEN)

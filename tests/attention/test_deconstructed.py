@@ -15,6 +15,11 @@ from attention_testing import forward_and_grads, jit
 from attention_testing import rel_err as _rel_err
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.deconstructed import (
+    deconstructed_fixed_qk_attention, deconstructed_mlp_attention,
+    deconstructed_self_gated_attention, deconstructed_self_gated_attention_reference,
+    deconstructed_taylor_attention_reference,
+)
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
@@ -68,9 +73,9 @@ def test_float32_and_large_logits():
   # Gates ~ ±1e3: the scan's running max keeps every prefix and every gradient finite (the
   # gradients themselves are rounding-level against one-hot weights, so only outputs compare).
   big = make(37, 12, 2, std=30.0)
-  fast = attn.deconstructed_self_gated_attention
+  fast = deconstructed_self_gated_attention
   out = jit(fast)(*big.values())
-  assert rel_err(out, attn.deconstructed_self_gated_attention_reference(*big.values())) <= 1e-5
+  assert rel_err(out, deconstructed_self_gated_attention_reference(*big.values())) <= 1e-5
   grads = jit(jax.grad(lambda q, k, v: jnp.sum(fast(q, k, v)), argnums=(0, 1, 2)))(*big.values())
   assert all(np.isfinite(g).all() for g in grads)
 
@@ -85,7 +90,7 @@ def test_fixed_qk_matches_softmax_reference_and_ignores_q_k():
   assert not np.asarray(grads["fixed_q"][13:]).any() and np.asarray(grads["fixed_q"][:13]).any()
   ids = jnp.asarray(np.repeat([[0] * 5 + [1] * 8], B, axis=0))
   compare("deconstructed_fixed_qk", diff, 1e-5, window=4, segment_ids=ids)
-  fn = jit(attn.deconstructed_fixed_qk_attention)
+  fn = jit(deconstructed_fixed_qk_attention)
   out = fn(diff["q"], diff["k"], diff["v"], fixed_q=diff["fixed_q"], fixed_k=diff["fixed_k"])
   out2 = fn(-diff["q"], 2 * diff["k"], diff["v"], fixed_q=diff["fixed_q"], fixed_k=diff["fixed_k"])
   assert np.array_equal(out, out2)
@@ -105,9 +110,9 @@ def test_references_match_numpy_transcriptions():
         w = 1 + x + x**2 / 2
         taylor[b, t, n] = w @ vv[:t + 1] / w.sum()
         gated[b, t, n] = gates[:t + 1] @ vv[:t + 1] / gates[:t + 1].sum()  # Eq. 18
-  assert rel_err(attn.deconstructed_taylor_attention_reference(*d.values()), taylor) <= 1e-5
-  assert rel_err(attn.deconstructed_self_gated_attention_reference(*d.values()), gated) <= 1e-5
-  mlp, scores, weights = attn.deconstructed_mlp_attention(*d.values(), return_weights=True)
+  assert rel_err(deconstructed_taylor_attention_reference(*d.values()), taylor) <= 1e-5
+  assert rel_err(deconstructed_self_gated_attention_reference(*d.values()), gated) <= 1e-5
+  mlp, scores, weights = deconstructed_mlp_attention(*d.values(), return_weights=True)
   assert rel_err(mlp, silu(q) * np.repeat(v, 2, axis=2)) <= 1e-6
   assert np.array_equal(weights[0, 0], np.eye(9)) and np.isneginf(scores[0, 0, 1, 0])
 

@@ -10,6 +10,15 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.flex import (
+    flex_attention, flex_attention_reference, flex_softmax_attention,
+    flex_softmax_attention_reference,
+)
+from momentum_jax.attention.flex_mods import (
+    alibi_score, and_masks, causal_mask, segment_mask, sliding_window_mask, softcap_score,
+    streaming_llm_mask,
+)
+from momentum_jax.core.block_mask import create_block_mask
 from momentum_jax.core.block_mask import EMPTY, FULL, PARTIAL
 from momentum_jax.experiments.bench import flex_attention as bench_flex_attention
 
@@ -43,14 +52,14 @@ SLOPES = jnp.asarray([0.5, 0.25, 0.125, 0.0625], jnp.float32)
 # name -> (mask_mod, score_mod) for a sequence length.
 MODS = {
     "none": lambda seq: (None, None),
-    "causal": lambda seq: (attn.causal_mask, None),
-    "window": lambda seq: (attn.sliding_window_mask(20), None),
-    "segments": lambda seq: (attn.segment_mask(segment_ids(seq)), None),
+    "causal": lambda seq: (causal_mask, None),
+    "window": lambda seq: (sliding_window_mask(20), None),
+    "segments": lambda seq: (segment_mask(segment_ids(seq)), None),
     "causal_segments": lambda seq: (
-        attn.and_masks(attn.causal_mask, attn.segment_mask(segment_ids(seq))), None),
-    "streaming_llm": lambda seq: (attn.streaming_llm_mask(4, 10), None),
-    "alibi": lambda seq: (attn.causal_mask, attn.alibi_score(SLOPES)),
-    "softcap": lambda seq: (attn.sliding_window_mask(24), attn.softcap_score(2.0)),
+        and_masks(causal_mask, segment_mask(segment_ids(seq))), None),
+    "streaming_llm": lambda seq: (streaming_llm_mask(4, 10), None),
+    "alibi": lambda seq: (causal_mask, alibi_score(SLOPES)),
+    "softcap": lambda seq: (sliding_window_mask(24), softcap_score(2.0)),
 }
 
 
@@ -79,9 +88,9 @@ def test_matches_dense_and_softmax_references(name, seq):
   mask_mod, score_mod = MODS[name](seq)
   q, k, v, cotangent = make_inputs(seq)
   kwargs = dict(mask_mod=mask_mod, score_mod=score_mod)
-  got = value_and_grads(functools.partial(attn.flex_attention, block_q=BLOCK, block_k=BLOCK,
+  got = value_and_grads(functools.partial(flex_attention, block_q=BLOCK, block_k=BLOCK,
                                           **kwargs), q, k, v, cotangent)
-  want = value_and_grads(functools.partial(attn.flex_attention_reference, **kwargs),
+  want = value_and_grads(functools.partial(flex_attention_reference, **kwargs),
                          q, k, v, cotangent)
   assert_close(got, want)
   if name in SOFTMAX_KWARGS:
@@ -93,10 +102,10 @@ def test_matches_dense_and_softmax_references(name, seq):
 
 def test_scale_and_block_shapes():
   q, k, v, cotangent = make_inputs(33, seed=1)
-  kwargs = dict(mask_mod=attn.causal_mask, scale=0.3)
-  got = value_and_grads(functools.partial(attn.flex_attention, block_q=8, block_k=32, **kwargs),
+  kwargs = dict(mask_mod=causal_mask, scale=0.3)
+  got = value_and_grads(functools.partial(flex_attention, block_q=8, block_k=32, **kwargs),
                         q, k, v, cotangent)
-  want = value_and_grads(functools.partial(attn.flex_attention_reference, **kwargs),
+  want = value_and_grads(functools.partial(flex_attention_reference, **kwargs),
                          q, k, v, cotangent)
   assert_close(got, want)
 
@@ -120,17 +129,17 @@ def test_alibi_slopes_gradient():
   q, k, v, cotangent = make_inputs(33, seed=3)
 
   def loss(fn, slopes):
-    out = fn(q, k, v, mask_mod=attn.causal_mask, score_mod=attn.alibi_score(slopes))
+    out = fn(q, k, v, mask_mod=causal_mask, score_mod=alibi_score(slopes))
     return jnp.sum(out * cotangent)
 
-  fast = functools.partial(attn.flex_attention, block_q=BLOCK, block_k=BLOCK)
+  fast = functools.partial(flex_attention, block_q=BLOCK, block_k=BLOCK)
   grad = jit(jax.grad(functools.partial(loss, fast)))(SLOPES)
-  grad_ref = jit(jax.grad(functools.partial(loss, attn.flex_attention_reference)))(SLOPES)
+  grad_ref = jit(jax.grad(functools.partial(loss, flex_attention_reference)))(SLOPES)
   assert np.any(grad_ref) and rel_err(grad, grad_ref) <= TOL
 
 
 def test_causal_block_mask_classification_and_skipping():
-  mask = attn.create_block_mask(attn.causal_mask, None, None, 64, 64, BLOCK, BLOCK)
+  mask = create_block_mask(causal_mask, None, None, 64, 64, BLOCK, BLOCK)
   kind = np.asarray(mask.kind_BxNxQxK[0, 0])
   blocks = np.arange(4)
   expected = np.where(blocks[:, None] > blocks[None], FULL,
@@ -140,33 +149,33 @@ def test_causal_block_mask_classification_and_skipping():
   np.testing.assert_array_equal(mask.kv_index_BxNxQxM[0, 0, 2], [0, 1, 2, 0])
   assert int(np.sum(mask.kv_count_BxNxQ)) == 10 < kind.size  # 10 of 16 tiles processed
   # Padding: T = 70 gives 5 query and 5 key blocks; the last key block is partial.
-  mask = attn.create_block_mask(attn.causal_mask, None, None, 70, 70, BLOCK, BLOCK)
+  mask = create_block_mask(causal_mask, None, None, 70, 70, BLOCK, BLOCK)
   kind = np.asarray(mask.kind_BxNxQxK[0, 0])
   assert kind.shape == (5, 5) and kind[4, 3] == FULL and kind[4, 4] == PARTIAL
   # Window 16 on 16-blocks: two partial tiles per row, everything else empty.
-  mask = attn.create_block_mask(attn.sliding_window_mask(16), None, None, 64, 64, BLOCK, BLOCK)
+  mask = create_block_mask(sliding_window_mask(16), None, None, 64, 64, BLOCK, BLOCK)
   assert mask.kv_index_BxNxQxM.shape[-1] == 2 and not np.any(mask.kind_BxNxQxK == FULL)
 
 
 def test_block_mask_per_batch_and_head():
   ids = segment_ids(70)
   by_head = lambda b, n, t, s: (s <= t) & (t - s < 8 * (n + 1))
-  mask_mod = attn.and_masks(attn.segment_mask(ids), by_head)
-  mask = attn.create_block_mask(mask_mod, B, N, 70, 70, BLOCK, BLOCK)
+  mask_mod = and_masks(segment_mask(ids), by_head)
+  mask = create_block_mask(mask_mod, B, N, 70, 70, BLOCK, BLOCK)
   assert mask.shape == (B, N, 70, 70)
   q, k, v, cotangent = make_inputs(70, seed=4)
-  got = value_and_grads(functools.partial(attn.flex_attention, block_mask=mask), q, k, v,
+  got = value_and_grads(functools.partial(flex_attention, block_mask=mask), q, k, v,
                         cotangent)
-  want = value_and_grads(functools.partial(attn.flex_attention_reference, mask_mod=mask_mod),
+  want = value_and_grads(functools.partial(flex_attention_reference, mask_mod=mask_mod),
                          q, k, v, cotangent)
   assert_close(got, want)
 
 
 def test_block_mask_reused_under_jit_without_recompiling():
-  mask = attn.create_block_mask(attn.causal_mask, None, None, 33, 33, BLOCK, BLOCK)
-  fn = jit(lambda q, k, v, mask: attn.flex_attention(q, k, v, block_mask=mask))
+  mask = create_block_mask(causal_mask, None, None, 33, 33, BLOCK, BLOCK)
+  fn = jit(lambda q, k, v, mask: flex_attention(q, k, v, block_mask=mask))
   outs = [fn(*make_inputs(33, seed=seed)[:3], mask) for seed in range(3)]
-  again = attn.create_block_mask(attn.causal_mask, None, None, 33, 33, BLOCK, BLOCK)
+  again = create_block_mask(causal_mask, None, None, 33, 33, BLOCK, BLOCK)
   outs.append(fn(*make_inputs(33)[:3], again))
   assert fn._cache_size() == 1
   np.testing.assert_array_equal(outs[0], outs[3])
@@ -177,9 +186,9 @@ def test_block_mask_built_under_jit_is_concrete_and_skips_tiles():
 
   @jax.jit
   def attend(q_BxTxNxH):
-    block_mask = attn.create_block_mask(attn.sliding_window_mask(64), None, None, 512, 512, 64, 64)
+    block_mask = create_block_mask(sliding_window_mask(64), None, None, 512, 512, 64, 64)
     widths.append(block_mask.kv_index_BxNxQxM)
-    return attn.flex_attention(q_BxTxNxH, q_BxTxNxH, q_BxTxNxH, block_mask=block_mask)
+    return flex_attention(q_BxTxNxH, q_BxTxNxH, q_BxTxNxH, block_mask=block_mask)
 
   attend(jnp.ones((1, 512, 2, 8)))
   (kv_index_BxNxQxM,) = widths
@@ -190,7 +199,7 @@ def test_block_mask_built_under_jit_is_concrete_and_skips_tiles():
 
 def test_causal_by_gradient():
   q, k, v, _ = make_inputs(21)
-  fn = functools.partial(attn.flex_attention, mask_mod=attn.causal_mask, block_q=8, block_k=4)
+  fn = functools.partial(flex_attention, mask_mod=causal_mask, block_q=8, block_k=4)
   per_t = lambda q, k, v: jnp.sum(fn(q, k, v), axis=(0, 2, 3))
   for jac_TxBxSxKxH in jit(jax.jacrev(per_t, argnums=(0, 1, 2)))(q, k, v):
     jac = np.asarray(jac_TxBxSxKxH)
@@ -202,12 +211,12 @@ def test_causal_by_gradient():
 def test_rows_without_visible_keys_are_zero():
   q, k, v, cotangent = make_inputs(33)
   strictly_past = lambda b, n, t, s: s < t  # row 0 sees nothing
-  fn = functools.partial(attn.flex_attention, mask_mod=strictly_past, block_q=BLOCK,
+  fn = functools.partial(flex_attention, mask_mod=strictly_past, block_q=BLOCK,
                          block_k=BLOCK)
   (_, out), grads = value_and_grads(fn, q, k, v, cotangent)
   assert not np.any(out[:, 0]) and np.isfinite(out).all()
   assert all(np.isfinite(g).all() for g in grads) and not np.any(grads[0][:, 0])
-  ref = attn.flex_attention_reference(q, k, v, mask_mod=strictly_past)
+  ref = flex_attention_reference(q, k, v, mask_mod=strictly_past)
   assert rel_err(out, ref) <= TOL
 
 
@@ -219,17 +228,17 @@ KV = jnp.ones((2, 33, 2, 24))
     ({"block_q": 0}, "block_q=0"),
     ({"block_k": -3}, "block_k=-3"),
     ({"block_q": 2.0}, "block_q=2.0"),
-    ({"block_mask": attn.create_block_mask(attn.causal_mask, None, None, 32, 33, 16, 16)},
+    ({"block_mask": create_block_mask(causal_mask, None, None, 32, 33, 16, 16)},
      r"block_mask.shape=\(1, 1, 32, 33\)"),
-    ({"block_mask": attn.create_block_mask(attn.causal_mask, 3, None, 33, 33, 16, 16)},
+    ({"block_mask": create_block_mask(causal_mask, 3, None, 33, 33, 16, 16)},
      r"block_mask.shape=\(3, 1, 33, 33\)"),
-    ({"block_mask": attn.create_block_mask(attn.causal_mask, None, None, 33, 33, 16, 16),
+    ({"block_mask": create_block_mask(causal_mask, None, None, 33, 33, 16, 16),
       "block_q": 8}, "block_q=8"),
-    ({"block_mask": attn.create_block_mask(attn.causal_mask, None, None, 33, 33, 16, 16),
-      "mask_mod": attn.sliding_window_mask(3)}, "mask_mod"),
+    ({"block_mask": create_block_mask(causal_mask, None, None, 33, 33, 16, 16),
+      "mask_mod": sliding_window_mask(3)}, "mask_mod"),
     ({"block_mask": "causal"}, "block_mask"),
 ])
-@pytest.mark.parametrize("fn", [attn.flex_attention, attn.flex_attention_reference],
+@pytest.mark.parametrize("fn", [flex_attention, flex_attention_reference],
                          ids=lambda f: f.__name__)
 def test_bad_inputs_raise(fn, kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -238,14 +247,14 @@ def test_bad_inputs_raise(fn, kwargs, message):
 
 def test_bad_mod_and_registry_arguments_raise():
   with pytest.raises(ValueError, match="block_k=0"):
-    attn.create_block_mask(attn.causal_mask, None, None, 8, 8, 4, 0)
+    create_block_mask(causal_mask, None, None, 8, 8, 4, 0)
   with pytest.raises(ValueError, match="N=0"):
-    attn.create_block_mask(attn.causal_mask, None, 0, 8, 8)
+    create_block_mask(causal_mask, None, 0, 8, 8)
   with pytest.raises(ValueError, match="window=0"):
-    attn.sliding_window_mask(0)
+    sliding_window_mask(0)
   with pytest.raises(ValueError, match="cap=0"):
-    attn.softcap_score(0)
-  for fn in (attn.flex_softmax_attention, attn.flex_softmax_attention_reference):
+    softcap_score(0)
+  for fn in (flex_softmax_attention, flex_softmax_attention_reference):
     with pytest.raises(ValueError, match=r"bias.shape=\(33, 33\)"):
       fn(Q, KV, KV, bias=jnp.zeros((33, 33)))
     with pytest.raises(ValueError, match=r"sinks.shape=\(4,\)"):

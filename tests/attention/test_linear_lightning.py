@@ -16,6 +16,9 @@ import pytest
 from flax import nnx
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.lightning import lightning_attention, lightning_attention_reference
+from momentum_jax.attention.linear import linear_attention, linear_attention_reference
+from momentum_jax.core.alibi import alibi_slopes
 from momentum_jax.experiments.bench import linear_attention as bench_linear_attention
 from momentum_jax.nn import Transformer, TransformerConfig
 
@@ -106,10 +109,10 @@ def test_float32_matches_reference(case):
 def test_lightning_default_decay_and_scale():
   arrays, _, _ = make_inputs(33, 24, 2, False, jnp.float32)
   q, k, v = arrays["q"], arrays["k"], arrays["v"]
-  out = jit(functools.partial(attn.lightning_attention, scale=0.3, block_size=7))(q, k, v)
-  ref = attn.lightning_attention_reference(q, k, v, decay=attn.alibi_slopes(N), scale=0.3)
+  out = jit(functools.partial(lightning_attention, scale=0.3, block_size=7))(q, k, v)
+  ref = lightning_attention_reference(q, k, v, decay=alibi_slopes(N), scale=0.3)
   assert rel_err(out, ref) <= TOL
-  np.testing.assert_allclose(attn.alibi_slopes(8), 2.0 ** (-np.arange(1, 9)))
+  np.testing.assert_allclose(alibi_slopes(8), 2.0 ** (-np.arange(1, 9)))
 
 
 def test_references_match_numpy_loops():
@@ -127,10 +130,10 @@ def test_references_match_numpy_loops():
         lin[b, t, n] = kern @ v[b, :t + 1, j] / (kern.sum() + 1e-6)
         mix = (k[b, :t + 1, j] @ q[b, t, n]) * np.exp(-slopes[n] * np.arange(t, -1, -1))
         light[b, t, n] = mix @ v[b, :t + 1, j]
-  out, _, weights = attn.linear_attention_reference(*arrays.values(), return_weights=True)
+  out, _, weights = linear_attention_reference(*arrays.values(), return_weights=True)
   assert rel_err(out, lin) <= TOL
   assert rel_err(np.einsum("bnts,bsnh->btnh", weights, np.repeat(v, 2, axis=2)), lin) <= TOL
-  out, scores, weights = attn.lightning_attention_reference(
+  out, scores, weights = lightning_attention_reference(
       *arrays.values(), decay=jnp.asarray(slopes, jnp.float32), return_weights=True)
   assert rel_err(out, light) <= TOL
   assert np.isneginf(scores[0, 0, 0, 1]) and weights[0, 0, 0, 1] == 0
@@ -191,8 +194,8 @@ def test_large_inputs_have_finite_gradients(name):
 
 Q = jnp.ones((2, 7, 4, 24))
 KV = jnp.ones((2, 7, 2, 24))
-FUNCTIONS = [attn.linear_attention, attn.linear_attention_reference, attn.lightning_attention,
-             attn.lightning_attention_reference]
+FUNCTIONS = [linear_attention, linear_attention_reference, lightning_attention,
+             lightning_attention_reference]
 
 
 @pytest.mark.parametrize("fn", FUNCTIONS, ids=lambda f: f.__name__)

@@ -13,6 +13,7 @@ from flax import nnx
 from attention_testing import forward_and_grads, jit, rel_err
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.mega_ema import mega_ema_attention, mega_ema_attention_reference
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
@@ -69,17 +70,17 @@ def test_reference_matches_numpy_recurrence():
     ema[:, t] = np.sum(gamma * state, axis=-1) / np.sqrt(2)
   expected = np.asarray(attn.softmax_attention_reference(d["q"], d["k"], d["v"]), np.float64)
   expected += np.repeat(ema, 2, axis=2)
-  out, _, weights = jit(functools.partial(attn.mega_ema_attention_reference, return_weights=True))(
+  out, _, weights = jit(functools.partial(mega_ema_attention_reference, return_weights=True))(
       d["q"], d["k"], d["v"], delta=d["delta"], gamma=d["gamma"])
   assert rel_err(out, expected) <= 1e-5
   assert weights.shape == (B, N, 9, 9)
-  fast = jit(attn.mega_ema_attention)(d["q"], d["k"], d["v"], delta=d["delta"], gamma=d["gamma"])
+  fast = jit(mega_ema_attention)(d["q"], d["k"], d["v"], delta=d["delta"], gamma=d["gamma"])
   assert rel_err(fast, expected) <= 1e-5
 
 
 def test_causal_by_gradient():
   d = make(11, 6, 2)
-  per_t = lambda v: jnp.sum(attn.mega_ema_attention(
+  per_t = lambda v: jnp.sum(mega_ema_attention(
       d["q"], d["k"], v, delta=d["delta"], gamma=d["gamma"]), axis=(0, 2, 3))
   jac = np.asarray(jit(jax.jacrev(per_t))(d["v"]))
   assert jac.any()
@@ -101,7 +102,7 @@ def test_in_transformer_learns_delta_and_gamma():
     assert np.isfinite(g).all() and np.abs(g).max() > 0, name
 
 
-@pytest.mark.parametrize("fn", [attn.mega_ema_attention, attn.mega_ema_attention_reference],
+@pytest.mark.parametrize("fn", [mega_ema_attention, mega_ema_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"causal": False}, "causal=False"),

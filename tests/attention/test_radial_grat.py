@@ -11,6 +11,13 @@ import numpy as np
 import pytest
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.grat import (
+    grat_attention, grat_causal_mask, grat_mask, grat_mask_numpy, grat_to_grid, grat_to_groups,
+)
+from momentum_jax.attention.radial import (
+    radial_attention, radial_block_mask, radial_mask, radial_mask_numpy,
+)
+from momentum_jax.core.block_mask import create_block_mask
 
 B, N, K, H = 2, 4, 2, 6
 TOL = 1e-5
@@ -74,11 +81,11 @@ RADIAL_SIZES = [(12, 9, 8, 1.0), (16, 8, 4, 1.0), (5, 11, 4, 0.5), (30, 17, 8, 1
 @pytest.mark.parametrize("size", RADIAL_SIZES, ids=str)
 def test_radial_mask_mod_matches_numpy_oracle(size):
   tpf, frames, block, decay = size
-  oracle = attn.radial_mask_numpy(tpf, frames, decay=decay, block=block)
-  got = full_grid(attn.radial_mask(tpf, frames, decay=decay, block=block), tpf * frames)
+  oracle = radial_mask_numpy(tpf, frames, decay=decay, block=block)
+  got = full_grid(radial_mask(tpf, frames, decay=decay, block=block), tpf * frames)
   np.testing.assert_array_equal(got, oracle)
   assert oracle.any() and not oracle.all()
-  blocks = attn.radial_block_mask(tpf, frames, decay=decay, block=block)
+  blocks = radial_block_mask(tpf, frames, decay=decay, block=block)
   assert blocks.shape == (-(-tpf * frames // block),) * 2
 
 
@@ -91,19 +98,19 @@ def test_radial_rule_without_shrink():
   i, r = t[:, None] // tpf, t[:, None] % tpf
   j, c = t[None, :] // tpf, t[None, :] % tpf
   expected = (j == 0) | (np.abs(r - c) <= np.vectorize(width.get)(np.abs(i - j)))
-  np.testing.assert_array_equal(attn.radial_mask_numpy(tpf, frames, block=1), expected)
-  np.testing.assert_array_equal(full_grid(attn.radial_mask(tpf, frames, block=1), 48), expected)
+  np.testing.assert_array_equal(radial_mask_numpy(tpf, frames, block=1), expected)
+  np.testing.assert_array_equal(full_grid(radial_mask(tpf, frames, block=1), 48), expected)
 
 
 def test_radial_keep_rule_drops_frame_pairs():
   """P = 2, block 1: ℓ = 4/2^g is 0.5 for d = 4..7, so only every int(1/0.5) = 2nd distance is
   kept there; nearer pairs and key frame 0 are whole."""
   frames = 8
-  frame_pairs = attn.radial_mask_numpy(2, frames, block=1)[::2, ::2]
+  frame_pairs = radial_mask_numpy(2, frames, block=1)[::2, ::2]
   d = np.abs(np.arange(frames)[:, None] - np.arange(frames)[None, :])
   expected = (np.arange(frames)[None, :] == 0) | (d <= 3) | (d == 4) | (d == 6)
   np.testing.assert_array_equal(frame_pairs, expected)
-  np.testing.assert_array_equal(attn.radial_mask_numpy(2, frames, block=1),
+  np.testing.assert_array_equal(radial_mask_numpy(2, frames, block=1),
                                 np.repeat(np.repeat(expected, 2, 0), 2, 1))
 
 
@@ -112,7 +119,7 @@ def test_radial_shrink_is_not_an_or():
   band |r − c| <= 10 fills the blocks one off the diagonal to 8 rows in every column (kept
   whole, beyond the band) and reaches two off only in 2 columns with 2 and 1 rows (dropped)."""
   tpf, frames, block = 32, 6, 8
-  shrunk = attn.radial_mask_numpy(tpf, frames, decay=0.625, block=block)
+  shrunk = radial_mask_numpy(tpf, frames, decay=0.625, block=block)
   t = np.arange(tpf * frames)
   pair = (np.abs(t[:, None] // tpf - t[None, :] // tpf) == 2) & (t[None, :] >= tpf)
   band = pair & (np.abs(t[:, None] % tpf - t[None, :] % tpf) <= 10)
@@ -126,12 +133,12 @@ def test_radial_shrink_is_not_an_or():
 
 def test_radial_block_mask_skips_tiles():
   tpf, frames, block = 8, 12, 4
-  mask = attn.create_block_mask(attn.radial_mask(tpf, frames, block=block), None, None,
+  mask = create_block_mask(radial_mask(tpf, frames, block=block), None, None,
                                 tpf * frames, tpf * frames, block, block)
   kinds = np.asarray(mask.kind_BxNxQxK)
   assert int(np.sum(mask.kv_count_BxNxQ)) < kinds.size
   assert not (kinds == 1).any()  # mask blocks and tiles agree: every tile full or empty
-  fn = functools.partial(attn.radial_attention, tokens_per_frame=tpf, block_size=block,
+  fn = functools.partial(radial_attention, tokens_per_frame=tpf, block_size=block,
                          causal=False)
   assert min(traced_scan_lengths(fn, tpf * frames)) < tpf * frames // block  # also under jit
 
@@ -147,7 +154,7 @@ def test_radial_attention_matches_reference(kwargs):
 
 def test_radial_causal_by_gradient():
   q, k, v, _ = make_qkv(15)
-  fn = functools.partial(attn.radial_attention, tokens_per_frame=3, block_size=2)
+  fn = functools.partial(radial_attention, tokens_per_frame=3, block_size=2)
   per_t = lambda q, k, v: jnp.sum(fn(q, k, v), axis=(0, 2, 3))
   for jac_TxBxSxKxH in jit(jax.jacrev(per_t, argnums=(0, 1, 2)))(q, k, v):
     jac = np.asarray(jac_TxBxSxKxH)
@@ -158,7 +165,7 @@ def test_radial_causal_by_gradient():
 
 def test_radial_validation():
   q, k, v, _ = make_qkv(12)
-  fn = functools.partial(attn.radial_attention, tokens_per_frame=4, block_size=4)
+  fn = functools.partial(radial_attention, tokens_per_frame=4, block_size=4)
   with pytest.raises(ValueError, match=r"window"):
     fn(q, k, v, window=3)
   with pytest.raises(ValueError, match=r"segment_ids\.shape"):
@@ -166,17 +173,17 @@ def test_radial_validation():
   with pytest.raises(ValueError, match=r"bias\.shape"):
     fn(q, k, v, bias=jnp.zeros((1, N, 12, 12)))
   with pytest.raises(ValueError, match=r"tokens_per_frame=5.*q\.shape"):
-    attn.radial_attention(q, k, v, tokens_per_frame=5)
+    radial_attention(q, k, v, tokens_per_frame=5)
   with pytest.raises(ValueError, match=r"tokens_per_frame=0"):
-    attn.radial_attention(q, k, v, tokens_per_frame=0)
+    radial_attention(q, k, v, tokens_per_frame=0)
   with pytest.raises(ValueError, match=r"decay=-1"):
     fn(q, k, v, decay=-1.0)
   with pytest.raises(ValueError, match=r"block_size=0"):
-    attn.radial_attention(q, k, v, tokens_per_frame=4, block_size=0)
+    radial_attention(q, k, v, tokens_per_frame=4, block_size=0)
   with pytest.raises(ValueError, match=r"S == T.*k\.shape"):
     fn(q, k[:, :8], v[:, :8])
   with pytest.raises(ValueError, match=r"num_frames=0"):
-    attn.radial_mask(4, 0)
+    radial_mask(4, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +206,10 @@ GRIDS = [((4, 6, 8), (2, 3, 2)), ((3, 4, 10), (1, 2, 5)), ((2, 6, 6), (1, 2, 2))
 def test_grat_permutation(grid, group):
   length = int(np.prod(grid))
   x = jnp.arange(2 * length * 3).reshape(2, length, 3)
-  grouped = attn.grat_to_groups(x, grid, group)
+  grouped = grat_to_groups(x, grid, group)
   np.testing.assert_array_equal(grouped[0, :, 0] // 3, grouped_order(grid, group))
-  np.testing.assert_array_equal(attn.grat_to_grid(grouped, grid, group), x)
-  order = attn.grat_to_groups(jnp.arange(length)[None], grid, group)[0]
+  np.testing.assert_array_equal(grat_to_grid(grouped, grid, group), x)
+  order = grat_to_groups(jnp.arange(length)[None], grid, group)[0]
   np.testing.assert_array_equal(np.asarray(order), grouped_order(grid, group))
 
 
@@ -211,24 +218,24 @@ def test_grat_permutation(grid, group):
 @pytest.mark.parametrize("grid, group", GRIDS, ids=str)
 def test_grat_mask_mods_match_numpy_oracle(grid, group, pattern, radius):
   perm = grouped_order(grid, group)
-  oracle = attn.grat_mask_numpy(grid, group, pattern, radius)[perm][:, perm]
-  got = full_grid(attn.grat_mask(grid, group, pattern, radius), len(perm))
+  oracle = grat_mask_numpy(grid, group, pattern, radius)[perm][:, perm]
+  got = full_grid(grat_mask(grid, group, pattern, radius), len(perm))
   np.testing.assert_array_equal(got, oracle)
   assert oracle.any() and not oracle.all()
-  causal = full_grid(attn.grat_causal_mask(grid, group), len(perm))
+  causal = full_grid(grat_causal_mask(grid, group), len(perm))
   np.testing.assert_array_equal(causal, perm[None, :] <= perm[:, None])
 
 
 def test_grat_oracle_by_hand():
   """A 1×4×4 grid in 2×2 groups: criss-cross sees the groups in its group row and column
   (all four here), block-local radius 0 only its own group."""
-  oracle = attn.grat_mask_numpy((1, 4, 4), (1, 2, 2), "criss_cross")
+  oracle = grat_mask_numpy((1, 4, 4), (1, 2, 2), "criss_cross")
   assert oracle.all()
-  own = attn.grat_mask_numpy((1, 4, 4), (1, 2, 2), "block_local", 0)
+  own = grat_mask_numpy((1, 4, 4), (1, 2, 2), "block_local", 0)
   h, w = np.divmod(np.arange(16), 4)
   np.testing.assert_array_equal(own, ((h[:, None] // 2 == h[None] // 2)
                                       & (w[:, None] // 2 == w[None] // 2)))
-  cross = attn.grat_mask_numpy((2, 4, 4), (1, 2, 2), "criss_cross")
+  cross = grat_mask_numpy((2, 4, 4), (1, 2, 2), "criss_cross")
   index = lambda t, h, w: (t * 4 + h) * 4 + w
   assert not cross[index(0, 0, 0), index(1, 3, 3)]  # no group coordinate shared
   assert cross[index(0, 0, 0), index(1, 1, 3)]  # same h group
@@ -240,12 +247,12 @@ def test_grat_oracle_by_hand():
 def test_grat_block_mask_skips_tiles(pattern):
   grid, group = (2, 20, 8), (1, 4, 4)  # coarse (2, 5, 2): every query group misses some
   length, cell = 320, 16
-  mask = attn.create_block_mask(attn.grat_mask(grid, group, pattern, 1), None, None, length,
+  mask = create_block_mask(grat_mask(grid, group, pattern, 1), None, None, length,
                                 length, cell, cell)
   kinds = np.asarray(mask.kind_BxNxQxK)
   assert 0 < int(np.sum(mask.kv_count_BxNxQ)) < kinds.size
   assert not (kinds == 1).any()  # aligned groups: every tile full or empty
-  fn = functools.partial(attn.grat_attention, grid=grid, group=group, pattern=pattern,
+  fn = functools.partial(grat_attention, grid=grid, group=group, pattern=pattern,
                          block_size=cell, causal=False)
   assert min(traced_scan_lengths(fn, length)) < length // cell  # also under jit
 
@@ -265,13 +272,13 @@ def test_grat_defaults_match_reference():
 
 def test_grat_validation():
   q, k, v, _ = make_qkv(12)
-  fn = functools.partial(attn.grat_attention, grid=(1, 3, 4), group=(1, 3, 2), causal=False)
+  fn = functools.partial(grat_attention, grid=(1, 3, 4), group=(1, 3, 2), causal=False)
   with pytest.raises(ValueError, match=r"grid must hold T.*q\.shape"):
-    attn.grat_attention(q, k, v, grid=(2, 3, 4))
+    grat_attention(q, k, v, grid=(2, 3, 4))
   with pytest.raises(ValueError, match=r"group must divide grid"):
-    attn.grat_attention(q, k, v, grid=(1, 3, 4), group=(1, 2, 2))
+    grat_attention(q, k, v, grid=(1, 3, 4), group=(1, 2, 2))
   with pytest.raises(ValueError, match=r"grid must be three positive ints"):
-    attn.grat_attention(q, k, v, grid=(12, 1))
+    grat_attention(q, k, v, grid=(12, 1))
   with pytest.raises(ValueError, match=r"pattern="):
     fn(q, k, v, pattern="diagonal")
   with pytest.raises(ValueError, match=r"radius=-1"):
@@ -283,4 +290,4 @@ def test_grat_validation():
   with pytest.raises(ValueError, match=r"S == T.*k\.shape"):
     fn(q, k[:, :6], v[:, :6])
   with pytest.raises(ValueError, match=r"x_BxLx\.shape=\(2, 10\)"):
-    attn.grat_to_groups(jnp.zeros((2, 10)), (1, 3, 4), (1, 3, 2))
+    grat_to_groups(jnp.zeros((2, 10)), (1, 3, 4), (1, 3, 2))

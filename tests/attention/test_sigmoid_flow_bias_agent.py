@@ -14,6 +14,12 @@ import pytest
 from flax import nnx
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.agent import agent_attention, agent_attention_reference, pooling_matrix
+from momentum_jax.attention.flash_bias import (
+    flash_bias_attention, flash_bias_attention_reference, low_rank_bias_factors,
+)
+from momentum_jax.attention.flow import flow_attention, flow_attention_reference
+from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
@@ -112,22 +118,22 @@ def test_sigmoid_reference_matches_numpy():
       for t in range(7):
         logits = k[b, :t + 1, n // 2] @ q[b, t, n] / np.sqrt(24) - np.log(7)
         expected[b, t, n] = (1 / (1 + np.exp(-logits))) @ v[b, :t + 1, n // 2]
-  out, scores, weights = attn.sigmoid_attention_reference(*arrays.values(), return_weights=True)
+  out, scores, weights = sigmoid_attention_reference(*arrays.values(), return_weights=True)
   assert rel_err(out, expected) <= TOL
   assert np.isneginf(scores[0, 0, 0, 1]) and weights[0, 0, 0, 1] == 0
-  assert rel_err(attn.sigmoid_attention(*arrays.values(), block_size=3), expected) <= TOL
+  assert rel_err(sigmoid_attention(*arrays.values(), block_size=3), expected) <= TOL
 
 
 def test_sigmoid_causal_by_gradient():
   arrays = make_qkv(9, 24, 2)
-  causal_by_gradient(functools.partial(attn.sigmoid_attention, block_size=4), arrays, 9)
+  causal_by_gradient(functools.partial(sigmoid_attention, block_size=4), arrays, 9)
 
 
 def test_sigmoid_bf16_and_large_logits():
   arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
-  fn = functools.partial(attn.sigmoid_attention, block_size=8)
+  fn = functools.partial(sigmoid_attention, block_size=8)
   out = jit(fn)(*arrays.values())
-  ref = attn.sigmoid_attention_reference(*arrays.values())
+  ref = sigmoid_attention_reference(*arrays.values())
   assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
   arrays = make_qkv(33, 40, 2)
   big = {n: x * (1e2 if n in "qk" else 1.0) for n, x in arrays.items()}  # logits ~ ±1e4
@@ -146,7 +152,7 @@ def test_sigmoid_in_transformer():
   assert logits.shape == (2, 16, 32) and np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("fn", [attn.sigmoid_attention, attn.sigmoid_attention_reference],
+@pytest.mark.parametrize("fn", [sigmoid_attention, sigmoid_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"sinks": jnp.zeros(4)}, "sinks.shape=(4,)"),
@@ -195,10 +201,10 @@ def test_flash_bias_equals_softmax_with_explicit_bias():
   factors = bias_factors(9, 9, 2, 4)
   explicit = jnp.einsum("btnr,bsnr->bnts", factors["q_bias"],
                         jnp.repeat(factors["k_bias"], 2, axis=2))
-  out = jit(attn.flash_bias_attention)(*arrays.values(), **factors)
+  out = jit(flash_bias_attention)(*arrays.values(), **factors)
   expected = attn.softmax_attention(*arrays.values(), bias=explicit)
   assert rel_err(out, expected) <= TOL
-  plain = attn.flash_bias_attention(*arrays.values())
+  plain = flash_bias_attention(*arrays.values())
   assert rel_err(plain, attn.softmax_attention(*arrays.values())) <= TOL
 
 
@@ -206,15 +212,15 @@ def test_low_rank_bias_factors():
   rng = np.random.default_rng(8)
   exact = jnp.asarray(rng.standard_normal((N, 7, 3)) @ rng.standard_normal((N, 3, 13)),
                       jnp.float32)
-  q_bias, k_bias, err = attn.low_rank_bias_factors(exact, 3)
+  q_bias, k_bias, err = low_rank_bias_factors(exact, 3)
   assert q_bias.shape == (1, 7, N, 3) and k_bias.shape == (1, 13, N, 3)
   assert float(err) <= 1e-5
   rebuilt = jnp.einsum("btnr,bsnr->bnts", q_bias, k_bias)[0]
   assert rel_err(rebuilt, exact) <= 1e-5
   noisy = exact + 0.1 * jnp.asarray(rng.standard_normal(exact.shape), jnp.float32)
-  errors = [float(attn.low_rank_bias_factors(noisy[None], r)[2]) for r in (1, 3, 7)]
+  errors = [float(low_rank_bias_factors(noisy[None], r)[2]) for r in (1, 3, 7)]
   assert errors[0] > errors[1] > 0.0 and errors[2] <= 1e-5
-  q_bias, k_bias, err = attn.low_rank_bias_factors(noisy, 2)
+  q_bias, k_bias, err = low_rank_bias_factors(noisy, 2)
   direct = rel_err(jnp.einsum("btnr,bsnr->bnts", q_bias, k_bias)[0], noisy)
   assert abs(float(err) - direct) <= 1e-5
 
@@ -222,20 +228,20 @@ def test_low_rank_bias_factors():
 def test_flash_bias_bf16_and_large_logits():
   arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
   factors = bias_factors(33, 33, 2, 4, dtype=jnp.bfloat16)
-  out = jit(attn.flash_bias_attention)(*arrays.values(), **factors)
-  ref = attn.flash_bias_attention_reference(*arrays.values(), **factors)
+  out = jit(flash_bias_attention)(*arrays.values(), **factors)
+  ref = flash_bias_attention_reference(*arrays.values(), **factors)
   assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
   arrays = make_qkv(33, 40, 2)
   factors = {n: 1e2 * x for n, x in bias_factors(33, 33, 2, 4).items()}  # bias logits ~ ±1e4
-  loss = lambda d: jnp.mean(attn.flash_bias_attention(
+  loss = lambda d: jnp.mean(flash_bias_attention(
       d["q"], d["k"], d["v"], q_bias=d["q_bias"], k_bias=d["k_bias"]))
   grads = jit(jax.grad(loss))({**arrays, **factors})
   assert all(np.isfinite(g).all() for g in grads.values())
-  causal_by_gradient(functools.partial(attn.flash_bias_attention, **bias_factors(9, 9, 2, 2)),
+  causal_by_gradient(functools.partial(flash_bias_attention, **bias_factors(9, 9, 2, 2)),
                      make_qkv(9, 24, 2), 9)
 
 
-@pytest.mark.parametrize("fn", [attn.flash_bias_attention, attn.flash_bias_attention_reference],
+@pytest.mark.parametrize("fn", [flash_bias_attention, flash_bias_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"q_bias": jnp.zeros((2, 7, 4, 3))}, "q_bias and k_bias"),
@@ -255,9 +261,9 @@ def test_flash_bias_validation(fn, kwargs, message):
                                             ({"rank": 2.0}, "rank=2.0")])
 def test_low_rank_bias_factors_validation(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    attn.low_rank_bias_factors(jnp.zeros((4, 7, 9)), **kwargs)
+    low_rank_bias_factors(jnp.zeros((4, 7, 9)), **kwargs)
   with pytest.raises(ValueError, match="bias.shape="):
-    attn.low_rank_bias_factors(jnp.zeros((7, 9)), 2)
+    low_rank_bias_factors(jnp.zeros((7, 9)), 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,7 +295,7 @@ def test_flow_matches_numpy_port_of_the_formulas():
   expected = np.stack([
       sig(sink[t]) * (fq[t] * incoming[t] / norm[t])
       @ (fk[:t + 1].T @ (v[:t + 1] * competition[:t + 1, None])) for t in range(6)])
-  out = attn.flow_attention(*[x[:1, :, :1] for x in arrays.values()], block_size=4)
+  out = flow_attention(*[x[:1, :, :1] for x in arrays.values()], block_size=4)
   assert rel_err(out[0, :, 0], expected) <= TOL
   incoming = 1 / np.sum((fq + eps) * (fk.sum(0) + eps), 1)
   outgoing = 1 / np.sum((fk + eps) * (fq.sum(0) + eps), 1)
@@ -297,24 +303,24 @@ def test_flow_matches_numpy_port_of_the_formulas():
   source = np.clip(np.sum((fk + eps) * ((fq * incoming[:, None]).sum(0) + eps), 1), -1, 1)
   competition = np.exp(source) / np.exp(source).sum() * 6
   expected = sig(sink)[:, None] * (fq * incoming[:, None]) @ (fk.T @ (v * competition[:, None]))
-  out = attn.flow_attention_reference(*[x[:1, :, :1] for x in arrays.values()], causal=False)
+  out = flow_attention_reference(*[x[:1, :, :1] for x in arrays.values()], causal=False)
   assert rel_err(out[0, :, 0], expected) <= TOL
 
 
 def test_flow_causal_by_gradient_bf16_and_large_inputs():
-  causal_by_gradient(functools.partial(attn.flow_attention, block_size=4), make_qkv(9, 24, 2), 9)
+  causal_by_gradient(functools.partial(flow_attention, block_size=4), make_qkv(9, 24, 2), 9)
   arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
   for causal in (True, False):
-    fn = functools.partial(attn.flow_attention, causal=causal, block_size=8)
+    fn = functools.partial(flow_attention, causal=causal, block_size=8)
     out = jit(fn)(*arrays.values())
-    ref = attn.flow_attention_reference(*arrays.values(), causal=causal)
+    ref = flow_attention_reference(*arrays.values(), causal=causal)
     assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 3e-2
     big = [1e4 * x.astype(jnp.float32) for x in arrays.values()]
     grads = jit(jax.grad(lambda q, k, v: jnp.mean(fn(q, k, v)), argnums=(0, 1, 2)))(*big)
     assert all(np.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("fn", [attn.flow_attention, attn.flow_attention_reference],
+@pytest.mark.parametrize("fn", [flow_attention, flow_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"window": 3}, "window=3"),
@@ -353,17 +359,17 @@ def test_agent_matches_reference(case, agents):
 
 
 def test_agent_pooling_and_weights():
-  np.testing.assert_allclose(attn.pooling_matrix(5, 2),
+  np.testing.assert_allclose(pooling_matrix(5, 2),
                              [[1 / 3] * 3 + [0, 0], [0, 0] + [1 / 3] * 3])
-  np.testing.assert_allclose(attn.pooling_matrix(2, 3), [[1, 0], [0.5, 0.5], [0, 1]])
+  np.testing.assert_allclose(pooling_matrix(2, 3), [[1, 0], [0.5, 0.5], [0, 1]])
   arrays = make_qkv(7, 24, 2, seq_k=13)
-  out, scores, weights = attn.agent_attention_reference(
+  out, scores, weights = agent_attention_reference(
       *arrays.values(), causal=False, num_agents=3, return_weights=True)
   np.testing.assert_allclose(np.sum(weights, -1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(jax.nn.softmax(scores, -1), weights, rtol=1e-4, atol=1e-7)
   v = jnp.repeat(arrays["v"], 2, axis=2)
   assert rel_err(jnp.einsum("bnts,bsnh->btnh", weights, v), out) <= TOL
-  fast = attn.agent_attention(*arrays.values(), causal=False, num_agents=3)
+  fast = agent_attention(*arrays.values(), causal=False, num_agents=3)
   assert rel_err(fast, out) <= TOL
   q, k, v = (np.asarray(arrays[n][0, :, 0], np.float64) for n in "qkv")
   softmax = lambda x: np.exp(x - x.max(-1, keepdims=True)) / np.exp(
@@ -375,16 +381,16 @@ def test_agent_pooling_and_weights():
 
 def test_agent_bf16_and_large_logits():
   arrays = make_qkv(33, 40, 2, dtype=jnp.bfloat16)
-  fn = functools.partial(attn.agent_attention, causal=False, num_agents=4)
+  fn = functools.partial(agent_attention, causal=False, num_agents=4)
   out = jit(fn)(*arrays.values())
-  ref = attn.agent_attention_reference(*arrays.values(), causal=False, num_agents=4)
+  ref = agent_attention_reference(*arrays.values(), causal=False, num_agents=4)
   assert out.dtype == jnp.bfloat16 and rel_err(out, ref) <= 2e-2
   big = [x.astype(jnp.float32) * s for x, s in zip(arrays.values(), (1e2, 1e2, 1.0))]
   grads = jit(jax.grad(lambda q, k, v: jnp.mean(fn(q, k, v)), argnums=(0, 1, 2)))(*big)
   assert all(np.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("fn", [attn.agent_attention, attn.agent_attention_reference],
+@pytest.mark.parametrize("fn", [agent_attention, agent_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"causal": True}, "causal=True"),

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import momentum_jax.attention as attn
+from momentum_jax.attention.sigmoid import sigmoid_attention, sigmoid_attention_reference
 
 B, N = 2, 4
 TOL = 1e-9
@@ -45,9 +45,9 @@ def compare(diff, tol=TOL, **kwargs):
     return jnp.sum(out * cotangent), out
 
   (_, out), grads = jit(jax.value_and_grad(
-      lambda d: loss(attn.sigmoid_attention, d), has_aux=True))(diff)
+      lambda d: loss(sigmoid_attention, d), has_aux=True))(diff)
   (_, ref), grads_ref = jit(jax.value_and_grad(
-      lambda d: loss(attn.sigmoid_attention_reference, d), has_aux=True))(diff)
+      lambda d: loss(sigmoid_attention_reference, d), has_aux=True))(diff)
   assert rel_err(out, ref) <= tol, rel_err(out, ref)
   for name in diff:
     assert np.isfinite(grads[name]).all(), name
@@ -109,7 +109,7 @@ def test_backward_keeps_no_per_block_weights(normalize):
   seq, heads, head_dim = 256, 4, 8
   q = jnp.zeros((1, seq, heads, head_dim))
   k = v = jnp.zeros((1, seq, 2, head_dim))
-  fn = functools.partial(attn.sigmoid_attention, block_size=16, normalize=normalize)
+  fn = functools.partial(sigmoid_attention, block_size=16, normalize=normalize)
   _, vjp = jax.vjp(fn, q, k, v)
   saved = sum(np.size(x) for x in jax.tree_util.tree_leaves(vjp))
   assert saved <= 3 * seq * heads * head_dim + 2 * seq * heads + seq, saved

@@ -14,6 +14,7 @@ from flax import nnx
 from attention_testing import FAST_COMPILE, forward_and_grads, jit, rel_err
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.sla import sla_attention, sla_attention_reference
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
@@ -67,9 +68,9 @@ def test_float32_matches_reference():
 def test_large_logits_stay_finite():
   # q, k × 100: φ = softmax over the features is one-hot and φ(q)·Σφ(k) underflows.
   d = {n: x * (100.0 if n in "qk" else 1.0) for n, x in make(13, 6, 2).items()}
-  fast = functools.partial(attn.sla_attention, block_size=4, ratio=0.25)
+  fast = functools.partial(sla_attention, block_size=4, ratio=0.25)
   out = jit(fast)(d["q"], d["k"], d["v"], proj=d["proj"])
-  ref = attn.sla_attention_reference(d["q"], d["k"], d["v"], proj=d["proj"], block_size=4,
+  ref = sla_attention_reference(d["q"], d["k"], d["v"], proj=d["proj"], block_size=4,
                                      ratio=0.25)
   assert np.isfinite(out).all() and rel_err(out, ref) <= 1e-4
   loss = lambda q, k, v, proj: jnp.sum(fast(q, k, v, proj=proj))
@@ -100,15 +101,15 @@ def test_matches_numpy_transcription_of_authors_algorithm():
         o_l = (fq @ (fk.T @ vv[rest])) / (fq @ fk.sum(0))[:, None]
         expected[b, rows, n] = o_s + o_l @ proj[n]
   kwargs = {"proj": d["proj"], "causal": False, "block_size": block, "ratio": keep / nb}
-  assert rel_err(jit_static(attn.sla_attention)(d["q"], d["k"], d["v"], **kwargs), expected) <= 1e-5
-  assert rel_err(jit_static(attn.sla_attention_reference)(d["q"], d["k"], d["v"], **kwargs),
+  assert rel_err(jit_static(sla_attention)(d["q"], d["k"], d["v"], **kwargs), expected) <= 1e-5
+  assert rel_err(jit_static(sla_attention_reference)(d["q"], d["k"], d["v"], **kwargs),
                  expected) <= 1e-5
 
 
 @pytest.mark.parametrize("causal", [True, False])
 def test_all_blocks_kept_is_softmax_attention(causal):
   d = make(21, 6, 2)
-  out = jit_static(attn.sla_attention)(d["q"], d["k"], d["v"], proj=d["proj"], causal=causal,
+  out = jit_static(sla_attention)(d["q"], d["k"], d["v"], proj=d["proj"], causal=causal,
                                 block_size=4, ratio=1.0)
   expected = attn.softmax_attention_reference(d["q"], d["k"], d["v"], causal=causal)
   assert rel_err(out, expected) <= 1e-5
@@ -117,7 +118,7 @@ def test_all_blocks_kept_is_softmax_attention(causal):
 def test_causal_by_perturbing_the_future():
   d = make(37, 6, 2)
   later = {n: d[n].at[:, 20:].set(5.0 * d[n][:, 20:]) for n in ("q", "k", "v")}
-  fn = functools.partial(jit_static(attn.sla_attention), proj=d["proj"], block_size=4, ratio=0.3)
+  fn = functools.partial(jit_static(sla_attention), proj=d["proj"], block_size=4, ratio=0.3)
   out, out_later = fn(d["q"], d["k"], d["v"]), fn(later["q"], later["k"], later["v"])
   assert np.array_equal(out[:, :20], out_later[:, :20])
   assert not np.allclose(out[:, 20:], out_later[:, 20:])
@@ -125,7 +126,7 @@ def test_causal_by_perturbing_the_future():
 
 def test_reference_weights_cover_kept_blocks_only():
   d = make(16, 6, 2)
-  reference = functools.partial(attn.sla_attention_reference, block_size=4, ratio=0.25,
+  reference = functools.partial(sla_attention_reference, block_size=4, ratio=0.25,
                                 return_weights=True)
   _, scores, weights = jit(reference)(d["q"], d["k"], d["v"], proj=d["proj"])
   assert scores.shape == weights.shape == (B, N, 16, 16)
@@ -149,7 +150,7 @@ def test_in_transformer_learns_proj():
   assert np.isfinite(g).all() and np.abs(g).max() > 0
 
 
-@pytest.mark.parametrize("fn", [attn.sla_attention, attn.sla_attention_reference],
+@pytest.mark.parametrize("fn", [sla_attention, sla_attention_reference],
                          ids=lambda f: f.__name__)
 @pytest.mark.parametrize("kwargs,message", [
     ({"window": 3}, "window=3"),
@@ -170,4 +171,4 @@ def test_validation(fn, kwargs, message):
 def test_causal_needs_equal_lengths():
   d = make(8, 6, 2, seq_k=9)
   with pytest.raises(ValueError, match="S == T"):
-    attn.sla_attention(d["q"], d["k"], d["v"], proj=d["proj"])
+    sla_attention(d["q"], d["k"], d["v"], proj=d["proj"])

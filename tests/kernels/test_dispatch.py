@@ -14,9 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from momentum_jax.attention import (
-    flex_attention, get_attention, lightning_attention, momentum_attention, softmax_attention)
+from momentum_jax.attention import get_attention, momentum_attention, softmax_attention
 from momentum_jax.attention import dispatch, splash
+from momentum_jax.attention.flex import flex_attention
+from momentum_jax.attention.lightning import lightning_attention
 from momentum_jax.kernels.backend import default_interpret
 from momentum_jax.kernels.flash_attention import flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel

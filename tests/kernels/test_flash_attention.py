@@ -28,6 +28,10 @@ from jax.experimental import pallas as pl
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.flash_bias import flash_bias_attention_reference
+from momentum_jax.attention.flex_mods import and_masks, causal_mask, segment_mask
+from momentum_jax.attention.sigmoid import sigmoid_attention_reference
+from momentum_jax.core.block_mask import create_block_mask
 from momentum_jax.core.masks import previous_step
 from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
 from momentum_jax.kernels.flash_reference import flash_attention_reference
@@ -73,8 +77,8 @@ CASES = [
      dict(sigmoid=True, sigmoid_bias=-2.0, window=40, block_sizes=BlockSizes(16, 32)),
      ("gamma_K", "bias_K")),
     ("batch2-block-mask-per-head", 2, 63, 63, 4, 2, 40, jnp.float32,
-     dict(causal=False, block_mask=attn.create_block_mask(
-         attn.and_masks(attn.segment_mask(segments(63, [25, 38], [10, 53])), head_window),
+     dict(causal=False, block_mask=create_block_mask(
+         and_masks(segment_mask(segments(63, [25, 38], [10, 53])), head_window),
          2, 4, 63, 63, 16, 16)),
      ("gamma", "bias_K")),
     ("bf16-gqa8:2", 1, 63, 63, 8, 2, 40, jnp.bfloat16,
@@ -168,7 +172,7 @@ TRITON_CASES = [
     ("flash-bias-per-query-head", 70, 70, 4, 2, 40, ("gamma", "bias_N"), {}),
     ("sigmoid", 70, 70, 4, 2, 72, ("gamma_K", "bias_K"), dict(sigmoid=True, window=40)),
     ("block-mask-per-head", 70, 70, 4, 2, 40, ("gamma",),
-     dict(causal=False, block_mask=attn.create_block_mask(head_window, None, 4, 70, 70, 16, 16))),
+     dict(causal=False, block_mask=create_block_mask(head_window, None, 4, 70, 70, 16, 16))),
 ]
 
 
@@ -215,7 +219,7 @@ def test_empty_tiles_are_never_visited(skipped):
   static = dict(block_sizes=BlockSizes(16, 16))
   if skipped == "block-mask":
     hide = lambda b, n, t, s: (s <= t) & ((s < 16) | (s >= 32))
-    block_mask = attn.create_block_mask(hide, None, None, 63, 64, 16, 16)
+    block_mask = create_block_mask(hide, None, None, 63, 64, 16, 16)
     assert np.all(np.asarray(block_mask.kind_BxNxQxK)[..., 1] == 0)
     static = dict(causal=False, block_mask=block_mask)
   args, weights = make_inputs(skipped, 1, seq_q, 64, 4, 2, 40, jnp.float32, ())
@@ -270,10 +274,10 @@ def test_reference_matches_the_attention_references():
        functools.partial(attn.momentum_attention_reference, gamma=gamma, sinks=sinks,
                          segment_ids=seg, boundary="replicate", rope=False)),
       (dict(q_bias=q_bias, k_bias=k_bias, window=4),
-       functools.partial(attn.flash_bias_attention_reference, q_bias=q_bias, k_bias=k_bias,
+       functools.partial(flash_bias_attention_reference, q_bias=q_bias, k_bias=k_bias,
                          window=4)),
       (dict(sigmoid=True, segment_ids=seg),
-       functools.partial(attn.sigmoid_attention_reference, segment_ids=seg)),
+       functools.partial(sigmoid_attention_reference, segment_ids=seg)),
   ]
   for ours, theirs in pairs:
     ours = jit(functools.partial(flash_attention_reference, **ours))
@@ -318,9 +322,9 @@ def test_invalid_options_raise():
     flash_attention(q, k, v, sigmoid_bias=-1.0)
   with pytest.raises(ValueError, match="k_bias"):
     flash_attention(q, k, v, q_bias=jnp.zeros((1, 5, 2, 3)))
-  mask = attn.create_block_mask(attn.causal_mask, None, None, 5, 5, 8, 8)
+  mask = create_block_mask(causal_mask, None, None, 5, 5, 8, 8)
   with pytest.raises(ValueError, match="block_q"):
     flash_attention(q, k, v, block_mask=mask, block_sizes=BlockSizes(16, 8))
   with pytest.raises(ValueError, match="block_mask"):
-    flash_attention(q, k, v, block_mask=attn.create_block_mask(attn.causal_mask, None, None, 6,
+    flash_attention(q, k, v, block_mask=create_block_mask(causal_mask, None, None, 6,
                                                                5, 8, 8))

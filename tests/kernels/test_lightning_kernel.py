@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import pallas as pl
 
-from momentum_jax.attention import lightning_attention_reference
+from momentum_jax.attention.lightning import lightning_attention_reference
 from momentum_jax.kernels.lightning import BlockSizes, lightning_attention_kernel
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}

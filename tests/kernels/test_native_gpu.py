@@ -20,7 +20,8 @@ import test_flash_attention as flash_tests
 import test_lightning_kernel as lightning_tests
 
 import momentum_jax.attention as attn
-from momentum_jax.attention import lightning_attention_reference
+from momentum_jax.attention.lightning import lightning_attention
+from momentum_jax.attention.lightning import lightning_attention_reference
 from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
@@ -131,7 +132,7 @@ def test_default_dispatch_on_gpu(implementation):
   q = jnp.zeros((1, 64, 4, 64), jnp.bfloat16)
   momentum = jax.jit(lambda q: attn.momentum_attention(
       q, q, q, causal=True, gamma=0.5, implementation=implementation))
-  linear = jax.jit(lambda q: attn.lightning_attention(q, q, q, implementation=implementation))
+  linear = jax.jit(lambda q: lightning_attention(q, q, q, implementation=implementation))
   assert ("flash_attention_forward" in momentum.lower(q).as_text()) == (
       implementation == "pallas")
   assert "lightning_forward" in linear.lower(q).as_text()

@@ -8,6 +8,8 @@ import pytest
 from flax import nnx
 
 import momentum_jax.attention as attn
+from momentum_jax.attention.affine import affine_attention
+from momentum_jax.core.alibi import alibi_slopes
 from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
@@ -137,12 +139,12 @@ def test_affine_model_uses_alpha_updates_alpha_ma_in_training_and_reduces_to_sof
   np.testing.assert_array_equal(ema[...], trained)  # evaluation mode: frozen
   p = "blocks.0.attn."
   q, k, v = cache[p + "hook_rot_q"], cache[p + "hook_rot_k"], cache[p + "hook_v"]
-  z = attn.affine_attention(q, k, v, alpha_BxTxN=cache[p + "hook_alpha"], alpha_ma=trained)
+  z = affine_attention(q, k, v, alpha_BxTxN=cache[p + "hook_alpha"], alpha_ma=trained)
   np.testing.assert_allclose(cache[p + "hook_z"], z, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(cache[p + "hook_pattern"].sum(-1),
                              np.broadcast_to(trained[None, :, None], (2, N, 9)), rtol=1e-5)
   np.testing.assert_array_equal(
-      attn.affine_attention(q, k, v, alpha_BxTxN=1.0, alpha_ma=1.0), attn.softmax_attention(q, k, v))
+      affine_attention(q, k, v, alpha_BxTxN=1.0, alpha_ma=1.0), attn.softmax_attention(q, k, v))
 
 
 # --- flux layer router ------------------------------------------------------------------------
@@ -286,7 +288,7 @@ def test_learned_variant_params_in_model(attention, options, shapes):
   q, k, v = cache[p + "hook_rot_q"], cache[p + "hook_rot_k"], cache[p + "hook_v"]
   variant = attn.get_attention(attention)
   if attention == "lightning":  # stored as log, starts at the ALiBi default
-    np.testing.assert_allclose(jnp.exp(params["decay"][...]), attn.alibi_slopes(N), rtol=1e-6)
+    np.testing.assert_allclose(jnp.exp(params["decay"][...]), alibi_slopes(N), rtol=1e-6)
     expected = variant.fn(q, k, v)
   elif attention == "flash_bias":
     expected = variant.fn(q, k, v, q_bias=jnp.tile(params["q_bias"][:, :9], (2, 1, 1, 1)),

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from momentum_jax.attention import (
-    available_attention, cache_bytes, get_attention, kv_cache_bytes_per_token)
+from momentum_jax.attention import available_attention, get_attention
+from momentum_jax.attention.decoding import cache_bytes, kv_cache_bytes_per_token
 from momentum_jax.nn import (
     RecomputeCache, Transformer, TransformerConfig, decode, decoding_form, init_cache)
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from momentum_jax.attention import gain_normalize, momentum_attention, momentum_shear
+from momentum_jax.attention import momentum_attention, momentum_shear
+from momentum_jax.attention.momentum import gain_normalize
 from momentum_jax.data import InductionTask
 from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.train import TrainConfig, train

@@ -24,13 +24,14 @@
 # minutes on a 2-core CPU; a GPU runtime trains the same model in seconds.
 
 # %%
-# On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).
+# On Colab, install momentum_jax from its repository with the text extra (and CUDA jax when a
+# GPU is attached).
 import shutil
 import subprocess
 import sys
 
 if "google.colab" in sys.modules:
-  extra = "[gpu]" if shutil.which("nvidia-smi") else ""
+  extra = "[gpu,text]" if shutil.which("nvidia-smi") else "[text]"
   subprocess.run([sys.executable, "-m", "pip", "install", "-q",
                   f"momentum_jax{extra} @ git+https://github.com/momentum-jax/momentum_jax"],
                  check=True)

@@ -87,9 +87,11 @@ def test_install_cell_installs_from_the_repository_on_colab_only(path, monkeypat
   exec(source, {})
   assert commands == [] and "Not on Colab" in capsys.readouterr().out
 
+  # A notebook that reads text installs the text extra too.
+  text = any("load_text_dataset" in cell.source for cell in _read(path).cells)
   monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-  for gpu, requirement in ((True, f"momentum_jax[gpu] @ git+{REPOSITORY}"),
-                           (False, f"momentum_jax @ git+{REPOSITORY}")):
+  for gpu, requirement in ((True, f"momentum_jax[gpu{',text' * text}] @ git+{REPOSITORY}"),
+                           (False, f"momentum_jax{'[text]' * text} @ git+{REPOSITORY}")):
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if gpu else None)
     commands.clear()
     exec(source, {})

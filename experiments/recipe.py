@@ -1,6 +1,6 @@
 """The recipe every experiment's ``__main__`` follows, so that it holds only what is its own.
 
-    run = start_experiment(argv, __doc__, "single_layer_induction", get_config, workdirs=...)
+    run = start_experiment(argv, __doc__, "single_layer_induction", get_config)
     rows = train_models(run, each_model(config.models, config.train), config.task, row)
     print_table("model", 22, COLUMNS, rows)
     finish(run, {"results": rows, ...}, {"accuracy.png": figure})
@@ -10,7 +10,10 @@
 finished; ``--fresh`` removed the folders first) and keeps the row the experiment makes of each
 result. ``finish`` writes the results file (the experiment's summary with ``quick`` and the
 command line's record: overrides, resolved config and its hash) and saves the figures, which
-are built with matplotlib's object API (``new_figure``): no pyplot, no backend to switch.
+are built with matplotlib's object API (``new_figure``): no pyplot, no backend to switch. An
+experiment whose units of work are not ``train`` runs saves and resumes them with
+``cached_unit``; one that steps its own models (a vmapped ensemble, an ahead-of-time compiled
+step) builds the step from ``momentum_jax.train.step``'s ``token_loss`` and ``optimizer_step``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ from momentum_jax.experiments.cli import ExperimentRun
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, TrainResult, train
 
+#: The results file ``finish`` writes in the run folder, unless told another name.
 RESULTS_FILE = "results.json"
+#: The file in a unit's folder holding what ``cached_unit`` computed.
 UNIT_FILE = "unit.json"
+#: The resolution of the saved figures.
 FIGURE_DPI = 120
 
 

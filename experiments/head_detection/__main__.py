@@ -1,13 +1,12 @@
 """Trains (or loads) the 2-layer softmax and 1-layer momentum induction models and scores every
 head as previous-token, duplicate-token, induction and prefix-matching head.
 
-    python -m momentum_jax.experiments.head_detection [--quick] [--output-dir DIR]
-        [--fresh] [--no-progress] [--config.PATH=VALUE ...]
+    python -m momentum_jax.experiments.head_detection [--quick] [--fresh] [...]
 """
 
 from __future__ import annotations
 
-import json
+import pathlib
 from collections.abc import Sequence
 
 import jax
@@ -17,8 +16,8 @@ import numpy as np
 from momentum_jax.analysis import chance_scores, detect_heads, plot_head_scores, score_heads
 from momentum_jax.data import repeated_random_tokens
 from momentum_jax.experiments.cli import start_experiment
-from momentum_jax.experiments.head_detection.config import get_config
-from momentum_jax.train import train
+from momentum_jax.experiments.head_detection.config import ExperimentConfig, get_config
+from momentum_jax.experiments.recipe import Trained, each_model, finish, train_models
 
 
 def head_score_tables(patterns: dict[str, jax.Array], tokens_BxT: jax.Array,
@@ -30,36 +29,31 @@ def head_score_tables(patterns: dict[str, jax.Array], tokens_BxT: jax.Array,
           for kind in per_layer[0]}
 
 
+def _row(trained: Trained, config: ExperimentConfig, tokens_BxT: jax.Array,
+         out_dir: pathlib.Path) -> dict:
+  """The head scores of a trained model (and their plots), the heads detected."""
+  _, cache = trained.result.model.run_with_cache(
+      tokens_BxT, names_filter=lambda hook: hook.endswith("attn.hook_pattern"))
+  tables = head_score_tables(cache, tokens_BxT, config.repeat_len)
+  found = detect_heads(cache, tokens_BxT, config.threshold, min_lift=config.min_lift,
+                       repeat_len=config.repeat_len)
+  for kind in ("previous_token", "induction"):
+    plot_head_scores(tables[kind], out_dir / f"{trained.name}_{kind}.png",
+                     title=f"{trained.name}: {kind.replace('_', '-')} score")
+  return {"eval_accuracy": float(trained.result.final_eval["accuracy"]),
+          "scores": {kind: table.tolist() for kind, table in tables.items()},
+          "detected": [hit._asdict() for hit in found]}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-  run = start_experiment(argv, __doc__, "head_detection", get_config,
-                         workdirs=lambda config: (name for name, _ in config.models))
-  config, out_dir = run.config, run.out_dir
+  run = start_experiment(argv, __doc__, "head_detection", get_config)
+  config = run.config
   tokens_BxT = repeated_random_tokens(jax.random.key(config.seed), config.probe_batch,
                                       config.repeat_len, config.task.vocab_size)
   chance = {kind: float(jnp.mean(score_B)) for kind, score_B in
             chance_scores(tokens_BxT, repeat_len=config.repeat_len).items()}
-  results = {}
-  for name, model_config in config.models:
-    result = train(model_config, config.train, config.task, out_dir / name,
-                   progress=run.progress, experiment=run.experiment)
-    _, cache = result.model.run_with_cache(
-        tokens_BxT, names_filter=lambda hook: hook.endswith("attn.hook_pattern"))
-    tables = head_score_tables(cache, tokens_BxT, config.repeat_len)
-    found = detect_heads(cache, tokens_BxT, config.threshold, min_lift=config.min_lift,
-                         repeat_len=config.repeat_len)
-    for kind in ("previous_token", "induction"):
-      plot_head_scores(tables[kind], out_dir / f"{name}_{kind}.png",
-                       title=f"{name}: {kind.replace('_', '-')} score")
-    results[name] = {
-        "eval_accuracy": float(result.final_eval["accuracy"]),
-        "scores": {kind: table.tolist() for kind, table in tables.items()},
-        "detected": [hit._asdict() for hit in found],
-    }
-
-  summary = {"quick": run.quick, "repeat_len": config.repeat_len,
-             "threshold": config.threshold, "min_lift": config.min_lift, "chance": chance,
-             "results": results, **run.record()}
-  (out_dir / "head_detection.json").write_text(json.dumps(summary, indent=2))
+  results = train_models(run, each_model(config.models, config.train), config.task,
+                         lambda trained: _row(trained, config, tokens_BxT, run.out_dir))
   print("uniform head (chance): " + ", ".join(f"{kind} {value:.3f}"
                                               for kind, value in chance.items()))
   print(f"detected: score >= {config.threshold} and lift (score / chance) >= {config.min_lift}")
@@ -75,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print("detected: " + (", ".join(
         f"L{h['layer']}H{h['head']} {h['kind']} {h['score']:.2f} ({h['lift']:.1f}x)"
         for h in r["detected"]) or "none"))
-  print(f"\nwrote {out_dir / 'head_detection.json'}")
-  return summary
+  return finish(run, {"repeat_len": config.repeat_len, "threshold": config.threshold,
+                      "min_lift": config.min_lift, "chance": chance, "results": results},
+                {}, results_file="head_detection.json")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,16 @@ from momentum_jax.data import repeated_random_tokens
 from momentum_jax.experiments.head_detection.__main__ import head_score_tables, main
 from momentum_jax.experiments.head_detection.config import MODELS, get_config
 
+# The --quick run's held-out accuracy and induction score per (layer, head) as recorded on the
+# CPU: the run is deterministic, so a change that changes its numbers shows here.
+QUICK_INDUCTION = {
+    "momentum_1L_g0.5": (0.005681818351149559, [[0.024917446076869965, 0.01968689262866974,
+                                                0.02964230254292488, 0.025728119537234306]]),
+    "softmax_2L": (0.022727273404598236, [[0.027365796267986298, 0.024676231667399406,
+                                          0.02879670076072216, 0.027940381318330765],
+                                         [0.02550896443426609, 0.026426689699292183,
+                                          0.027176227420568466, 0.029176346957683563]])}
+
 
 def test_tables_find_a_planted_previous_token_and_induction_head():
   repeat_len = 7
@@ -53,4 +63,8 @@ def test_quick_run_writes_json_and_heatmaps(tmp_path, capsys):
   for result in saved["results"].values():
     for hit in result["detected"]:
       assert hit["score"] >= saved["threshold"] and hit["lift"] >= saved["min_lift"]
+  for name, (accuracy, induction) in QUICK_INDUCTION.items():
+    assert saved["results"][name]["eval_accuracy"] == pytest.approx(accuracy, rel=1e-5)
+    np.testing.assert_allclose(saved["results"][name]["scores"]["induction"], induction,
+                               rtol=1e-5)
   assert "detected:" in capsys.readouterr().out

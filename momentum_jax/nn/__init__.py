@@ -4,9 +4,10 @@ affine-scaled attention, the flux layer router)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import TransformerConfig
-from momentum_jax.nn.decoding import (
-    DecodeState, RecomputeCache, check_decodable, decode, decoding_form, init_cache,
+from momentum_jax.nn.decode_state import (
+    DecodeState, RecomputeCache, check_decodable, decoding_form,
 )
+from momentum_jax.nn.decoding import decode, init_cache
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.ema import ema_update_model
 from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss

@@ -23,12 +23,20 @@ activation is made and its return value (None keeps the activation) replaces it 
 the forward pass, so hooks edit activations under ``jax.jit`` and ``jax.grad`` like any other
 traced function. Hooks on ``hook_attn_scores`` observe only (the variant turns scores into the
 pattern itself); an edited ``hook_pattern`` is applied to the values (see ``Attention``).
+
+While decoding the hooks fire under the same names on the new rows of each step. A layer that
+decodes by recomputation runs its attention over every row of its cache; its recorder is then
+:meth:`Recorder.new_rows`, which runs the hooks on every row (as they ran when the earlier rows
+were new) and captures the new ones (the new query rows of the pattern and the scores, over every
+key row of the cache).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from typing import Union
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +45,8 @@ import jax.numpy as jnp
 #: names, or a predicate on the name.
 NamesFilter = Union[None, str, Iterable[str], Callable[[str], bool]]
 HookFn = Callable[[jax.Array, str], Union[jax.Array, None]]
+# The hooks whose rows are the query rows of axis 2 ([batch, head, query_pos, key_pos]).
+QUERY_ROW_HOOKS = ("hook_attn_scores", "hook_pattern")
 
 
 class Recorder:
@@ -57,6 +67,7 @@ class Recorder:
       wanted = frozenset(names_filter)
       self._want = wanted.__contains__
     self.cache: dict[str, jax.Array] = {}
+    self._rows: tuple[jax.Array, int] | None = None
     self._hooks: dict[str, list[HookFn]] = {}
     for name, fn in fwd_hooks:
       if not isinstance(name, str) or not callable(fn):
@@ -72,7 +83,18 @@ class Recorder:
 
   def record(self, name: str, value: jax.Array) -> None:
     if self._want(name):
+      if self._rows is not None:
+        axis = 2 if name.endswith(QUERY_ROW_HOOKS) else 1
+        value = jax.lax.dynamic_slice_in_dim(value, *self._rows, axis=axis)
       self.cache[name] = value
+
+  def new_rows(self, start: jax.Array, count: int) -> Recorder:
+    """This recorder for a pass over every row of a decoding cache whose new rows are
+    ``start .. start + count − 1``: the same hooks run on every row, and the new rows are captured
+    into this recorder's cache."""
+    view = copy.copy(self)
+    view._rows = (start, count)
+    return view
 
   def apply(self, name: str, value: jax.Array) -> jax.Array:
     """Runs the hooks on ``name`` in order, records the result and returns it."""

@@ -31,6 +31,8 @@ from momentum_jax.attention.registry import LearnedInit
 from momentum_jax.core.heads import repeat_kv
 from momentum_jax.core.rope import apply_rope
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.decode_state import (
+    DecodeState, DecodeStep, RecomputeCache, begin_step, check_decodable)
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
@@ -42,6 +44,7 @@ from momentum_jax.nn.partitioning import (
 from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
 
 AuxLosses = dict[str, jax.Array]
+Activations = dict[str, jax.Array]
 # (z, scores, weights) of one attention call; scores and weights only when the pattern is wanted.
 Attended = tuple[jax.Array, jax.Array | None, jax.Array | None]
 
@@ -82,7 +85,8 @@ class Attention(nnx.Module):
   its ``layouts`` say; its ``prepare`` step runs in the layer when a hook on its outputs is
   wanted; its per-token parameter module (``token_params``) is built and stored under its name.
   The call is three steps: :meth:`project` (q, k, v and RoPE), :meth:`attend` (the variant, the
-  flux router, the pattern hooks) and :meth:`gate_heads` (gated attention and MoH).
+  flux router, the pattern hooks) or, decoding, :meth:`attend_step` (the variant's decoding
+  step), and :meth:`gate_heads` (gated attention and MoH).
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -120,16 +124,30 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str,
-               aux: AuxLosses | None = None) -> jax.Array:
-    """Attention output ``[B, T, D]``; the layer's auxiliary losses go into ``aux`` under
-    ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict."""
+               aux: AuxLosses | None = None, *, state: object | None = None,
+               step: DecodeStep | None = None) -> tuple[jax.Array, object | None]:
+    """Attention output ``[B, T, D]`` and the layer's decoding state.
+
+    Without ``state``, the full pass over the T rows. With the layer's decoding state and the
+    ``step`` of the model (``momentum_jax.nn.decode_state``), the T rows are the new rows of a
+    decoding step (``segment_ids_BxT`` unused: every row's are the step's): by the variant's
+    decoding step, or for a :class:`RecomputeCache` by this same call over all the cache's rows;
+    the state comes back with the new rows written. The layer's auxiliary losses go into ``aux``
+    under ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict.
+    """
     cfg = self.config
     b, t, _ = x_BxTxD.shape
+    if isinstance(state, RecomputeCache):
+      return self._recompute(x_BxTxD, state, step, recorder, prefix)
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, positions_BxT, recorder, prefix)
-    z_BxTxNxH = self.attend(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
-                            segment_ids_BxT, recorder, prefix, aux)
+    if state is None:
+      z_BxTxNxH = self.attend(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
+                              segment_ids_BxT, recorder, prefix, aux)
+    else:
+      z_BxTxNxH, state = self.attend_step(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
+                                          positions_BxT, state, step, recorder, prefix)
     z_BxTxNxH = self.gate_heads(x_BxTxD, z_BxTxNxH, recorder, prefix, aux)
-    return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim))
+    return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim)), state
 
   def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, recorder: Recorder,
               prefix: str) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -185,6 +203,27 @@ class Attention(nnx.Module):
                                       recorder, prefix)
     return recorder.apply(prefix + "hook_z", z_BxTxNxH)
 
+  def attend_step(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
+                  v_BxTxKxH: jax.Array, positions_BxT: jax.Array, state: object,
+                  step: DecodeStep, recorder: Recorder, prefix: str) -> tuple[jax.Array, object]:
+    """z ``[B, T, N, H]`` of the T new rows by the variant's decoding step, and its state.
+
+    The step keeps no attention pattern and prepares q and k itself: the pattern, score and
+    prepared-q/k hooks do not fire here, and a hook that would edit one raises ``ValueError``.
+    """
+    cfg = self.config
+    variant = get_attention(cfg.attention)
+    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix)
+    del kwargs["causal"], kwargs["segment_ids"]
+    for hook in ("hook_attn_scores", "hook_pattern", *variant.prepared_hooks.values()):
+      if recorder.edits(prefix + hook):
+        raise ValueError(f"a hook on {prefix + hook!r} cannot edit a decoding step: "
+                         f"attention={cfg.attention!r} decodes by its own step, which has no "
+                         f"{hook}")
+    z_BxTxNxH, state = variant.decoding.step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state,
+                                             step.context, window=cfg.window, **kwargs)
+    return recorder.apply(prefix + "hook_z", z_BxTxNxH.astype(x_BxTxD.dtype)), state
+
   def gate_heads(self, x_BxTxD: jax.Array, z_BxTxNxH: jax.Array, recorder: Recorder,
                  prefix: str, aux: AuxLosses | None) -> jax.Array:
     """z scaled by the output gate of gated attention and the MoH head gates, when they are on."""
@@ -214,6 +253,17 @@ class Attention(nnx.Module):
       hook = lambda name, value: recorder.apply(prefix + name, value)
       kwargs.update(getattr(self, variant.token_params).variant_kwargs(x_BxTxD, hook))
     return kwargs
+
+  def _recompute(self, x_BxTxD: jax.Array, state: RecomputeCache, step: DecodeStep,
+                 recorder: Recorder, prefix: str) -> tuple[jax.Array, RecomputeCache]:
+    """The new rows' output by the full pass over all the cache's rows with the new ones
+    written (rows not yet written are zeros and, the attention being causal, unseen)."""
+    length, t = step.context.length, x_BxTxD.shape[1]
+    x_BxSxD = jax.lax.dynamic_update_slice_in_dim(state.x, x_BxTxD.astype(state.x.dtype), length,
+                                                  axis=1)
+    out_BxSxD, _ = self(x_BxSxD, step.positions, step.context.segment_ids,
+                        recorder.new_rows(length, t), prefix)
+    return jax.lax.dynamic_slice_in_dim(out_BxSxD, length, t, axis=1), RecomputeCache(x_BxSxD)
 
   def _route(self, attend: Callable[[int | None], Attended], x_BxTxD: jax.Array,
              segment_ids_BxT: jax.Array | None, wants_pattern: bool, recorder: Recorder,
@@ -264,7 +314,11 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) when ``mlp_dim > 0``."""
+  """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)) when ``mlp_dim > 0``.
+
+  The same call serves the full pass and a decoding step: given the layer's decoding ``state``
+  and the model's ``step``, the T rows are new rows, and the state comes back with them written.
+  """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
     norm = lambda: nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
@@ -277,17 +331,19 @@ class Block(nnx.Module):
     else:
       self.mlp_norm = self.mlp = None
 
-  def __call__(self, x_BxTxD, positions_BxT, segment_ids_BxT, recorder: Recorder,
-               prefix: str, aux: AuxLosses | None = None) -> jax.Array:
+  def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+               segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str,
+               aux: AuxLosses | None = None, *, state: object | None = None,
+               step: DecodeStep | None = None) -> tuple[jax.Array, object | None]:
     x_BxTxD = recorder.apply(prefix + "hook_resid_pre", x_BxTxD)
-    attn_out = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT, recorder,
-                         prefix + "attn.", aux)
+    attn_out, state = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
+                                recorder, prefix + "attn.", aux, state=state, step=step)
     x_BxTxD = x_BxTxD + recorder.apply(prefix + "hook_attn_out", attn_out)
     if self.mlp is not None:
       x_BxTxD = recorder.apply(prefix + "hook_resid_mid", x_BxTxD)
       mlp_out = self.mlp(self.mlp_norm(x_BxTxD))
       x_BxTxD = x_BxTxD + recorder.apply(prefix + "hook_mlp_out", mlp_out)
-    return recorder.apply(prefix + "hook_resid_post", x_BxTxD)
+    return recorder.apply(prefix + "hook_resid_post", x_BxTxD), state
 
 
 class Transformer(nnx.Module):
@@ -310,6 +366,11 @@ class Transformer(nnx.Module):
   emits no value check and costs nothing more::
 
     >>> logits = jax.jit(checked(lambda tokens: model(tokens)))(tokens_BxT)
+
+  Every method runs :meth:`forward`, the one forward path of training, prefill and decoding:
+  with a decoding state (``momentum_jax.nn.init_cache``) the tokens are the new rows of each
+  sequence, the blocks run the same code on them, the hooks fire under the same names, and the
+  state comes back with the rows written (``momentum_jax.nn.decode`` is this call).
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -333,7 +394,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
                segment_ids_BxT: jax.Array | None = None) -> jax.Array:
     """Float32 next-token logits [B,T,V]."""
-    return self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE)
+    return self.forward(tokens_BxT, positions_BxT=positions_BxT,
+                        segment_ids_BxT=segment_ids_BxT)[0]
 
   def learned_attention_values(self, max_size: int = 64) -> dict[str, float]:
     """The learned attention parameters with at most ``max_size`` entries per layer, as the
@@ -357,19 +419,33 @@ class Transformer(nnx.Module):
 
   def run_with_cache(self, tokens_BxT: jax.Array, names_filter: NamesFilter = None, *,
                      positions_BxT: jax.Array | None = None,
-                     segment_ids_BxT: jax.Array | None = None
-                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Logits and the activations whose hook names pass ``names_filter`` (None = all)."""
+                     segment_ids_BxT: jax.Array | None = None,
+                     decode_state: DecodeState | None = None
+                     ) -> (tuple[jax.Array, Activations]
+                           | tuple[jax.Array, Activations, DecodeState]):
+    """Logits and the activations whose hook names pass ``names_filter`` (None = all).
+
+    With a ``decode_state`` the tokens are a decoding step's new rows (:meth:`forward`); it
+    returns ``(logits, activations, decode_state)``, the activations of the new rows, as the
+    full pass captures them at those rows (see ``hooks.py`` for the pattern's).
+    """
     recorder = Recorder(names_filter)
-    logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
-    return logits, recorder.cache
+    logits, decode_state = self.forward(tokens_BxT, positions_BxT=positions_BxT,
+                                        segment_ids_BxT=segment_ids_BxT,
+                                        decode_state=decode_state, recorder=recorder)
+    if decode_state is None:
+      return logits, recorder.cache
+    return logits, recorder.cache, decode_state
 
   def run_with_hooks(self, tokens_BxT: jax.Array,
                      fwd_hooks: Iterable[tuple[str, HookFn]] = (), *,
                      positions_BxT: jax.Array | None = None,
-                     segment_ids_BxT: jax.Array | None = None) -> jax.Array:
+                     segment_ids_BxT: jax.Array | None = None,
+                     decode_state: DecodeState | None = None
+                     ) -> jax.Array | tuple[jax.Array, DecodeState]:
     """Logits of a forward pass in which each ``(name, fn)`` of ``fwd_hooks`` replaces the
     activation ``name`` by ``fn(activation, name)`` (None keeps it), as TransformerLens does.
+    With a ``decode_state``, ``(logits, decode_state)`` of a decoding step (:meth:`forward`).
 
     Works under ``jax.jit`` and ``jax.grad`` (the hooks are traced with the model). An edited
     ``blocks.{l}.attn.hook_pattern`` moves z by (W' − W)·v; under ``attention="momentum"`` the
@@ -384,7 +460,10 @@ class Transformer(nnx.Module):
       ...                               fwd_hooks=[("blocks.0.attn.hook_pattern", previous_token)])
     """
     recorder = Recorder((), fwd_hooks=fwd_hooks)
-    return self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, recorder)
+    logits, decode_state = self.forward(tokens_BxT, positions_BxT=positions_BxT,
+                                        segment_ids_BxT=segment_ids_BxT,
+                                        decode_state=decode_state, recorder=recorder)
+    return logits if decode_state is None else (logits, decode_state)
 
   def logits_and_aux_loss(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
                           segment_ids_BxT: jax.Array | None = None
@@ -401,7 +480,8 @@ class Transformer(nnx.Module):
     calls this method and adds ``aux["total"]`` to the task loss.
     """
     aux: AuxLosses = {}
-    logits = self._forward(tokens_BxT, positions_BxT, segment_ids_BxT, NO_CAPTURE, aux)
+    logits, _ = self.forward(tokens_BxT, positions_BxT=positions_BxT,
+                             segment_ids_BxT=segment_ids_BxT, aux=aux)
     cfg = self.config
     total = jnp.float32(0.0)
     for name, weight in (("moh_load_balance", cfg.moh_loss_weight),
@@ -413,9 +493,36 @@ class Transformer(nnx.Module):
     aux["total"] = total
     return logits, aux
 
-  def _forward(self, tokens_BxT, positions_BxT, segment_ids_BxT, recorder: Recorder,
-               aux: AuxLosses | None = None):
+  def forward(self, tokens_BxT: jax.Array, *, positions_BxT: jax.Array | None = None,
+              segment_ids_BxT: jax.Array | None = None, decode_state: DecodeState | None = None,
+              recorder: Recorder = NO_CAPTURE, aux: AuxLosses | None = None
+              ) -> tuple[jax.Array, DecodeState | None]:
+    """Float32 logits ``[B, T, V]`` and the decoding state: the one forward path.
+
+    Without ``decode_state``, the full pass over T tokens at ``positions_BxT`` (default: 0, 1, ...
+    from each segment start of ``segment_ids_BxT``). With one (``momentum_jax.nn.init_cache``),
+    the T tokens are each sequence's new rows after its ``length`` rows: ``segment_ids_BxT`` are
+    the new rows' (a cache with ``segments=True`` only; None continues each sequence's last
+    segment), positions count on from the row before (from 0 at a segment start), every block
+    runs on the new rows with its layer's state, and the state comes back with the rows written;
+    the logits equal the full pass's at those rows. The activations go through ``recorder``
+    (captures and forward hooks) and the layers' auxiliary losses into ``aux`` when it is a dict.
+
+    Raises:
+      ValueError: bad token, position or segment shapes (see the class); decoding, tokens not
+        ``[B, T]`` with the state's B, positions given, segment ids that do not fit the state,
+        or (with a concrete length) tokens past the state's ``max_len``.
+    """
     tokens_BxT = jnp.asarray(tokens_BxT)
+    step = None
+    layer_states = (None,) * len(self.blocks)
+    if decode_state is not None:
+      check_decodable(self.config)
+      if positions_BxT is not None:
+        raise ValueError("positions are counted by the decoding state: give positions_BxT=None "
+                         "with a decode_state")
+      decode_state, step, positions_BxT = begin_step(decode_state, tokens_BxT, segment_ids_BxT)
+      layer_states, segment_ids_BxT = decode_state.layers, None
     self._validate_inputs(tokens_BxT, positions_BxT, segment_ids_BxT)
     check_token_ids(tokens_BxT, self.config.vocab_size)
     if positions_BxT is None:
@@ -424,15 +531,21 @@ class Transformer(nnx.Module):
       else:
         positions_BxT = segment_positions(segment_ids_BxT)
     x_BxTxD = recorder.apply("hook_embed", self.embed(tokens_BxT))
-    for layer, block in enumerate(self.blocks):
-      x_BxTxD = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, f"blocks.{layer}.",
-                      aux)
+    layers = []
+    for layer, (block, state) in enumerate(zip(self.blocks, layer_states, strict=True)):
+      x_BxTxD, state = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
+                             f"blocks.{layer}.", aux, state=state, step=step)
+      layers.append(state)
     x_BxTxD = recorder.apply("ln_final.hook_normalized", self.final_norm(x_BxTxD))
     if self.unembed is None:
       logits_BxTxV = self.embed.attend(x_BxTxD)
     else:
       logits_BxTxV = self.unembed(x_BxTxD)
-    return logits_BxTxV.astype(jnp.float32)
+    if decode_state is not None:
+      decode_state = decode_state._replace(
+          layers=tuple(layers), length=decode_state.length + jnp.asarray(tokens_BxT.shape[1],
+                                                                         jnp.int32))
+    return logits_BxTxV.astype(jnp.float32), decode_state
 
   def _validate_inputs(self, tokens_BxT, positions_BxT, segment_ids_BxT) -> None:
     if tokens_BxT.ndim != 2:

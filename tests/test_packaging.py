@@ -73,7 +73,8 @@ def test_optional_packages_are_extras_and_dev_composes_them():
 
 def test_core_modules_and_training_work_without_the_optional_packages(tmp_path):
   """In a process where the optional packages are not installed, the library's modules import,
-  a short training run works, and using an optional feature names the extra to install."""
+  a short training run works (warning that it writes no TensorBoard event files), and using an
+  optional feature names the extra to install."""
   # A None entry in sys.modules makes ``import`` raise ModuleNotFoundError and
   # ``importlib.util.find_spec`` return None, as for a package that is not installed.
   script = textwrap.dedent(f"""
@@ -114,3 +115,5 @@ def test_core_modules_and_training_work_without_the_optional_packages(tmp_path):
   for line, extra in zip(refused, ("text", "tensorboard", "text", "text")):
     assert f"pip install 'momentum_jax[{extra}]'" in line, line
   assert "loaded: []" in run.stdout
+  assert "no TensorBoard event files are written" in run.stderr
+  assert "pip install 'momentum_jax[tensorboard]'" in run.stderr

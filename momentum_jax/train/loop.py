@@ -28,6 +28,7 @@ import math
 import os
 import pathlib
 import time
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -112,12 +113,16 @@ def _data_record(data: Task | TextDataset) -> dict[str, Any]:
 
 
 def _tensorboard_dir(cfg: TrainConfig, workdir: pathlib.Path) -> pathlib.Path | None:
-  """Where the run writes TensorBoard event files: ``workdir/tensorboard`` when
-  ``cfg.tensorboard``, or, when it is None, when tensorboardX is installed; else None."""
-  wanted = cfg.tensorboard
-  if wanted is None:
-    wanted = importlib.util.find_spec("tensorboardX") is not None
-  return workdir / TENSORBOARD_DIR if wanted else None
+  """``workdir/tensorboard`` when ``cfg.tensorboard`` and tensorboardX is installed, else None
+  (with a warning naming the extra when only tensorboardX is missing)."""
+  if not cfg.tensorboard:
+    return None
+  if importlib.util.find_spec("tensorboardX") is None:
+    warnings.warn("no TensorBoard event files are written: tensorboardX is not installed (pip "
+                  "install 'momentum_jax[tensorboard]', or TrainConfig(tensorboard=False))",
+                  stacklevel=4)
+    return None
+  return workdir / TENSORBOARD_DIR
 
 
 def _training_mesh(cfg: TrainConfig, mesh: Mesh | None) -> Mesh:
@@ -176,7 +181,7 @@ def train(
 
   Writes ``workdir/metrics.jsonl`` (train metrics every ``log_every`` steps, held-out eval every
   ``eval_every`` steps and at the end; also as TensorBoard scalars in ``workdir/tensorboard``
-  when ``train_config.tensorboard`` is True, or None with tensorboardX installed) and orbax checkpoints in ``workdir/checkpoints`` (every
+  when ``train_config.tensorboard`` and the ``tensorboard`` extra is installed) and orbax checkpoints in ``workdir/checkpoints`` (every
   ``checkpoint_every`` steps and at the end), with the text iterator's position. If ``workdir``
   holds a checkpoint, training resumes from the newest readable one, on whatever mesh this run
   has, bit-identically to an uninterrupted run, and prints ``resumed <workdir name> from step

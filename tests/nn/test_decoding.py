@@ -1,8 +1,9 @@
 """Transformer decoding: for every causal registered variant, a prefill then single tokens give the
 logits of the full forward pass at every position, with left-padded prompts in their own segment
 where the variant takes segment ids; the variants' own decoding steps also with a longer cache, a
-sliding window (ring buffer), sinks, output gates and MoH; the flux router by recomputation; the
-memory of each form; jit compiles once per shape; bad inputs are named."""
+sliding window (ring buffer), sinks, output gates and MoH; the flux router by recomputation; a
+decoding step's hooks capture and edit what the full pass's do at its rows; the memory of each
+form; jit compiles once per shape; bad inputs are named."""
 
 import dataclasses
 
@@ -105,6 +106,44 @@ def test_the_flux_router_decodes_by_recomputation():
   got, cache = _decode_in_steps(model, tokens, T, prefill=4, segment_ids=SEGMENTS)
   _assert_close(got, model(tokens, segment_ids_BxT=SEGMENTS))
   assert isinstance(cache.layers[0], RecomputeCache)
+
+
+@pytest.mark.parametrize("name, changes", [
+    ("momentum", {"gate": "elementwise", "moh": True, "moh_shared_heads": 1, "moh_top_k": 2}),
+    ("affine", {}),
+    ("momentum", {"flux_router": True, "flux_window": 3}),
+], ids=["variant_step_gate_moh", "recompute_affine", "recompute_flux"])
+def test_a_decoding_step_captures_what_the_full_pass_captures_at_its_rows(name, changes):
+  model = _model(name, **changes)
+  tokens = jax.random.randint(jax.random.key(4), (B, T), 0, BASE.vocab_size)
+  with jax.default_matmul_precision("highest"):
+    _, full = model.run_with_cache(tokens)
+    _, cache = decode(model, tokens[:, :5], init_cache(model, B, T))
+    _, step, cache = model.run_with_cache(tokens[:, 5:7], decode_state=cache)
+  # A variant's own step keeps no pattern and shears q and k itself; recomputation has all.
+  unavailable = ("hook_attn_scores", "hook_pattern", "hook_q_shear", "hook_k_shear")
+  if decoding_form(model.config) == "variant":
+    expected = {n for n in full if not n.endswith(unavailable)}
+  else:
+    expected = set(full)
+  assert set(step) == expected and any(n.endswith("hook_z") for n in step)
+  for hook, got in step.items():
+    rows = full[hook][:, :, 5:7] if hook.endswith(unavailable[:2]) else full[hook][:, 5:7]
+    np.testing.assert_allclose(got, rows, rtol=1e-5, atol=1e-5, err_msg=hook)
+  assert int(cache.length) == 7
+
+
+def test_a_hook_edits_a_decoding_step_as_it_edits_the_full_pass():
+  model = _model("momentum")
+  tokens = jax.random.randint(jax.random.key(5), (B, T), 0, BASE.vocab_size)
+  hooks = [("blocks.0.attn.hook_z", lambda z, name: 2 * z)]
+  full = model.run_with_hooks(tokens, hooks)
+  _, cache = model.run_with_hooks(tokens[:, :5], hooks, decode_state=init_cache(model, B, T))
+  got, _ = model.run_with_hooks(tokens[:, 5:6], hooks, decode_state=cache)
+  _assert_close(got, full[:, 5:6])
+  with pytest.raises(ValueError, match="'blocks.0.attn.hook_pattern' cannot edit a decoding"):
+    model.run_with_hooks(tokens[:, 5:6], [("blocks.0.attn.hook_pattern", lambda w, name: w)],
+                         decode_state=cache)
 
 
 def test_positions_restart_in_each_segment_and_continue_across_steps():

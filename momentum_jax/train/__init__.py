@@ -23,7 +23,7 @@ from momentum_jax.train.sharding import (
     param_shardings,
 )
 from momentum_jax.train.state import TrainState
-from momentum_jax.train.step import init_train_state
+from momentum_jax.train.step import init_train_state, optimizer_step, token_loss
 
 __all__ = [
     "DATA_AXIS",
@@ -51,7 +51,9 @@ __all__ = [
     "model_flops_per_token",
     "momentum_distillation_loss",
     "opt_state_shardings",
+    "optimizer_step",
     "param_shardings",
     "peak_flops_per_second",
+    "token_loss",
     "train",
 ]

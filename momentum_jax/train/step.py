@@ -19,12 +19,15 @@ micro-batches.
 
 Both functions are module-level jits whose static arguments (graphdef, optimizer config, task,
 placement) are hashable, so repeated ``train`` calls on the same setup reuse one compilation.
+``token_loss`` and ``optimizer_step`` are the token loss and the update for code that steps a
+model itself (a vmapped ensemble, an ahead-of-time compiled benchmark).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +50,10 @@ from momentum_jax.train.config import (
 from momentum_jax.train.loss import masked_sums
 from momentum_jax.train.sharding import gathered, opt_state_shardings, param_shardings
 from momentum_jax.train.state import TrainState
+
+# ``loss(params, rest, batch) -> (loss, (masked sums, rest after the forward pass))``.
+LossFn = Callable[[nnx.State, nnx.State, Batch],
+                  tuple[jax.Array, tuple[dict[str, jax.Array], nnx.State]]]
 
 # Auxiliary losses of the model logged with the train metrics when the model has them.
 AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
@@ -261,3 +268,50 @@ def evaluate_batch(params, rest, batch: Batch, *, graphdef,
   model.eval()
   batch = jax.lax.with_sharding_constraint(batch, placement.batch)
   return _replicated(_eval_sums(model, batch), placement)
+
+
+def token_loss(graphdef: nnx.GraphDef) -> LossFn:
+  """The mean masked next-token cross-entropy of the model ``nnx.merge(graphdef, params, rest)``,
+
+      L = Σ_t mask_t · CE_t / max(Σ_t mask_t, 1),
+
+  as ``loss(params, rest, batch) -> (L, (sums, rest))``: ``sums`` are ``masked_sums`` of the
+  batch, ``rest`` the module state the forward pass leaves (running statistics). The model's
+  auxiliary losses are not added (``train_step`` adds them to this token loss).
+  """
+
+  def loss(params: nnx.State, rest: nnx.State, batch: Batch):
+    model = nnx.merge(graphdef, params, rest, copy=True)  # fresh variables, mutable in the trace
+    sums = masked_sums(model(batch.tokens, positions_BxT=batch.positions,
+                             segment_ids_BxT=batch.segment_ids), batch)
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), (sums, nnx.split(
+        model, nnx.Param, ...)[2])
+
+  return loss
+
+
+def optimizer_step(loss: LossFn, tx: optax.GradientTransformation) -> Callable[..., tuple]:
+  """One update of ``tx`` on the gradient of ``loss`` (e.g. ``token_loss``) in the parameters,
+
+      θ ← θ + tx(∇_θ L(θ; batch)),
+
+  as the pure ``step(params, rest, opt_state, batch) -> (params, rest, opt_state, metrics)``,
+  ``metrics = {"loss", "accuracy"}`` of the batch before the update. For callers that jit,
+  ``vmap`` or compile it ahead of time themselves (ensembles, benchmarks); ``train`` runs
+  ``train_step``.
+
+  Example::
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(1e-3)
+    step = jax.jit(optimizer_step(token_loss(graphdef), tx))
+    params, rest, opt_state, metrics = step(params, rest, tx.init(params), batch)
+  """
+
+  def step(params: nnx.State, rest: nnx.State, opt_state: Any, batch: Batch):
+    (value, (sums, rest)), grads = jax.value_and_grad(loss, has_aux=True)(params, rest, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    metrics = {"loss": value, "accuracy": sums["correct_sum"] / jnp.maximum(sums["count"], 1.0)}
+    return optax.apply_updates(params, updates), rest, opt_state, metrics
+
+  return step

@@ -11,6 +11,13 @@ from momentum_jax.experiments.single_layer_induction.config import get_config as
 
 OUTPUTS = ("spectral_forensics.json", "patterns.png", "bode.png", "band_energies.png",
            "rope_pair_bands.png")
+# The --quick run's held-out accuracy and induction-stripe score per head as recorded on the CPU:
+# the run is deterministic, so a change that changes its numbers shows here.
+QUICK_TABLE = {
+    "softmax_1L": (0.017045455053448677, [0.02249169908463955, 0.03357358276844025,
+                                          0.02916976809501648, 0.03145275264978409]),
+    "momentum_1L_g0.5": (0.005681818351149559, [0.014544542878866196, 0.042639147490262985,
+                                                0.034638337790966034, 0.03164112567901611])}
 
 
 @pytest.mark.slow
@@ -35,6 +42,9 @@ def test_quick_run_writes_json_and_plots(tmp_path, capsys):
   for result in saved["results"].values():
     assert 0.0 <= result["eval_accuracy"] <= 1.0
     assert all(0.0 <= s <= 1.0 for s in result["stripe_score_per_head"])
+  for name, (accuracy, stripe) in QUICK_TABLE.items():
+    assert saved["results"][name]["eval_accuracy"] == pytest.approx(accuracy, rel=1e-5)
+    np.testing.assert_allclose(saved["results"][name]["stripe_score_per_head"], stripe, rtol=1e-5)
   assert "momentum_1L_g0.5" in capsys.readouterr().out
 
 

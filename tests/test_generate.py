@@ -41,3 +41,12 @@ def test_a_synthetic_task_run_and_an_empty_workdir_are_refused(tmp_path):
     load_run(tmp_path / "task")
   with pytest.raises(ValueError, match="holds no checkpoint"):
     load_run(tmp_path / "empty")
+
+
+def test_the_command_module_defines_only_its_command_line():
+  """In code, users import ``momentum_jax.nn.generate`` and ``momentum_jax.train.load_run``;
+  ``python -m momentum_jax.generate`` defines nothing else to import."""
+  import momentum_jax.generate as command
+  defined = [name for name, value in vars(command).items()
+             if getattr(value, "__module__", None) == command.__name__]
+  assert defined == ["main"]

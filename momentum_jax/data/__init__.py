@@ -1,6 +1,10 @@
 """Data: synthetic tasks generated on the fly with JAX (deterministic from a PRNG key, jit-able),
 and text for language modelling (local files, tensorflow-datasets or the offline King James
-Bible; byte or BPE tokens; packed rows with segment ids; a resumable host-sharded iterator)."""
+Bible; byte or BPE tokens; packed rows with segment ids; a resumable host-sharded iterator).
+
+Importing it needs only the core install; the BPE tokeniser, the offline corpus and
+tensorflow-datasets sources need the ``text`` extra (``pip install 'momentum_jax[text]'``), and
+say so when it is missing."""
 
 from momentum_jax.data.associative_recall import AssociativeRecallTask
 from momentum_jax.data.batch import Batch, Task

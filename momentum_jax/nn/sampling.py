@@ -57,11 +57,13 @@ def sample_next(logits_BxV: jax.Array, rng: jax.Array | None, *, temperature: fl
 
 # A pure jit over the split model (nnx.jit walks the module graph on every call, a fixed cost that
 # dominates a small model's token step); the cache is donated, so its rows are written in place.
+# The merged model is a copy set to evaluation mode: the caller's model and its state are untouched.
 @functools.partial(jax.jit, static_argnames=("graphdef", "temperature", "top_k", "top_p"),
                    donate_argnames=("cache",))
 def _step(weights, tokens_BxT, cache, rng, segment_ids_BxT, *, graphdef, temperature, top_k,
           top_p):
   model = nnx.merge(graphdef, weights)
+  model.eval()
   logits_BxTxV, cache = decode(model, tokens_BxT, cache, segment_ids_BxT=segment_ids_BxT)
   return sample_next(logits_BxTxV[:, -1], rng, temperature=temperature, top_k=top_k,
                      top_p=top_p), cache
@@ -73,8 +75,10 @@ def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: i
              prompt_lengths: Sequence[int] | jax.Array | None = None) -> jax.Array:
   """The prompt followed by ``max_new_tokens`` generated tokens, int32 ``[B, P + max_new_tokens]``.
 
-  A sequence that emits ``eos_id`` is filled with ``eos_id`` after it; generation stops early
-  when every sequence has. Compiles the prefill once per prompt shape and the single-token step
+  The model decodes in evaluation mode (frozen running statistics such as affine attention's
+  α_ma, the flux router's hard choice) and every module state and mode flag of ``model`` is left
+  as it was. A sequence that emits ``eos_id`` is filled with ``eos_id`` after it; generation
+  stops early when every sequence has. Compiles the prefill once per prompt shape and the single-token step
   once. Prompts of different lengths are left-padded to P and given by ``prompt_lengths``: the
   pads form a segment of their own (id 0, the prompt and its continuation id 1), so each
   sequence is continued exactly as if it had been decoded alone.

@@ -1,6 +1,7 @@
 """generate: greedy equals the argmax of repeated full forward passes; left-padded prompts of
-different lengths continue as each would alone; sampling honours top_k, top_p and the rng; eos
-fills the rest; bad arguments raise naming them."""
+different lengths continue as each would alone; generation decodes in evaluation mode and leaves
+the model's state and mode bit-identical; sampling honours top_k, top_p and the rng; eos fills
+the rest; bad arguments raise naming them."""
 
 import dataclasses
 
@@ -52,6 +53,35 @@ def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
   np.testing.assert_array_equal(first, again)
   top1 = generate(model, prompt, 6, rng=jax.random.key(5), temperature=2.0, top_k=1)
   np.testing.assert_array_equal(top1, generate(model, prompt, 6))
+
+
+def _bits(model):
+  """The model's graph (mode flags included) and a copy of every state leaf (keys as data)."""
+  graphdef, state = nnx.split(model)
+  as_data = lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+  return graphdef, [np.array(as_data(x)) for x in jax.tree.leaves(state)]
+
+
+def test_generation_decodes_in_evaluation_mode_and_leaves_the_model_as_it_was():
+  # Training mode: affine attention's α_ma updates and the flux router draws noise on every call.
+  config = dataclasses.replace(CONFIG, attention="affine", attention_params={}, flux_router=True,
+                               flux_window=3)
+  model = Transformer(config, rngs=nnx.Rngs(2))
+  graphdef, before = _bits(model)
+  prompt = jax.random.randint(jax.random.key(4), (2, 5), 0, CONFIG.vocab_size)
+  greedy = generate(model, prompt, 6)
+  generate(model, prompt, 6, rng=jax.random.key(1), temperature=1.0)
+  after_graphdef, after = _bits(model)
+  assert after_graphdef == graphdef and not model.blocks[0].attn.affine.use_running_average
+  for a, b in zip(before, after, strict=True):
+    np.testing.assert_array_equal(a, b)
+  evaluated = nnx.merge(*nnx.split(model))
+  evaluated.eval()
+  expected = prompt
+  for _ in range(6):
+    next_token = jnp.argmax(evaluated(expected)[:, -1], axis=-1).astype(jnp.int32)
+    expected = jnp.concatenate([expected, next_token[:, None]], axis=1)
+  np.testing.assert_array_equal(greedy, expected)
 
 
 def test_top_k_and_top_p_keep_only_the_allowed_tokens():

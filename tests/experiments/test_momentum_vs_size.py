@@ -46,6 +46,11 @@ def test_gpu_preset_is_125m_momentum_against_350m_softmax():
   assert 120e6 < _parameters(models[MOMENTUM]) < 130e6
   assert 340e6 < _parameters(models["softmax_2.8x"]) < 360e6
 
+# The --quick run's held-out loss as recorded on the CPU: the run is deterministic, so a change
+# that changes its numbers shows here.
+QUICK_LOSS = {"momentum_S": 4.044027090072632, "softmax_1x": 3.9862476587295532,
+              "softmax_2x": 3.8687437772750854, "softmax_2.8x": 3.6232357025146484}
+
 
 @pytest.mark.slow
 def test_quick_run_reports_every_gap(tmp_path, capsys):
@@ -58,5 +63,7 @@ def test_quick_run_reports_every_gap(tmp_path, capsys):
     assert gap["loss_gap"] == pytest.approx(
         saved["models"][MOMENTUM]["eval_loss"] - saved["models"][name]["eval_loss"])
   assert summary["gaps"] == saved["gaps"]
+  assert {name: r["eval_loss"] for name, r in saved["models"].items()} == pytest.approx(
+      QUICK_LOSS, rel=1e-5)
   assert (tmp_path / "quick" / "momentum_vs_size.png").stat().st_size > 1000
   assert "vs softmax_2.8x" in capsys.readouterr().out

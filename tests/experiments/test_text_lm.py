@@ -11,6 +11,15 @@ from momentum_jax.experiments.text_lm.__main__ import main
 from momentum_jax.experiments.text_lm.config import GAMMAS, PRESETS, get_config, gpu_125m_config
 from momentum_jax.nn import Transformer
 
+# The --quick run's held-out loss and bits per byte as recorded on the CPU: the run is
+# deterministic, so a change that changes its numbers shows here.
+QUICK_TABLE = {"softmax": (3.9862476587295532, 5.750939729004368),
+               "momentum_g0.25": (4.044027090072632, 5.8342978280684115),
+               "momentum_g0.5": (4.105158090591431, 5.922491219361463),
+               "momentum_g1": (4.207288503646851, 6.069834259800459),
+               "kv_shift": (4.157660007476807, 5.998235474489159),
+               "sigmoid": (3.9424219131469727, 5.687712543189117)}
+
 
 @pytest.mark.slow
 def test_quick_run_trains_every_model_and_reports_bits_per_byte(tmp_path, capsys):
@@ -28,6 +37,10 @@ def test_quick_run_trains_every_model_and_reports_bits_per_byte(tmp_path, capsys
   assert (run_dir / "tokenizer.json").exists()  # saved with the run for evaluation and sampling
   assert (run_dir / "text_lm.png").stat().st_size > 1000
   assert summary["best"] in saved["models"]
+  for name, (loss, bits_per_byte) in QUICK_TABLE.items():
+    r = saved["models"][name]
+    assert (r["eval_loss"], r["eval_bits_per_byte"]) == pytest.approx((loss, bits_per_byte),
+                                                                       rel=1e-5)
   assert "lowest held-out bits per byte" in capsys.readouterr().out
 
 

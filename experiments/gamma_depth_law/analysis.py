@@ -1,4 +1,5 @@
-"""γ*(N) from a γ grid, its bootstrap interval, and the power-law fit γ* = a · N^b.
+"""γ*(N) from a γ grid, its bootstrap interval, the power-law fit γ* = a · N^b, and the summary
+of a run's units.
 
 The best γ of a depth is read off the seed-mean held-out loss over the grid γ_0 = 0 < γ_1 < … :
 the argmin γ_i, refined when γ_{i−1} > 0 and γ_{i+1} exist by the vertex of the parabola through
@@ -19,6 +20,11 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+
+from momentum_jax.experiments.gamma_depth_law.config import PAPER_A, PAPER_B, ExperimentConfig
+
+# The learned-γ members of a unit: on the plain shear and on the gain-normalised one.
+SHEARS = ("learned", "learned_normalized")
 
 
 class Interval(NamedTuple):
@@ -127,3 +133,39 @@ def verdict(gamma_star_by_depth: dict[int, Interval], fit: PowerLawFit, paper_a:
                        f"({described})")
   return "undetermined", (f"the intervals hold the paper's γ*(N) at some depths only or the "
                           f"fit's intervals are wide ({described})")
+
+
+def summarise(config: ExperimentConfig, units: dict[str, dict]) -> dict[str, dict]:
+  """Per task: γ*(N) with intervals, the fit, the verdict and the learned γ per depth, from
+  ``units`` (by unit name: the grid's and the learned members' losses per seed)."""
+  sweep = config.sweep
+  rng = np.random.default_rng(0)
+  resamples = seed_resamples(sweep.seeds, sweep.bootstrap, rng)
+  tasks = {}
+  for task_name, _ in config.tasks:
+    by_depth, draws, rows = {}, [], {}
+    for name, _, _, depth in (u for u in config.units() if u[1] == task_name):
+      unit = units[name]
+      loss_SxG = np.asarray(unit["grid_loss"])
+      interval, draws_R = gamma_star(sweep.gammas, loss_SxG, resamples)
+      by_depth[depth] = interval
+      draws.append(draws_R)
+      best = int(np.argmin(loss_SxG.mean(0)))
+      rows[depth] = {
+          "gamma_star": interval._asdict(), "paper_gamma_star": PAPER_A * depth ** PAPER_B,
+          "grid_loss_mean": loss_SxG.mean(0).tolist(),
+          "grid_accuracy_mean": np.asarray(unit["grid_accuracy"]).mean(0).tolist(),
+          "best_grid_gamma": sweep.gammas[best],
+          **{shear: {"gamma_mean": float(np.mean(unit[shear]["gamma"])),
+                     "gamma_per_layer": np.mean(unit[shear]["gamma"], axis=(0, 2)).tolist(),
+                     "loss_mean": float(np.mean(unit[shear]["loss"])),
+                     "accuracy_mean": float(np.mean(unit[shear]["accuracy"]))}
+             for shear in SHEARS}}
+    star_N = np.asarray([by_depth[d].value for d in sweep.depths])
+    fit = fit_power_law(sweep.depths, star_N, np.stack(draws))
+    word, reason = verdict(by_depth, fit, PAPER_A, PAPER_B)
+    tasks[task_name] = {"depths": rows, "fit": {"a": fit.a._asdict(), "b": fit.b._asdict(),
+                                                "depths_used": fit.depths_used,
+                                                "resamples_fitted": fit.resamples_fitted},
+                        "verdict": word, "reason": reason}
+  return tasks

@@ -131,6 +131,12 @@ class ExperimentConfig:
   tasks: tuple[tuple[str, AssociativeRecallTask | InductionTask], ...]
   sweep: SweepConfig
 
+  def units(self) -> list[tuple[str, str, AssociativeRecallTask | InductionTask, int]]:
+    """``(unit name, task name, task, depth)`` of every (task, depth) the sweep trains; the
+    unit's results are saved in the run folder's ``<unit name>/``."""
+    return [(f"{name}_N{depth}", name, task, depth) for name, task in self.tasks
+            for depth in self.sweep.depths]
+
 
 def get_config(quick: bool = False) -> ExperimentConfig:
   """The default (full) configuration, or the tiny ``--quick`` smoke configuration."""

@@ -7,7 +7,8 @@ and differ in their seed (initial weights and batches) and in their γ: a *fixed
 same initial weights and the same batches, so their differences are due to γ alone.
 
 One jitted call runs ``chunk_steps`` Adam steps of every member (``lax.scan`` over steps, ``vmap``
-over members), so a whole γ grid × seeds compiles once per depth.
+over members), so a whole γ grid × seeds compiles once per depth; ``train_unit`` trains the
+experiment's ensembles of one (task, depth).
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from flax import nnx
 
 from momentum_jax.data import Batch
 from momentum_jax.data.batch import Task
+from momentum_jax.experiments.gamma_depth_law.config import SweepConfig
 from momentum_jax.nn import Transformer, TransformerConfig
-from momentum_jax.train.loss import masked_cross_entropy, masked_sums
+from momentum_jax.train import optimizer_step, token_loss
 
 # A stored γ whose softplus is exactly 0.0 in float32 (and whose gradient is exactly 0.0): the
 # learned parameterisation γ = softplus(θ) only approaches 0, the grid needs γ = 0 itself.
 _ZERO_GAMMA_STORED = -200.0
 _EVAL_CHUNK = 256
+# The held-out sequences' key, apart from the training seeds' keys key(0), key(1), ...
+EVAL_SEED = 987_654_321
 
 
 class Members(NamedTuple):
@@ -81,19 +85,21 @@ def _gamma_of(state: nnx.State) -> jax.Array:
   return jax.nn.softplus(jnp.stack(leaves))
 
 
-def _member_states(config: TransformerConfig, members: Members) -> tuple[nnx.GraphDef, nnx.State]:
-  """The graph and the ``[M, ...]`` stacked states: the weights of each member's seed with every
-  stored γ set to the member's value."""
-  graphdef, by_seed = None, {}
+def _member_states(config: TransformerConfig,
+                   members: Members) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+  """The graph, the ``[M, ...]`` stacked parameters (the weights of each member's seed with
+  every stored γ set to the member's value) and the other module state (empty for this model)."""
+  graphdef, rest, by_seed = None, None, {}
   for seed in sorted(set(members.seed.tolist())):
-    graphdef, by_seed[seed] = nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))
+    graphdef, by_seed[seed], rest = nnx.split(Transformer(config, rngs=nnx.Rngs(seed)),
+                                              nnx.Param, ...)
   stored_M = jnp.asarray([_stored_gamma(float(g)) for g in members.gamma], jnp.float32)
   stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
                          *[by_seed[int(seed)] for seed in members.seed])
   states = jax.tree_util.tree_map_with_path(
       lambda path, x: (jnp.broadcast_to(stored_M.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
                        if _is_gamma(path) else x), stacked)
-  return graphdef, states
+  return graphdef, states, rest
 
 
 def train_ensemble(config: TransformerConfig, task: Task, members: Members, *, steps: int,
@@ -116,23 +122,25 @@ def train_ensemble(config: TransformerConfig, task: Task, members: Members, *, s
   if steps % chunk_steps:
     raise ValueError(f"steps must be a multiple of chunk_steps, got steps={steps}, "
                      f"chunk_steps={chunk_steps}")
-  graphdef, states = _member_states(config, members)
-  optimizer = optax.adam(learning_rate)
-  opt_states = jax.vmap(optimizer.init)(states)
+  graphdef, states, rest = _member_states(config, members)
+
+  def optimizer(trains_gamma: jax.Array | float) -> optax.GradientTransformation:
+    """Adam after zeroing a fixed member's γ gradient (``trains_gamma = 0``), so γ never moves."""
+    return optax.chain(optax.stateless(lambda grads, _: jax.tree_util.tree_map_with_path(
+        lambda path, g: g * trains_gamma if _is_gamma(path) else g, grads)),
+                       optax.adam(learning_rate))
+
+  opt_states = jax.vmap(optimizer(1.0).init)(states)
   seeds = sorted(set(members.seed.tolist()))
   seed_index_M = jnp.asarray([seeds.index(int(s)) for s in members.seed])
   seed_keys_S = jnp.stack([jax.random.key(s) for s in seeds])
   trains_gamma_M = jnp.asarray(members.learned, jnp.float32)
-
-  def member_loss(state: nnx.State, batch: Batch) -> jax.Array:
-    return masked_cross_entropy(nnx.merge(graphdef, state)(batch.tokens), batch)
+  loss = token_loss(graphdef)
 
   def member_step(state, opt_state, trains_gamma, batch):
-    loss, grads = jax.value_and_grad(member_loss)(state, batch)
-    grads = jax.tree_util.tree_map_with_path(
-        lambda path, g: g * trains_gamma if _is_gamma(path) else g, grads)
-    updates, opt_state = optimizer.update(grads, opt_state, state)
-    return optax.apply_updates(state, updates), opt_state, loss
+    step = optimizer_step(loss, optimizer(trains_gamma))
+    state, _, opt_state, metrics = step(state, rest, opt_state, batch)
+    return state, opt_state, metrics["loss"]
 
   @jax.jit
   def run_chunk(states, opt_states, first_step):
@@ -154,19 +162,20 @@ def train_ensemble(config: TransformerConfig, task: Task, members: Members, *, s
     states, opt_states, loss_M, gamma_MxLxK = run_chunk(states, opt_states, first)
     train_loss.append(np.asarray(loss_M))
     gamma_curve.append(np.asarray(gamma_MxLxK).mean(-1))
-  loss_M, accuracy_M = _evaluate(graphdef, states, eval_batch)
+  loss_M, accuracy_M = _evaluate(graphdef, states, rest, eval_batch)
   return EnsembleResult(eval_loss=loss_M, eval_accuracy=accuracy_M,
                         gamma=np.asarray(jax.vmap(_gamma_of)(states)),
                         gamma_curve=np.stack(gamma_curve), train_loss=np.stack(train_loss))
 
 
-def _evaluate(graphdef: nnx.GraphDef, states: nnx.State,
+def _evaluate(graphdef: nnx.GraphDef, states: nnx.State, rest: nnx.State,
               eval_batch: Batch) -> tuple[np.ndarray, np.ndarray]:
   """``[M]`` loss and accuracy over ``eval_batch`` (in chunks of ``_EVAL_CHUNK`` sequences)."""
+  loss = token_loss(graphdef)
 
   @jax.jit
   def sums(states, batch):
-    return jax.vmap(lambda s: masked_sums(nnx.merge(graphdef, s)(batch.tokens), batch))(states)
+    return jax.vmap(lambda s: loss(s, rest, batch)[1][0])(states)
 
   totals = None
   for start in range(0, eval_batch.tokens.shape[0], _EVAL_CHUNK):
@@ -175,3 +184,41 @@ def _evaluate(graphdef: nnx.GraphDef, states: nnx.State,
     totals = chunk if totals is None else {k: totals[k] + chunk[k] for k in totals}
   count = np.maximum(totals["count"], 1.0)
   return totals["loss_sum"] / count, totals["correct_sum"] / count
+
+
+def _model(task: Task, sweep: SweepConfig, depth: int, normalize_gain: bool) -> TransformerConfig:
+  return TransformerConfig(
+      vocab_size=task.vocab_size, context_len=task.seq_len, num_layers=depth,
+      d_model=sweep.d_model, num_heads=sweep.num_heads, mlp_dim=0,
+      attention="momentum_learned", attention_params={"normalize_gain": normalize_gain},
+      attention_init={"gamma": sweep.learned_init})
+
+
+def train_unit(task: Task, depth: int, sweep: SweepConfig) -> dict:
+  """The γ grid and the learned-γ members of one (task, depth), for every seed: the held-out
+  loss and accuracy of each, and the learned γ's values and curves (JSON-ready lists)."""
+  eval_batch = task.sample(jax.random.key(EVAL_SEED), sweep.eval_sequences)
+  seeds = np.arange(sweep.seeds)
+  grid = len(sweep.gammas)
+  budget = dict(steps=sweep.steps, chunk_steps=sweep.chunk_steps, batch_size=sweep.batch_size,
+                learning_rate=sweep.learning_rate, eval_batch=eval_batch)
+  # Ensemble 1: per seed, the grid (fixed γ) and one learned-γ member, on the plain shear.
+  members = Members(seed=np.repeat(seeds, grid + 1),
+                    gamma=np.tile(list(sweep.gammas) + [sweep.learned_init], sweep.seeds),
+                    learned=np.tile([False] * grid + [True], sweep.seeds))
+  plain = train_ensemble(_model(task, sweep, depth, False), task, members, **budget)
+  by_seed = lambda x: x.reshape((sweep.seeds, grid + 1) + x.shape[1:])
+  loss, accuracy, gamma = by_seed(plain.eval_loss), by_seed(plain.eval_accuracy), by_seed(
+      plain.gamma)
+  curve = plain.gamma_curve.reshape((-1, sweep.seeds, grid + 1, depth))[:, :, grid]
+  unit = {"grid_loss": loss[:, :grid].tolist(), "grid_accuracy": accuracy[:, :grid].tolist(),
+          "learned": {"loss": loss[:, grid].tolist(), "accuracy": accuracy[:, grid].tolist(),
+                      "gamma": gamma[:, grid].tolist(), "gamma_curve": curve.tolist()}}
+  # Ensemble 2: per seed, one learned-γ member on the gain-normalised shear.
+  members = Members(seed=seeds, gamma=np.full(sweep.seeds, sweep.learned_init),
+                    learned=np.ones(sweep.seeds, bool))
+  normalized = train_ensemble(_model(task, sweep, depth, True), task, members, **budget)
+  unit["learned_normalized"] = {
+      "loss": normalized.eval_loss.tolist(), "accuracy": normalized.eval_accuracy.tolist(),
+      "gamma": normalized.gamma.tolist(), "gamma_curve": normalized.gamma_curve.tolist()}
+  return unit

@@ -135,6 +135,15 @@ def test_sweep_config_names_a_bad_field(bad, match):
   with pytest.raises(ValueError, match=match):
     SweepConfig(**bad)
 
+# The --quick run's table for MQAR as recorded on the CPU (the run is deterministic, so a change
+# that changes its numbers shows here): per depth, the seed-mean held-out loss over the γ grid,
+# γ* and the mean learned γ on the plain and on the gain-normalised shear.
+QUICK_MQAR = {
+    "1": ([4.680748462677002, 4.645368576049805, 4.65389347076416], 0.5, 0.5051329284906387,
+          0.5005644410848618),
+    "2": ([4.531596899032593, 4.633102893829346, 4.63685154914856], 0.0, 0.5021781027317047,
+          0.5017925389111042)}
+
 
 @pytest.mark.slow
 def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
@@ -148,6 +157,12 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
       assert row["gamma_star"]["low"] <= row["gamma_star"]["value"] <= row["gamma_star"]["high"]
       assert row["learned"]["gamma_mean"] > 0 and row["learned_normalized"]["gamma_mean"] > 0
   assert (tmp_path / "quick" / "gamma_star.png").stat().st_size > 1000
+  for depth, (grid_loss, gamma_star, learned, normalized) in QUICK_MQAR.items():
+    row = saved["tasks"]["mqar"]["depths"][depth]
+    assert row["grid_loss_mean"] == pytest.approx(grid_loss, rel=1e-5)
+    assert row["gamma_star"]["value"] == pytest.approx(gamma_star, abs=1e-6)
+    assert row["learned"]["gamma_mean"] == pytest.approx(learned, rel=1e-5)
+    assert row["learned_normalized"]["gamma_mean"] == pytest.approx(normalized, rel=1e-5)
   out = capsys.readouterr().out
   assert "verdict:" in out and "fit γ* = a·N^b" in out
   again = main(argv)  # every unit finished: read back, not retrained

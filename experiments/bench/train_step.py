@@ -5,11 +5,13 @@
 Three Adam train steps on one fixed batch, measured side by side in one run:
   pure      a hand-written pure-pytree forward of the same transformer (the baseline a user
             would write without Flax);
-  nnx       the trainer's step: ``nnx.split`` once, ``nnx.merge`` inside a plain ``jax.jit``;
+  nnx       the model as the trainer runs it (``token_loss``): ``nnx.split`` once,
+            ``nnx.merge`` inside a plain ``jax.jit``;
   nnx.jit   ``nnx.jit`` over the model and an ``nnx.Optimizer`` (NNX's graph traversal each step).
-The pure forward is first checked to give the NNX model's loss. Method: jit, two warm-up calls,
-then the median wall time of ``--repeats`` calls, each blocked until ready, the three candidates
-interleaved call by call so that background load falls on all alike.
+pure and nnx step with ``momentum_jax.train.step.optimizer_step``. The pure forward is first
+checked to give the NNX model's loss. Method: jit, two warm-up calls, then the median wall time
+of ``--repeats`` calls, each blocked until ready, the three candidates interleaved call by call
+so that background load falls on all alike.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from momentum_jax.core.rope import apply_rope
 from momentum_jax.data import Batch, InductionTask
 from momentum_jax.experiments.bench.timing import interleaved_medians
 from momentum_jax.nn import Transformer, TransformerConfig
-from momentum_jax.train import masked_cross_entropy
+from momentum_jax.train import masked_cross_entropy, masked_sums, optimizer_step, token_loss
 
 PRESETS = {
     # The single-layer induction experiment's model and batch.
@@ -80,32 +82,27 @@ def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
   # NNX, as the trainer runs it: split once, merge inside a plain jax.jit.
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  def nnx_loss(params):
-    return masked_cross_entropy(nnx.merge(graphdef, params, rest)(batch.tokens), batch)
+  nnx_loss = token_loss(graphdef)
 
   # Pure pytree: the same numbers as a plain nested dict of arrays.
   pure_params = jax.tree.map(lambda v: v[...], nnx.to_pure_dict(params))
   pure_params["blocks"] = [pure_params["blocks"][i] for i in range(cfg.num_layers)]
 
-  def pure_loss(p):
-    return masked_cross_entropy(pure_forward(p, batch.tokens, cfg), batch)
+  def pure_loss(p, rest, batch: Batch):
+    sums = masked_sums(pure_forward(p, batch.tokens, cfg), batch)
+    return sums["loss_sum"] / jnp.maximum(sums["count"], 1.0), (sums, rest)
 
-  np.testing.assert_allclose(float(pure_loss(pure_params)), float(nnx_loss(params)), rtol=1e-5)
+  np.testing.assert_allclose(float(pure_loss(pure_params, rest, batch)[0]),
+                             float(nnx_loss(params, rest, batch)[0]), rtol=1e-5)
+  state = {"pure": (pure_params, rest, tx.init(pure_params)),
+           "nnx": (params, rest, tx.init(params))}
 
-  def make_step(loss_fn):
-    @jax.jit
-    def step(p, opt_state):
-      grads = jax.grad(loss_fn)(p)
-      updates, opt_state = tx.update(grads, opt_state, p)
-      return optax.apply_updates(p, updates), opt_state
-    return step
+  def call(name, loss):
+    """One call of ``optimizer_step`` on ``loss``, jitted, on the fixed batch."""
+    step = jax.jit(optimizer_step(loss, tx))
 
-  pure_step, nnx_step = make_step(pure_loss), make_step(nnx_loss)
-  state = {"pure": (pure_params, tx.init(pure_params)), "nnx": (params, tx.init(params))}
-
-  def call(name, step):
     def go():
-      state[name] = step(*state[name])
+      state[name] = step(*state[name], batch)[:3]
       return state[name]
     return go
 
@@ -117,8 +114,8 @@ def run(preset: str, attention: str, repeats: int) -> dict[str, float]:
     optimizer.update(model, grads)
 
   return interleaved_medians({
-      "pure": call("pure", pure_step),
-      "nnx": call("nnx", nnx_step),
+      "pure": call("pure", pure_loss),
+      "nnx": call("nnx", nnx_loss),
       "nnx.jit": lambda: nnx_jit_step(model, optimizer) or nnx.state(model, nnx.Param),
   }, repeats)
 

@@ -6,8 +6,34 @@ import math
 import pytest
 
 from momentum_jax.attention import available_attention
-from momentum_jax.experiments.attention_zoo.__main__ import METRICS, main, non_causal_reason
+from momentum_jax.experiments.attention_zoo.__main__ import METRICS, main
 from momentum_jax.experiments.attention_zoo.config import get_config
+from momentum_jax.experiments.attention_zoo.variant import non_causal_reason
+
+# The --quick run's final loss per variant on (mqar, induction) as recorded on the CPU: the run
+# is deterministic, so a change that changes its numbers shows here.
+QUICK_FINAL_LOSS = {
+    "affine": (3.261343, 3.831585),
+    "deconstructed_fixed_qk": (3.105807, 3.554357),
+    "deconstructed_mlp": (3.043789, 3.227949),
+    "deconstructed_self_gated": (2.750080, 3.480914),
+    "deconstructed_taylor": (2.963600, 3.624569),
+    "ema_value": (2.926384, 3.478130),
+    "ema_value_learned": (2.907488, 3.361078),
+    "flash_bias": (2.930648, 3.536853),
+    "flex": (2.931421, 3.536764),
+    "flow": (3.160880, 3.809252),
+    "grat": (2.931421, 3.536764),
+    "kv_shift": (2.925262, 3.533438),
+    "lightning": (2.908309, 3.165121),
+    "linear": (2.934309, 3.676583),
+    "momentum": (2.882952, 3.370844),
+    "momentum_learned": (2.883164, 3.369938),
+    "radial": (2.931421, 3.536764),
+    "sigmoid": (3.007409, 3.693619),
+    "sla": (2.931421, 3.536764),
+    "softmax": (2.931421, 3.536764),
+}
 
 
 @pytest.mark.slow
@@ -29,6 +55,9 @@ def test_quick_run_has_a_finite_row_for_every_causal_variant(tmp_path, capsys):
       assert row["tokens_per_s"] > 0 and row["peak_memory_bytes"] > 0
       assert len(row["loss_curve"]) == get_config(quick=True).train.steps
   assert "softmax" in saved["results"]["mqar"]
+  for name, losses in QUICK_FINAL_LOSS.items():
+    assert tuple(saved["results"][task][name]["final_loss"] for task in task_names) == (
+        pytest.approx(losses, rel=1e-5)), name
   table = (tmp_path / "quick" / "results.md").read_text()
   assert all(name in table for name in available_attention())
   assert (tmp_path / "quick" / "zoo.png").stat().st_size > 1000

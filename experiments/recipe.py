@@ -125,7 +125,8 @@ def hardware() -> dict[str, Any]:
           "jax": jax.__version__}
 
 
-# (header, format spec with its width, the row's key or a function of the row).
+#: A table column: (header, format spec with its width, the row's key or a function of
+#: the row).
 Column = tuple[str, str, str | Callable[[dict], Any]]
 
 

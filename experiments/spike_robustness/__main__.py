@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.recipe import (
     Trained, each_run, finish, new_figure, print_table, series, train_models)
-from momentum_jax.experiments.spike_robustness.config import (
-    SPIKE_FACTOR, WINDOW, get_config)
+from momentum_jax.experiments.spike_robustness.config import SPIKE_FACTOR, WINDOW, get_config
 
 CEILING = "adamw_no_spikes"
 COLUMNS = [("eval loss", "10.3f", "eval_loss"), ("eval acc", "10.1%", "eval_accuracy"),
-           (f"max loss\n+{WINDOW} st.", "10.3f", "max_loss_after_spikes"), ("time s", "8.1f", "seconds")]
+           (f"max loss\n+{WINDOW} st.", "10.3f", "max_loss_after_spikes"),
+           ("time s", "8.1f", "seconds")]
 
 
 def _row(trained: Trained, spikes: Sequence[int]) -> dict:

@@ -2,11 +2,14 @@
 
 Every ``import`` and ``from ... import`` of every module is read from its source (function-level
 imports included: a deferred import that dodges a cycle is still a cycle) and resolved to the
-module it names. Two rules hold:
+module it names. Three rules hold:
 
 - a subpackage imports only subpackages of a strictly lower layer (``LAYERS``), so optim, data and
   core, which share layer 0, import none of each other, and neither do nn and analysis;
-- the module graph, edges inside a subpackage included, has no cycle.
+- the module graph, edges inside a subpackage included, has no cycle;
+- no module imports a private name (one leading underscore) of another module of the package,
+  neither ``from x import _y`` nor a private module ``x._y``: a helper that several modules need
+  is public where it lives.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import ast
 import pathlib
 import tomllib
+from collections.abc import Iterable
 
 import pytest
 
@@ -60,6 +64,17 @@ def module_files() -> dict[str, pathlib.Path]:
   return modules
 
 
+def resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+  """The absolute module a ``from ... import`` statement of ``module`` imports from."""
+  base = node.module or ""
+  if not node.level:
+    return base
+  parts = module.split(".")
+  anchor = parts if is_package else parts[:-1]
+  anchor = anchor[:len(anchor) - node.level + 1]
+  return ".".join(anchor + ([base] if base else []))
+
+
 def imported_names(path: pathlib.Path, module: str) -> set[str]:
   """Dotted names this module imports anywhere in its body, relative imports resolved:
   ``import a.b`` gives ``a.b`` and ``from a import b`` gives ``a.b``, module or attribute."""
@@ -69,14 +84,65 @@ def imported_names(path: pathlib.Path, module: str) -> set[str]:
     if isinstance(node, ast.Import):
       names.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom):
-      base = node.module or ""
-      if node.level:
-        parts = module.split(".")
-        anchor = parts if is_package else parts[:-1]
-        anchor = anchor[:len(anchor) - node.level + 1]
-        base = ".".join(anchor + ([base] if base else []))
+      base = resolve(node, module, is_package)
       names.update(f"{base}.{alias.name}" for alias in node.names)
   return names
+
+
+def is_private(name: str) -> bool:
+  """A name with one leading underscore; dunder names (``__version__``) are not private."""
+  return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def module_aliases(tree: ast.Module, module: str, is_package: bool,
+                   files: Iterable[str]) -> dict[str, str]:
+  """Local name → module of the package it is bound to by an import (``import a.b as m``,
+  ``from a import b`` with ``a.b`` a module); ``import a.b`` binds ``a``."""
+  aliases = {}
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.asname:
+          aliases[alias.asname] = alias.name
+        else:
+          aliases[alias.name.split(".")[0]] = alias.name.split(".")[0]
+    elif isinstance(node, ast.ImportFrom):
+      base = resolve(node, module, is_package)
+      for alias in node.names:
+        if f"{base}.{alias.name}" in files:
+          aliases[alias.asname or alias.name] = f"{base}.{alias.name}"
+  return aliases
+
+
+def dotted(node: ast.expr) -> list[str] | None:
+  """``a.b.c`` of a chain of attributes on a name, as ``["a", "b", "c"]``; None otherwise."""
+  if isinstance(node, ast.Name):
+    return [node.id]
+  if isinstance(node, ast.Attribute):
+    head = dotted(node.value)
+    return None if head is None else head + [node.attr]
+  return None
+
+
+def private_imports(files: dict[str, pathlib.Path]) -> list[str]:
+  """Each import of a private name or private module of the package, and each private attribute
+  read from an imported module of the package (``kv_shift._check_pair``), as a readable line."""
+  found = set()
+  for module, path in files.items():
+    for name in imported_names(path, module):
+      parts = name.split(".")
+      if parts[0] == PACKAGE and any(is_private(part) for part in parts[1:]):
+        found.add(f"{module} imports {name}")
+    tree = ast.parse(path.read_text(), str(path))
+    aliases = module_aliases(tree, module, path.name == "__init__.py", files)
+    for node in ast.walk(tree):
+      parts = dotted(node) if isinstance(node, ast.Attribute) else None
+      if not parts or parts[0] not in aliases or not is_private(parts[-1]):
+        continue
+      owner = ".".join([aliases[parts[0]], *parts[1:-1]])
+      if owner in files and owner != module:
+        found.add(f"{module} imports {owner}.{parts[-1]}")
+  return sorted(found)
 
 
 def import_graph() -> Graph:
@@ -158,6 +224,50 @@ def test_no_upward_import(graph):
 
 def test_no_import_cycle(graph):
   assert find_cycle(graph) is None
+
+
+def test_no_module_imports_a_private_name_of_another():
+  assert private_imports(module_files()) == []
+
+
+def test_private_attributes_of_imported_modules_are_caught(tmp_path):
+  """``module._name`` of an imported module of the package counts as importing ``_name``."""
+  source, empty = tmp_path / "mod.py", tmp_path / "empty.py"
+  source.write_text(
+      "import momentum_jax.nn.dense as dense\n"
+      "from momentum_jax.attention import kv_shift\n"
+      "import momentum_jax.optim.spam\n"
+      "kv_shift._check_pair('alpha', None, 2)\n"
+      "dense._ACTIVE_COLLECTOR.get()\n"
+      "momentum_jax.optim.spam._private\n"
+      "kv_shift.kv_shift_attention, self._cache\n")
+  empty.write_text("")
+  files = {"momentum_jax.attention.mod": source, "momentum_jax.attention.kv_shift": empty,
+           "momentum_jax.nn.dense": empty, "momentum_jax.optim.spam": empty}
+  assert private_imports(files) == [
+      "momentum_jax.attention.mod imports momentum_jax.attention.kv_shift._check_pair",
+      "momentum_jax.attention.mod imports momentum_jax.nn.dense._ACTIVE_COLLECTOR",
+      "momentum_jax.attention.mod imports momentum_jax.optim.spam._private",
+  ]
+
+
+def test_private_imports_are_caught(tmp_path):
+  """Private names and private modules are found, relative imports resolved; public names, dunder
+  names and other libraries' private modules are not reported."""
+  source = tmp_path / "mod.py"
+  source.write_text(
+      "from momentum_jax.attention.lightning import _slopes, lightning_attention\n"
+      "from .linear import _causal_sums\n"
+      "import momentum_jax.optim._checks\n"
+      "from momentum_jax import __version__\n"
+      "from jax._src import core\n"
+      "def f():\n  from momentum_jax.nn.dense import _ACTIVE_COLLECTOR\n")
+  assert private_imports({"momentum_jax.attention.flow": source}) == [
+      "momentum_jax.attention.flow imports momentum_jax.attention.lightning._slopes",
+      "momentum_jax.attention.flow imports momentum_jax.attention.linear._causal_sums",
+      "momentum_jax.attention.flow imports momentum_jax.nn.dense._ACTIVE_COLLECTOR",
+      "momentum_jax.attention.flow imports momentum_jax.optim._checks",
+  ]
 
 
 def test_checks_catch_an_injected_upward_import_and_cycle(graph):

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.analysis._shapes import check_rank, check_weights
+from momentum_jax.analysis.shapes import check_rank, check_weights
 
 _PATTERN_HOOK = re.compile(r"^blocks\.(\d+)\.attn\.hook_pattern$")
 

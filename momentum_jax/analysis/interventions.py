@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.analysis._shapes import check_weights, normalize_rows, token_mask
+from momentum_jax.analysis.shapes import check_weights, normalize_rows, token_mask
 
 # Added to each target weight in VAR's sink-portion denominator (as in the authors' code).
 _VAR_EPS = 1e-6

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.analysis._shapes import check_rank, check_weights
+from momentum_jax.analysis.shapes import check_rank, check_weights
 
 
 def _lag_TxT(seq: int) -> jax.Array:

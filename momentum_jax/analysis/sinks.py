@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.analysis._shapes import check_rank, check_weights
+from momentum_jax.analysis.shapes import check_rank, check_weights
 
 # Depth of the models the secondary-sink thresholds were set on, and the thresholds there.
 _REFERENCE_DEPTH = 48

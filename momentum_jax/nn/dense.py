@@ -24,7 +24,7 @@ class _Observer(Protocol):
 
 
 # Set by ``layer_stats.value_grad_and_layer_stats`` for the duration of one loss evaluation.
-_ACTIVE_COLLECTOR: contextvars.ContextVar[_Observer | None] = contextvars.ContextVar(
+ACTIVE_COLLECTOR: contextvars.ContextVar[_Observer | None] = contextvars.ContextVar(
     "momentum_jax_layer_stats_collector", default=None)
 
 
@@ -38,5 +38,5 @@ class Dense(nnx.Linear):
 
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
     y = super().__call__(inputs, out_sharding=out_sharding)
-    collector = _ACTIVE_COLLECTOR.get()
+    collector = ACTIVE_COLLECTOR.get()
     return y if collector is None else collector.observe(self, inputs, y)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from momentum_jax.nn.dense import _ACTIVE_COLLECTOR, Dense
+from momentum_jax.nn.dense import ACTIVE_COLLECTOR, Dense
 
 
 class DenseStats(NamedTuple):
@@ -116,11 +116,11 @@ def value_grad_and_layer_stats(
   def probed_loss(model: nnx.Module, probes: dict[str, jax.Array]):
     names = {id(layer): name for name, layer in _dense_kernels(model).items()}
     collector = _Collector(names, probes)
-    token = _ACTIVE_COLLECTOR.set(collector)
+    token = ACTIVE_COLLECTOR.set(collector)
     try:
       out = loss_fn(model, *args)
     finally:
-      _ACTIVE_COLLECTOR.reset(token)
+      ACTIVE_COLLECTOR.reset(token)
     loss, aux = out if has_aux else (out, None)
     return loss, (aux, collector.input_means(in_features))
 

@@ -104,9 +104,9 @@ import jax.numpy as jnp
 import optax
 from optax import tree_utils as otu
 
-from momentum_jax.optim._checks import (
+from momentum_jax.optim.checks import (
     check_beta, check_non_negative, check_positive, check_rate, fail)
-from momentum_jax.optim._numerics import after
+from momentum_jax.optim.numerics import after
 
 MemoryPlane = Literal["previous_loss", "tangent"]
 _MEMORY_PLANES = ("previous_loss", "tangent")

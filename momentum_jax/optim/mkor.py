@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.optim._checks import (
+from momentum_jax.optim.checks import (
     check_count, check_finite, check_positive, check_unit_interval)
 
 PreconditionFilter = Callable[[str, jax.Array], bool]

@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.optim._checks import (
+from momentum_jax.optim.checks import (
     check, check_beta, check_count, check_non_negative, check_positive, check_rate, concrete)
-from momentum_jax.optim._numerics import after, float_dtype
+from momentum_jax.optim.numerics import after, float_dtype
 
 # The post-reset warmup starts at 1 - _WARMUP_DROP = 0.01, as in the reference.
 _WARMUP_DROP = 0.99

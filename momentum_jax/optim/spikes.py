@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.optim._checks import check_finite, fail
+from momentum_jax.optim.checks import check_finite, fail
 
 
 class InjectGradientSpikesState(NamedTuple):

@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.optim._checks import (
+from momentum_jax.optim.checks import (
     check_beta, check_count, check_non_negative, check_rate, check_unit_interval)
-from momentum_jax.optim._numerics import float_dtype
+from momentum_jax.optim.numerics import float_dtype
 
 
 class ScaleByStableSpamState(NamedTuple):

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from momentum_jax.optim._checks import check_count, check_unit_interval
+from momentum_jax.optim.checks import check_count, check_unit_interval
 
 
 def ema_update(teacher_params: Any, student_params: Any, momentum: float | jax.Array) -> Any:

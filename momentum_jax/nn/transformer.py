@@ -213,13 +213,13 @@ class Attention(nnx.Module):
     """
     cfg = self.config
     variant = get_attention(cfg.attention)
-    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix)
-    del kwargs["causal"], kwargs["segment_ids"]
     for hook in ("hook_attn_scores", "hook_pattern", *variant.prepared_hooks.values()):
       if recorder.edits(prefix + hook):
         raise ValueError(f"a hook on {prefix + hook!r} cannot edit a decoding step: "
                          f"attention={cfg.attention!r} decodes by its own step, which has no "
                          f"{hook}")
+    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix)
+    del kwargs["causal"], kwargs["segment_ids"]
     z_BxTxNxH, state = variant.decoding.step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state,
                                              step.context, window=cfg.window, **kwargs)
     return recorder.apply(prefix + "hook_z", z_BxTxNxH.astype(x_BxTxD.dtype)), state

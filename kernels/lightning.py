@@ -1,5 +1,5 @@
 """Lightning Attention-2 (Qin et al., arXiv 2401.04658) as fused Pallas kernels, forward and
-backward, for :func:`momentum_jax.attention.lightning_attention`:
+backward, for :func:`momentum_jax.attention.lightning.lightning_attention`:
 
     out_t = scale · Σ_{s ≤ t} λ_n^{t−s} (q_t·k_s) v_s,      λ_n = exp(−decay_n)
 
@@ -35,7 +35,7 @@ The kernels are written for Pallas's Triton lowering on the GPU (power-of-two ti
 of at least 16×16; the tests lower them for CUDA on the CPU); elsewhere they run in interpret mode.
 The layout follows JAX's Pallas attention ops: :class:`BlockSizes`, the kernels, the validated
 custom-VJP wrapper :func:`lightning_attention_kernel`. Its reference is
-:func:`momentum_jax.attention.lightning_attention_reference`.
+:func:`momentum_jax.attention.lightning.lightning_attention_reference`.
 """
 
 from __future__ import annotations
@@ -382,7 +382,7 @@ def lightning_attention_kernel(
 
       out_t = scale · Σ_{s ≤ t} λ_n^{t−s} (q_t·k_s) v_s,      λ_n = exp(−decay_n)
 
-  Same arguments and result as :func:`momentum_jax.attention.lightning_attention` (whose
+  Same arguments and result as :func:`momentum_jax.attention.lightning.lightning_attention` (whose
   ``block_size`` becomes ``block_sizes``); differentiable in q, k, v and a traced ``decay``.
 
   Args:

@@ -9,7 +9,8 @@ described by the ``#:`` comment above its assignment in the module that defines 
 without a docstring or ``#:`` comment is reported as a warning, which fails a ``-W`` build.
 
 ``.. module-docstrings:: momentum_jax.core`` is one section per submodule of a package (found on
-disk, so a new one appears by itself) holding that submodule's docstring only.
+disk, so a new one appears by itself) holding that submodule's docstring only, or with the
+``:members:`` option its docstring and every public function and class it defines.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import inspect
 import pkgutil
 
 from docutils import nodes
+from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
 from sphinx.pycode import ModuleAnalyzer
@@ -104,21 +106,24 @@ class PublicApi(SphinxDirective):
 class ModuleDocstrings(SphinxDirective):
   """One section per public submodule of a package, holding the submodule's docstring.
 
-  Option ``:exclude:``: submodule names, separated by spaces, that the page documents otherwise.
+  Options: ``:exclude:``, submodule names, separated by spaces, that the page documents otherwise;
+  ``:members:``, document each submodule's public functions and classes too, under their module
+  (``momentum_jax.attention.linear.linear_attention``).
   """
 
   required_arguments = 1
-  option_spec = {"exclude": lambda text: text.split()}
+  option_spec = {"exclude": lambda text: text.split(), "members": directives.flag}
 
   def run(self) -> list[nodes.Node]:
     package = importlib.import_module(self.arguments[0])
     exclude = set(self.options.get("exclude", ()))
+    option = "   :members:" if "members" in self.options else "   :no-index:"
     lines: list[str] = []
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda info: info.name):
       if info.name.startswith("_") or info.name in exclude:
         continue
       lines += [info.name, "-" * len(info.name), "",
-                f".. automodule:: {package.__name__}.{info.name}", "   :no-index:", ""]
+                f".. automodule:: {package.__name__}.{info.name}", option, ""]
     node = nodes.section()
     nested_parse_with_titles(self.state, StringList(lines, source=f"<module-docstrings "
                                                     f"{package.__name__}>"), node)

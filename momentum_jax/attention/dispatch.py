@@ -1,6 +1,6 @@
 """Which implementation an attention call runs: cuDNN, a Pallas kernel, or the pure XLA form.
 
-Every public attention function with a kernel takes ``implementation: str | None``:
+Every public attention function with a kernel takes ``implementation: str | None``::
 
     None      the fastest implementation the backend has for the call (the table below).
     "xla"     always the pure form (``jax.nn.dot_product_attention``'s XLA path for softmax).
@@ -13,7 +13,7 @@ Every public attention function with a kernel takes ``implementation: str | None
 
 Anything else raises ``ValueError`` naming the value. For softmax-family attention (softmax and,
 after its shear as one elementwise XLA pass, momentum attention) ``implementation=None`` is a pure
-function of the backend, the options, the shapes and the dtype (:func:`softmax_route`):
+function of the backend, the options, the shapes and the dtype (:func:`softmax_route`)::
 
     backend   cuDNN supports the call (1)   the kernel supports it (2)   None runs
     gpu       yes                           -                            "cudnn"

@@ -3,8 +3,8 @@
     α_t   = clip(0.1 · W_a x_t + 0.5, 0, 1)               per token and head, [B, T, N]
     α_ma ← ρ · α_ma + (1 − ρ) · mean_{B,T}(α),   ρ = 0.9   per head, [N], no gradient
 
-The attention itself is ``momentum_jax.attention.affine_attention``: α·SDPA + β·Σ_visible v with
-β = (α_ma − α)/S_t. α_ma starts at 0.5, the value of α at W_a = 0.
+The attention itself is ``momentum_jax.attention.affine.affine_attention``: α·SDPA + β·Σ_visible v
+with β = (α_ma − α)/S_t. α_ma starts at 0.5, the value of α at W_a = 0.
 
 α_ma is an :class:`AlphaEma` variable, not an ``nnx.Param``: it gets no gradient and the
 optimiser never sees it. It is updated in training mode only (``use_running_average=False``, the

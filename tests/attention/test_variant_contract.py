@@ -4,6 +4,9 @@ without any edit to ``momentum_jax.nn``."""
 
 import functools
 import inspect
+import pathlib
+import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -148,3 +151,20 @@ def test_a_new_variant_needs_no_model_edit(scratch_registry):
   rot_q, scaled_q = cache["blocks.0.attn.hook_rot_q"], cache["blocks.0.attn.hook_q_scaled"]
   np.testing.assert_allclose(scaled_q, rot_q / 2.0, rtol=1e-6)
   np.testing.assert_allclose(logits, model(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_the_documented_example_variant_is_one_working_module(scratch_registry):
+  """The module of ``docs/adding_a_variant.md`` registers "tempered" by being imported; its fast
+  form equals its reference, is softmax attention at τ = 1, and a model uses it by name."""
+  page = pathlib.Path(__file__).resolve().parents[2] / "docs" / "adding_a_variant.md"
+  source = re.search(r"```python\n(.*?)```", page.read_text(), re.DOTALL).group(1)
+  module = types.ModuleType("tempered")
+  exec(compile(source, str(page), "exec"), module.__dict__)
+  variant = attn.get_attention("tempered")
+  q, k, v = normal(0, 2, 11, 4, 6), normal(1, 2, 11, 2, 6), normal(2, 2, 11, 2, 6)
+  np.testing.assert_allclose(variant.fn(q, k, v, temperature=0.5),
+                             variant.reference(q, k, v, temperature=0.5), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(variant.fn(q, k, v), attn.softmax_attention(q, k, v), rtol=1e-6)
+  config = TransformerConfig(vocab_size=16, context_len=8, attention="tempered",
+                             attention_params={"temperature": 0.5}, num_heads=2, d_model=16)
+  assert Transformer(config, rngs=nnx.Rngs(0))(jnp.arange(8)[None]).shape == (1, 8, 16)

@@ -1,12 +1,15 @@
 """The API reference in ``docs/``: it builds with warnings as errors, documents every name of every
-``momentum_jax.<module>.__all__`` and renders every notebook of ``colab/``, and its pages cover
-every public module (a new subpackage without a page fails here).
+``momentum_jax.<module>.__all__`` (and every public function and class of the attention and core
+modules) and renders every notebook of ``colab/``, and its pages cover every public module (a new
+subpackage without a page fails here).
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pathlib
+import pkgutil
 import re
 import subprocess
 import sys
@@ -35,13 +38,33 @@ def _directive_arguments(directive: str) -> set[str]:
           for name in pattern.findall(page.read_text())}
 
 
+def _documented_members() -> list[str]:
+  """``module.name`` for every public function and class defined in each submodule of a package
+  whose page documents them (``.. module-docstrings:: package`` with ``:members:``)."""
+  pattern = re.compile(r"^\.\. module-docstrings:: (\S+)\n(?:   :\w+:.*\n)*?   :members:",
+                       re.MULTILINE)
+  packages = {name for page in DOCS.rglob("*.rst") if "_build" not in page.parts
+              for name in pattern.findall(page.read_text())}
+  names = []
+  for package in sorted(packages):
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+      if info.name.startswith("_"):
+        continue
+      module = importlib.import_module(f"{package}.{info.name}")
+      names += [f"{module.__name__}.{name}" for name, obj in vars(module).items()
+                if not name.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj))
+                and obj.__module__ == module.__name__]
+  return names
+
+
 def _public_names() -> list[str]:
-  """``module.name`` for every name in the ``__all__`` of every public module that has one."""
+  """``module.name`` for every name in the ``__all__`` of every public module that has one, and
+  every member a ``module-docstrings`` directive documents."""
   names = []
   for module_name in _public_modules():
     module = importlib.import_module(module_name)
     names += [f"{module_name}.{name}" for name in getattr(module, "__all__", ())]
-  return names
+  return names + _documented_members()
 
 
 def test_every_public_module_has_a_page():

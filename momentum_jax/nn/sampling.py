@@ -78,10 +78,10 @@ def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: i
   The model decodes in evaluation mode (frozen running statistics such as affine attention's
   α_ma, the flux router's hard choice) and every module state and mode flag of ``model`` is left
   as it was. A sequence that emits ``eos_id`` is filled with ``eos_id`` after it; generation
-  stops early when every sequence has. Compiles the prefill once per prompt shape and the single-token step
-  once. Prompts of different lengths are left-padded to P and given by ``prompt_lengths``: the
-  pads form a segment of their own (id 0, the prompt and its continuation id 1), so each
-  sequence is continued exactly as if it had been decoded alone.
+  stops early when every sequence has. Compiles the prefill once per prompt shape and the
+  single-token step once. Prompts of different lengths are left-padded to P and given by
+  ``prompt_lengths``: the pads form a segment of their own (id 0, the prompt and its
+  continuation id 1), so each sequence is continued exactly as if it had been decoded alone.
 
   Args:
     model: a causal model (``momentum_jax.nn.check_decodable``).

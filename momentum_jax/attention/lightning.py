@@ -38,12 +38,12 @@ import jax.numpy as jnp
 
 from momentum_jax.attention.decoding import DecodeContext, row_starts
 from momentum_jax.attention.dispatch import wants_kernel
-from momentum_jax.attention.linear import from_blocks, to_blocks
 from momentum_jax.attention.registry import (
     AttentionDims, AttentionVariant, Decoding, LearnedLayout, register_attention,
 )
 from momentum_jax.core.alibi import alibi_slopes
 from momentum_jax.core.checks import check_attention_inputs, check_lightning, check_unsupported
+from momentum_jax.core.chunks import from_blocks, to_blocks
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import segment_runs, visibility_mask
 from momentum_jax.kernels import lightning as lightning_kernel

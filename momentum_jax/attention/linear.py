@@ -38,6 +38,7 @@ from momentum_jax.attention.registry import (
 from momentum_jax.core.checks import (
     check_attention_inputs, check_block_size, check_unsupported, is_concrete,
 )
+from momentum_jax.core.chunks import from_blocks, to_blocks
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import segment_runs, visibility_mask
 
@@ -66,22 +67,6 @@ def _check_linear(
     raise ValueError(
         f"causal linear attention needs S == T, got q.shape={q.shape} and k.shape={k.shape}"
     )
-
-
-def to_blocks(x_BxTx: jax.Array, block_size: int) -> jax.Array:
-  """``[B, T, ...] -> [T/C, B, C, ...]``, zero-padding T up to a multiple of C = ``block_size``."""
-  batch, seq = x_BxTx.shape[:2]
-  blocks = -(-seq // block_size)
-  pad = [(0, 0), (0, blocks * block_size - seq)] + [(0, 0)] * (x_BxTx.ndim - 2)
-  x_BxLxC = jnp.pad(x_BxTx, pad).reshape(batch, blocks, block_size, *x_BxTx.shape[2:])
-  return jnp.moveaxis(x_BxLxC, 1, 0)
-
-
-def from_blocks(x_LxBxC: jax.Array, seq: int) -> jax.Array:
-  """Inverse of :func:`to_blocks`: ``[T/C, B, C, ...] -> [B, T, ...]`` without the padding."""
-  x_BxLxC = jnp.moveaxis(x_LxBxC, 0, 1)
-  batch, blocks, block = x_BxLxC.shape[:3]
-  return x_BxLxC.reshape(batch, blocks * block, *x_BxLxC.shape[3:])[:, :seq]
 
 
 def causal_sums(

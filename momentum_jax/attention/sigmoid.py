@@ -26,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.linear import to_blocks
 from momentum_jax.attention.registry import AttentionVariant, register_attention
 from momentum_jax.core.checks import check_attention_inputs, check_block_size
+from momentum_jax.core.chunks import to_blocks
 from momentum_jax.core.heads import compute_dtype, repeat_kv
 from momentum_jax.core.masks import visibility_mask
 

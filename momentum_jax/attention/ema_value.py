@@ -154,7 +154,8 @@ def ema_value_attention_reference(
 
 
 class EmaCache(NamedTuple):
-  """A :class:`KVCache` plus the value EMA m of the last row and that row's value.
+  """A :class:`~momentum_jax.attention.decoding.KVCache` plus the value EMA m of the last row and
+  that row's value.
 
   Attributes:
     kv: the cache.
@@ -179,7 +180,8 @@ def ema_value_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.
                      cache: EmaCache, context: DecodeContext, *, eta: float | jax.Array,
                      window: int | None = None, sinks: jax.Array | None = None,
                      scale: float | None = None) -> tuple[jax.Array, EmaCache]:
-  """:func:`softmax_decode` plus the value EMA m_t = η (m_{t−1} + v_{t−1}), 0 at segment starts.
+  """:func:`~momentum_jax.attention.softmax.softmax_decode` plus the value EMA
+  m_t = η (m_{t−1} + v_{t−1}), 0 at segment starts.
 
   Equal, row for row, to ``ema_value_attention(q, k, v, eta=eta, causal=True, ...)`` over the
   whole sequence; the EMA of kv head j is added to each of its query heads, and ``window`` limits

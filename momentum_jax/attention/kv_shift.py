@@ -156,7 +156,8 @@ def kv_shift_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.A
                     cache: ShiftCache, context: DecodeContext, *, alpha: jax.Array,
                     beta: jax.Array, window: int | None = None, sinks: jax.Array | None = None,
                     scale: float | None = None) -> tuple[jax.Array, ShiftCache]:
-  """Shifts the new k and v with the cached last rows, then :func:`softmax_decode` on q, k̃, ṽ.
+  """Shifts the new k and v with the cached last rows, then
+  :func:`~momentum_jax.attention.softmax.softmax_decode` on q, k̃, ṽ.
 
   Equal, row for row, to ``kv_shift_attention(q, k, v, alpha=alpha, beta=beta, causal=True,
   ...)`` over the whole sequence. ``cache.last_a`` / ``last_b`` are the last pre-shift k and v.

@@ -265,18 +265,19 @@ def momentum_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.A
                     window: int | None = None,
                     sinks: jax.Array | None = None, scale: float | None = None
                     ) -> tuple[jax.Array, ShiftCache]:
-  """Shears the new q and k with the cached last rows, then :func:`softmax_decode` on q̂, k̂, v.
+  """Shears the new q and k with the cached last rows, then
+  :func:`~momentum_jax.attention.softmax.softmax_decode` on q̂, k̂, v.
 
   Equal, row for row, to ``momentum_attention(q, k, v, gamma=gamma, boundary=boundary,
   rope=False, causal=True, ...)`` over the whole sequence.
 
   Args:
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH: the new rows (q and k after RoPE).
-    cache: a :class:`ShiftCache` whose last rows are the pre-shear q (``last_a``, N heads) and
-      k (``last_b``, K heads).
-    context, window, sinks, scale: as in :func:`softmax_decode`.
+    cache: a :class:`~momentum_jax.attention.decoding.ShiftCache` whose last rows are the
+      pre-shear q (``last_a``, N heads) and k (``last_b``, K heads).
+    context, window, sinks, scale: as in :func:`~momentum_jax.attention.softmax.softmax_decode`.
     gamma: γ >= 0, a float, a scalar array or ``[K]`` (one per kv head).
-    boundary: ``"zero"`` or ``"replicate"``, as in ``momentum_jax.core.momentum_shear``.
+    boundary: ``"zero"`` or ``"replicate"``, as in ``momentum_jax.core.shear.momentum_shear``.
     normalize_gain: the gain-normalised shear (``momentum_jax.attention.momentum.gain_normalize``;
       the cached last rows are then the normalised pre-shear rows).
   """

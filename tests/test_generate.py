@@ -19,6 +19,7 @@ MODEL = TransformerConfig(vocab_size=256, context_len=32, num_layers=1, d_model=
 TRAIN = TrainConfig(steps=3, batch_size=4, eval_batches=1, tensorboard=False)
 
 
+@pytest.mark.slow
 def test_the_command_samples_the_trained_text_model(tmp_path, capsys):
   data = load_text_dataset(TextDataConfig(source="kjv", seq_len=32))
   result = train(MODEL, TRAIN, data, tmp_path / "run", progress=False)

@@ -1,8 +1,11 @@
 """The attention benchmark runs in a tiny configuration."""
 
+import pytest
+
 from momentum_jax.experiments.bench import attention as bench_attention
 
 
+@pytest.mark.slow
 def test_bench_attention_tiny(capsys):
   results = bench_attention.main(["--seq-lens", "16", "--batch", "1", "--heads", "2",
                                   "--head-dim", "8", "--repeats", "1"])

@@ -102,6 +102,7 @@ def run_case(name, seq, head_dim, kv_heads, options):
   return out, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["softmax", "momentum", "kv_shift", "ema_value"])
 @pytest.mark.parametrize("seq,head_dim,kv_heads,options", CASES)
 def test_fast_matches_reference(name, seq, head_dim, kv_heads, options):

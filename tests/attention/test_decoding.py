@@ -56,6 +56,7 @@ def test_every_variant_with_a_decoding_step_has_settings():
   assert with_step == set(SETTINGS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, setting", CASES)
 @pytest.mark.parametrize("chunks", CHUNKS)
 @pytest.mark.parametrize("segmented", [False, True])
@@ -71,6 +72,7 @@ def test_decoding_steps_equal_the_full_forward_pass(name, setting, chunks, segme
   np.testing.assert_allclose(out, full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SETTINGS if n not in RECURRENT])
 @pytest.mark.parametrize("window", [1, 3, 5])
 @pytest.mark.parametrize("chunks", [(1,) * T, (7, 6), (T,)])

@@ -55,6 +55,7 @@ def compare(name, diff, tol, **kwargs):
   return grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,case,kwargs", [
     ("deconstructed_taylor", (1, 6, 2), {"block_size": 64}),
     ("deconstructed_taylor", (13, 12, 4), {"block_size": 4}),

@@ -82,6 +82,7 @@ SOFTMAX_KWARGS = {"causal": {}, "window": {"window": 20}, "segments": {"causal":
                   "causal_segments": {}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seq", [33, 70])
 @pytest.mark.parametrize("name", sorted(MODS))
 def test_matches_dense_and_softmax_references(name, seq):
@@ -261,6 +262,7 @@ def test_bad_mod_and_registry_arguments_raise():
       fn(Q, KV, KV, sinks=jnp.zeros(4))
 
 
+@pytest.mark.slow
 def test_bench_flex_attention_tiny(capsys):
   results = bench_flex_attention.main([
       "--seq-len", "32", "--window-seq-len", "64", "--memory-seq-len", "32", "--window", "8",

@@ -87,18 +87,21 @@ LINEAR_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,causal,feature_map", LINEAR_CASES, ids=str)
 def test_linear_matches_reference_x64(case, causal, feature_map):
   with jax.enable_x64(True):
     compare("linear", case, jnp.float64, TOL, causal=causal, feature_map=feature_map)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_lightning_matches_reference_x64(case):
   with jax.enable_x64(True):
     compare("lightning", case, jnp.float64, TOL)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES[1:], ids=str)
 def test_float32_matches_reference(case):
   compare("lightning", case, jnp.float32, TOL)
@@ -245,6 +248,7 @@ def test_registry_and_transformer_forward():
     assert logits.shape == (2, 12, 32) and np.isfinite(logits).all()
 
 
+@pytest.mark.slow
 def test_bench_linear_attention_tiny(capsys):
   results = bench_linear_attention.main([
       "--seq-lens", "8", "16", "--dense-seq-lens", "16", "--memory-seq-len", "16", "--heads", "2",

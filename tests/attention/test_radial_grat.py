@@ -143,6 +143,7 @@ def test_radial_block_mask_skips_tiles():
   assert min(traced_scan_lengths(fn, tpf * frames)) < tpf * frames // block  # also under jit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [
     {"causal": False, "tokens_per_frame": 7, "block_size": 4},
     {"causal": True, "tokens_per_frame": 5, "block_size": 3, "decay": 0.5, "scale": 0.3},
@@ -257,6 +258,7 @@ def test_grat_block_mask_skips_tiles(pattern):
   assert min(traced_scan_lengths(fn, length)) < length // cell  # also under jit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs", [
     {"causal": False, "pattern": "criss_cross", "block_size": 8},
     {"causal": False, "pattern": "block_local", "radius": 0, "block_size": 4, "scale": 0.4},

@@ -139,6 +139,7 @@ def run(name: str, form: str, diff: dict, cotangent=COTANGENT):
   return out, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_reference_outputs_and_every_gradient(name):
   out, grads = run(name, "fn", inputs())
@@ -157,6 +158,7 @@ def test_matches_reference_outputs_and_every_gradient(name):
     assert np.any(grads_ref[arg]), arg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_bfloat16_shape_dtype_and_parity(name):
   x = inputs(dtype=jnp.bfloat16)
@@ -167,6 +169,7 @@ def test_bfloat16_shape_dtype_and_parity(name):
   assert rel_err(out, ref) <= need(name, "bf16_tol", BF16_TOL), rel_err(out, ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_jit_vmap_and_grad(name):
   x, y = inputs(0), inputs(3)

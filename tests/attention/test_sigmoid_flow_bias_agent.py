@@ -270,6 +270,7 @@ def test_low_rank_bias_factors_validation(kwargs, message):
 # flow (Flowformer)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
 def test_flow_matches_reference_x64(case, causal):
@@ -349,6 +350,7 @@ def agent_biases(seq, seq_k, agents, seed=11):
   return {"agent_bias": normal(rng, N, agents, seq_k), "query_bias": normal(rng, N, seq, agents)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("agents", [3, 8])
 def test_agent_matches_reference(case, agents):

@@ -63,6 +63,7 @@ def segments(seq):
   return jnp.asarray(ids)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalized"])
 @pytest.mark.parametrize("case", [
     {"seq": 13, "head_dim": 6, "kv_heads": 2, "causal": True, "block_size": 4},
@@ -82,6 +83,7 @@ def test_gradients_match_reference(case, normalize):
     compare(diff, normalize=normalize, **case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalize", [False, True], ids=["plain", "normalized"])
 @pytest.mark.parametrize("bias_shape", [(B, N, 13, 13), (N, 13, 1), (B, 1, 1, 13), (13, 13)],
                          ids=str)

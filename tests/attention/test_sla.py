@@ -49,6 +49,7 @@ def compare(diff, tol, **kwargs):
     assert err <= tol, (name, err)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,kwargs", [
     ((37, 6, 2, 37), {"block_size": 8, "ratio": 0.4}),
     ((13, 12, 4, 13), {"block_size": 4, "ratio": 0.5}),

@@ -1,6 +1,8 @@
 """The kernel benchmark in its tiny CPU configuration (kernels in interpret mode, cuDNN skipped),
 so that it is known to work before a GPU run; and its FLOP count."""
 
+import pytest
+
 from momentum_jax.experiments.bench import kernels as bench_kernels
 
 
@@ -28,6 +30,7 @@ def test_summarize_and_format_row():
   assert cells == ["-", "-", "-", "-", "0.25", "-", "-", "-", "-"]
 
 
+@pytest.mark.kernels
 def test_bench_kernels_tiny(capsys):
   result = bench_kernels.main(["--tiny"])
   assert set(result["skipped"]) == {"cudnn"}

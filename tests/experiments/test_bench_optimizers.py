@@ -1,10 +1,12 @@
 """The optimiser benchmark in a tiny configuration, so it is known to work before a long run."""
 
 import jax.numpy as jnp
+import pytest
 
 from momentum_jax.experiments.bench import optimizers as bench_optimizers
 
 
+@pytest.mark.slow
 def test_bench_optimizers_tiny(capsys):
   ratios = bench_optimizers.main(["--d-model", "32", "--layers", "1", "--vocab", "100",
                                   "--repeats", "1"])

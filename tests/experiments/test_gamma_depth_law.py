@@ -78,6 +78,7 @@ def _tiny(task, depth=2):
                            attention="momentum_learned")
 
 
+@pytest.mark.slow
 def test_ensemble_keeps_fixed_gamma_exactly_and_trains_learned_gamma():
   task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=2)
   members = Members(seed=np.array([0, 0, 0, 1]), gamma=np.array([0.0, 0.7, 0.7, 0.7]),
@@ -94,6 +95,7 @@ def test_ensemble_keeps_fixed_gamma_exactly_and_trains_learned_gamma():
   assert result.train_loss.shape == (2, 4) and np.isfinite(result.train_loss).all()
 
 
+@pytest.mark.slow
 def test_ensemble_member_equals_training_it_alone():
   task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=2)
   eval_batch = task.sample(jax.random.key(99), 16)

@@ -143,6 +143,7 @@ def test_cudnn_is_refused_off_the_gpu_naming_the_backend():
       attend(q, k, v, implementation="cudnn")
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name, options, route", [
     ("softmax", {}, "cudnn"),
     ("momentum", {"gamma": 0.5}, "cudnn"),
@@ -179,6 +180,7 @@ def test_the_gpu_default_takes_the_tabled_route(monkeypatch, name, options, rout
                              atol=2e-2)
 
 
+@pytest.mark.kernels
 def test_splash_in_tpu_interpret_mode_matches_the_pure_form():
   """Softmax (window 9, sinks absent) and momentum (per-kv-head γ) attention through the splash
   kernel: outputs and gradients w.r.t. q, k, v and γ equal the XLA form's, with GQA, segment ids
@@ -192,6 +194,7 @@ def test_splash_in_tpu_interpret_mode_matches_the_pure_form():
     assert rel_err(a, b) <= 1e-5
 
 
+@pytest.mark.kernels
 def test_the_tpu_default_runs_splash(monkeypatch):
   q, k, v, ids = inputs(10)
   expected = momentum_attention(q, k, v, gamma=0.5, segment_ids=ids)
@@ -202,6 +205,7 @@ def test_the_tpu_default_runs_splash(monkeypatch):
   np.testing.assert_allclose(attend(q, k, v), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("name", ["flex", "radial", "grat"])
 def test_flex_masks_run_on_splash_on_a_tpu(monkeypatch, name):
   """The block-sparse variants built on flex attention take splash on a TPU (their mask_mod as a
@@ -227,6 +231,7 @@ def test_flex_splash_refusals_are_named():
     flex_attention(q, k, v, implementation="pallas")
 
 
+@pytest.mark.kernels
 def test_the_kernel_runs_in_interpret_mode_off_the_gpu(monkeypatch):
   """On a TPU (or any backend but the GPU) the kernel interprets instead of lowering to Triton."""
   q, k, v, _ = inputs(7)
@@ -260,6 +265,7 @@ def test_lowering_cases_cover_every_dispatched_kernel():
   assert {case[0] for case in LOWERING_CASES} == {*dispatch.DEFAULT_PLATFORMS, *KERNELS}
 
 
+@pytest.mark.kernels
 @pytest.mark.parametrize("kernel,head_dim,learned,static", LOWERING_CASES,
                          ids=[f"{c[0]}-h{c[1]}-{'-'.join([*c[2], *c[3]]) or 'plain'}"
                               for c in LOWERING_CASES])
@@ -321,6 +327,7 @@ def pallas_and_pure(attend, params, seed, implementation="pallas"):
   return (out, *jax.tree.leaves(grads)), (expected_out, *jax.tree.leaves(expected_grads))
 
 
+@pytest.mark.kernels
 def test_lightning_pallas_on_cpu_matches_the_pure_form():
   attend = functools.partial(lightning_attention, scale=0.3, block_size=16)
   got, want = pallas_and_pure(attend, {"decay": jnp.asarray([0.05, 0.1, 0.2, 0.4])}, 1)
@@ -329,6 +336,7 @@ def test_lightning_pallas_on_cpu_matches_the_pure_form():
     assert rel_err(a, b) <= 1e-5
 
 
+@pytest.mark.kernels
 def test_softmax_and_momentum_pallas_on_cpu_match_the_pure_form():
   sinks = jnp.asarray([0.5, -1.0, 0.0, 2.0])
   got, want = pallas_and_pure(functools.partial(softmax_attention, window=9), {"sinks": sinks}, 4)

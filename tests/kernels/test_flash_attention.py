@@ -36,6 +36,8 @@ from momentum_jax.core.masks import previous_step
 from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
 from momentum_jax.kernels.flash_reference import flash_attention_reference
 
+pytestmark = pytest.mark.kernels
+
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 F32_TOL, BF16_TOL = 1e-5, 1e-2

@@ -19,6 +19,8 @@ from jax.experimental import pallas as pl
 from momentum_jax.attention.lightning import lightning_attention_reference
 from momentum_jax.kernels.lightning import BlockSizes, lightning_attention_kernel
 
+pytestmark = pytest.mark.kernels
+
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 1e-2}
 SMALL = BlockSizes(block=16, block_dq=32, block_dkv=16)
 

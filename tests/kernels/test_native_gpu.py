@@ -25,8 +25,8 @@ from momentum_jax.attention.lightning import lightning_attention_reference
 from momentum_jax.kernels.flash_attention import BlockSizes, flash_attention
 from momentum_jax.kernels.lightning import lightning_attention_kernel
 
-pytestmark = pytest.mark.skipif(
-    jax.default_backend() != "gpu", reason="needs a GPU: the kernels compile natively only there")
+pytestmark = [pytest.mark.kernels, pytest.mark.skipif(
+    jax.default_backend() != "gpu", reason="needs a GPU: the kernels compile natively only there")]
 
 FLASH_TOL = {jnp.float32: 5e-3, jnp.bfloat16: 1e-2}
 LIGHTNING_TOL = {jnp.float32: 1e-4, jnp.bfloat16: 1e-2}

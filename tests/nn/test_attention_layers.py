@@ -211,6 +211,7 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("options", OPTIONS)
 def test_model_forward_grad_and_aux_loss(options):
   model = Transformer(_config(**options), rngs=nnx.Rngs(0))
@@ -277,6 +278,7 @@ LEARNED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention,options,shapes", LEARNED)
 def test_learned_variant_params_in_model(attention, options, shapes):
   model = Transformer(_config(attention=attention, **options), rngs=nnx.Rngs(0))

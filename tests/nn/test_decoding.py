@@ -69,6 +69,7 @@ def test_every_required_parameter_has_a_value():
     assert set(get_attention(name).required_params) <= set(REQUIRED.get(name, {})), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CAUSAL)
 def test_every_causal_variant_decodes_like_the_full_forward_pass(name):
   model = _model(name)
@@ -80,6 +81,7 @@ def test_every_causal_variant_decodes_like_the_full_forward_pass(name):
   assert int(cache.length) == T
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WITH_STEP)
 @pytest.mark.parametrize("changes", [
     {}, {"window": 4}, {"learnable_sinks": True}, {"gate": "elementwise"},
@@ -146,6 +148,7 @@ def test_a_hook_edits_a_decoding_step_as_it_edits_the_full_pass():
                          decode_state=cache)
 
 
+@pytest.mark.slow
 def test_positions_restart_in_each_segment_and_continue_across_steps():
   model = _model("softmax")
   cache = init_cache(model, 1, 10, segments=True)

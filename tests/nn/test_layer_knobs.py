@@ -33,6 +33,7 @@ CONFIGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_per_layer_configs_train_checkpoint_and_resume(tmp_path, name):
   config = CONFIGS[name]

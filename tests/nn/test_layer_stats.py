@@ -36,6 +36,7 @@ def _biased_twin(model):
   return twin
 
 
+@pytest.mark.slow
 def test_output_grad_sum_is_the_bias_gradient_and_input_mean_the_hooked_mean():
   model = Transformer(CONFIG, rngs=nnx.Rngs(0))
   tokens = _tokens()

@@ -23,6 +23,7 @@ def model():
   return Transformer(CONFIG, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_greedy_generation_equals_argmax_of_full_forward_passes(model):
   prompt = jax.random.randint(jax.random.key(3), (2, 5), 0, CONFIG.vocab_size)
   out = generate(model, prompt, 9)
@@ -33,6 +34,7 @@ def test_greedy_generation_equals_argmax_of_full_forward_passes(model):
   np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention, params", [
     ("momentum", {"gamma": 0.5}), ("linear", {}), ("flash_bias", {})])
 def test_left_padded_prompts_continue_as_each_would_alone(attention, params):
@@ -46,6 +48,7 @@ def test_left_padded_prompts_continue_as_each_would_alone(attention, params):
     np.testing.assert_array_equal(out[row, -7:], alone[0, -7:])
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_and_top_k_1_is_greedy(model):
   prompt = jnp.zeros((3, 2), jnp.int32)
   first = generate(model, prompt, 6, rng=jax.random.key(0), temperature=1.0)

@@ -27,6 +27,7 @@ def _tokens(batch=2, seq=13, vocab=23, seed=0):
   return jax.random.randint(jax.random.key(seed), (batch, seq), 0, vocab)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attention,params", VARIANTS)
 def test_logits_shape_dtype_and_causality(attention, params):
   model = Transformer(_config(attention=attention, attention_params=params), rngs=nnx.Rngs(0))

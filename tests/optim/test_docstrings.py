@@ -19,6 +19,7 @@ UPDATE_RULES = {"spam", "scale_by_spam", "stable_spam", "scale_by_stable_spam", 
                 "mkor", "mkor_h", "ema_update"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__.rsplit(".", 1)[-1])
 def test_docstring_examples_run(module):
   result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -284,6 +284,7 @@ def _loss(model, tokens):
   return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
+@pytest.mark.slow
 def test_end_to_end_transformer_under_jit_without_recompiling():
   graphdef, params, rest = _tiny_transformer()
   tx = mkor(optax.sgd(0.05, momentum=0.9), inv_freq=2)

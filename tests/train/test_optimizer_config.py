@@ -129,6 +129,7 @@ def _records(workdir):
   return [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_am_adamw_logs_beta_and_resumes_bit_identically_through_spikes(tmp_path):
   cfg = TrainConfig(steps=12, batch_size=8, learning_rate=1e-2, optimizer="am_adamw",
                     gradient_spikes=(4, 9), eval_every=0, eval_batches=1, checkpoint_every=6,
@@ -154,6 +155,7 @@ def test_am_adamw_logs_beta_and_resumes_bit_identically_through_spikes(tmp_path)
           progress=False)
 
 
+@pytest.mark.slow
 def test_optimizers_without_beta_log_none(tmp_path):
   cfg = TrainConfig(steps=2, batch_size=8, learning_rate=1e-2, optimizer="spam", eval_every=0,
                     eval_batches=1, log_every=1)

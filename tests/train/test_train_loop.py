@@ -32,6 +32,7 @@ def _records(workdir):
   return [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_train_logs_evaluates_checkpoints_and_learns(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=60, checkpoint_every=25, eval_every=30, log_every=10)
   task = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=3)
@@ -53,6 +54,7 @@ def test_train_logs_evaluates_checkpoints_and_learns(tmp_path):
   assert logits.shape == (2, task.seq_len, task.vocab_size)
 
 
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path, capsys):
   straight = train(MODEL, TRAIN, TASK, tmp_path / "straight", progress=False)
   half = dataclasses.replace(TRAIN, steps=TRAIN.steps // 2)
@@ -75,6 +77,7 @@ def test_resume_is_bit_identical(tmp_path, capsys):
     train(MODEL, shorter, TASK, tmp_path / "run", progress=False)
 
 
+@pytest.mark.slow
 def test_module_state_and_aux_losses_are_trained_carried_and_resumed(tmp_path):
   # Affine-scaled attention keeps a running mean of α (not a parameter); the flux router draws
   # Gumbel noise from its own random stream; mixture-of-heads and the router add losses.

@@ -28,6 +28,7 @@ def _losses(result):
   return [r["train_loss"] for r in result.history if "train_loss" in r]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adamw", "mkor"])
 def test_k_micro_batches_of_b_equal_one_batch_of_k_times_b(tmp_path, optimizer):
   whole = train(MODEL, dataclasses.replace(TRAIN, optimizer=optimizer), TASK, tmp_path / "one",
@@ -39,6 +40,7 @@ def test_k_micro_batches_of_b_equal_one_batch_of_k_times_b(tmp_path, optimizer):
   assert _max_relative_difference(split.params, whole.params) <= 1e-5
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_trains_with_float32_master_weights(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=50, learning_rate=3e-3, log_every=10,
                             compute_dtype="bfloat16")
@@ -49,6 +51,7 @@ def test_bfloat16_compute_trains_with_float32_master_weights(tmp_path):
   assert result.model.config.dtype == "bfloat16"
 
 
+@pytest.mark.slow
 def test_bfloat16_parameters_train(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=50, learning_rate=3e-3, log_every=10,
                             compute_dtype="bfloat16", param_dtype="bfloat16")
@@ -58,6 +61,7 @@ def test_bfloat16_parameters_train(tmp_path):
   assert {x.dtype for x in jax.tree.leaves(result.params)} == {jnp.dtype(jnp.bfloat16)}
 
 
+@pytest.mark.slow
 def test_mkor_by_name_preconditions_the_dense_layers(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=30, learning_rate=3e-3, log_every=10)
   mkor = train(MODEL, dataclasses.replace(cfg, optimizer="mkor"), TASK, tmp_path / "mkor",

@@ -36,6 +36,7 @@ def kjv():
   return load_text_dataset(DATA)
 
 
+@pytest.mark.slow
 def test_a_byte_model_learns_kjv_and_reports_bits_per_byte(kjv, tmp_path):
   result = train(MODEL, dataclasses.replace(TRAIN, steps=40, checkpoint_every=0), kjv, tmp_path,
                  progress=False)

@@ -101,6 +101,7 @@ def test_variant_steps_decode_with_every_layer_option(name, changes):
   _assert_close(got, full)
 
 
+@pytest.mark.slow
 def test_the_flux_router_decodes_by_recomputation():
   model = _model("momentum", flux_router=True, flux_window=3)
   assert decoding_form(model.config) == "recompute"
@@ -110,6 +111,7 @@ def test_the_flux_router_decodes_by_recomputation():
   assert isinstance(cache.layers[0], RecomputeCache)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, changes", [
     ("momentum", {"gate": "elementwise", "moh": True, "moh_shared_heads": 1, "moh_top_k": 2}),
     ("affine", {}),

@@ -66,6 +66,7 @@ def test_layers_get_their_own_variant_and_gamma():
   assert "gamma" not in learned.blocks[1].attn.variant_params
 
 
+@pytest.mark.slow
 def test_learned_gamma_gradient_equals_finite_differences():
   """d loss / d θ of the stored γ parameter (γ = softplus(θ)) by autodiff against central
   differences through the whole model (float32, so a loose tolerance)."""

@@ -64,6 +64,7 @@ def test_output_grad_sum_is_the_bias_gradient_and_input_mean_the_hooked_mean():
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_parameter_gradients_unchanged_and_aux_passed_through():
   model = Transformer(CONFIG, rngs=nnx.Rngs(0))
   tokens = _tokens()

@@ -65,6 +65,7 @@ def _bits(model):
   return graphdef, [np.array(as_data(x)) for x in jax.tree.leaves(state)]
 
 
+@pytest.mark.slow
 def test_generation_decodes_in_evaluation_mode_and_leaves_the_model_as_it_was():
   # Training mode: affine attention's α_ma updates and the flux router draws noise on every call.
   config = dataclasses.replace(CONFIG, attention="affine", attention_params={}, flux_router=True,

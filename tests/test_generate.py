@@ -34,6 +34,7 @@ def test_the_command_samples_the_trained_text_model(tmp_path, capsys):
   for a, b in zip(restored, jax.tree.leaves(result.params), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+@pytest.mark.slow
 def test_a_synthetic_task_run_and_an_empty_workdir_are_refused(tmp_path):
   task = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
   model = dataclasses.replace(MODEL, vocab_size=16, context_len=task.seq_len)

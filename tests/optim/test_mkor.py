@@ -312,6 +312,7 @@ def test_end_to_end_transformer_under_jit_without_recompiling():
   assert not np.allclose(layer.a_inv, np.eye(16), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_bf16_params_keep_dtype():
   graphdef, params, rest = _tiny_transformer(jnp.bfloat16)
   tx = mkor(optax.adam(1e-3), inv_freq=1)

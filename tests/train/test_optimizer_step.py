@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from momentum_jax.data import InductionTask
@@ -12,6 +13,7 @@ from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.train import masked_cross_entropy, optimizer_step, token_loss
 
 
+@pytest.mark.slow
 def test_step_is_the_optimizer_update_on_the_gradient_of_the_masked_token_loss():
   task = InductionTask(vocab_size=16, segment_len=4, max_gap=2)
   config = TransformerConfig(vocab_size=16, context_len=task.seq_len, num_layers=1, d_model=16,

@@ -135,11 +135,15 @@ def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
   ]
 
 
-def checkpoint_manager(workdir: pathlib.Path) -> ocp.CheckpointManager:
-  """An async ``CheckpointManager`` over ``workdir/checkpoints`` keeping the last few steps."""
+def checkpoint_manager(workdir: pathlib.Path, *, create: bool = True) -> ocp.CheckpointManager:
+  """An async ``CheckpointManager`` over ``workdir/checkpoints`` keeping the last few steps.
+
+  ``create=False`` is for a reader: the folder is not created when it is missing (a reader checks
+  that it exists first; reading must not leave folders behind at a mistyped path).
+  """
   return ocp.CheckpointManager(
       workdir.absolute() / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=_MAX_TO_KEEP, create=True),
+      options=ocp.CheckpointManagerOptions(max_to_keep=_MAX_TO_KEEP, create=create),
       item_handlers={
           "state": ocp.StandardCheckpointHandler(),
           "config": ocp.JsonCheckpointHandler(),

@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from momentum_jax.experiments.bench.timing import interleaved_medians

@@ -3,6 +3,10 @@
     python -m momentum_jax.generate --workdir runs/text_lm/momentum_g0.25 --prompt "In the"
         [--max-new-tokens 200] [--temperature 0.8] [--top-k 40] [--top-p 1.0] [--seed 0]
 
+``--workdir`` is a model's folder (inside an experiment's run folder, one per model). The
+prompt and its continuation must fit the model's context: a ``--max-new-tokens`` past it is
+refused, never shortened. An error exits with status 2 and one line on stderr naming the argument.
+
 Only the command line lives here. In code, ``momentum_jax.train.load_run`` reads a run's model
 and tokeniser and ``momentum_jax.nn.generate`` samples through the KV cache, so the model's
 attention must have a decoding form.
@@ -31,15 +35,23 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument("--top-p", type=float, default=1.0)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  model, tokenizer = load_run(args.workdir)
-  prompt_ids = tokenizer.encode(args.prompt)
-  room = model.config.context_len - len(prompt_ids)
-  if not prompt_ids.size or room < 0:
-    raise ValueError(f"--prompt must encode to 1..{model.config.context_len} tokens (the model's "
-                     f"context_len), got {len(prompt_ids)}")
-  tokens = generate(model, jnp.asarray(prompt_ids)[None], min(args.max_new_tokens, room),
-                    rng=jax.random.key(args.seed), temperature=args.temperature,
-                    top_k=args.top_k, top_p=args.top_p)
+  try:
+    model, tokenizer = load_run(args.workdir)
+    prompt_ids = tokenizer.encode(args.prompt)
+    context_len = model.config.context_len
+    if not 1 <= len(prompt_ids) <= context_len:
+      raise ValueError(f"--prompt must encode to 1..{context_len} tokens (the model's "
+                       f"context_len), got {len(prompt_ids)}")
+    room = context_len - len(prompt_ids)
+    if not 0 <= args.max_new_tokens <= room:
+      raise ValueError(f"--max-new-tokens must be in 0..{room} (the model's context_len "
+                       f"{context_len} less the prompt's {len(prompt_ids)} tokens), got "
+                       f"{args.max_new_tokens}")
+    tokens = generate(model, jnp.asarray(prompt_ids)[None], args.max_new_tokens,
+                      rng=jax.random.key(args.seed), temperature=args.temperature,
+                      top_k=args.top_k, top_p=args.top_p)
+  except (OSError, ValueError) as error:  # a bad argument or run folder: named, on one line
+    parser.exit(2, f"{parser.prog}: error: {' '.join(str(error).split())}\n")
   text = tokenizer.decode(tokens[0])
   print(text)
   return text

@@ -2,7 +2,7 @@
 from the model config in the checkpoint's signature, and the tokeniser saved with the run.
 
 The tokeniser is ``tokenizer.json`` in the workdir or the folder above it (where
-``experiments/text_lm`` saves it); a byte-level run needs none.
+``experiments/text_lm`` saves it); a byte-level run needs none. Reading a run creates no folder.
 """
 
 from __future__ import annotations
@@ -34,10 +34,24 @@ def load_run(workdir: str | os.PathLike[str]) -> tuple[Transformer, Tokenizer]:
     text = tokenizer.decode(momentum_jax.nn.generate(model, prompt_1xP, 50)[0])
 
   Raises:
-    ValueError: ``workdir`` has no readable checkpoint, or the run has no tokeniser.
+    FileNotFoundError: ``workdir`` does not exist.
+    NotADirectoryError: ``workdir`` is a file.
+    ValueError: ``workdir`` has no readable checkpoint (when it is an experiment's run folder, the
+      message lists its model folders, the workdirs to choose from), or the run has no tokeniser.
   """
   workdir = pathlib.Path(workdir)
-  manager = checkpoint.checkpoint_manager(workdir)
+  if not workdir.exists():
+    raise FileNotFoundError(f"workdir={str(workdir)!r} does not exist")
+  if not workdir.is_dir():
+    raise NotADirectoryError(f"workdir={str(workdir)!r} is a file, not a run's folder")
+  if not _has_steps(workdir):
+    models = sorted(folder.name for folder in workdir.iterdir() if _has_steps(folder))
+    if models:
+      raise ValueError(
+          f"workdir={str(workdir)!r} holds no checkpoint, but these model folders in it do: "
+          f"{', '.join(models)}; choose one as the workdir: {workdir / '<model>'}")
+    raise ValueError(f"workdir={str(workdir)!r} holds no checkpoint, nor does any folder in it")
+  manager = checkpoint.checkpoint_manager(workdir, create=False)
   try:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
@@ -55,6 +69,12 @@ def load_run(workdir: str | os.PathLike[str]) -> tuple[Transformer, Tokenizer]:
     raise ValueError(f"workdir={str(workdir)!r} holds no readable checkpoint")
   state = TrainState.from_checkpoint_tree(restored.state, like=fresh)
   return nnx.merge(graphdef, state.params, state.rest), _tokenizer(workdir, signature["task"])
+
+
+def _has_steps(folder: pathlib.Path) -> bool:
+  """Whether ``folder`` is a train() workdir: its ``checkpoints`` holds a step's folder."""
+  steps = folder / "checkpoints"
+  return steps.is_dir() and any(step.name.isdigit() and step.is_dir() for step in steps.iterdir())
 
 
 def _tokenizer(workdir: pathlib.Path, data: dict[str, Any]) -> Tokenizer:

@@ -26,6 +26,7 @@ from typing import ParamSpec, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import checkify
 
 from momentum_jax.core.checks import is_concrete, runtime_checks, runtime_checks_enabled
@@ -39,15 +40,16 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
   output and raises when a check fails.
 
   It runs ``checkify.checkify(fn, errors=checkify.user_checks)`` while the checks are switched
-  on and throws the error it returns. ``fn`` may be jitted (``checked(jax.jit(f))``: the inner
-  function is traced again with the checks) and the result may be jitted
-  (``jax.jit(checked(f))``). Called outside a trace, a failed check raises
-  ``checkify.JaxRuntimeError`` (a ``ValueError``) when the call returns; under the caller's
-  ``jax.jit`` it raises ``jax.errors.JaxRuntimeError`` with the same message when the compiled
-  computation runs (a host callback), so block on the output to see it.
+  on and raises the check that failed. ``fn`` may be jitted (``checked(jax.jit(f))``: the inner
+  function is traced again with the checks), the form to use: a failed check raises
+  ``checkify.JaxRuntimeError`` (a ``ValueError``) when the call returns, its message the check's
+  ("tokens must be in [0, vocab_size=64), got a token id of 64 at tokens[0, 5]"). The result may
+  also be jitted (``jax.jit(checked(f))``); then the check runs in a host callback when the
+  compiled computation runs, and XLA reports it as ``jax.errors.JaxRuntimeError`` whose message
+  starts with XLA's own words ("INTERNAL: CpuCallback error") and ends with the check's.
 
   Example:
-    >>> logits = jax.jit(checked(lambda tokens: model(tokens)))(tokens_BxT)
+    >>> logits = checked(jax.jit(lambda tokens: model(tokens)))(tokens_BxT)
   """
 
   @functools.wraps(fn)
@@ -55,17 +57,40 @@ def checked(fn: Callable[P, R]) -> Callable[P, R]:
     with runtime_checks(True):
       error, out = checkify.checkify(fn, errors=checkify.user_checks)(*args, **kwargs)
     if all(is_concrete(leaf) for leaf in jax.tree.leaves(error)):
-      error.throw()
+      _raise_failed_check(error)
     else:
-      jax.debug.callback(checkify.Error.throw, error)
+      jax.debug.callback(_raise_failed_check, error)
     return out
 
   return run_checked
 
 
+def _raise_failed_check(error: checkify.Error) -> None:
+  """Raises ``checkify.JaxRuntimeError`` with the failed check's own message first (checkify's
+  suffix " (`check` failed)" dropped), chained to checkify's exception; nothing if none failed."""
+  failed = error.get_exception()
+  if failed is not None:
+    raise checkify.JaxRuntimeError(str(failed).removesuffix(" (`check` failed)")) from failed
+
+
+def check_token_values(name: str, tokens: object, vocab_size: int) -> None:
+  """Raises ``ValueError`` unless the concrete ``[B, T]`` token ids ``tokens`` are all in
+  ``[0, vocab_size)``, naming ``name``, the first bad id (row-major) and where it is."""
+  tokens_BxT = np.asarray(tokens)
+  valid_BxT = (tokens_BxT >= 0) & (tokens_BxT < vocab_size)
+  if not valid_BxT.all():
+    row, column = np.argwhere(~valid_BxT)[0]
+    raise ValueError(f"{name} must be in [0, vocab_size={vocab_size}), got a token id of "
+                     f"{tokens_BxT[row, column]} at {name}[{row}, {column}]")
+
+
 def check_token_ids(tokens_BxT: jax.Array, vocab_size: int) -> None:
-  """Inside :func:`checked`, a checkify check that every token id is in ``[0, vocab_size)``,
-  naming the first bad id and where it is; nothing otherwise."""
+  """That every token id is in ``[0, vocab_size)``, naming the first bad id and where it is:
+  concrete ids are checked now (:func:`check_token_values`), traced ones by a checkify check
+  inside :func:`checked`, and not at all otherwise."""
+  if is_concrete(tokens_BxT):
+    check_token_values("tokens", tokens_BxT, vocab_size)
+    return
   if not runtime_checks_enabled():
     return
   valid_BxT = (tokens_BxT >= 0) & (tokens_BxT < vocab_size)

@@ -18,16 +18,51 @@ import numpy as np
 from flax import nnx
 
 from momentum_jax.nn.decoding import decode, init_cache
+from momentum_jax.nn.input_checks import check_token_values
 from momentum_jax.nn.transformer import Transformer
+
+
+def _is_int(value: object) -> bool:
+  """A Python or NumPy integer, not a bool."""
+  return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
   if not temperature >= 0.0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got temperature={temperature!r}")
-  if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+  if top_k is not None and (not _is_int(top_k) or top_k < 1):
     raise ValueError(f"top_k must be None or an int >= 1, got top_k={top_k!r}")
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f"top_p must be in (0, 1], got top_p={top_p!r}")
+
+
+def _check_rng(rng: object) -> None:
+  """Raises ``TypeError`` unless ``rng`` is a JAX PRNG key: a typed key (``jax.random.key``) or
+  a legacy ``uint32[2]`` key (``jax.random.PRNGKey``). Shape and dtype only: holds under jit."""
+  dtype, shape = getattr(rng, "dtype", None), getattr(rng, "shape", None)
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  if not (shape == () if typed else shape == (2,) and dtype == np.uint32):
+    shown = f"rng={rng!r}" if dtype is None else f"rng.dtype={dtype}, rng.shape={shape}"
+    raise TypeError(f"rng must be a JAX PRNG key, jax.random.key(seed) (or a legacy uint32[2] "
+                    f"jax.random.PRNGKey(seed)), got {shown}")
+
+
+def _check_prompt(prompt: object, vocab_size: int) -> np.ndarray:
+  """The concrete prompt as a NumPy array, after checking that it is ``[B, P >= 1]`` integer
+  token ids in ``[0, vocab_size)``; raises ``TypeError`` / ``ValueError`` naming
+  ``prompt_tokens``, as the model does for ``tokens``."""
+  if isinstance(prompt, (str, bytes)):
+    raise TypeError(f"prompt_tokens must be integer token ids [batch, P], got the string "
+                    f"prompt_tokens={prompt!r} (encode it with the model's tokenizer first)")
+  prompt_BxP = np.asarray(prompt)
+  if not np.issubdtype(prompt_BxP.dtype, np.integer):
+    raise TypeError(f"prompt_tokens must be integer token ids, got "
+                    f"prompt_tokens.dtype={prompt_BxP.dtype}")
+  if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < 1:
+    raise ValueError(f"prompt_tokens must be [batch, P >= 1], got "
+                     f"prompt_tokens.shape={prompt_BxP.shape}")
+  check_token_values("prompt_tokens", prompt_BxP, vocab_size)
+  return prompt_BxP
 
 
 def sample_next(logits_BxV: jax.Array, rng: jax.Array | None, *, temperature: float = 0.0,
@@ -40,6 +75,7 @@ def sample_next(logits_BxV: jax.Array, rng: jax.Array | None, *, temperature: fl
     return jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
   if rng is None:
     raise ValueError(f"rng must be a PRNG key when temperature={temperature} > 0")
+  _check_rng(rng)
   logits_BxV = logits_BxV / temperature
   if top_k is not None and top_k < logits_BxV.shape[-1]:
     kth_Bx1 = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
@@ -85,31 +121,50 @@ def generate(model: Transformer, prompt_tokens_BxP: jax.Array, max_new_tokens: i
 
   Args:
     model: a causal model (``momentum_jax.nn.check_decodable``).
-    prompt_tokens_BxP: int token ids, P >= 1; row b's prompt is its last ``prompt_lengths[b]``
-      tokens (all P when ``prompt_lengths`` is None), the rest any token id.
-    max_new_tokens: tokens to generate, >= 0; P + max_new_tokens must fit ``context_len``.
-    rng: PRNG key for sampling (needed when ``temperature > 0``).
+    prompt_tokens_BxP: concrete integer token ids in ``[0, vocab_size)``, P >= 1; row b's
+      prompt is its last ``prompt_lengths[b]`` tokens (all P when ``prompt_lengths`` is None),
+      the rest any token id in range.
+    max_new_tokens: tokens to generate, an int (Python or NumPy) >= 0; P + max_new_tokens must
+      fit ``context_len``.
+    rng: a JAX PRNG key, ``jax.random.key(seed)`` or a legacy ``jax.random.PRNGKey(seed)``
+      (needed when ``temperature > 0``).
     temperature: 0 = greedy, else the softmax temperature.
     top_k: keep only the k largest logits (None = all).
     top_p: nucleus mass in (0, 1] (1 = all).
-    eos_id: the end-of-sequence token, or None.
+    eos_id: the end-of-sequence token id in ``[0, vocab_size)``, or None.
     prompt_lengths: ``[B]`` ints in [1, P], the prompt lengths of left-padded prompts.
 
   Raises:
     ValueError: naming the argument: a prompt that is not ``[B, P]`` or longer than the cache,
-      ``prompt_lengths`` not ``[B]`` ints in [1, P],
-      a negative ``max_new_tokens``, ``temperature < 0``, ``top_p`` outside (0, 1], a bad
-      ``top_k``, or no ``rng`` for sampling.
+      a token id of the prompt or ``eos_id`` outside ``[0, vocab_size)`` (with its position),
+      ``prompt_lengths`` not ``[B]`` ints in [1, P], a negative ``max_new_tokens``,
+      ``temperature < 0``, ``top_p`` outside (0, 1], a bad ``top_k``, or no ``rng`` for
+      sampling.
+    TypeError: naming the argument: a prompt that is not integer token ids (a float array, a
+      string), a ``max_new_tokens`` or ``eos_id`` that is not an int (a bool, a float), an
+      ``rng`` that is not a PRNG key.
   """
   _check_sampling(temperature, top_k, top_p)
-  prompt_tokens_BxP = jnp.asarray(prompt_tokens_BxP, jnp.int32)
-  if prompt_tokens_BxP.ndim != 2 or prompt_tokens_BxP.shape[1] < 1:
-    raise ValueError(f"prompt_tokens must be [batch, P >= 1], got "
-                     f"prompt_tokens.shape={tuple(prompt_tokens_BxP.shape)}")
-  if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+  vocab_size = model.config.vocab_size
+  prompt_BxP = _check_prompt(prompt_tokens_BxP, vocab_size)
+  if not _is_int(max_new_tokens):
+    raise TypeError(f"max_new_tokens must be an int, got max_new_tokens={max_new_tokens!r} "
+                    f"({type(max_new_tokens).__name__})")
+  if max_new_tokens < 0:
     raise ValueError(f"max_new_tokens must be an int >= 0, got max_new_tokens={max_new_tokens!r}")
-  if temperature > 0.0 and rng is None:
+  max_new_tokens = int(max_new_tokens)
+  if rng is not None:
+    _check_rng(rng)
+  elif temperature > 0.0:
     raise ValueError(f"rng must be a PRNG key when temperature={temperature} > 0")
+  if eos_id is not None:
+    if not _is_int(eos_id):
+      raise TypeError(f"eos_id must be None or an int token id, got eos_id={eos_id!r} "
+                      f"({type(eos_id).__name__})")
+    if not 0 <= eos_id < vocab_size:
+      raise ValueError(f"eos_id must be in [0, vocab_size={vocab_size}), got eos_id={eos_id}")
+    eos_id = int(eos_id)
+  prompt_tokens_BxP = jnp.asarray(prompt_BxP, jnp.int32)
   batch, prompt_len = prompt_tokens_BxP.shape
   max_len = prompt_len + max_new_tokens
   if max_len > model.config.context_len:

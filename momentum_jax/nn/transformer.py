@@ -11,8 +11,9 @@ routing (``moh.py``), the α projection of affine-scaled attention (``affine.py`
 full-vs-sliding-window layer router (``flux_router.py``). Their losses (MoH load balance, flux
 sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
 
-Input checks: shapes and dtypes of the inputs are checked while tracing. Values are checked
-under ``jax.jit`` only inside :func:`momentum_jax.nn.checked` (``input_checks.py``, through
+Input checks: shapes and dtypes of the inputs are checked while tracing. Concrete token ids (an
+eager call) are checked to be in ``[0, vocab_size)`` at once. Traced values are checked under
+``jax.jit`` only inside :func:`momentum_jax.nn.checked` (``input_checks.py``, through
 ``jax.experimental.checkify``): token ids in ``[0, vocab_size)`` and a traced γ >= 0 and not NaN.
 Without it the model traces with no value check and no cost.
 """
@@ -358,14 +359,15 @@ class Transformer(nnx.Module):
     ...                                      names_filter="blocks.0.attn.hook_pattern")
 
   Input checks: the shape and dtype of ``tokens``, ``positions`` and ``segment_ids`` and
-  ``seq_len <= context_len`` raise ``ValueError`` / ``TypeError`` while tracing. Values are
-  checked only under :func:`momentum_jax.nn.checked`, which holds under ``jax.jit``: token ids
-  must be in ``[0, vocab_size)`` ("tokens must be in [0, vocab_size=64), got a token id of 64 at
-  tokens[0, 5]"; out of range, the embedding gives NaN logits above and wraps silently below)
-  and a traced γ of momentum attention must be >= 0 and not NaN. Without ``checked`` the model
-  emits no value check and costs nothing more::
+  ``seq_len <= context_len`` raise ``ValueError`` / ``TypeError`` while tracing. Token ids must
+  be in ``[0, vocab_size)`` ("tokens must be in [0, vocab_size=64), got a token id of 64 at
+  tokens[0, 5]"; out of range, the embedding gives NaN logits above and wraps silently below):
+  concrete ids (an eager call) raise ``ValueError`` at once. Traced values are checked only under
+  :func:`momentum_jax.nn.checked`, which holds under ``jax.jit``: the token ids, and a traced γ
+  of momentum attention must be >= 0 and not NaN. Without ``checked`` the traced model emits no
+  value check and costs nothing more::
 
-    >>> logits = jax.jit(checked(lambda tokens: model(tokens)))(tokens_BxT)
+    >>> logits = checked(jax.jit(lambda tokens: model(tokens)))(tokens_BxT)
 
   Every method runs :meth:`forward`, the one forward path of training, prefill and decoding:
   with a decoding state (``momentum_jax.nn.init_cache``) the tokens are the new rows of each
@@ -509,9 +511,10 @@ class Transformer(nnx.Module):
     (captures and forward hooks) and the layers' auxiliary losses into ``aux`` when it is a dict.
 
     Raises:
-      ValueError: bad token, position or segment shapes (see the class); decoding, tokens not
-        ``[B, T]`` with the state's B, positions given, segment ids that do not fit the state,
-        or (with a concrete length) tokens past the state's ``max_len``.
+      ValueError: bad token, position or segment shapes (see the class); concrete token ids
+        outside ``[0, vocab_size)``; decoding, tokens not ``[B, T]`` with the state's B,
+        positions given, segment ids that do not fit the state, or (with a concrete length)
+        tokens past the state's ``max_len``.
     """
     tokens_BxT = jnp.asarray(tokens_BxT)
     step = None

@@ -1,5 +1,6 @@
-"""Input safety: bad configs raise when built; bad token ids and a NaN or negative γ raise under
-``jax.jit`` inside ``checked`` (checkify); without ``checked`` the model emits no check."""
+"""Input safety: bad configs raise when built; concrete bad token ids raise in an eager call; bad
+token ids and a NaN or negative γ raise under ``jax.jit`` inside ``checked`` (checkify), with the
+named message first; without ``checked`` the traced model emits no check."""
 
 import inspect
 import re
@@ -13,7 +14,7 @@ from jax.experimental import checkify
 
 import momentum_jax.attention as attn
 from momentum_jax.attention import registry
-from momentum_jax.nn import Transformer, TransformerConfig, checked
+from momentum_jax.nn import Transformer, TransformerConfig, checked, decode, init_cache
 
 VOCAB = 64
 
@@ -86,7 +87,32 @@ def test_check_per_head_rejects_a_string_naming_the_argument():
     check_per_head("decay", "abc", 4)
 
 
+# Checks of concrete token ids, in an eager call.
+
+
+@pytest.mark.parametrize("bad", [VOCAB, -1])
+@pytest.mark.parametrize("as_array", [np.asarray, jnp.asarray])
+def test_out_of_range_token_raises_in_an_eager_call(bad, as_array):
+  model = _model(num_layers=1)
+  tokens = as_array(TOKENS.at[1, 3].set(bad).at[1, 5].set(bad))
+  message = f"tokens must be in [0, vocab_size={VOCAB}), got a token id of {bad} at tokens[1, 3]"
+  for forward in (model, lambda t: model.run_with_cache(t)[0],
+                  lambda t: model.logits_and_aux_loss(t)[0],
+                  lambda t: decode(model, t, init_cache(model, 2, 8))[0]):
+    with pytest.raises(ValueError, match=re.escape(message)):
+      forward(tokens)
+
+
 # Checks under jit, inside `checked`.
+
+
+def test_checked_raises_the_named_message_first():
+  model = _model(num_layers=1)
+  tokens = TOKENS.at[1, 3].set(VOCAB)
+  message = f"tokens must be in [0, vocab_size={VOCAB}), got a token id of {VOCAB} at tokens[1, 3]"
+  with pytest.raises(ValueError) as raised:
+    checked(jax.jit(lambda t: model(t)))(tokens)
+  assert str(raised.value).splitlines()[0] == message
 
 
 @pytest.mark.parametrize("bad,where", [(VOCAB, "[1, 3]"), (-1, "[1, 3]"), (10**6, "[1, 3]")])

@@ -1,9 +1,12 @@
 """generate: greedy equals the argmax of repeated full forward passes; left-padded prompts of
 different lengths continue as each would alone; generation decodes in evaluation mode and leaves
 the model's state and mode bit-identical; sampling honours top_k, top_p and the rng; eos fills
-the rest; bad arguments raise naming them."""
+the rest; bad arguments raise naming them: prompt token ids out of range or not integers,
+``eos_id`` outside the vocabulary, an ``rng`` that is not a key, a ``max_new_tokens`` that is not
+an int (NumPy ints are ints)."""
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -122,3 +125,87 @@ def test_bad_arguments_are_named(model, kwargs, match):
   kwargs = {"max_new_tokens": 3, **kwargs}
   with pytest.raises(ValueError, match=match):
     generate(model, jnp.zeros((1, 4), jnp.int32), **kwargs)
+
+
+TINY = TransformerConfig(vocab_size=16, context_len=8, d_model=16, num_heads=2, mlp_dim=0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return Transformer(TINY, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("bad", [16, -1, 2**40])
+def test_out_of_range_prompt_token_is_named_with_its_position(tiny, bad):
+  prompt = np.zeros((2, 4), np.int64)
+  prompt[1, 2:] = bad
+  message = f"prompt_tokens must be in [0, vocab_size=16), got a token id of {bad} at " \
+            f"prompt_tokens[1, 2]"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    generate(tiny, prompt, 2)
+
+
+def test_out_of_range_pad_of_a_left_padded_prompt_is_named(tiny):
+  with pytest.raises(ValueError, match=re.escape("got a token id of -1 at prompt_tokens[0, 0]")):
+    generate(tiny, [[-1, 3, 4]], 2, prompt_lengths=[2])
+
+
+@pytest.mark.parametrize("prompt", [jnp.asarray([[1.0, 7.9]]), [[1.0, float("nan")]],
+                                    np.asarray([[True, False]])])
+def test_non_integer_prompt_is_refused_not_cast(tiny, prompt):
+  with pytest.raises(TypeError, match="prompt_tokens must be integer token ids, got "
+                                      "prompt_tokens.dtype="):
+    generate(tiny, prompt, 2)
+
+
+def test_string_prompt_is_named(tiny):
+  with pytest.raises(TypeError, match=re.escape("got the string prompt_tokens='hello' (encode "
+                                                "it with the model's tokenizer first)")):
+    generate(tiny, "hello", 2)
+
+
+@pytest.mark.parametrize("eos_id, error, message", [
+    (16, ValueError, "eos_id must be in [0, vocab_size=16), got eos_id=16"),
+    (-1, ValueError, "eos_id must be in [0, vocab_size=16), got eos_id=-1"),
+    (1.0, TypeError, "eos_id must be None or an int token id, got eos_id=1.0 (float)"),
+    (True, TypeError, "eos_id must be None or an int token id, got eos_id=True (bool)"),
+])
+def test_eos_id_outside_the_vocabulary_is_named(tiny, eos_id, error, message):
+  with pytest.raises(error, match=re.escape(message)):
+    generate(tiny, [[1, 2]], 2, eos_id=eos_id)
+
+
+@pytest.mark.parametrize("rng, shown", [
+    (42, "rng=42"), ("0", "rng='0'"),
+    (np.asarray([0, 42], np.int32), "rng.dtype=int32, rng.shape=(2,)"),
+    (jax.random.split(jax.random.key(0)), "rng.dtype=key<fry>, rng.shape=(2,)"),
+])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_rng_that_is_not_a_key_is_named(tiny, rng, shown, temperature):
+  message = "rng must be a JAX PRNG key, jax.random.key(seed) (or a legacy uint32[2] " \
+            f"jax.random.PRNGKey(seed)), got {shown}"
+  with pytest.raises(TypeError, match=re.escape(message)):
+    generate(tiny, [[1, 2]], 2, rng=rng, temperature=temperature)
+  if temperature:
+    with pytest.raises(TypeError, match=re.escape(message)):
+      sample_next(jnp.zeros((1, 16)), rng, temperature=temperature)
+
+
+def test_typed_and_legacy_keys_both_sample():
+  logits = jnp.zeros((3, 16))
+  for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+    assert sample_next(logits, key, temperature=1.0).shape == (3,)
+
+
+def test_numpy_int_max_new_tokens_is_an_int(tiny):
+  out = generate(tiny, [[1, 2]], np.int64(3))
+  assert out.shape == (1, 5) and out.dtype == jnp.int32
+  np.testing.assert_array_equal(out, generate(tiny, [[1, 2]], 3))
+
+
+@pytest.mark.parametrize("max_new_tokens, shown", [(True, "True (bool)"), (3.0, "3.0 (float)"),
+                                                   ("3", "'3' (str)")])
+def test_max_new_tokens_that_is_not_an_int_is_named(tiny, max_new_tokens, shown):
+  with pytest.raises(TypeError, match=re.escape(f"max_new_tokens must be an int, got "
+                                                f"max_new_tokens={shown}")):
+    generate(tiny, [[1, 2]], max_new_tokens)

@@ -10,6 +10,11 @@ never meet; each model trains in
 ``<run folder>/<model name>``, which is where another experiment reads it from
 (``head_detection --output-dir runs/single_layer_induction``).
 
+One run per folder: the experiment holds an exclusive lock on its run folder for the rest of its
+process (``momentum_jax.train.run_lock``; the operating system releases it however the process
+ends), and ``train`` locks each model folder in it, so a second run into the same folder exits at
+once (status 2) naming the folder and the process id that holds it.
+
 Resuming is the default: ``train`` continues each model from its latest checkpoint and prints a
 line saying so, or that the model had finished and is skipped. ``--fresh`` removes the model
 folders of this run (and with them their checkpoints) first, saying which.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -42,6 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
+from momentum_jax.train.run_lock import RunFolderLockedError, RunLock, hold_until_exit
 
 QUICK_FOLDER = "quick"
 OVERRIDE_PREFIX = "--config."
@@ -100,7 +107,9 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
                      get_config: Callable[[bool], Any], *,
                      workdirs: Callable[[Any], Iterable[str]] = model_names,
                      presets: Mapping[str, Callable[[], Any]] | None = None) -> ExperimentRun:
-  """Parses the command line, resolves the config and prepares the run folder.
+  """Parses the command line, resolves the config and prepares the run folder: creates it and
+  takes its lock for the rest of this process (``run_lock.hold_until_exit``), then, with
+  ``--fresh``, removes the model folders.
 
   Args:
     argv: the arguments (``None``: ``sys.argv[1:]``).
@@ -113,7 +122,9 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
       instead of ``get_config``'s; a preset's run folder is ``<output root>/<NAME>``.
 
   Returns:
-    The run. A malformed override exits through ``argparse`` (status 2) with a message naming it.
+    The run. A malformed override exits through ``argparse`` (status 2) with a message naming
+    it; so does a run folder that another run holds (naming the folder and the holder's process
+    id) or that cannot be made because a file is in the way.
   """
   parser = _parser(doc, name, get_config(False), presets or {})
   args, rest = parser.parse_known_args(argv)
@@ -128,9 +139,12 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
     parser.error(str(error))
   root = pathlib.Path(args.output_dir)
   out_dir = root / QUICK_FOLDER if args.quick else root / preset if preset else root
-  if args.fresh:
-    _remove_workdirs(out_dir, workdirs(config))
-  out_dir.mkdir(parents=True, exist_ok=True)
+  try:
+    hold_until_exit(out_dir)
+    if args.fresh:
+      _remove_workdirs(out_dir, workdirs(config))
+  except (RunFolderLockedError, NotADirectoryError) as error:
+    parser.error(str(error))
   return ExperimentRun(name=name, quick=args.quick, progress=not args.no_progress,
                        out_dir=out_dir, config=config, overrides=overrides)
 
@@ -172,9 +186,12 @@ def _remove_workdirs(out_dir: pathlib.Path, names: Iterable[str]) -> None:
   existing = [out_dir / name for name in names if (out_dir / name).exists()]
   if not existing:
     print(f"--fresh: no model folders to remove in {out_dir}")
-  for path in existing:
-    print(f"--fresh: removing {path}")
-    shutil.rmtree(path)
+  with contextlib.ExitStack() as locks:
+    for path in existing:  # none is removed while another run trains in one of them
+      locks.enter_context(RunLock(path))
+    for path in existing:
+      print(f"--fresh: removing {path}")
+      shutil.rmtree(path)
 
 
 def parse_overrides(args: Sequence[str]) -> dict[str, Any]:

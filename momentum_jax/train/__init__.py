@@ -3,12 +3,15 @@ packed text; data / FSDP / tensor-parallel meshes; mixed precision; gradient acc
 orbax checkpoints of its ``TrainState`` that resume on another mesh and skip damaged steps, and
 ``load_run``, which reads a trained run back for generation."""
 
-from momentum_jax.train.checkpoint import ConfigMismatchError, CorruptCheckpointWarning
+from momentum_jax.train.checkpoint import (
+    ConfigMismatchError, CorruptCheckpointWarning, NonFiniteStateError)
 from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
+from momentum_jax.train.divergence import TrainingDivergedError
 from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_second
 from momentum_jax.train.loop import METRICS_FILE, TENSORBOARD_DIR, TrainResult, train
 from momentum_jax.train.loss import (
     masked_accuracy, masked_cross_entropy, masked_sums, momentum_distillation_loss)
+from momentum_jax.train.run_lock import RunFolderLockedError
 from momentum_jax.train.saved_run import load_run
 from momentum_jax.train.sharding import (
     DATA_AXIS,
@@ -35,9 +38,12 @@ __all__ = [
     "TENSOR_AXIS",
     "ConfigMismatchError",
     "CorruptCheckpointWarning",
+    "NonFiniteStateError",
+    "RunFolderLockedError",
     "TrainConfig",
     "TrainResult",
     "TrainState",
+    "TrainingDivergedError",
     "batch_sharding",
     "bytes_per_device",
     "init_train_state",

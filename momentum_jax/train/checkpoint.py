@@ -13,6 +13,9 @@ the middle of an array's zstd-compressed data decodes, without any error, to dif
 ``restore_latest`` recomputes it on what it restored and treats a mismatch like a read error: the
 step is unreadable, set aside into ``workdir/corrupt_checkpoints`` with a warning, and the next
 older step is tried.
+
+``save`` refuses a state holding NaN or ±inf (``NonFiniteStateError``), so a diverged run never
+replaces its last good checkpoint with one it could not resume from.
 """
 
 from __future__ import annotations
@@ -40,6 +43,22 @@ _CAUSE_CHARS = 500  # of the first line of an error's message, in a warning
 
 class CorruptCheckpointWarning(UserWarning):
   """A saved step could not be read (or failed its digest) and was set aside."""
+
+
+class NonFiniteStateError(ValueError):
+  """A state to save holds NaN or ±inf; nothing was saved.
+
+  Attributes:
+    step: the step that was to be saved.
+    arrays: the paths (``jax.tree_util.keystr``) of the arrays holding NaN or ±inf, in tree order.
+  """
+
+  def __init__(self, step: int, directory: os.PathLike[str], arrays: list[str]):
+    super().__init__(
+        f"refused to save step {step} in {directory}: {len(arrays)} array(s) of the state hold "
+        f"NaN or ±inf, first {arrays[0]}")
+    self.step = step
+    self.arrays = arrays
 
 
 class ConfigMismatchError(ValueError):
@@ -164,9 +183,16 @@ def save(
 
   ``state`` is a pytree of arrays (``TrainState.checkpoint_tree``), ``data_state`` a JSON dict (the
   data iterator's position), saved as the ``data`` item when given. The digest is computed here,
-  before the save starts: one jitted reduction over the state's arrays, wherever they live.
+  before the save starts, in the same jitted reduction over the state's arrays (wherever they
+  live) that checks every floating-point array is finite: a checkpoint never holds NaN or ±inf.
+
+  Raises:
+    NonFiniteStateError: a floating-point array of ``state`` holds NaN or ±inf (nothing saved).
   """
-  digest: dict[str, Any] = {"state": _state_digest(state), "config": _json_digest(signature)}
+  state_digest, nonfinite = _state_summary(state)
+  if nonfinite:
+    raise NonFiniteStateError(step, manager.directory, nonfinite)
+  digest: dict[str, Any] = {"state": state_digest, "config": _json_digest(signature)}
   items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(signature)}
   if data_state is not None:
     digest["data"] = _json_digest(data_state)
@@ -329,21 +355,35 @@ def _words(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _leaf_digests(leaves: list[jax.Array]) -> list[jax.Array]:
-  """Per array, ``sum_i words[i] * (2i + 1) mod 2**32``; any one flipped bit changes it.
+def _leaf_summaries(leaves: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+  """Per array, its digest ``sum_i words[i] * (2i + 1) mod 2**32`` (any one flipped bit changes
+  it) and whether it is finite (true for integer arrays).
 
   Integer sums do not depend on the order of addition, so the digest of an array is the same
   whatever its sharding.
   """
   def digest(x: jax.Array) -> jax.Array:
-    words = _words(jnp.asarray(x))
+    words = _words(x)
     weights = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
     return jnp.sum(words * weights, dtype=jnp.uint32)
-  return [digest(x) for x in leaves]
+
+  def finite(x: jax.Array) -> jax.Array:
+    return jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact) else jnp.bool_(True)
+
+  leaves = [jnp.asarray(x) for x in leaves]
+  return [digest(x) for x in leaves], [finite(x) for x in leaves]
+
+
+def _state_summary(state: Any) -> tuple[dict[str, int], list[str]]:
+  """``({keystr(path): digest}, [keystr(path) of each array holding NaN or ±inf])`` of the
+  arrays of ``state``."""
+  flat = jax.tree_util.tree_flatten_with_path(state)[0]
+  digests, finite = jax.device_get(_leaf_summaries([leaf for _, leaf in flat]))
+  paths = [jax.tree_util.keystr(path) for path, _ in flat]
+  return ({path: int(value) for path, value in zip(paths, digests)},
+          [path for path, ok in zip(paths, finite) if not ok])
 
 
 def _state_digest(state: Any) -> dict[str, int]:
   """``{keystr(path): digest}`` over the arrays of ``state``."""
-  flat = jax.tree_util.tree_flatten_with_path(state)[0]
-  values = jax.device_get(_leaf_digests([leaf for _, leaf in flat]))
-  return {jax.tree_util.keystr(path): int(value) for (path, _), value in zip(flat, values)}
+  return _state_summary(state)[0]

@@ -8,7 +8,9 @@ and the step index, so a run resumed from a checkpoint at step k continues bit-i
 uninterrupted one. The step and the evaluation are in ``momentum_jax.train.step``; the placement
 (``(data, fsdp, tensor)`` mesh, parameters sharded by their logical axis names) in
 ``momentum_jax.train.sharding``; checkpoint reading with fallback past damaged steps in
-``momentum_jax.train.checkpoint``.
+``momentum_jax.train.checkpoint``; the lock that keeps a second run out of the workdir in
+``momentum_jax.train.run_lock``; the stop at the first non-finite loss or gradient norm in
+``momentum_jax.train.divergence``.
 
 The held-out evaluation runs the model in eval mode under ``momentum_jax.nn.checked`` (the
 model's input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs
@@ -21,6 +23,7 @@ small learned attention parameters as the variant receives them (``learned γ`` 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -44,9 +47,11 @@ from momentum_jax.data import Batch, Task, TextDataset
 from momentum_jax.nn import Transformer, TransformerConfig, checked
 from momentum_jax.train import checkpoint
 from momentum_jax.train.config import TrainConfig
+from momentum_jax.train.divergence import DivergenceWatch
 from momentum_jax.train.flops import (
     model_flops_per_token, peak_flops_per_second, throughput_metrics)
 from momentum_jax.train.metrics_log import MetricsLog
+from momentum_jax.train.run_lock import RunLock
 from momentum_jax.train.sharding import batch_sharding, make_mesh
 from momentum_jax.train.state import TrainState
 from momentum_jax.train.step import (
@@ -191,6 +196,15 @@ def train(
   used. Resuming under a different package version, model, optimisation, data or experiment
   config raises ``ValueError`` listing each differing key.
 
+  One run per folder: ``train`` (process 0 of a multi-host run) holds an exclusive lock on
+  ``workdir`` while it runs (``momentum_jax.train.run_lock``; released by the operating system
+  however the process ends), and a second run into it stops at once with
+  ``RunFolderLockedError``. A step whose loss or gradient norm is NaN or ±inf stops training
+  with ``TrainingDivergedError`` naming it and the last finite loss; the losses are checked
+  whenever the metrics are logged and before every evaluation and save, and ``checkpoint.save``
+  refuses a non-finite state, so the newest checkpoint stays the last good one
+  (``momentum_jax.train.divergence``).
+
   ``nnx.Param`` state is trained; other module state (running statistics, random-number
   streams) is carried from step to step as the model updates it; both are checkpointed. The
   loss adds the model's weighted auxiliary losses (``Transformer.logits_and_aux_loss``) to the
@@ -222,6 +236,8 @@ def train(
     ValueError: the model does not fit the data, the mesh does not fit the devices or the batch
       (``batch_size`` must divide by the data × fsdp size), or the checkpoint in ``workdir`` was
       saved under another config.
+    RunFolderLockedError: another run holds ``workdir`` (the message names its process id).
+    TrainingDivergedError: a step's loss or gradient norm, or the state after it, is not finite.
   """
   cfg = train_config
   model_config = _with_precision(model_config, cfg)
@@ -230,12 +246,14 @@ def train(
   batch_placement = batch_sharding(mesh, cfg.batch_size)
   workdir = pathlib.Path(workdir)
   signature = checkpoint.run_signature(model_config, cfg, _data_record(data), experiment)
-  manager = checkpoint.checkpoint_manager(workdir)
-  try:
-    return _run(model_config, cfg, data, workdir, manager, signature, mesh, batch_placement,
-                progress)
-  finally:
-    manager.close()
+  # One lock per run: on a multi-host run, the processes share the workdir and process 0 holds it.
+  with RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+    manager = checkpoint.checkpoint_manager(workdir)
+    try:
+      return _run(model_config, cfg, data, workdir, manager, signature, mesh, batch_placement,
+                  progress)
+    finally:
+      manager.close()
 
 
 class _Throughput:
@@ -304,6 +322,8 @@ def _run(
     if text is not None:
       text.train.set_state(restored.data_state)
   params, opt_state, rest, start = state
+  newest_checkpoint = None if restored is None else restored.step
+  watch = DivergenceWatch()
 
   step_static = dict(graphdef=graphdef, cfg=step_config(cfg),
                      task=None if text is not None else data, placement=placement)
@@ -338,19 +358,27 @@ def _run(
             params, opt_state, rest, batch_or_key, jnp.int32(step), **step_static)
         throughput.stepped(metrics)
         done = step + 1
+        watch.stepped(done, metrics)
         if done % cfg.log_every == 0:
+          watch.check(newest_checkpoint)
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
           values.update(throughput.read())
           values.update(nnx.merge(graphdef, params, rest).learned_attention_values())
           log.append(done, values)
           bar.set_postfix(loss=f"{values['train_loss']:.4f}")
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
+          watch.check(newest_checkpoint)
           run_eval(done)
           throughput.restart()
         if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
+          watch.check(newest_checkpoint)
           state = TrainState(params, opt_state, rest, done)
-          checkpoint.save(manager, done, state.checkpoint_tree(placement.replicated), signature,
-                          data_state=None if text is None else text.train.get_state())
+          try:
+            checkpoint.save(manager, done, state.checkpoint_tree(placement.replicated), signature,
+                            data_state=None if text is None else text.train.get_state())
+          except checkpoint.NonFiniteStateError as error:
+            raise watch.diverged_state(done, str(error), newest_checkpoint) from None
+          newest_checkpoint = done
           throughput.restart()
         bar.update(1)
     final_eval = run_eval(cfg.steps)

@@ -12,7 +12,8 @@ from jax.sharding import AbstractMesh, PartitionSpec
 import momentum_jax
 from momentum_jax.data import AssociativeRecallTask, InductionTask
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train import MESH_AXES, METRICS_FILE, TrainConfig, batch_sharding, train
+from momentum_jax.train import (
+    MESH_AXES, METRICS_FILE, TrainConfig, TrainingDivergedError, batch_sharding, train)
 
 TASK = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
 MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=1, d_model=32,
@@ -140,20 +141,30 @@ def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_pat
 
 @dataclasses.dataclass(frozen=True)
 class _LastTokenOutOfVocabulary(InductionTask):
-  """Induction batches whose last token id is ``vocab_size``, one past the vocabulary."""
+  """Induction batches whose last token id is ``vocab_size``, one past the vocabulary, in the
+  held-out batches of ``TRAIN.batch_size`` sequences only, or in every batch with ``always``."""
+
+  always: bool = False
 
   def sample(self, key, batch_size):
     batch = super().sample(key, batch_size)
+    if not (self.always or batch_size == TRAIN.batch_size):
+      return batch
     return batch._replace(tokens=batch.tokens.at[:, -1].set(self.vocab_size))
 
 
 def test_eval_checks_the_model_inputs_and_the_train_step_does_not(tmp_path):
+  # Train batches of 2 x 8 sequences (accumulated) are sound; the held-out ones hold id 16.
   task = _LastTokenOutOfVocabulary(vocab_size=16, segment_len=4, max_gap=4)
-  cfg = dataclasses.replace(TRAIN, steps=2, eval_every=0, log_every=1)
+  cfg = dataclasses.replace(TRAIN, steps=2, eval_every=0, log_every=1, accumulate_steps=2)
   with pytest.raises(ValueError, match=r"tokens must be in \[0, vocab_size=16\), got a token id "
                                        r"of 16 at tokens\[0, 12\]"):
-    train(MODEL, cfg, task, tmp_path, progress=False)
-  assert [r["step"] for r in _records(tmp_path)] == [1, 2]  # both steps trained, unchecked
+    train(MODEL, cfg, task, tmp_path / "eval", progress=False)
+  assert [r["step"] for r in _records(tmp_path / "eval")] == [1, 2]
+  # Unchecked, the train step embeds id 16 as NaN: the run stops at its first NaN loss.
+  task = dataclasses.replace(task, always=True)
+  with pytest.raises(TrainingDivergedError, match="diverged at step 1: train_loss=nan"):
+    train(MODEL, cfg, task, tmp_path / "train", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,9 @@
 A diverged run (a learning rate far too large, an overflow in low precision) gives NaN or ±inf
 losses from some step on and, left alone, trains to its last step and saves NaN parameters. The
 loop keeps each step's ``train_loss`` and ``grad_norm`` (of the raw gradient) as the jitted step
-returns them, device scalars that nothing waits for, and ``DivergenceWatch.check`` fetches those of
-every step since the last check in one transfer. The loop checks when it fetches the metrics for
+returns them, device scalars that nothing waits for, and ``DivergenceWatch.check`` stacks those of
+every step since the last check on the device and fetches them in one transfer (a fetch per
+scalar would cost about 9 µs each on a CPU). The loop checks when it fetches the metrics for
 its log anyway and before every evaluation and checkpoint save, so the hot loop gains no
 synchronisation and no state after a non-finite step is evaluated or saved: the newest checkpoint
 stays the last good one, the point a rerun resumes from. (MaxText and Levanter stop the same way.)
@@ -19,6 +20,7 @@ import math
 from collections.abc import Mapping
 
 import jax
+import jax.numpy as jnp
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -66,9 +68,11 @@ class DivergenceWatch:
         ±inf.
     """
     pending, self._pending = self._pending, []
-    values = jax.device_get([(loss, norm) for _, loss, norm in pending])
-    for (step, _, _), (loss, norm) in zip(pending, values):
-      loss, norm = float(loss), float(norm)
+    if not pending:
+      return
+    losses, norms = jax.device_get(_stacked([loss for _, loss, _ in pending],
+                                            [norm for _, _, norm in pending]))
+    for (step, _, _), loss, norm in zip(pending, losses.tolist(), norms.tolist()):
       if not (math.isfinite(loss) and math.isfinite(norm)):
         raise TrainingDivergedError(step, f"train_loss={loss}, grad_norm={norm}",
                                     self._last_finite, newest_checkpoint)
@@ -79,3 +83,9 @@ class DivergenceWatch:
     """The error for a state found non-finite after a step whose metrics were finite."""
     return TrainingDivergedError(step, f"the state after it holds NaN or ±inf ({cause})",
                                  self._last_finite, newest_checkpoint)
+
+
+@jax.jit
+def _stacked(losses: list[jax.Array], norms: list[jax.Array]) -> jax.Array:
+  """``[2, n]``: the ``n`` losses over the ``n`` gradient norms (compiled once per ``n``)."""
+  return jnp.stack([jnp.stack(losses), jnp.stack(norms)]).astype(jnp.float32)

@@ -31,8 +31,9 @@ of these; all are causal (``causal=False`` raises, except for the token-wise one
   function both become learned position-indexed queries ``fixed_q [L, N, H]`` and keys
   ``fixed_k [L, K, H]`` for L = the context length, initialised N(0, 1) (the random-embedding
   variant), with the incoming q and k ignored. Fast form: :func:`softmax_attention` on them;
-  reference: :func:`softmax_attention_reference`. With ``segment_ids`` the map stays indexed by
-  absolute position.
+  reference: :func:`softmax_attention_reference`. Given the tables, the map is indexed by absolute
+  position; a model passes the tables' rows at each token's position within its segment
+  (:func:`table_rows_at_positions`), so a left-padded prompt continues as it would alone.
 
 StaticEmbQK (§3.5: Q, K from the static token embeddings instead of the hidden state) changes where
 a layer takes q and k from, not the attention function, so it has no entry here.
@@ -47,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionDims, AttentionVariant, register_attention
+from momentum_jax.attention.registry import (
+    AttentionDims, AttentionVariant, LearnedLayout, register_attention)
 from momentum_jax.attention.softmax import softmax_attention, softmax_attention_reference
 from momentum_jax.core.checks import check_attention_inputs, check_block_size, check_unsupported
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -374,18 +376,30 @@ def fixed_k_init(dims: AttentionDims, key: jax.Array) -> jax.Array:
 
 def _fixed_qk(q: jax.Array, k: jax.Array, fixed_q: jax.Array,
               fixed_k: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The fixed queries and keys at q's and k's shapes: a ``[L, ·, H]`` table's first rows, or a
+  per-token ``[B, T, ·, H]`` gather used as it is."""
   batch, seq_q, heads, head_dim = q.shape
   seq_k, kv_heads = k.shape[1:3]
-  for name, x, seq, h in (("fixed_q", fixed_q, seq_q, heads),
-                          ("fixed_k", fixed_k, seq_k, kv_heads)):
+  fixed = []
+  for name, x, seq, h, target in (("fixed_q", fixed_q, seq_q, heads, q),
+                                  ("fixed_k", fixed_k, seq_k, kv_heads, k)):
     shape = np.shape(x)
-    if len(shape) != 3 or shape[0] < seq or shape[1:] != (h, head_dim):
+    per_token = shape == (batch, seq, h, head_dim)
+    if not per_token and (len(shape) != 3 or shape[0] < seq or shape[1:] != (h, head_dim)):
       raise ValueError(
-          f"{name} must have shape [L, {h}, {head_dim}] with L >= {seq} (the sequence length), "
-          f"got {name}.shape={shape}, q.shape={q.shape} and k.shape={k.shape}")
-  fq = jnp.broadcast_to(jnp.asarray(fixed_q)[None, :seq_q].astype(q.dtype), q.shape)
-  fk = jnp.broadcast_to(jnp.asarray(fixed_k)[None, :seq_k].astype(k.dtype), k.shape)
-  return fq, fk
+          f"{name} must have shape [L, {h}, {head_dim}] with L >= {seq} (the sequence length) or "
+          f"[{batch}, {seq}, {h}, {head_dim}] (one row per token), got {name}.shape={shape}, "
+          f"q.shape={q.shape} and k.shape={k.shape}")
+    rows = jnp.asarray(x) if per_token else jnp.asarray(x)[None, :seq]
+    fixed.append(jnp.broadcast_to(rows.astype(target.dtype), target.shape))
+  return fixed[0], fixed[1]
+
+
+def table_rows_at_positions(table_LxAxH: jax.Array, positions_BxT: jax.Array) -> jax.Array:
+  """``[L, A, H]`` table → ``[B, T, A, H]``: the row of each token's position. A model passes the
+  fixed queries and keys so, with positions restarting in each segment, so a left-padded or
+  packed sequence sees the map it would see alone."""
+  return table_LxAxH[positions_BxT]
 
 
 def deconstructed_fixed_qk_attention(
@@ -410,8 +424,9 @@ def deconstructed_fixed_qk_attention(
   Args:
     q_BxTxNxH, k_BxSxKxH: ignored beyond validation and their shapes.
     v_BxSxKxH: values.
-    fixed_q: ``[L, N, H]`` learned queries, L >= T; rows 0 … T−1 are used. Differentiable.
-    fixed_k: ``[L, K, H]`` learned keys, L >= S. Differentiable.
+    fixed_q: ``[L, N, H]`` learned queries, L >= T, of which rows 0 … T−1 are used; or
+      ``[B, T, N, H]``, one row per query (:func:`table_rows_at_positions`). Differentiable.
+    fixed_k: ``[L, K, H]`` learned keys, L >= S; or ``[B, S, K, H]``. Differentiable.
     causal, window, segment_ids, bias, sinks, scale: as in :func:`softmax_attention`.
 
   Returns:
@@ -476,5 +491,7 @@ register_attention(
         params=("fixed_q", "fixed_k"),
         # Learned position-indexed queries / keys ~ N(0, 1), [context_len, N or K, H].
         learned={"fixed_q": fixed_q_init, "fixed_k": fixed_k_init},
+        layouts={"fixed_q": LearnedLayout(at_positions=table_rows_at_positions),
+                 "fixed_k": LearnedLayout(at_positions=table_rows_at_positions)},
     ),
 )

@@ -37,6 +37,7 @@ class AttentionDims(NamedTuple):
 
 LearnedInit = Callable[[AttentionDims, jax.Array], jax.Array]
 PositionGather = Callable[[jax.Array, jax.Array], jax.Array]
+ModelParams = Callable[[AttentionDims], Mapping[str, object]]
 Masking = Literal["any", "causal", "bidirectional"]
 MASKINGS = ("any", "causal", "bidirectional")
 
@@ -120,6 +121,11 @@ class AttentionVariant(NamedTuple):
     decoding: the variant's fast decoding form (:class:`Decoding`), or None: a model then
       decodes a causal variant by recomputing the layer's attention over the rows so far
       (``momentum_jax.nn.decoding``), exact but O(context) per new token.
+    model_params: optional ``model_params(dims: AttentionDims) -> Mapping`` of the values a model
+      passes for parameters its config does not fix, where the function's own default depends on
+      the length of the call (sigmoid attention's b = −log S): a model passes the value for
+      ``context_len`` instead, so training at any T and decoding with any cache length use the
+      same value.
   """
 
   fn: Callable[..., object]
@@ -133,6 +139,7 @@ class AttentionVariant(NamedTuple):
   token_params: str | None = None
   check_params: CheckParams | None = None
   decoding: Decoding | None = None
+  model_params: ModelParams | None = None
 
   @property
   def required_params(self) -> tuple[str, ...]:

@@ -6,6 +6,9 @@ Self-Attention", arXiv 2409.04431):
 over the keys s visible to query t (causal: s <= t; window w: t − w < s <= t; equal segment ids);
 invisible entries weigh exactly 0 and rows are not normalised. With ``normalize=True`` the weights
 of a row are divided by their sum plus 1e−8 (the normalised form used to study attention sinks).
+The paper's b = −log(n) depends on the sequence length, which changes between training lengths
+and along a decoding cache; a model (``momentum_jax.nn``) therefore passes b = −log(context_len)
+unless its config fixes ``sigmoid_bias`` (:func:`context_bias`).
 
 The fast form cuts the keys into blocks of ``block_size`` and a ``lax.scan`` over the blocks
 accumulates W·V (and the row sums when normalising), so no T×S array is built: memory is
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from momentum_jax.attention.registry import AttentionVariant, register_attention
+from momentum_jax.attention.registry import AttentionDims, AttentionVariant, register_attention
 from momentum_jax.core.checks import check_attention_inputs, check_block_size
 from momentum_jax.core.chunks import to_blocks
 from momentum_jax.core.heads import compute_dtype, repeat_kv
@@ -302,8 +305,15 @@ def sigmoid_attention_reference(
   return out_BxTxNxH
 
 
+def context_bias(dims: AttentionDims) -> dict[str, float]:
+  """The offset a model uses when its config fixes none: b = −log(context_len), the same at every
+  training length and in decoding with any cache length (−log S would move with both)."""
+  return {"sigmoid_bias": -math.log(dims.context_len)}
+
+
 register_attention(
     "sigmoid",
     AttentionVariant(sigmoid_attention, sigmoid_attention_reference,
-                     params=("sigmoid_bias", "normalize", "block_size")),
+                     params=("sigmoid_bias", "normalize", "block_size"),
+                     model_params=context_bias),
 )

@@ -244,7 +244,9 @@ class Attention(nnx.Module):
                       recorder: Recorder, prefix: str) -> dict[str, object]:
     """The variant's keyword arguments: fixed, learned, per-token, masking and sinks."""
     cfg = self.config
-    kwargs = dict(cfg.attention_params)
+    kwargs = {} if variant.model_params is None else dict(variant.model_params(AttentionDims(
+        cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.context_len)))
+    kwargs.update(cfg.attention_params)
     for name, param in self.variant_params.items():
       layout = variant.layouts.get(name, LearnedLayout())
       kwargs[name] = _passed(layout, param[...], positions_BxT)

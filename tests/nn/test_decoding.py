@@ -76,9 +76,41 @@ def test_every_causal_variant_decodes_like_the_full_forward_pass(name):
   tokens = jax.random.randint(jax.random.key(1), (B, T), 0, BASE.vocab_size)
   segments = SEGMENTS if _takes_segments(model, tokens) else None
   full = model(tokens, segment_ids_BxT=segments)
-  got, cache = _decode_in_steps(model, tokens, T, prefill=5, segment_ids=segments)
+  # A cache longer than the text: nothing may depend on how many rows the cache holds.
+  got, cache = _decode_in_steps(model, tokens, BASE.context_len, prefill=5, segment_ids=segments)
   _assert_close(got, full)
   assert int(cache.length) == T
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "deconstructed_fixed_qk"])
+def test_length_dependent_variants_decode_alike_with_any_cache_and_padding(name):
+  """Sigmoid attention's offset b is −log(context_len) in a model, not −log of the call's length;
+  the fixed queries and keys are read at positions within the segment. So the full pass at a
+  shorter length, decoding with a longer cache and a left-padded prompt all give the logits of
+  the prompt alone."""
+  model = _model(name)
+  prompt = jax.random.randint(jax.random.key(6), (1, 9), 0, BASE.vocab_size)
+  alone = model(prompt)
+  got, _ = _decode_in_steps(model, prompt, BASE.context_len, prefill=4)
+  _assert_close(got, alone)
+  padded = jnp.concatenate([jnp.zeros((1, 4), prompt.dtype), prompt], axis=1)
+  full = model(padded, segment_ids_BxT=SEGMENTS[:1])
+  _assert_close(full[:, 4:], alone)
+  got, _ = _decode_in_steps(model, padded, BASE.context_len, prefill=6,
+                            segment_ids=SEGMENTS[:1])
+  _assert_close(got[:, 4:], alone)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CAUSAL)
+def test_a_left_padded_prompt_gives_the_logits_of_the_prompt_alone(name):
+  model = _model(name)
+  prompt = jax.random.randint(jax.random.key(7), (1, 9), 0, BASE.vocab_size)
+  padded = jnp.concatenate([jnp.full((1, 4), 3, prompt.dtype), prompt], axis=1)
+  if not _takes_segments(model, jnp.zeros((B, T), jnp.int32)):
+    return
+  with jax.default_matmul_precision("highest"):
+    _assert_close(model(padded, segment_ids_BxT=SEGMENTS[:1])[:, 4:], model(prompt))
 
 
 @pytest.mark.slow

@@ -10,6 +10,10 @@ never meet; each model trains in
 ``<run folder>/<model name>``, which is where another experiment reads it from
 (``head_detection --output-dir runs/single_layer_induction``).
 
+A run that diverges, or whose checkpoint cannot be saved (a full disk), ends with one line
+``<command>: error: <message>`` and status 1; the message names the step and the newest
+checkpoint, which a rerun resumes from.
+
 One run per folder: the experiment holds an exclusive lock on its run folder for the rest of its
 process (``momentum_jax.train.run_lock``; the operating system releases it however the process
 ends), and ``train`` locks each model folder in it, so a second run into the same folder exits at
@@ -42,16 +46,22 @@ import json
 import pathlib
 import re
 import shutil
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from momentum_jax.train.checkpoint_writer import CheckpointSaveError
 from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
+from momentum_jax.train.divergence import TrainingDivergedError
 from momentum_jax.train.run_lock import RunFolderLockedError, RunLock, hold_until_exit
 
 QUICK_FOLDER = "quick"
 OVERRIDE_PREFIX = "--config."
+# Errors that end a run for a reason the message states in full (a diverged loss, a failed
+# checkpoint save, a folder another run holds): the command prints the message, not a traceback.
+RUN_ENDING_ERRORS = (TrainingDivergedError, CheckpointSaveError, RunFolderLockedError)
 
 
 class ConfigOverrideError(ValueError):
@@ -145,8 +155,26 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
       _remove_workdirs(out_dir, workdirs(config))
   except (RunFolderLockedError, NotADirectoryError) as error:
     parser.error(str(error))
+  _end_run_errors_in_one_line(parser.prog)
   return ExperimentRun(name=name, quick=args.quick, progress=not args.no_progress,
                        out_dir=out_dir, config=config, overrides=overrides)
+
+
+def _end_run_errors_in_one_line(prog: str) -> None:
+  """Makes an uncaught run-ending error (``RUN_ENDING_ERRORS``) print ``prog: error: message``
+  instead of a traceback; any other error keeps Python's own report."""
+  previous = sys.excepthook
+  if getattr(previous, "prints_run_errors", False):
+    return
+
+  def excepthook(kind, error, traceback):
+    if isinstance(error, RUN_ENDING_ERRORS):
+      print(f"{prog}: error: {error}", file=sys.stderr)
+    else:
+      previous(kind, error, traceback)
+
+  excepthook.prints_run_errors = True
+  sys.excepthook = excepthook
 
 
 def describe(doc: str | None) -> str:

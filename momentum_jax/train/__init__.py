@@ -5,6 +5,7 @@ orbax checkpoints of its ``TrainState`` that resume on another mesh and skip dam
 
 from momentum_jax.train.checkpoint import (
     ConfigMismatchError, CorruptCheckpointWarning, NonFiniteStateError)
+from momentum_jax.train.checkpoint_writer import CheckpointSaveError
 from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
 from momentum_jax.train.divergence import TrainingDivergedError
 from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_second
@@ -36,6 +37,7 @@ __all__ = [
     "METRICS_FILE",
     "TENSORBOARD_DIR",
     "TENSOR_AXIS",
+    "CheckpointSaveError",
     "ConfigMismatchError",
     "CorruptCheckpointWarning",
     "NonFiniteStateError",

@@ -39,6 +39,9 @@ from momentum_jax.train.config import PLACEMENT_FIELDS, SCHEDULE_ONLY_FIELDS, Tr
 _MAX_TO_KEEP = 3
 CORRUPT_DIR = "corrupt_checkpoints"  # next to ``checkpoints``: where unreadable steps are moved
 _CAUSE_CHARS = 500  # of the first line of an error's message, in a warning
+# The digest's checksum of its own other entries, so that damage to the digest file is told
+# apart from damage to what it describes.
+_DIGEST_CHECKSUM = "digest"
 
 
 class CorruptCheckpointWarning(UserWarning):
@@ -86,11 +89,14 @@ class Restored(NamedTuple):
       target.
     signature: the saved run signature.
     data_state: the saved data iterator position, or None when the step saved none.
+    unverified: why the step could not be checked against its digest (the digest file itself is
+      damaged), or None when it was checked or saved without one.
   """
   step: int
   state: dict[str, Any]
   signature: dict[str, Any]
   data_state: dict[str, Any] | None
+  unverified: str | None = None
 
 
 def run_signature(
@@ -197,6 +203,7 @@ def save(
   if data_state is not None:
     digest["data"] = _json_digest(data_state)
     items["data"] = ocp.args.JsonSave(data_state)
+  digest[_DIGEST_CHECKSUM] = _json_digest(digest)
   manager.save(step, args=ocp.args.Composite(digest=ocp.args.JsonSave(digest), **items))
 
 
@@ -218,7 +225,9 @@ def restore_latest(
   saved before digests existed are not checked). An unreadable step is moved to
   ``corrupt_checkpoints/<step>`` (``<step>.1``, ... when taken) next to the manager's directory,
   and ``warn`` gets a ``CorruptCheckpointWarning`` naming the step, the directory, the cause and
-  the step restored instead, or saying that training starts from scratch. Moved, so that the
+  the step restored instead, or saying that training starts from scratch. A damaged digest file
+  (unreadable, or failing the checksum of its own entries) does not make a step unreadable: the
+  step is restored unchecked and ``warn`` names the digest file. Moved, so that the
   manager sees only readable steps (orbax skips saves at steps up to an existing one, refuses to
   save at an existing step and counts every step against ``max_to_keep``); not deleted, so that
   a step set aside by a transient read error can be moved back.
@@ -237,9 +246,14 @@ def restore_latest(
     except ConfigMismatchError:
       raise
     except Exception as error:  # whatever reading a damaged step raises
-      unreadable.append((step, _cause(error)))
+      unreadable.append((step, error_cause(error)))
     else:
       break
+  if restored is not None and restored.unverified is not None:
+    warn(f"checkpoint step {restored.step}: its digest file "
+         f"{manager.directory / str(restored.step) / 'digest' / 'metadata'} is damaged "
+         f"({restored.unverified}); the step's other items read without error and are restored "
+         "unchecked", CorruptCheckpointWarning)
   instead = (f"falling back to step {restored.step}" if restored is not None
              else "no readable checkpoint is left, so training starts from scratch")
   for step, cause in unreadable:
@@ -266,8 +280,7 @@ def _read_step(
   """``step`` restored and checked; raises ``ConfigMismatchError``, or anything if unreadable."""
   saved_items = _read("metadata", lambda: manager.metadata(step).item_handlers) or {}
   saved_signature = _restore_item(manager, step, "config", ocp.args.JsonRestore())
-  digest = (_restore_item(manager, step, "digest", ocp.args.JsonRestore())
-            if "digest" in saved_items else None)
+  digest, unverified = _read_digest(manager, step) if "digest" in saved_items else (None, None)
   if digest is not None and digest.get("config") != _json_digest(saved_signature):
     raise _UnreadableItem("config: differs from the digest saved with it")
   differences = signature_differences(saved_signature, signature)
@@ -285,7 +298,23 @@ def _read_step(
       raise _UnreadableItem(
           f"state: {len(differing)} array(s) differ from the digest saved with them, first "
           f"{differing[0]}")
-  return Restored(step, state, saved_signature, data_state)
+  return Restored(step, state, saved_signature, data_state, unverified)
+
+
+def _read_digest(manager: ocp.CheckpointManager,
+                 step: int) -> tuple[dict[str, Any] | None, str | None]:
+  """``(digest, None)``, or ``(None, why)`` when the digest file is unreadable or fails the
+  checksum of its own entries (digests written before that checksum existed are taken as read)."""
+  try:
+    digest = _restore_item(manager, step, "digest", ocp.args.JsonRestore())
+  except _UnreadableItem as error:
+    return None, str(error)
+  if not isinstance(digest, dict):
+    return None, f"digest: a {type(digest).__name__}, not a JSON object"
+  own = {k: v for k, v in digest.items() if k != _DIGEST_CHECKSUM}
+  if _DIGEST_CHECKSUM in digest and digest[_DIGEST_CHECKSUM] != _json_digest(own):
+    return None, "digest: its entries differ from its own checksum"
+  return own, None
 
 
 def _restore_item(
@@ -300,10 +329,10 @@ def _read(what: str, read: Callable[[], Any]) -> Any:
   try:
     return read()
   except Exception as error:  # any failure to read makes the step unreadable
-    raise _UnreadableItem(f"{what}: {_cause(error)}") from error
+    raise _UnreadableItem(f"{what}: {error_cause(error)}") from error
 
 
-def _cause(error: Exception) -> str:
+def error_cause(error: Exception) -> str:
   """``"Type: first line of the message"`` of the innermost exception ``error`` was raised from.
 
   The innermost one says what went wrong (orbax wraps a TensorStore ``ValueError`` such as

@@ -38,7 +38,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from tqdm.auto import tqdm
@@ -46,6 +45,7 @@ from tqdm.auto import tqdm
 from momentum_jax.data import Batch, Task, TextDataset
 from momentum_jax.nn import Transformer, TransformerConfig, checked
 from momentum_jax.train import checkpoint
+from momentum_jax.train.checkpoint_writer import CheckpointWriter
 from momentum_jax.train.config import TrainConfig
 from momentum_jax.train.divergence import DivergenceWatch
 from momentum_jax.train.flops import (
@@ -203,7 +203,9 @@ def train(
   with ``TrainingDivergedError`` naming it and the last finite loss; the losses are checked
   whenever the metrics are logged and before every evaluation and save, and ``checkpoint.save``
   refuses a non-finite state, so the newest checkpoint stays the last good one
-  (``momentum_jax.train.divergence``).
+  (``momentum_jax.train.divergence``). A save that fails (a full disk) stops training with
+  ``CheckpointSaveError`` in one line, the newest complete checkpoint intact
+  (``momentum_jax.train.checkpoint_writer``).
 
   ``nnx.Param`` state is trained; other module state (running statistics, random-number
   streams) is carried from step to step as the model updates it; both are checkpointed. The
@@ -237,6 +239,8 @@ def train(
       (``batch_size`` must divide by the data × fsdp size), or the checkpoint in ``workdir`` was
       saved under another config.
     RunFolderLockedError: another run holds ``workdir`` (the message names its process id).
+    CheckpointSaveError: a checkpoint could not be written (a full disk): the message names the
+      step, the cause and the newest complete checkpoint, which a rerun resumes from.
     TrainingDivergedError: a step's loss or gradient norm, or the state after it, is not finite.
   """
   cfg = train_config
@@ -248,12 +252,9 @@ def train(
   signature = checkpoint.run_signature(model_config, cfg, _data_record(data), experiment)
   # One lock per run: on a multi-host run, the processes share the workdir and process 0 holds it.
   with RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
-    manager = checkpoint.checkpoint_manager(workdir)
-    try:
-      return _run(model_config, cfg, data, workdir, manager, signature, mesh, batch_placement,
+    with CheckpointWriter(checkpoint.checkpoint_manager(workdir)) as writer:
+      return _run(model_config, cfg, data, workdir, writer, signature, mesh, batch_placement,
                   progress)
-    finally:
-      manager.close()
 
 
 class _Throughput:
@@ -291,13 +292,13 @@ def _run(
     cfg: TrainConfig,
     data: Task | TextDataset,
     workdir: pathlib.Path,
-    manager: ocp.CheckpointManager,
+    writer: CheckpointWriter,
     signature: dict[str, Any],
     mesh: Mesh,
     batch_placement: NamedSharding,
     progress: bool,
 ) -> TrainResult:
-  """``train`` after validation, with an open checkpoint manager and the run's signature."""
+  """``train`` after validation, with an open checkpoint writer and the run's signature."""
   params_key, data_key, eval_key = jax.random.split(jax.random.key(cfg.seed), 3)
   graphdef, fresh, placement = init_train_state(
       model_config, cfg, mesh, batch_placement, params_key)
@@ -305,11 +306,12 @@ def _run(
 
   try:
     restored = checkpoint.restore_latest(
-        manager, fresh.checkpoint_tree(placement.replicated), signature)
+        writer.manager, fresh.checkpoint_tree(placement.replicated), signature)
   except checkpoint.ConfigMismatchError as error:
     raise ValueError(f"{error}\n{_START_OVER}") from None
   state = fresh
   if restored is not None:
+    writer.newest = restored.step
     state = TrainState.from_checkpoint_tree(restored.state, like=fresh)
     if state.step > cfg.steps:
       raise ValueError(f"the latest checkpoint is at step {state.step} > steps={cfg.steps} in "
@@ -322,7 +324,6 @@ def _run(
     if text is not None:
       text.train.set_state(restored.data_state)
   params, opt_state, rest, start = state
-  newest_checkpoint = None if restored is None else restored.step
   watch = DivergenceWatch()
 
   step_static = dict(graphdef=graphdef, cfg=step_config(cfg),
@@ -360,29 +361,28 @@ def _run(
         done = step + 1
         watch.stepped(done, metrics)
         if done % cfg.log_every == 0:
-          watch.check(newest_checkpoint)
+          watch.check(writer.latest)
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
           values.update(throughput.read())
           values.update(nnx.merge(graphdef, params, rest).learned_attention_values())
           log.append(done, values)
           bar.set_postfix(loss=f"{values['train_loss']:.4f}")
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
-          watch.check(newest_checkpoint)
+          watch.check(writer.latest)
           run_eval(done)
           throughput.restart()
         if done == cfg.steps or (cfg.checkpoint_every and done % cfg.checkpoint_every == 0):
-          watch.check(newest_checkpoint)
+          watch.check(writer.latest)
           state = TrainState(params, opt_state, rest, done)
           try:
-            checkpoint.save(manager, done, state.checkpoint_tree(placement.replicated), signature,
-                            data_state=None if text is None else text.train.get_state())
+            writer.save(done, state.checkpoint_tree(placement.replicated), signature,
+                        data_state=None if text is None else text.train.get_state())
           except checkpoint.NonFiniteStateError as error:
-            raise watch.diverged_state(done, str(error), newest_checkpoint) from None
-          newest_checkpoint = done
+            raise watch.diverged_state(done, str(error), writer.latest) from None
           throughput.restart()
         bar.update(1)
     final_eval = run_eval(cfg.steps)
-    manager.wait_until_finished()
+    writer.wait()
     history = list(log.records)
   return TrainResult(
       params=params,

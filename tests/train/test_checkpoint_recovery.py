@@ -241,6 +241,44 @@ def test_a_step_saved_without_a_digest_is_restored_unchecked(tmp_path):
   _assert_bitwise_equal(restored.state, _state(7))
 
 
+def _digest_file(step_dir: pathlib.Path) -> pathlib.Path:
+  return step_dir / "digest" / "metadata"  # the JSON file JsonCheckpointHandler writes
+
+
+def _change_a_digit_of_the_digest(step_dir: pathlib.Path) -> None:
+  """Still valid JSON: one digit of the state's first array digest changed."""
+  path = _digest_file(step_dir)
+  digest = json.loads(path.read_text())
+  first = sorted(digest["state"])[0]
+  digest["state"][first] ^= 1
+  path.write_text(json.dumps(digest))
+
+
+def _truncate_the_digest(step_dir: pathlib.Path) -> None:
+  path = _digest_file(step_dir)
+  path.write_bytes(path.read_bytes()[:20])
+
+
+@pytest.mark.parametrize("damage, why", [
+    (_change_a_digit_of_the_digest, "digest: its entries differ from its own checksum"),
+    (_truncate_the_digest, "digest: JSONDecodeError"),
+], ids=["digit-changed", "truncated"])
+def test_a_damaged_digest_file_is_named_and_its_good_step_kept(tmp_path, damage, why):
+  _write(tmp_path)
+  damage(_step_dir(tmp_path, 30))
+  restored, caught, manager = _restore(tmp_path)
+  assert restored.step == 30 and restored.unverified.startswith(why)
+  _assert_bitwise_equal(restored.state, _state(30))
+  assert restored.data_state == _data_state(30)
+  [(message, category)] = caught
+  assert category is CorruptCheckpointWarning
+  digest_file = _digest_file(_step_dir(tmp_path, 30))
+  assert message.startswith(f"checkpoint step 30: its digest file {digest_file} is damaged ({why}")
+  assert message.endswith("the step's other items read without error and are restored unchecked")
+  assert manager.all_steps() == [10, 20, 30] and not (tmp_path / "corrupt_checkpoints").exists()
+  manager.close()
+
+
 _MESH_WORKER = """
 import json, sys, pathlib
 import jax, jax.numpy as jnp, numpy as np

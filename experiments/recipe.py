@@ -155,15 +155,24 @@ def new_figure(rows: int = 1, cols: int = 1, *, figsize: tuple[float, float],
   return fig, fig.subplots(rows, cols, **subplots)
 
 
+# What a --quick run prints last: its numbers are a smoke test's, not the experiment's result.
+QUICK_NOTE = ("--quick is a smoke test of a tiny configuration: its numbers say the pipeline runs, "
+              "not what the experiment finds. Targets, verdicts and the RESULT recorded in the "
+              "experiment's config.py apply to the full run (the same command without --quick).")
+
+
 def finish(run: ExperimentRun, summary: dict[str, Any], figures: Mapping[str, Figure],
            results_file: str = RESULTS_FILE) -> dict[str, Any]:
   """Writes ``summary`` with ``quick`` and ``run.record()`` to ``run.out_dir / results_file``
   and each figure (laid out tightly, at ``FIGURE_DPI``) to ``run.out_dir / <its name>``;
-  prints what it wrote and returns the written summary."""
+  prints what it wrote (and, for a ``--quick`` run, ``QUICK_NOTE``) and returns the written
+  summary."""
   summary = {**summary, "quick": run.quick, **run.record()}
   (run.out_dir / results_file).write_text(json.dumps(summary, indent=2))
   for name, fig in figures.items():
     fig.tight_layout()
     fig.savefig(run.out_dir / name, dpi=FIGURE_DPI)
   print(f"wrote {run.out_dir / results_file}" + "".join(f", {name}" for name in figures))
+  if run.quick:
+    print(QUICK_NOTE)
   return summary

@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   checks = _check(results)
   print()
   print_table("model", 22, COLUMNS, results)
-  print("\ntargets:")
+  print("\ntargets (of the full run):" if run.quick else "\ntargets:")
   for name, c in checks.items():
     print(f"  {name:<20} {c['accuracy']:.1%} (target {c['target']}): "
           f"{'met' if c['met'] else 'NOT met'}")

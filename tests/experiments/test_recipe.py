@@ -8,7 +8,7 @@ import re
 import pytest
 
 from momentum_jax.experiments.cli import start_experiment
-from momentum_jax.experiments.recipe import finish, new_figure, print_table, series
+from momentum_jax.experiments.recipe import QUICK_NOTE, finish, new_figure, print_table, series
 from momentum_jax.experiments.single_layer_induction.config import get_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,4 +48,10 @@ def test_finish_writes_the_summary_with_the_run_record_and_the_figures(tmp_path,
   assert saved["results"] == {"a": 1} and saved["quick"] is True
   assert saved["overrides"] == {"train.steps": 3} and saved["config_hash"] == run.config_hash
   assert (tmp_path / "quick" / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  assert "results.json, curve.png" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "results.json, curve.png" in out
+  assert out.rstrip().endswith(QUICK_NOTE)  # a --quick run says that targets are the full run's
+  full = start_experiment(["--output-dir", str(tmp_path / "full")], "doc",
+                          "single_layer_induction", get_config)
+  finish(full, {"results": {}}, {})
+  assert QUICK_NOTE not in capsys.readouterr().out

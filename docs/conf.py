@@ -6,7 +6,8 @@ Build (from the repository root):
 
 The reference pages document every name in each subpackage's ``__all__`` at its public path
 (``docs/_ext/public_api.py``); the notebooks of ``colab/`` are copied into ``docs/notebooks/``
-on every build and rendered as pages without being executed.
+on every build and rendered as pages without being executed. MathJax is copied into the build
+(``_static/mathjax``, from the ``sphinx-mathjax-offline`` package), so the math renders offline.
 """
 
 import json
@@ -25,6 +26,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
     "myst_nb",
     "public_api",

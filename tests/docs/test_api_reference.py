@@ -100,3 +100,14 @@ def test_docs_build_without_warnings_and_document_every_public_name(tmp_path):
   assert notebooks
   for notebook in notebooks:
     assert (html / "notebooks" / f"{notebook.stem}.html").is_file(), notebook.name
+
+  # Math renders without a network: every page with math loads the MathJax copy served with the
+  # docs, and nothing loads it from elsewhere.
+  with_math = [page for page in html.rglob("*.html")
+               if r"\(" in page.read_text(encoding="utf-8")]
+  assert len(with_math) >= 3
+  for page in with_math:
+    scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', page.read_text(encoding="utf-8"))
+    assert scripts and all("://" not in src for src in scripts), (page, scripts)
+    assert all((page.parent / src).resolve().is_file() for src in scripts), (page, scripts)
+  assert list((html / "_static" / "mathjax" / "output" / "chtml" / "fonts").rglob("*.woff"))

@@ -20,6 +20,7 @@ replaces its last good checkpoint with one it could not resume from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -130,6 +131,10 @@ def run_signature(
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """``"section.key: saved X vs current Y"`` for each differing leaf, sorted by key.
 
+  A model or train field absent from ``saved`` and at its default in ``current`` is not a
+  difference: the field was added after the run was saved, and its default keeps the behaviour
+  the run had (so a new config field does not make old runs unresumable).
+
   The ``experiment`` sections are compared only when both signatures have one and they name the
   same experiment: another experiment may load a run's models (``head_detection`` reading a
   ``single_layer_induction`` run), and a plain ``train`` call may resume an experiment's run;
@@ -156,8 +161,30 @@ def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
   return [
       f"{key}: saved {show(saved_flat, key)} vs current {show(current_flat, key)}"
       for key in sorted(saved_flat.keys() | current_flat.keys())
-      if key not in saved_flat or key not in current_flat or saved_flat[key] != current_flat[key]
+      if not _added_at_its_default(key, saved_flat, current_flat)
+      and (key not in saved_flat or key not in current_flat or saved_flat[key] != current_flat[key])
   ]
+
+
+def _field_defaults(config: type) -> dict[str, Any]:
+  """The JSON form of each field default of the config dataclass ``config``."""
+  return json.loads(json.dumps({
+      f.name: f.default for f in dataclasses.fields(config)
+      if f.default is not dataclasses.MISSING}))
+
+
+# The dataclass of each signed config section, for fields added after a run was saved.
+_SECTIONS = {"model": TransformerConfig, "train": TrainConfig}
+
+
+def _added_at_its_default(key: str, saved: dict[str, Any], current: dict[str, Any]) -> bool:
+  """Whether ``key`` is a model or train field that the saved signature lacks (the field is newer
+  than the run) and that holds its default now, so the run computes what it computed."""
+  section, _, name = key.partition(".")
+  if key in saved or key not in current or section not in _SECTIONS:
+    return False
+  defaults = _field_defaults(_SECTIONS[section])
+  return name in defaults and defaults[name] == current[key]
 
 
 def checkpoint_manager(workdir: pathlib.Path, *, create: bool = True) -> ocp.CheckpointManager:

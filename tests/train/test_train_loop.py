@@ -14,6 +14,7 @@ from momentum_jax.data import AssociativeRecallTask, InductionTask
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import (
     MESH_AXES, METRICS_FILE, TrainConfig, TrainingDivergedError, batch_sharding, train)
+from momentum_jax.train.checkpoint import run_signature, signature_differences
 
 TASK = InductionTask(vocab_size=16, segment_len=4, max_gap=4)
 MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=1, d_model=32,
@@ -119,6 +120,21 @@ def test_resume_under_another_config_names_each_difference(tmp_path):
   # Cadence and length may change between a run and its resumption.
   train(MODEL, dataclasses.replace(TRAIN, log_every=3, eval_every=0), TASK, tmp_path,
         progress=False)
+
+
+def test_a_field_newer_than_the_run_is_no_difference_at_its_default():
+  current = run_signature(MODEL, TRAIN, {"name": "induction"})
+  saved = json.loads(json.dumps(current))
+  del saved["train"]["grad_clip_norm"], saved["model"]["gate"]  # fields the run predates
+  assert signature_differences(saved, current) == []
+  changed = run_signature(dataclasses.replace(MODEL, gate="headwise"),
+                          dataclasses.replace(TRAIN, grad_clip_norm=1.0), {"name": "induction"})
+  assert signature_differences(saved, changed) == [
+      "model.gate: saved <absent> vs current 'headwise'",
+      "train.grad_clip_norm: saved <absent> vs current 1.0"]
+  del current["task"]["name"]  # other sections stay strict
+  assert signature_differences(saved, current) == [
+      "task.name: saved 'induction' vs current <absent>"]
 
 
 def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_path, monkeypatch):

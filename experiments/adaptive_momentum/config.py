@@ -21,7 +21,8 @@ Command:   python -m momentum_jax.experiments.adaptive_momentum
            (--quick for a <1 minute smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores, shared), float32.
 Runtime:   default 4.6 min measured (278 s: quadratic 5 s, transformer runs 44-67 s each, on a
-           machine shared with other jobs, load average about 6 on 2 cores); --quick about 45 s.
+           machine shared with other jobs, load average about 6 on 2 cores); --quick: 16 s wall on a
+           quiet 2-core CPU.
 
 RESULT (CPU, default config, one seed):
   (a) quadratic, f(x_T)/f(x₀) after 500 steps and steps to f/f₀ ≤ 1e-6 (- = not reached)

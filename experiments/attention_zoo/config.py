@@ -34,8 +34,8 @@ Hardware:  CPU (2 cores, shared), float32.
 Runtime:   default 11.8 min wall measured (704 s in the script; 9.7 min user + 1.5 min system CPU)
            for the 19 causal variants registered at the time, on a machine shared with other
            jobs (load average 5-7 on 2 cores); 2-15 s compile per variant. Each new variant adds
-           about 35 s (deconstructed_taylor alone about 110 s). --quick: 30-40 s of CPU time
-           (1-2 min wall when the 2 cores were shared with load average 10-14).
+           about 35 s (deconstructed_taylor alone about 110 s). --quick: 27 s wall on a quiet 2-core
+           CPU (1-2 min when the 2 cores were shared with load average 10-14).
 
 RESULT (CPU, default config, seed 0; final = mean of the last 50 steps; both tasks run the same
 compiled train step: tokens/s is the mean of the two runs, peak memory in MiB is shared):

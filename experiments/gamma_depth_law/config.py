@@ -28,7 +28,7 @@ Command:   python -m momentum_jax.experiments.gamma_depth_law
            --config.sweep.seeds=5 and the like override this config)
 Hardware:  CPU (2 cores), float32.
 Runtime:   45.6 min wall (2737 s: 109-451 s per unit, growing with depth) on a 2-core CPU
-           shared with other jobs for part of the run; --quick: under 30 s (with its resumed rerun, in the tests).
+           shared with other jobs for part of the run; --quick: 16 s wall on a quiet 2-core CPU.
 
 RESULT (CPU, 2 cores, default config, jax 0.10.2; held-out loss, mean of 3 seeds; γ* and the
 fit with 95 % seed-bootstrap intervals):

@@ -22,7 +22,8 @@ Command:   python -m momentum_jax.experiments.head_detection
            (--quick: a tiny smoke run; --output-dir runs/single_layer_induction to load that run)
 Hardware:  CPU (2 cores), float32.
 Runtime:   3.9 min training both models from scratch (2-core CPU, partly shared with a test
-           run); seconds when loading a single_layer_induction run. --quick: about 15 s.
+           run); seconds when loading a single_layer_induction run. --quick: 15 s wall on a
+           quiet 2-core CPU.
 
 RESULT (default config, seed 0; held-out accuracies equal single_layer_induction's), score (lift):
   softmax_2L (100.0 %): previous-token heads in layer 0, L0H3 0.82 (11.2×) and L0H0 0.48 (6.5×),

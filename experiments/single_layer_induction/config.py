@@ -20,7 +20,7 @@ Command:   python -m momentum_jax.experiments.single_layer_induction
            like override this config and are recorded in results.json)
 Hardware:  CPU (2 cores), float32.
 Runtime:   12.2 min wall on a 2-core CPU shared with other jobs (load average 3-4); 71-152 s
-           per model; peak memory 0.8 GB. --quick: about 20 s.
+           per model; peak memory 0.8 GB. --quick: 12 s wall on a quiet 2-core CPU.
 Targets:   best 1-layer momentum >= 80 %, 1-layer softmax <= 20 %, 2-layer softmax >= 95 %.
 
 RESULT (CPU, 2 cores, default config, seed 0, jax 0.10.2, flax 0.12.8; re-recorded from a fresh

@@ -29,7 +29,8 @@ held-out sequences every 100 steps (:func:`momentum_jax.analysis.sink_alpha`,
 Command:   python -m momentum_jax.experiments.sink_emergence
            (--quick for a tiny smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores), float32.
-Runtime:   12.5 min wall on a 2-core CPU (about 4 min per model). --quick: about 30 s.
+Runtime:   12.5 min wall on a 2-core CPU (about 4 min per model). --quick: 22 s wall on a
+           quiet 2-core CPU.
 
 RESULT (default config, seed 0): the paper's contrast is reproduced. Sink_1 (%) every 100 steps:
   model               held-out loss  Sink_1, steps 100-2000           α_1 per head at 2000

@@ -32,7 +32,7 @@ Command:   python -m momentum_jax.experiments.spectral_forensics
 Hardware:  CPU (2 cores), float32.
 Runtime:   10.1 min wall training both models from scratch (2.7 min of CPU time; the 2 cores
            were shared with other jobs, load average about 10); seconds when loading a
-           single_layer_induction run. --quick: about 20 s of CPU time.
+           single_layer_induction run. --quick: 15 s wall on a quiet 2-core CPU.
 
 RESULT (default config, seed 0, trained from scratch; accuracies equal those of
 single_layer_induction, so the run reproduces its models):

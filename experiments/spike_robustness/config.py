@@ -26,7 +26,7 @@ Command:   python -m momentum_jax.experiments.spike_robustness
            (--quick for a <1 minute smoke run; --output-dir to choose where results go)
 Hardware:  CPU (2 cores, shared), float32.
 Runtime:   default 6.6 min measured (396 s; 65-112 s per run, on a machine shared with other
-           jobs, load average about 6 on 2 cores); --quick about 40 s.
+           jobs, load average about 6 on 2 cores); --quick: 23 s wall on a quiet 2-core CPU.
 
 RESULT (CPU, default config; gradient ×1000 at steps 356, 418, 524; one seed):
   run               eval loss  eval acc  max train loss in the 50 steps after a spike

@@ -17,7 +17,10 @@ checkpoint, which a rerun resumes from.
 One run per folder: the experiment holds an exclusive lock on its run folder for the rest of its
 process (``momentum_jax.train.run_lock``; the operating system releases it however the process
 ends), and ``train`` locks each model folder in it, so a second run into the same folder exits at
-once (status 2) naming the folder and the process id that holds it.
+once (status 2) naming the folder and the process id that holds it. In a run of several processes
+(``python -m momentum_jax.train.launch ... -m momentum_jax.experiments.<name>``), process 0 takes
+the locks, removes the folders of ``--fresh`` and writes the results and figures; the others wait
+for it, then train and compute alongside it and write nothing.
 
 Resuming is the default: ``train`` continues each model from its latest checkpoint and prints a
 line saying so, or that the model had finished and is skipped. ``--fresh`` removes the model
@@ -54,6 +57,7 @@ from typing import Any
 
 from momentum_jax.train.checkpoint_writer import CheckpointSaveError
 from momentum_jax.train.config import SCHEDULE_ONLY_FIELDS, TrainConfig
+from momentum_jax.train.distributed import barrier, is_main_process
 from momentum_jax.train.divergence import TrainingDivergedError
 from momentum_jax.train.run_lock import RunFolderLockedError, RunLock, hold_until_exit
 
@@ -150,11 +154,13 @@ def start_experiment(argv: Sequence[str] | None, doc: str | None, name: str,
   root = pathlib.Path(args.output_dir)
   out_dir = root / QUICK_FOLDER if args.quick else root / preset if preset else root
   try:
-    hold_until_exit(out_dir)
-    if args.fresh:
-      _remove_workdirs(out_dir, workdirs(config))
+    if is_main_process():  # of a run of several processes: the others write nothing here
+      hold_until_exit(out_dir)
+      if args.fresh:
+        _remove_workdirs(out_dir, workdirs(config))
   except (RunFolderLockedError, NotADirectoryError) as error:
     parser.error(str(error))
+  barrier("start_experiment")  # the other processes train once process 0 holds the folder
   _end_run_errors_in_one_line(parser.prog)
   return ExperimentRun(name=name, quick=args.quick, progress=not args.no_progress,
                        out_dir=out_dir, config=config, overrides=overrides)

@@ -14,6 +14,9 @@ are built with matplotlib's object API (``new_figure``): no pyplot, no backend t
 experiment whose units of work are not ``train`` runs saves and resumes them with
 ``cached_unit``; one that steps its own models (a vmapped ensemble, an ahead-of-time compiled
 step) builds the step from ``momentum_jax.train.step``'s ``token_loss`` and ``optimizer_step``.
+
+In a run of several processes (``python -m momentum_jax.train.launch``), every process trains
+and computes every row alike; process 0 alone writes the results, the figures and the units.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from momentum_jax.data import Task, TextDataset
 from momentum_jax.experiments.cli import ExperimentRun
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, TrainResult, train
+from momentum_jax.train.distributed import is_main_process
 
 #: The results file ``finish`` writes in the run folder, unless told another name.
 RESULTS_FILE = "results.json"
@@ -104,8 +108,12 @@ def cached_unit(run: ExperimentRun, name: str, compute: Callable[[], dict]) -> d
   start = time.perf_counter()
   unit = compute()
   unit.update(seconds=time.perf_counter() - start, config_hash=run.config_hash)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(unit))
+  # In a run of several processes, process 0 writes, by a rename: the others may be reading it.
+  if is_main_process():
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = path.with_name(f".{UNIT_FILE}.written")
+    written.write_text(json.dumps(unit))
+    written.replace(path)
   if run.progress:
     print(f"{name}: {unit['seconds']:.0f} s")
   return unit
@@ -166,8 +174,11 @@ def finish(run: ExperimentRun, summary: dict[str, Any], figures: Mapping[str, Fi
   """Writes ``summary`` with ``quick`` and ``run.record()`` to ``run.out_dir / results_file``
   and each figure (laid out tightly, at ``FIGURE_DPI``) to ``run.out_dir / <its name>``;
   prints what it wrote (and, for a ``--quick`` run, ``QUICK_NOTE``) and returns the written
-  summary."""
+  summary. In a run of several processes, process 0 alone writes and prints; every process
+  returns the summary."""
   summary = {**summary, "quick": run.quick, **run.record()}
+  if not is_main_process():  # of a run of several processes: process 0 writes
+    return summary
   (run.out_dir / results_file).write_text(json.dumps(summary, indent=2))
   for name, fig in figures.items():
     fig.tight_layout()

@@ -4,7 +4,8 @@ Orbax writes a checkpoint in background threads. When one of them fails (a full 
 removed under the run), the failure surfaces at the next save or at the end of the run as several
 hundred lines of logged and chained tracebacks. :class:`CheckpointWriter` first checks that the
 folder's file system has room for the state's bytes (plus a margin for metadata) and refuses to
-start a save that cannot fit, so the common case never starts writing. It waits for the previous
+start a save that cannot fit, so the common case never starts writing (in a run of several
+processes, each checks its own and all refuse when one lacks the room). It waits for the previous
 save to finish before starting the next one (orbax waits there anyway, so no overlap with
 training is lost), so a failure is known to belong to its step, and raises
 :class:`CheckpointSaveError`, one line naming the step, the folder, the innermost cause (e.g.
@@ -28,7 +29,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from momentum_jax.train import checkpoint
+from momentum_jax.train import checkpoint, distributed
 
 
 class CheckpointSaveError(RuntimeError):
@@ -132,10 +133,15 @@ class CheckpointWriter:
     self.wait()
     needed = sum(leaf.nbytes for leaf in jax.tree.leaves(state)) + _METADATA_MARGIN_BYTES
     free = shutil.disk_usage(self.manager.directory).free
-    if free < needed:
+    # Every process decides alike, or the ones that go on would wait for the others in orbax.
+    short = [p for p, fits in enumerate(distributed.each_process(free >= needed)) if not fits]
+    if short:
+      where, here = ("", "")
+      if jax.process_count() > 1:
+        where, here = f" on process(es) {short}", f" on process {jax.process_index()}"
       raise CheckpointSaveError(
-          step, self.manager.directory, f"No space left on device: it needs about "
-          f"{_megabytes(needed)} and {_megabytes(free)} are free; nothing was written",
+          step, self.manager.directory, f"No space left on device{where}: it needs about "
+          f"{_megabytes(needed)} and {_megabytes(free)} are free{here}; nothing was written",
           self.newest, [])
     try:
       checkpoint.save(self.manager, step, state, signature, data_state)

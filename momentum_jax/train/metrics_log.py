@@ -10,6 +10,8 @@ import time
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+import jax
+
 if TYPE_CHECKING:
   import tensorboardX
 
@@ -41,16 +43,24 @@ class MetricsLog:
   first receives the records kept from the JSONL file, stamped with the current wall time.
 
   Close the log (``close()`` or ``with MetricsLog(...) as log:``) to flush the event file.
+
+  In a run of several processes (``momentum_jax.train.distributed``) every process keeps the
+  same ``records`` and process 0 alone writes the files: the others read the kept records from
+  the file (which process 0 rewrites by an atomic rename, so they read it whole, before or
+  after) and then only append in memory.
   """
 
   def __init__(self, path: pathlib.Path, *, keep_until_step: int | None,
-               tensorboard_dir: pathlib.Path | None = None):
+               tensorboard_dir: pathlib.Path | None = None, write_files: bool | None = None):
     """Opens ``path``; keeps records with ``step <= keep_until_step`` (``None`` = start afresh).
 
     A run killed mid-write can leave a torn last line; it is dropped with the other records
     past the resume point. ``tensorboard_dir`` (None = no event files) receives the scalars.
+    ``write_files``: whether this log writes ``path`` and the event files (default: when this
+    is process 0, ``jax.process_index() == 0``); without, it keeps its records in memory only.
     """
     self.path = path
+    self.write_files = jax.process_index() == 0 if write_files is None else write_files
     self.records: list[dict[str, Any]] = []
     if keep_until_step is not None and path.exists():
       for line in path.read_text().splitlines():
@@ -60,10 +70,14 @@ class MetricsLog:
           continue
         if record["step"] <= keep_until_step:
           self.records.append(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
     self._closed = False
     self._writer = None
+    if not self.write_files:
+      return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kept = path.with_name(f".{path.name}.kept")
+    kept.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+    kept.replace(path)
     if tensorboard_dir is not None:
       self._writer = self._open_writer(tensorboard_dir, keep_until_step)
 
@@ -105,6 +119,8 @@ class MetricsLog:
       raise ValueError(f"append to the closed MetricsLog of {self.path}")
     record = {"step": step, **values}
     self.records.append(record)
+    if not self.write_files:
+      return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
     if self._writer is not None:

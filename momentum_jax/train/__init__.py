@@ -1,12 +1,15 @@
-"""Training: config and optimizer, masked losses, the jitted mesh-aware loop (synthetic tasks or
-packed text; data / FSDP / tensor-parallel meshes; mixed precision; gradient accumulation) with
-orbax checkpoints of its ``TrainState`` that resume on another mesh and skip damaged steps, and
-``load_run``, which reads a trained run back for generation."""
+"""Training: config, optimizer, learning-rate schedule and weight-decay mask, masked losses, the
+jitted mesh-aware loop (synthetic tasks or packed text; data / FSDP / tensor-parallel meshes;
+mixed precision; gradient accumulation) with orbax checkpoints of its ``TrainState`` that resume
+on another mesh and skip damaged steps, and ``load_run``, which reads a trained run back for
+generation."""
 
 from momentum_jax.train.checkpoint import (
     ConfigMismatchError, CorruptCheckpointWarning, NonFiniteStateError)
 from momentum_jax.train.checkpoint_writer import CheckpointSaveError
-from momentum_jax.train.config import TrainConfig, make_optimizer, make_schedule
+from momentum_jax.train.config import (
+    LR_DECAYS, WEIGHT_DECAY_MASKS, TrainConfig, make_optimizer, make_schedule,
+    weight_decay_mask_fn)
 from momentum_jax.train.divergence import TrainingDivergedError
 from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_second
 from momentum_jax.train.loop import METRICS_FILE, TENSORBOARD_DIR, TrainResult, train
@@ -33,6 +36,7 @@ __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
     "LOGICAL_AXIS_RULES",
+    "LR_DECAYS",
     "MESH_AXES",
     "METRICS_FILE",
     "TENSORBOARD_DIR",
@@ -46,6 +50,7 @@ __all__ = [
     "TrainResult",
     "TrainState",
     "TrainingDivergedError",
+    "WEIGHT_DECAY_MASKS",
     "batch_sharding",
     "bytes_per_device",
     "init_train_state",
@@ -64,4 +69,5 @@ __all__ = [
     "peak_flops_per_second",
     "token_loss",
     "train",
+    "weight_decay_mask_fn",
 ]

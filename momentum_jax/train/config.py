@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import optax
 
 from momentum_jax.optim.adaptive_momentum import am_adamw, am_sgd
@@ -34,6 +35,13 @@ OPTIMIZERS = tuple(_OPTIMIZERS)
 # step collects in the same forward/backward pass as the gradients.
 LAYER_STATS_OPTIMIZERS = ("mkor",)
 _DTYPES = ("float32", "bfloat16")
+#: How the learning rate moves after the warmup (``make_schedule``).
+LR_DECAYS = ("constant", "cosine", "linear")
+#: Which parameters weight decay applies to (``weight_decay_mask_fn``).
+WEIGHT_DECAY_MASKS = ("all", "matrices", "matrices_except_embeddings")
+# Optimizers whose factory takes optax's ``mask`` of the decayed parameters.
+_MASKABLE = tuple(name for name, (factory, _) in _OPTIMIZERS.items()
+                  if "mask" in inspect.signature(factory).parameters)
 _PARAM_TYPES = (bool, int, float, str, type(None))  # JSON scalars: hashable, saved in checkpoints
 
 # Fields that only say how often to evaluate, log or save, or how long to run: changing them
@@ -52,7 +60,9 @@ class TrainConfig:
     steps: total optimizer steps of the run (a resumed run continues up to this count).
     batch_size: sequences per micro-batch (per step without accumulation); must divide by the
       mesh's data-parallel size (``data`` × ``fsdp``).
-    learning_rate: peak learning rate, reached after ``warmup_steps``.
+    learning_rate: peak learning rate, reached after ``warmup_steps``; a float (for a
+      schedule set ``lr_decay``, ``warmup_steps``, ``decay_steps`` and ``min_lr_ratio``: a
+      callable is refused, since the config must be hashable and saved with the run).
     optimizer: ``"adam"``, ``"adamw"`` (decoupled weight decay, Loshchilov & Hutter,
       arXiv 1711.05101), ``"sgd"`` (heavy-ball momentum ``b1``; 0 = plain SGD), ``"spam"``
       (:func:`momentum_jax.optim.spam`), ``"stable_spam"`` (:func:`momentum_jax.optim.stable_spam`),
@@ -66,12 +76,31 @@ class TrainConfig:
     weight_decay: weight decay of ``adamw``, ``spam``, ``stable_spam``, ``am_adamw`` (decoupled)
       and ``am_sgd`` (coupled, an L2 term); must be 0 for the others. The default 0 overrides
       the 1e-2 default of ``am_adamw``.
+    weight_decay_mask: which parameters are decayed (``weight_decay_mask_fn``): ``"all"``
+      (every parameter, optax's default), ``"matrices"`` (the weight matrices: every dense
+      layer's ``kernel`` and the token ``embedding``, nanoGPT's rule; not norm scales, biases or
+      the attention variants' learned parameters such as γ) or
+      ``"matrices_except_embeddings"`` (dense kernels only, minGPT's rule). Other than
+      ``"all"`` only for the optimizers whose factory takes optax's ``mask`` (``adamw``).
     optimizer_params: further keyword arguments of the optimizer's factory, e.g.
       ``{"threshold": 5000.0, "reset_interval": 500}`` for SPAM or ``{"beta_max": 0.9}`` for
       AM-SGD; values are JSON scalars. Stored as a sorted tuple of pairs so the config stays
       hashable. Arguments that other fields set (``learning_rate``, ``b1``, ``b2``,
-      ``weight_decay``, SGD's ``momentum``) are not accepted here.
+      ``weight_decay``, SGD's ``momentum``, the ``mask`` of ``weight_decay_mask``) are not
+      accepted here.
     warmup_steps: linear warmup length, 0 = none (see ``make_schedule``).
+    lr_decay: the learning rate after the warmup: ``"constant"`` (the peak), ``"cosine"`` or
+      ``"linear"`` decay from the peak to ``min_lr_ratio`` × peak at step ``decay_steps``,
+      held there after it (see ``make_schedule``).
+    decay_steps: the step at which a decaying schedule reaches its floor, counting the warmup
+      (optax's ``warmup_cosine_decay_schedule`` convention, nanoGPT's ``lr_decay_iters``);
+      ``None`` = ``steps``, the end of the run. Must exceed ``warmup_steps``; only with a
+      decaying ``lr_decay``. The horizon shapes every step's learning rate, so ``to_dict``
+      writes it resolved and it is part of the checkpoint signature: a run resumed with another
+      ``steps`` under ``decay_steps=None`` is refused, naming ``train.decay_steps`` (give the
+      saved value explicitly to continue on its schedule).
+    min_lr_ratio: the floor of a decaying schedule as a fraction of ``learning_rate``, in
+      [0, 1]; must be 0 with ``lr_decay="constant"``.
     grad_clip_norm: clip gradients to this global L2 norm; ``None`` = no clipping.
     gradient_spikes: 1-indexed steps at which the gradient is multiplied by ``spike_factor``
       before clipping and the optimizer (:func:`momentum_jax.optim.inject_gradient_spikes`,
@@ -79,7 +108,11 @@ class TrainConfig:
       duplicates.
     spike_factor: the multiplier of the spiked gradients.
     eval_every: evaluate every this many steps (0 = only at the end); always at the end.
-    eval_batches: held-out batches per evaluation.
+    eval_batches: held-out batches of ``batch_size`` rows per evaluation: a synthetic task's
+      batches ``fold_in(eval_key, i)``, or the first batches of one pass over a text dataset's
+      validation split; ``None`` = the whole validation split of a text dataset (every full
+      batch of one pass, the same rows at every evaluation, so held-out losses compare across
+      trainers); a synthetic task has no finite split and ``train`` refuses ``None`` for it.
     checkpoint_every: save every this many steps (0 = only at the end); always at the end.
     log_every: log the training metrics every this many steps.
     seed: seeds the parameter initialisation, the training data and the held-out data.
@@ -109,13 +142,17 @@ class TrainConfig:
   b1: float = 0.9
   b2: float = 0.999
   weight_decay: float = 0.0
+  weight_decay_mask: str = "all"
   warmup_steps: int = 0
+  lr_decay: str = "constant"
+  decay_steps: int | None = None
+  min_lr_ratio: float = 0.0
   grad_clip_norm: float | None = None
   optimizer_params: Any = ()
   gradient_spikes: tuple[int, ...] = ()
   spike_factor: float = 1000.0
   eval_every: int = 100
-  eval_batches: int = 4
+  eval_batches: int | None = 4
   checkpoint_every: int = 0
   log_every: int = 10
   seed: int = 0
@@ -144,7 +181,8 @@ class TrainConfig:
     _int("batch_size", 1)
     _int("warmup_steps", 0)
     _int("eval_every", 0)
-    _int("eval_batches", 1)
+    if self.eval_batches is not None:
+      _int("eval_batches", 1)
     _int("checkpoint_every", 0)
     _int("log_every", 1)
     _int("seed", 0)
@@ -159,7 +197,13 @@ class TrainConfig:
         or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)):
       raise ValueError(f"mesh_shape must be None or three ints >= 1 (data, fsdp, tensor), got "
                        f"mesh_shape={self.mesh_shape!r}")
-    if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+    if callable(self.learning_rate):
+      raise ValueError(
+          f"learning_rate must be a float (the peak), got the callable {self.learning_rate!r}; "
+          f"for a schedule set lr_decay={LR_DECAYS}, warmup_steps=..., decay_steps=... and "
+          "min_lr_ratio=...")
+    if (not isinstance(self.learning_rate, (int, float)) or isinstance(self.learning_rate, bool)
+        or not (self.learning_rate > 0 and math.isfinite(self.learning_rate))):
       raise ValueError(
           f"learning_rate must be a positive finite float, got learning_rate={self.learning_rate!r}"
       )
@@ -176,6 +220,14 @@ class TrainConfig:
           f"weight_decay={self.weight_decay} is only used by the optimizers {decayed}, got "
           f"optimizer={self.optimizer!r}"
       )
+    self._validate_schedule()
+    if self.weight_decay_mask not in WEIGHT_DECAY_MASKS:
+      raise ValueError(f"weight_decay_mask must be one of {WEIGHT_DECAY_MASKS}, got "
+                       f"weight_decay_mask={self.weight_decay_mask!r}")
+    if self.weight_decay_mask != "all" and self.optimizer not in _MASKABLE:
+      raise ValueError(
+          f"weight_decay_mask={self.weight_decay_mask!r} needs an optimizer whose factory takes a "
+          f"weight-decay mask, one of {_MASKABLE}; got optimizer={self.optimizer!r}")
     if self.grad_clip_norm is not None and not self.grad_clip_norm > 0:
       raise ValueError(
           f"grad_clip_norm must be None or > 0, got grad_clip_norm={self.grad_clip_norm!r}"
@@ -189,9 +241,49 @@ class TrainConfig:
       raise ValueError(f"spike_factor must be finite, got spike_factor={self.spike_factor!r}")
     self._validate_optimizer_params()
 
+  def _validate_schedule(self) -> None:
+    if self.lr_decay not in LR_DECAYS:
+      raise ValueError(f"lr_decay must be one of {LR_DECAYS}, got lr_decay={self.lr_decay!r}")
+    ratio = self.min_lr_ratio
+    if (not isinstance(ratio, (int, float)) or isinstance(ratio, bool)
+        or not 0.0 <= ratio <= 1.0):
+      raise ValueError(f"min_lr_ratio must be a float in [0, 1], got min_lr_ratio={ratio!r}")
+    if self.decay_steps is not None and (
+        not isinstance(self.decay_steps, int) or isinstance(self.decay_steps, bool)
+        or self.decay_steps < 1):
+      raise ValueError(f"decay_steps must be None or an int >= 1, got "
+                       f"decay_steps={self.decay_steps!r}")
+    if self.lr_decay == "constant":
+      for name, unused in (("decay_steps", None), ("min_lr_ratio", 0.0)):
+        if getattr(self, name) != unused:
+          raise ValueError(
+              f"{name}={getattr(self, name)!r} is only used by a decaying schedule "
+              f"(lr_decay='cosine' or 'linear'), got lr_decay='constant'")
+      return
+    if self.decay_horizon <= self.warmup_steps:
+      given = (f"decay_steps={self.decay_steps}" if self.decay_steps is not None
+               else f"decay_steps=None, i.e. steps={self.steps}")
+      raise ValueError(
+          f"lr_decay={self.lr_decay!r} decays from the end of the warmup to decay_steps, which "
+          f"must exceed warmup_steps={self.warmup_steps}; got {given} (shorten warmup_steps or "
+          "give a larger decay_steps)")
+
+  @property
+  def decay_horizon(self) -> int | None:
+    """The step at which a decaying schedule reaches its floor (``decay_steps``, None: ``steps``);
+    None for ``lr_decay="constant"``."""
+    if self.lr_decay == "constant":
+      return None
+    return self.steps if self.decay_steps is None else self.decay_steps
+
   def _validate_optimizer_params(self) -> None:
     factory, fields = _OPTIMIZERS[self.optimizer]
-    accepted = sorted(set(inspect.signature(factory).parameters) - {"learning_rate", *fields})
+    if "mask" in dict(self.optimizer_params):
+      raise ValueError(
+          f"optimizer_params may not set 'mask' (got mask={dict(self.optimizer_params)['mask']!r}):"
+          f" choose the decayed parameters with weight_decay_mask, one of {WEIGHT_DECAY_MASKS}")
+    accepted = sorted(set(inspect.signature(factory).parameters)
+                      - {"learning_rate", "mask", *fields})
     unknown = sorted(set(dict(self.optimizer_params)) - set(accepted))
     if unknown:
       raise ValueError(
@@ -204,21 +296,75 @@ class TrainConfig:
     make_optimizer(self)  # the factory checks the values (its ValueError names the argument)
 
   def to_dict(self) -> dict[str, Any]:
-    """JSON-serialisable form (``optimizer_params`` as a dict)."""
+    """JSON-serialisable form (``optimizer_params`` as a dict), with the horizon of a decaying
+    schedule resolved (``decay_steps=None`` written as ``steps``): the checkpoint signature and
+    the experiments' records leave ``steps`` out but keep this. ``TrainConfig(**to_dict())``
+    is the same config, or, with ``decay_steps=None`` under a decaying ``lr_decay``, the same
+    schedule with the horizon explicit."""
     d = dataclasses.asdict(self)
     d["optimizer_params"] = dict(self.optimizer_params)
+    d["decay_steps"] = self.decay_horizon
     return d
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-  """Linear warmup then constant: ``lr(t) = lr · min(1, t / warmup_steps)`` (``lr`` if no warmup).
+  """The learning rate after ``t`` completed updates: linear warmup, then ``cfg.lr_decay``.
 
-  ``t`` counts completed updates, so the first update of a warmup uses ``lr(0) = 0`` (optax's
-  convention for ``warmup_constant_schedule``).
+  With peak ``η = learning_rate``, ``w = warmup_steps``, ``D = decay_horizon`` (``decay_steps``,
+  None: ``steps``), floor ratio ``ρ = min_lr_ratio`` and ``s = min(t − w, D − w) / (D − w)``,
+
+      lr(t) = η · t / w                                  for t < w (the warmup),
+      lr(t) = η                                          "constant",
+      lr(t) = η · (ρ + (1 − ρ) · ½ (1 + cos(π s)))       "cosine" (SGDR without restarts,
+                                                          Loshchilov & Hutter, arXiv 1608.03983),
+      lr(t) = η · (1 − (1 − ρ) · s)                      "linear",
+
+  for t >= w: the decay reaches ``ρ η`` at ``t = D`` and stays there (nanoGPT's ``get_lr``
+  with ``min_lr = ρ η``). Built from optax's schedules (``constant_schedule``,
+  ``warmup_constant_schedule``, ``warmup_cosine_decay_schedule``, ``linear_schedule`` joined by
+  ``join_schedules``). ``t`` counts completed updates, so the first update of a warmup uses
+  ``lr(0) = 0`` (optax's convention).
   """
-  if cfg.warmup_steps == 0:
-    return optax.constant_schedule(cfg.learning_rate)
-  return optax.warmup_constant_schedule(0.0, cfg.learning_rate, cfg.warmup_steps)
+  peak, warmup = cfg.learning_rate, cfg.warmup_steps
+  if cfg.lr_decay == "constant":
+    if warmup == 0:
+      return optax.constant_schedule(peak)
+    return optax.warmup_constant_schedule(0.0, peak, warmup)
+  horizon, floor = cfg.decay_horizon, cfg.min_lr_ratio * peak
+  if cfg.lr_decay == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, horizon, end_value=floor)
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                               optax.linear_schedule(peak, floor, horizon - warmup)], [warmup])
+
+
+def _path_names(path: tuple[Any, ...]) -> set[Any]:
+  return {getattr(key, "key", getattr(key, "name", getattr(key, "idx", None))) for key in path}
+
+
+def weight_decay_mask_fn(mask: str) -> Callable[[Any], Any] | None:
+  """optax's ``mask`` for ``TrainConfig.weight_decay_mask``: ``params -> pytree of bools``
+  (True = decayed), or None for ``"all"`` (optax decays every parameter).
+
+  The decision is by name, not by shape, so it holds for any stacking of the layers: a leaf is
+  a weight matrix when its path in the parameter tree has a key ``"kernel"`` (the weight of every
+  dense layer of ``momentum_jax.nn``: attention and MLP projections, the unembedding, gates and
+  routers) or, for ``"matrices"``, ``"embedding"`` (the token embedding, which is also the output
+  matrix with tied embeddings). Everything else is not decayed: RMSNorm ``scale``\s, dense
+  ``bias``\es, attention sinks and the attention variants' learned parameters (γ, KV-shift mixes,
+  biases, fixed queries).
+
+  Example:
+    >>> mask = weight_decay_mask_fn("matrices")
+    >>> mask({"embed": {"embedding": jnp.ones((4, 2))}, "final_norm": {"scale": jnp.ones(2)}})
+    {'embed': {'embedding': True}, 'final_norm': {'scale': False}}
+  """
+  if mask not in WEIGHT_DECAY_MASKS:
+    raise ValueError(f"mask must be one of {WEIGHT_DECAY_MASKS}, got mask={mask!r}")
+  if mask == "all":
+    return None
+  decayed = {"kernel", "embedding"} if mask == "matrices" else {"kernel"}
+  return lambda params: jax.tree_util.tree_map_with_path(
+      lambda path, _: bool(_path_names(path) & decayed), params)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -226,8 +372,8 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 
   The optional stages, in order: ``inject_gradient_spikes(gradient_spikes, spike_factor)``, then
   ``clip_by_global_norm(grad_clip_norm)``, then the optimizer's factory called with the schedule,
-  the config fields it takes and ``optimizer_params``. Without spikes and clipping the optimizer
-  is returned unchained.
+  the config fields it takes (with the ``weight_decay_mask``) and ``optimizer_params``. Without
+  spikes and clipping the optimizer is returned unchained.
 
   Example:
     >>> tx = make_optimizer(TrainConfig(optimizer="adamw", weight_decay=0.01, warmup_steps=100))
@@ -237,6 +383,9 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
   factory, fields = _OPTIMIZERS[cfg.optimizer]
   from_fields = {name: (cfg.b1 or None) if name == "momentum" else getattr(cfg, name)
                  for name in fields}
+  mask = weight_decay_mask_fn(cfg.weight_decay_mask)
+  if mask is not None:
+    from_fields["mask"] = mask
   tx = factory(make_schedule(cfg), **from_fields, **dict(cfg.optimizer_params))
   stages = []
   if cfg.gradient_spikes:

@@ -79,10 +79,12 @@ class Placement(NamedTuple):
 
 
 def step_config(cfg: TrainConfig) -> TrainConfig:
-  """``cfg`` with the fields the step does not read reset, so equal steps share one compile."""
+  """``cfg`` with the fields the step does not read reset, so equal steps share one compile; the
+  horizon of a decaying schedule (``decay_steps=None``: ``steps``) is made explicit first."""
   defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
   unread = (*SCHEDULE_ONLY_FIELDS, *PLACEMENT_FIELDS, "seed")
-  return dataclasses.replace(cfg, **{k: defaults[k] for k in unread})
+  return dataclasses.replace(cfg, decay_steps=cfg.decay_horizon,
+                             **{k: defaults[k] for k in unread})
 
 
 def _placed(tree: Any, shardings: tuple[NamedSharding, ...]) -> Any:

@@ -16,7 +16,8 @@ The held-out evaluation runs the model in eval mode under ``momentum_jax.nn.chec
 model's input checks: token ids in ``[0, vocab_size)``, γ finite and >= 0); the train step runs
 unchecked. Train records carry ``tokens_per_second`` and ``model_flops_per_second`` (PaLM model
 FLOPs, ``momentum_jax.train.flops``) measured between log records, and ``mfu`` on devices whose
-peak is known; the first step of a run (compilation) is not timed. They also carry the model's
+peak is known; the first step of a run (compilation) is not in them: the first record after it
+holds ``compile_seconds`` and ``first_step_seconds`` instead. They also carry the model's
 small learned attention parameters as the variant receives them (``learned γ`` of
 ``"momentum_learned"`` per layer and kv head: ``Transformer.learned_attention_values``).
 """
@@ -27,12 +28,13 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
+import itertools
 import math
 import os
 import pathlib
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -61,8 +63,25 @@ from momentum_jax.train.step import (
 METRICS_FILE = "metrics.jsonl"
 #: The folder in the workdir of the TensorBoard event file (with ``TrainConfig.tensorboard``).
 TENSORBOARD_DIR = "tensorboard"
-_START_OVER = ("to start over, rerun the experiment with --fresh (or delete the workdir); to keep "
-               "both runs, give another --output-dir (or workdir)")
+
+
+class _Advice(NamedTuple):
+  """How to start a run over, in the words of the caller's interface."""
+
+  start_over: str  # after a refused resume
+  retrain: str  # after a finished run is skipped
+
+
+# ``train`` called from Python, and ``train`` called by the experiment command line (which
+# passes its ``experiment`` record).
+_PYTHON_ADVICE = _Advice(
+    start_over=("to start over, delete the workdir; to keep both runs, call train with another "
+                "workdir"),
+    retrain="a larger train_config.steps continues it; another workdir retrains")
+_COMMAND_LINE_ADVICE = _Advice(
+    start_over=("to start over, rerun the experiment with --fresh (or delete the workdir); to keep "
+                "both runs, give another --output-dir (or workdir)"),
+    retrain="--fresh retrains")
 
 
 class TrainResult(NamedTuple):
@@ -79,7 +98,8 @@ class TrainResult(NamedTuple):
       (the adaptive momentum β_t of ``am_sgd`` / ``am_adamw`` after the step), and the
       throughput ``tokens_per_second``, ``model_flops_per_second`` and ``mfu`` (where the
       device's peak is known) once a step has been timed; eval records carry ``eval_`` and each
-      key of ``final_eval``), in order.
+      key of ``final_eval``; the first record after the first step of this call also carries
+      ``compile_seconds`` and ``first_step_seconds``), in order.
     model: the trained ``Transformer`` (``nnx.merge`` of the final state).
   """
 
@@ -159,17 +179,14 @@ class _TextFeed:
   def next_train(self) -> Batch:
     return self._global(next(self.train))
 
-  def evaluation_batches(self) -> list[Batch]:
+  def evaluation_batches(self) -> Iterator[Batch]:
     """The first ``eval_batches`` batches of one pass over the validation rows (fewer if the
-    split holds fewer): the same held-out tokens at every evaluation."""
+    split holds fewer; ``None``: all of them), read afresh: the same held-out tokens at every
+    evaluation, and only one batch of them in host memory at a time."""
     validation = self._dataset.iterator("validation", self._cfg.batch_size, seed=self._cfg.seed,
                                         repeat=False, **self._shards)
-    batches = []
-    for batch in validation:
-      if len(batches) == self._cfg.eval_batches:
-        break
-      batches.append(self._global(batch))
-    return batches
+    for batch in itertools.islice(validation, self._cfg.eval_batches):
+      yield self._global(batch)
 
 
 def train(
@@ -186,15 +203,21 @@ def train(
 
   Writes ``workdir/metrics.jsonl`` (train metrics every ``log_every`` steps, held-out eval every
   ``eval_every`` steps and at the end; also as TensorBoard scalars in ``workdir/tensorboard``
-  when ``train_config.tensorboard`` and the ``tensorboard`` extra is installed) and orbax checkpoints in ``workdir/checkpoints`` (every
-  ``checkpoint_every`` steps and at the end), with the text iterator's position. If ``workdir``
-  holds a checkpoint, training resumes from the newest readable one, on whatever mesh this run
-  has, bit-identically to an uninterrupted run, and prints ``resumed <workdir name> from step
-  <k> of <steps>``, or ``<workdir name> finished at step <k> of <steps>: skipped (--fresh
-  retrains)`` when nothing is left to train (the final evaluation still runs). A damaged newest
-  checkpoint is set aside with a ``checkpoint.CorruptCheckpointWarning`` and the one before it
-  used. Resuming under a different package version, model, optimisation, data or experiment
-  config raises ``ValueError`` listing each differing key.
+  when ``train_config.tensorboard`` and the ``tensorboard`` extra is installed) and orbax
+  checkpoints in ``workdir/checkpoints`` (every ``checkpoint_every`` steps and at the end), with
+  the text iterator's position. The first record after the run's first step also holds
+  ``compile_seconds`` (tracing and compiling the train step) and ``first_step_seconds`` (running
+  it once, compiled), which ``progress`` also prints. If ``workdir`` holds a checkpoint, training
+  resumes from the newest readable one, on whatever mesh this run has, bit-identically to an
+  uninterrupted run, and prints ``resumed <workdir name> from step <k> of <steps>``, or
+  ``<workdir name> finished at step <k> of <steps>: skipped (<how to continue or retrain>)``
+  when nothing is left to train (the final evaluation still runs). A damaged newest checkpoint is
+  set aside with a ``checkpoint.CorruptCheckpointWarning`` and the one before it used. Resuming
+  under a different package version, model, optimisation (the horizon of a decaying learning
+  rate included), data or experiment config raises ``ValueError`` listing each differing key
+  and saying how to start over. These messages name ``train``'s arguments (another
+  ``workdir``), or, when an ``experiment`` record is given, the experiment command line's
+  ``--fresh`` and ``--output-dir``.
 
   One run per folder: ``train`` (process 0 of a multi-host run) holds an exclusive lock on
   ``workdir`` while it runs (``momentum_jax.train.run_lock``; released by the operating system
@@ -221,7 +244,7 @@ def train(
     data: a synthetic task (a frozen dataclass such as those of ``momentum_jax.data``, sampled
       inside the jitted step) or a ``TextDataset`` (``momentum_jax.data.load_text_dataset``;
       trained on its train split, evaluated on the first ``eval_batches`` batches of its
-      validation split).
+      validation split, or with ``eval_batches=None`` on all of it).
     workdir: directory for metrics and checkpoints (created if absent).
     mesh: a mesh whose axes are among ``("data", "fsdp", "tensor")``, instead of
       ``train_config.mesh_shape``. Default: the mesh of ``mesh_shape``, or one device.
@@ -229,15 +252,16 @@ def train(
     experiment: a JSON record of the experiment that runs this training, saved in the checkpoint
       signature (the experiment CLI passes its name, the hash of its resolved config and that
       config); compared on resume with a saved record of the same experiment name
-      (``checkpoint.signature_differences``).
+      (``checkpoint.signature_differences``). Its presence makes the messages about
+      continuing or starting over speak of the command line's flags.
 
   Returns:
     ``TrainResult(params, final_eval, history, model)``.
 
   Raises:
     ValueError: the model does not fit the data, the mesh does not fit the devices or the batch
-      (``batch_size`` must divide by the data × fsdp size), or the checkpoint in ``workdir`` was
-      saved under another config.
+      (``batch_size`` must divide by the data × fsdp size), ``eval_batches=None`` is given for
+      a synthetic task, or the checkpoint in ``workdir`` was saved under another config.
     RunFolderLockedError: another run holds ``workdir`` (the message names its process id).
     CheckpointSaveError: a checkpoint could not be written (a full disk): the message names the
       step, the cause and the newest complete checkpoint, which a rerun resumes from.
@@ -246,6 +270,10 @@ def train(
   cfg = train_config
   model_config = _with_precision(model_config, cfg)
   _check_compatible(model_config, data)
+  if cfg.eval_batches is None and not isinstance(data, TextDataset):
+    raise ValueError(
+        f"train_config.eval_batches=None evaluates the whole validation split of a TextDataset; "
+        f"the synthetic task {type(data).__name__} has no finite split: give eval_batches an int")
   mesh = _training_mesh(cfg, mesh)
   batch_placement = batch_sharding(mesh, cfg.batch_size)
   workdir = pathlib.Path(workdir)
@@ -253,8 +281,9 @@ def train(
   # One lock per run: on a multi-host run, the processes share the workdir and process 0 holds it.
   with RunLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
     with CheckpointWriter(checkpoint.checkpoint_manager(workdir)) as writer:
+      advice = _PYTHON_ADVICE if experiment is None else _COMMAND_LINE_ADVICE
       return _run(model_config, cfg, data, workdir, writer, signature, mesh, batch_placement,
-                  progress)
+                  progress, advice)
 
 
 class _Throughput:
@@ -287,6 +316,19 @@ class _Throughput:
     return metrics
 
 
+def _timed_first_step(args: tuple[Any, ...], static: dict[str, Any]
+                      ) -> tuple[tuple[Any, ...], dict[str, float]]:
+  """``train_step(*args, **static)`` and ``{"compile_seconds", "first_step_seconds"}``: the wall
+  time of tracing, lowering and compiling it ahead of time, then of the call, compiled (jit
+  keeps the executable: the call does not compile again), until its outputs are ready."""
+  start = time.perf_counter()
+  train_step.lower(*args, **static).compile()
+  compiled = time.perf_counter()
+  outputs = jax.block_until_ready(train_step(*args, **static))
+  return outputs, {"compile_seconds": compiled - start,
+                   "first_step_seconds": time.perf_counter() - compiled}
+
+
 def _run(
     model_config: TransformerConfig,
     cfg: TrainConfig,
@@ -297,6 +339,7 @@ def _run(
     mesh: Mesh,
     batch_placement: NamedSharding,
     progress: bool,
+    advice: _Advice,
 ) -> TrainResult:
   """``train`` after validation, with an open checkpoint writer and the run's signature."""
   params_key, data_key, eval_key = jax.random.split(jax.random.key(cfg.seed), 3)
@@ -308,17 +351,17 @@ def _run(
     restored = checkpoint.restore_latest(
         writer.manager, fresh.checkpoint_tree(placement.replicated), signature)
   except checkpoint.ConfigMismatchError as error:
-    raise ValueError(f"{error}\n{_START_OVER}") from None
+    raise ValueError(f"{error}\n{advice.start_over}") from None
   state = fresh
   if restored is not None:
     writer.newest = restored.step
     state = TrainState.from_checkpoint_tree(restored.state, like=fresh)
     if state.step > cfg.steps:
       raise ValueError(f"the latest checkpoint is at step {state.step} > steps={cfg.steps} in "
-                       f"{workdir}; {_START_OVER}")
+                       f"{workdir}; {advice.start_over}")
     if state.step == cfg.steps:
       print(f"{workdir.name} finished at step {state.step} of {cfg.steps}: skipped "
-            "(--fresh retrains)")
+            f"({advice.retrain})")
     else:
       print(f"resumed {workdir.name} from step {state.step} of {cfg.steps}")
     if text is not None:
@@ -335,7 +378,7 @@ def _run(
         evaluate_task, eval_key=eval_key, graphdef=graphdef, task=data,
         batch_size=cfg.batch_size, num_batches=cfg.eval_batches, placement=placement))
   else:
-    evaluate = _text_evaluation(text.evaluation_batches(), data, graphdef, placement)
+    evaluate = _text_evaluation(text.evaluation_batches, data, graphdef, placement)
 
   seq_len = data.seq_len
   throughput = _Throughput(
@@ -345,18 +388,30 @@ def _run(
       num_devices=mesh.size)
   with MetricsLog(workdir / METRICS_FILE, keep_until_step=None if restored is None else start,
                   tensorboard_dir=_tensorboard_dir(cfg, workdir)) as log:
+    first_step: dict[str, float] = {}  # its timings, until a record holds them
+
+    def append(step: int, values: dict[str, float]) -> None:
+      log.append(step, {**values, **first_step})
+      first_step.clear()
 
     def run_eval(step: int) -> dict[str, float]:
       means = {k: float(v) for k, v in jax.device_get(evaluate(params, rest)).items()}
       if not log.has(step, "eval_loss"):
-        log.append(step, {f"eval_{k}": v for k, v in means.items()})
+        append(step, {f"eval_{k}": v for k, v in means.items()})
       return means
 
     with tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train") as bar:
       for step in range(start, cfg.steps):
         batch_or_key = text.next_train() if text is not None else data_key
-        params, opt_state, rest, metrics = train_step(
-            params, opt_state, rest, batch_or_key, jnp.int32(step), **step_static)
+        args = (params, opt_state, rest, batch_or_key, jnp.int32(step))
+        if step == start:
+          (params, opt_state, rest, metrics), timings = _timed_first_step(args, step_static)
+          first_step.update(timings)
+          if progress:
+            bar.write(f"{workdir.name}: train step compiled in {timings['compile_seconds']:.1f} s, "
+                      f"first step {timings['first_step_seconds']:.2f} s")
+        else:
+          params, opt_state, rest, metrics = train_step(*args, **step_static)
         throughput.stepped(metrics)
         done = step + 1
         watch.stepped(done, metrics)
@@ -365,7 +420,7 @@ def _run(
           values = {k: float(v) for k, v in jax.device_get(metrics).items()}
           values.update(throughput.read())
           values.update(nnx.merge(graphdef, params, rest).learned_attention_values())
-          log.append(done, values)
+          append(done, values)
           bar.set_postfix(loss=f"{values['train_loss']:.4f}")
         if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.steps:
           watch.check(writer.latest)
@@ -392,15 +447,17 @@ def _run(
   )
 
 
-def _text_evaluation(batches: list[Batch], dataset: TextDataset, graphdef: nnx.GraphDef,
-                     placement: Placement):
-  """``evaluate(params, rest)``: loss, accuracy, perplexity and bits per byte over ``batches``."""
+def _text_evaluation(batches: Callable[[], Iterator[Batch]], dataset: TextDataset,
+                     graphdef: nnx.GraphDef, placement: Placement):
+  """``evaluate(params, rest)``: loss, accuracy, perplexity and bits per byte over the held-out
+  ``batches()``."""
   bytes_per_token = dataset.bytes_per_token("validation")
   evaluate_one = checked(functools.partial(evaluate_batch, graphdef=graphdef,
                                            placement=placement))
 
   def evaluate(params, rest) -> dict[str, float]:
-    sums = [jax.device_get(evaluate_one(params, rest, batch)) for batch in batches]
+    # Dispatched batch after batch and fetched once, so reading a batch overlaps the last one.
+    sums = jax.device_get([evaluate_one(params, rest, batch) for batch in batches()])
     totals = {k: float(np.sum([s[k] for s in sums], dtype=np.float64)) for k in sums[0]}
     count = max(totals["count"], 1.0)
     loss = totals["loss_sum"] / count

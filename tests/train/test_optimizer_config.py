@@ -91,6 +91,11 @@ def test_optimizer_params_are_sorted_hashable_and_round_trip():
         (dict(gradient_spikes=(0, 5)), r"gradient_spikes.*\[0\]"),
         (dict(gradient_spikes=(2.5,)), r"gradient_spikes.*\[2.5\]"),
         (dict(spike_factor=float("nan")), "spike_factor="),
+        (dict(optimizer="adamw", weight_decay=0.1, optimizer_params={"mask": lambda p: p}),
+         r"optimizer_params may not set 'mask' \(got mask=<function.*\): choose the decayed "
+         r"parameters with weight_decay_mask, one of \('all', 'matrices'"),
+        (dict(optimizer="spam", weight_decay=0.1, weight_decay_mask="matrices"),
+         r"weight_decay_mask='matrices' needs an optimizer .*\('adamw',\); got optimizer='spam'"),
     ],
 )
 def test_bad_optimizer_config_raises_naming_it(kwargs, match):

@@ -70,12 +70,14 @@ def test_resume_is_bit_identical(tmp_path, capsys):
   assert len(keys) == len(set(keys))  # no duplicated records
 
   again = train(MODEL, TRAIN, TASK, tmp_path / "run", progress=False)  # nothing left to do
-  assert capsys.readouterr().out == "run finished at step 20 of 20: skipped (--fresh retrains)\n"
+  # Called from Python, the messages speak of train's arguments, not of command-line flags.
+  assert capsys.readouterr().out == ("run finished at step 20 of 20: skipped (a larger "
+                                     "train_config.steps continues it; another workdir retrains)\n")
   _assert_params_equal(straight.params, again.params)
   assert again.history == resumed.history
 
   shorter = dataclasses.replace(TRAIN, steps=5)
-  with pytest.raises(ValueError, match="step 20 > steps=5 .*--fresh.*--output-dir"):
+  with pytest.raises(ValueError, match="step 20 > steps=5 .*delete the workdir.*another workdir"):
     train(MODEL, shorter, TASK, tmp_path / "run", progress=False)
 
 
@@ -115,8 +117,9 @@ def test_resume_under_another_config_names_each_difference(tmp_path):
     train(other_model, TRAIN, TASK, tmp_path, progress=False)
   assert "model.attention: saved 'softmax' vs current 'momentum'" in str(info.value)
   assert "model.attention_params.gamma: saved <absent> vs current 0.5" in str(info.value)
-  assert "rerun the experiment with --fresh" in str(info.value)
-  assert "give another --output-dir" in str(info.value)
+  assert "to start over, delete the workdir" in str(info.value)
+  assert "call train with another workdir" in str(info.value)
+  assert "--fresh" not in str(info.value)
   # Cadence and length may change between a run and its resumption.
   train(MODEL, dataclasses.replace(TRAIN, log_every=3, eval_every=0), TASK, tmp_path,
         progress=False)
@@ -146,6 +149,9 @@ def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_pat
           experiment={"name": "sweep", "config_hash": "b2", "config": {"probe": 8}})
   assert "experiment.config.probe: saved 4 vs current 8" in str(info.value)
   assert "experiment.config_hash: saved 'a1' vs current 'b2'" in str(info.value)
+  # With an experiment record (the experiment command line's), the advice names its flags.
+  assert "rerun the experiment with --fresh" in str(info.value)
+  assert "give another --output-dir" in str(info.value)
   # Another experiment reading these models, and a plain train() call, compare the rest only.
   train(MODEL, cfg, TASK, tmp_path, progress=False,
         experiment={"name": "reader", "config_hash": "c3", "config": {}})
@@ -197,8 +203,17 @@ def test_incompatible_task_and_model_raise(tmp_path, model_config, match):
     train(model_config, TRAIN, TASK, tmp_path, progress=False)
 
 
+def test_the_whole_validation_split_is_refused_for_a_synthetic_task(tmp_path):
+  cfg = dataclasses.replace(TRAIN, eval_batches=None)
+  with pytest.raises(ValueError, match="eval_batches=None evaluates the whole validation split "
+                                       "of a TextDataset; the synthetic task InductionTask"):
+    train(MODEL, cfg, TASK, tmp_path, progress=False)
+  assert not (tmp_path / METRICS_FILE).exists()
+
+
 def test_batch_must_divide_by_the_data_parallel_axes():
   with pytest.raises(ValueError, match=r"batch_size=6 must be divisible .* data-parallel size 8"):
     batch_sharding(AbstractMesh((2, 4, 1), MESH_AXES), 6)
   # The tensor axis holds copies of the batch, so it does not need to divide it.
-  assert batch_sharding(AbstractMesh((1, 2, 4), MESH_AXES), 6).spec == PartitionSpec(("data", "fsdp"))
+  assert batch_sharding(AbstractMesh((1, 2, 4), MESH_AXES), 6).spec == PartitionSpec(
+      ("data", "fsdp"))

@@ -1,5 +1,6 @@
-"""train() options: gradient accumulation, mixed precision, MKOR by name, throughput and
-TensorBoard metrics, and their config checks."""
+"""train() options: gradient accumulation, mixed precision, MKOR by name, a decaying learning
+rate with masked weight decay, throughput, compile time and TensorBoard metrics, and their config
+checks."""
 
 import dataclasses
 
@@ -10,7 +11,7 @@ import pytest
 
 from momentum_jax.data import AssociativeRecallTask
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train import TrainConfig, train
+from momentum_jax.train import TrainConfig, make_schedule, train
 
 TASK = AssociativeRecallTask(vocab_size=16, num_pairs=3, num_queries=3)
 MODEL = TransformerConfig(vocab_size=16, context_len=TASK.seq_len, num_layers=2, d_model=32,
@@ -75,13 +76,33 @@ def test_mkor_by_name_preconditions_the_dense_layers(tmp_path):
   assert not np.allclose(kernel(mkor), kernel(adamw), atol=1e-4)
 
 
-def test_train_records_carry_throughput_and_tensorboard_gets_them(tmp_path):
+def test_train_records_carry_throughput_and_tensorboard_gets_them(tmp_path, capsys):
   cfg = dataclasses.replace(TRAIN, steps=4, log_every=2, tensorboard=True)
   result = train(MODEL, cfg, TASK, tmp_path, progress=False)
   records = [r for r in result.history if "train_loss" in r]
   assert records[0]["tokens_per_second"] > 0  # steps 2..2 after the first (compiling) step
   assert "mfu" not in records[0]  # the CPU has no known peak FLOP/s
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  # The first record holds the compile time and the first (compiled) step's, once.
+  first = records[0]
+  assert first["compile_seconds"] > first["first_step_seconds"] > 0
+  assert not any("compile_seconds" in r for r in result.history[1:])
+  assert capsys.readouterr().out == ""  # printed only with the progress bar
+  train(MODEL, dataclasses.replace(cfg, steps=6), TASK, tmp_path, progress=True)
+  assert "run: train step compiled in " in capsys.readouterr().out
+
+
+def test_a_cosine_schedule_with_masked_decay_trains_and_keeps_its_horizon(tmp_path):
+  cfg = dataclasses.replace(TRAIN, optimizer="adamw", weight_decay=0.1, warmup_steps=2,
+                            lr_decay="cosine", min_lr_ratio=0.1, weight_decay_mask="matrices",
+                            checkpoint_every=3)
+  result = train(MODEL, cfg, TASK, tmp_path, progress=False)
+  schedule = make_schedule(cfg)
+  logged = [r["learning_rate"] for r in result.history if "train_loss" in r]
+  np.testing.assert_allclose(logged, [float(schedule(t)) for t in range(cfg.steps)], rtol=1e-6)
+  assert logged[-1] == pytest.approx(1e-2 * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * 3 / 4))))
+  with pytest.raises(ValueError, match=r"train\.decay_steps: saved 6 vs current 9"):
+    train(MODEL, dataclasses.replace(cfg, steps=9), TASK, tmp_path, progress=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [

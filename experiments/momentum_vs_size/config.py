@@ -41,8 +41,9 @@ batches, 32,768 bytes):
 
 GPU / TPU configuration (``--preset gpu_350m``, not run here: no accelerator was available when
 it was written): the ``text_lm`` ``gpu_125m`` data and budget (tensorflow-datasets ``lm1b``,
-50,304-id byte-level BPE, context 1024, bfloat16 compute, AdamW 6e-4, 4,000 steps of
-512 × 1024 tokens ≈ 2.1B tokens) for a GPT-2-small-shaped momentum model (12 layers, d_model
+50,304-id byte-level BPE, context 1024, bfloat16 compute, AdamW 6e-4 with 500 warmup steps then
+cosine decay to 6e-5, weight decay 0.1 on the matrices only, 4,000 steps of 512 × 1024 tokens
+≈ 2.1B tokens) for a GPT-2-small-shaped momentum model (12 layers, d_model
 768, 12 heads: 123.6M parameters, γ = 0.25) and softmax models of 123.6M (the same shape),
 253M (16 layers, d_model 1024, 16 heads: 2.0×) and 353M (24 layers, d_model 1024, the GPT-2
 medium shape: 2.9×) parameters. At 40 % MFU on one H200 (989 TFLOP/s dense bfloat16) the four

@@ -47,9 +47,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
   for r in models.values():
     r["bits_per_byte_vs_softmax"] = r["eval_bits_per_byte"] - baseline
   best = min(models, key=lambda n: models[n]["eval_bits_per_byte"])
+  held_out = ("the whole validation split" if config.train.eval_batches is None
+              else f"{config.train.eval_batches} validation batches")
   print(f"\n{config.data.source}, {config.data.tokenizer} tokens, {text.dataset.seq_len} per "
         f"row; {config.train.steps} steps × {text.tokens_per_step} tokens; held-out loss on "
-        f"{config.train.eval_batches} validation batches")
+        f"{held_out}")
   print_table("model", 16, COLUMNS, models)
   seconds = time.perf_counter() - total
   print(f"\nlowest held-out bits per byte: {best}; total {seconds:.0f} s")

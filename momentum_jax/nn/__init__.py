@@ -1,9 +1,10 @@
 """Flax NNX modules: the transformer whose attention variant is chosen by name, and the attention
 layers with their own parameters (gated attention, Mixture-of-Head routing, the α projection of
-affine-scaled attention, the flux layer router)."""
+affine-scaled attention, the flux layer router); scanned and rematerialised layers
+(``TransformerConfig.scan_layers`` / ``remat``, ``stack_layers`` / ``unstack_layers``)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
-from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.config import REMAT_POLICIES, TransformerConfig
 from momentum_jax.nn.decode_state import (
     DecodeState, RecomputeCache, check_decodable, decoding_form,
 )
@@ -14,6 +15,7 @@ from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
 from momentum_jax.nn.input_checks import checked
+from momentum_jax.nn.layer_layout import stack_layers, unstack_layers
 from momentum_jax.nn.layer_stats import DenseStats, value_grad_and_layer_stats
 from momentum_jax.nn.moh import MoHRouter, load_balance_loss
 from momentum_jax.nn.sampling import generate, sample_next
@@ -32,6 +34,7 @@ __all__ = [
     "Mlp",
     "MoHRouter",
     "NamesFilter",
+    "REMAT_POLICIES",
     "RecomputeCache",
     "Recorder",
     "Transformer",
@@ -48,5 +51,7 @@ __all__ = [
     "sample_next",
     "segment_positions",
     "sparsity_loss",
+    "stack_layers",
+    "unstack_layers",
     "value_grad_and_layer_stats",
 ]

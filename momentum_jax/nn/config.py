@@ -14,6 +14,13 @@ from momentum_jax.nn.gated import GATE_MODES
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _PARAM_DTYPES = ("float32", "bfloat16")
+#: The rematerialisation policies of ``TransformerConfig.remat`` (MaxText's names in brackets):
+#: ``"none"`` saves every activation; ``"full"`` ("full") saves only each layer's input and
+#: recomputes the layer in the backward pass (``jax.checkpoint_policies.nothing_saveable``);
+#: ``"save_dots"`` ("minimal") also saves the results of the matmuls without batch dimensions,
+#: the projections and the MLP, and recomputes the rest, the attention scores included
+#: (``jax.checkpoint_policies.dots_with_no_batch_dims_saveable``).
+REMAT_POLICIES = ("none", "full", "save_dots")
 
 
 def _is_pair(item: object) -> bool:
@@ -90,6 +97,16 @@ class TransformerConfig:
     flux_target: target fraction of sparse choices.
     flux_loss_weight: weight of the sparsity-target loss in ``Transformer.logits_and_aux_loss``.
     flux_temperature: Gumbel-softmax temperature of the router in training.
+    scan_layers: stack the blocks' parameters on a leading layer axis (logical axis ``"layers"``,
+      never sharded) and run them with one ``jax.lax.scan``, so compile time does not grow with
+      depth and, under FSDP, each layer's weights are gathered inside the scan body. The layers
+      must share one scan body: one attention variant, and the same fixed parameter names; a
+      fixed parameter whose value differs between layers (γ per layer) must be a float, and the
+      scanned layer takes it as a traced scalar. ``momentum_jax.nn.stack_layers`` /
+      ``unstack_layers`` convert a model between the two layouts.
+    remat: rematerialisation of each block in the backward pass, one of ``REMAT_POLICIES``
+      (``"none"``, ``"full"``, ``"save_dots"``): the same values and gradients, less activation
+      memory for more compute.
 
   Affine-scaled attention is ``attention="affine"``: the layer then projects α per token and head
   and keeps the running mean α_ma (``momentum_jax.nn.affine``). Every option above is off by
@@ -126,6 +143,8 @@ class TransformerConfig:
   flux_target: float = 0.5
   flux_loss_weight: float = 0.01
   flux_temperature: float = 1.0
+  scan_layers: bool = False
+  remat: str = "none"
 
   def __post_init__(self):
     object.__setattr__(self, "attention_params", _normalize_params(self.attention_params))
@@ -175,6 +194,10 @@ class TransformerConfig:
     if not (self.rope_base > 0 and math.isfinite(self.rope_base)):
       raise ValueError(f"rope_base must be a positive finite float, got {self.rope_base!r}")
     self._validate_layer_options()
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got remat={self.remat!r}")
+    if not isinstance(self.scan_layers, bool):
+      raise ValueError(f"scan_layers must be a bool, got scan_layers={self.scan_layers!r}")
     for name, value in (("attention", self.attention), ("attention_params",
                                                         self.attention_params)):
       if _per_layer(name, value) and len(value) != self.num_layers:
@@ -197,6 +220,38 @@ class TransformerConfig:
       if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(
           value):
         raise ValueError(f"attention_init[{name!r}] must be a finite number, got {value!r}")
+    if self.scan_layers:
+      self._validate_scannable()
+
+  def _validate_scannable(self) -> None:
+    """Raises ``ValueError`` naming the field when the layers cannot share one scan body."""
+    names = {self._layer_attention(index)[0] for index in range(self.num_layers)}
+    if len(names) > 1:
+      raise ValueError(
+          f"scan_layers=True runs every layer through one scan body, but attention differs "
+          f"between layers (attention={self.attention!r}); give scan_layers=False for a hybrid")
+    keys = {tuple(name for name, _ in self._layer_attention(index)[1])
+            for index in range(self.num_layers)}
+    if len(keys) > 1:
+      raise ValueError(
+          f"scan_layers=True runs every layer through one scan body, but the layers fix "
+          f"different attention_params names ({sorted(keys)}), so their parameters differ; give "
+          f"every layer the same names, or scan_layers=False")
+    for name in self.layer_varying_params():
+      values = [dict(self._layer_attention(index)[1])[name] for index in range(self.num_layers)]
+      if not all(isinstance(value, float) for value in values):
+        raise ValueError(
+            f"scan_layers=True passes a fixed parameter that differs between layers to the "
+            f"scan body as a traced float, but attention_params[{name!r}] per layer is "
+            f"{values!r}; give floats, or scan_layers=False")
+
+  def layer_varying_params(self) -> tuple[str, ...]:
+    """The names of the fixed attention parameters whose value differs between layers."""
+    if not _per_layer("attention_params", self.attention_params):
+      return ()
+    layers = [dict(params) for params in self.attention_params]
+    return tuple(sorted(name for name in layers[0]
+                        if any(layer.get(name) != layers[0][name] for layer in layers)))
 
   def _layer_attention(self, index: int) -> tuple[str, tuple]:
     """Layer ``index``'s variant name and fixed parameters."""

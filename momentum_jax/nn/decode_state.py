@@ -48,13 +48,16 @@ class DecodeState(NamedTuple):
   """The decoding state of a model.
 
   Attributes:
-    layers: one state per layer (the variant's cache or a :class:`RecomputeCache`).
+    layers: one state per layer (the variant's cache or a :class:`RecomputeCache`), a tuple; for
+      a model with ``scan_layers``, one such state whose arrays are the layers' stacked on a
+      leading layer axis (the layers share one decoding form), which the layer scan reads and
+      writes in place of a tuple.
     length: int32 scalar, rows written per sequence (all sequences advance together).
     positions: ``[B, max_len]`` int32 position of each written row within its segment.
     segment_ids: ``[B, max_len]`` int32 segment id of each written row, or None (one segment).
   """
 
-  layers: tuple[object, ...]
+  layers: tuple[object, ...] | object
   length: jax.Array
   positions: jax.Array
   segment_ids: jax.Array | None
@@ -108,7 +111,10 @@ def empty_decode_state(config: TransformerConfig, batch: int, max_len: int, *,
     return RecomputeCache(jnp.zeros((batch, max_len, config.d_model), dtype))
 
   rows = lambda: jnp.zeros((batch, max_len), jnp.int32)  # a buffer each: a step may donate them
-  return DecodeState(layers=tuple(make(layer) for layer in range(config.num_layers)),
+  layers = tuple(make(layer) for layer in range(config.num_layers))
+  if config.scan_layers:
+    layers = jax.tree.map(lambda *per_layer: jnp.stack(per_layer), *layers)
+  return DecodeState(layers=layers,
                      length=jnp.zeros((), jnp.int32), positions=rows(),
                      segment_ids=rows() if segments else None)
 

@@ -15,6 +15,12 @@ momentum shear);
 ``blocks.{l}.hook_attn_out``, ``blocks.{l}.hook_resid_mid``, ``blocks.{l}.hook_mlp_out``,
 ``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``.
 
+With ``TransformerConfig.scan_layers`` a forward pass that captures or hooks anything runs the
+stacked layers one by one (each layer's slice of the stacked parameters, the same block code),
+so every name above is there with its layer number and hooks see what they see without the
+scan; such a pass compiles in time that grows with depth, and ``remat`` does not apply to it
+(its values and gradients are the same). A pass that records nothing runs the scan.
+
 The recorder is consulted at trace time only: a name that is not wanted adds nothing to the
 traced program, and the attention pattern is only materialised when it is wanted.
 
@@ -55,6 +61,7 @@ class Recorder:
 
   def __init__(self, names_filter: NamesFilter = None, *, enabled: bool = True,
                fwd_hooks: Iterable[tuple[str, HookFn]] = ()):
+    self._wants_none = not enabled
     if not enabled:
       self._want: Callable[[str], bool] = lambda name: False
     elif names_filter is None:
@@ -66,6 +73,7 @@ class Recorder:
     else:
       wanted = frozenset(names_filter)
       self._want = wanted.__contains__
+      self._wants_none = not wanted
     self.cache: dict[str, jax.Array] = {}
     self._rows: tuple[jax.Array, int] | None = None
     self._hooks: dict[str, list[HookFn]] = {}
@@ -80,6 +88,12 @@ class Recorder:
 
   def edits(self, name: str) -> bool:
     return name in self._hooks
+
+  @property
+  def records_nothing(self) -> bool:
+    """True when no name can be captured or hooked (the recorder of a plain forward pass):
+    the layers may then run where no Python sees their activations (a scan, a checkpoint)."""
+    return self._wants_none and not self._hooks
 
   def record(self, name: str, value: jax.Array) -> None:
     if self._want(name):

@@ -9,8 +9,12 @@ Each weight is created with the names of its axes (``nnx.with_partitioning``, st
   RMSNorm scales   ("embed",)             MLP up / down    ("embed", "mlp") / ("mlp", "embed")
 
 Small per-head or per-layer parameters (variant parameters, sinks, gates, routers) carry no
-names and are replicated. The initialisers are those ``nnx.Linear``, ``nnx.Embed`` and
-``nnx.RMSNorm`` use by default, so a model draws the same values with or without the names.
+names and are replicated. With ``TransformerConfig.scan_layers`` the blocks' parameters are
+stacked on a leading axis named ``"layers"`` (``momentum_jax.nn.stacking``), which is never
+sharded: a stacked query kernel is ``("layers", "embed", "heads")``, so each layer's slice is
+sharded as the unstacked kernel is and FSDP gathers one layer at a time inside the scan. The
+initialisers are those ``nnx.Linear``, ``nnx.Embed`` and ``nnx.RMSNorm`` use by default, so a
+model draws the same values with or without the names.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ EMBED = "embed"
 HEADS = "heads"
 MLP = "mlp"
 VOCAB = "vocab"
+LAYERS = "layers"
 
 _KERNEL_INIT = nnx.nn.linear.default_kernel_init
 _EMBED_INIT = nnx.nn.linear.default_embed_init

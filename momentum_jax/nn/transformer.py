@@ -11,6 +11,14 @@ routing (``moh.py``), the α projection of affine-scaled attention (``affine.py`
 full-vs-sliding-window layer router (``flux_router.py``). Their losses (MoH load balance, flux
 sparsity target) come out of :meth:`Transformer.logits_and_aux_loss`.
 
+Depth (``TransformerConfig.scan_layers``, ``remat``): with ``scan_layers`` the blocks are one
+block whose parameters are stacked on a leading layer axis (``stacking.py``; same draws as the
+unscanned model, ``layer_layout.py`` converts between the layouts), run by one ``jax.lax.scan``
+whose body is the block, so compile time does not grow with depth (MaxText's scanned layers);
+``remat`` wraps each block, or the scan body, in ``jax.checkpoint`` with a policy of
+``REMAT_POLICIES``. Hooks, decoding, auxiliary losses and per-layer γ go through the same block
+code (see :meth:`Transformer._run_blocks`).
+
 Input checks: shapes and dtypes of the inputs are checked while tracing. Concrete token ids (an
 eager call) are checked to be in ``[0, vocab_size)`` at once. Traced values are checked under
 ``jax.jit`` only inside :func:`momentum_jax.nn.checked` (``input_checks.py``, through
@@ -20,7 +28,8 @@ Without it the model traces with no value check and no cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import functools
+from collections.abc import Callable, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +43,7 @@ from momentum_jax.core.rope import apply_rope
 from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.decode_state import (
     DecodeState, DecodeStep, RecomputeCache, begin_step, check_decodable)
-from momentum_jax.nn.dense import Dense
+from momentum_jax.nn.dense import ACTIVE_COLLECTOR, Dense
 from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
@@ -42,10 +51,14 @@ from momentum_jax.nn.input_checks import check_token_ids
 from momentum_jax.nn.moh import MoHRouter
 from momentum_jax.nn.partitioning import (
     EMBED, HEADS, MLP, VOCAB, embedding_init, kernel_init, norm_scale_init)
+from momentum_jax.nn.stacking import (
+    layer_view, rematerialised, stack_states, stacked_variables, unstacked_variables)
 from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
 
 AuxLosses = dict[str, jax.Array]
 Activations = dict[str, jax.Array]
+# Fixed attention parameters that replace the config's for one call (a scanned layer's γ).
+FixedParams = Mapping[str, jax.Array | float]
 # (z, scores, weights) of one attention call; scores and weights only when the pattern is wanted.
 Attended = tuple[jax.Array, jax.Array | None, jax.Array | None]
 
@@ -126,7 +139,8 @@ class Attention(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str,
                aux: AuxLosses | None = None, *, state: object | None = None,
-               step: DecodeStep | None = None) -> tuple[jax.Array, object | None]:
+               step: DecodeStep | None = None, fixed_params: FixedParams | None = None
+               ) -> tuple[jax.Array, object | None]:
     """Attention output ``[B, T, D]`` and the layer's decoding state.
 
     Without ``state``, the full pass over the T rows. With the layer's decoding state and the
@@ -135,18 +149,21 @@ class Attention(nnx.Module):
     decoding step, or for a :class:`RecomputeCache` by this same call over all the cache's rows;
     the state comes back with the new rows written. The layer's auxiliary losses go into ``aux``
     under ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict.
+    ``fixed_params`` replace values of ``config.attention_params`` (a scanned layer's per-layer
+    γ, as traced scalars).
     """
     cfg = self.config
     b, t, _ = x_BxTxD.shape
     if isinstance(state, RecomputeCache):
-      return self._recompute(x_BxTxD, state, step, recorder, prefix)
+      return self._recompute(x_BxTxD, state, step, recorder, prefix, fixed_params)
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, positions_BxT, recorder, prefix)
     if state is None:
       z_BxTxNxH = self.attend(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
-                              segment_ids_BxT, recorder, prefix, aux)
+                              segment_ids_BxT, recorder, prefix, aux, fixed_params)
     else:
       z_BxTxNxH, state = self.attend_step(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
-                                          positions_BxT, state, step, recorder, prefix)
+                                          positions_BxT, state, step, recorder, prefix,
+                                          fixed_params)
     z_BxTxNxH = self.gate_heads(x_BxTxD, z_BxTxNxH, recorder, prefix, aux)
     return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim)), state
 
@@ -170,13 +187,14 @@ class Attention(nnx.Module):
 
   def attend(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
              v_BxTxKxH: jax.Array, positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
-             recorder: Recorder, prefix: str, aux: AuxLosses | None) -> jax.Array:
+             recorder: Recorder, prefix: str, aux: AuxLosses | None,
+             fixed_params: FixedParams | None = None) -> jax.Array:
     """z ``[B, T, N, H]``: the variant on (prepared) q, k, v, through the flux router when it is
     on; the pattern is captured and, when a hook edits it, z moves by (W' − W)·v."""
     cfg = self.config
     variant = get_attention(cfg.attention)
     kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
-                                  prefix)
+                                  prefix, fixed_params)
     wanted = [f for f, hook in variant.prepared_hooks.items() if recorder.wants(prefix + hook)]
     if wanted:
       prepared = variant.prepare(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids_BxT,
@@ -206,7 +224,8 @@ class Attention(nnx.Module):
 
   def attend_step(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
                   v_BxTxKxH: jax.Array, positions_BxT: jax.Array, state: object,
-                  step: DecodeStep, recorder: Recorder, prefix: str) -> tuple[jax.Array, object]:
+                  step: DecodeStep, recorder: Recorder, prefix: str,
+                  fixed_params: FixedParams | None = None) -> tuple[jax.Array, object]:
     """z ``[B, T, N, H]`` of the T new rows by the variant's decoding step, and its state.
 
     The step keeps no attention pattern and prepares q and k itself: the pattern, score and
@@ -219,7 +238,8 @@ class Attention(nnx.Module):
         raise ValueError(f"a hook on {prefix + hook!r} cannot edit a decoding step: "
                          f"attention={cfg.attention!r} decodes by its own step, which has no "
                          f"{hook}")
-    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix)
+    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix,
+                                  fixed_params)
     del kwargs["causal"], kwargs["segment_ids"]
     z_BxTxNxH, state = variant.decoding.step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state,
                                              step.context, window=cfg.window, **kwargs)
@@ -241,12 +261,15 @@ class Attention(nnx.Module):
 
   def variant_kwargs(self, variant: AttentionVariant, x_BxTxD: jax.Array,
                       positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
-                      recorder: Recorder, prefix: str) -> dict[str, object]:
-    """The variant's keyword arguments: fixed, learned, per-token, masking and sinks."""
+                      recorder: Recorder, prefix: str, fixed_params: FixedParams | None = None
+                      ) -> dict[str, object]:
+    """The variant's keyword arguments: fixed (``fixed_params`` over ``config``'s), learned,
+    per-token, masking and sinks."""
     cfg = self.config
     kwargs = {} if variant.model_params is None else dict(variant.model_params(AttentionDims(
         cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.context_len)))
     kwargs.update(cfg.attention_params)
+    kwargs.update(fixed_params or {})
     for name, param in self.variant_params.items():
       layout = variant.layouts.get(name, LearnedLayout())
       kwargs[name] = _passed(layout, param[...], positions_BxT)
@@ -258,14 +281,15 @@ class Attention(nnx.Module):
     return kwargs
 
   def _recompute(self, x_BxTxD: jax.Array, state: RecomputeCache, step: DecodeStep,
-                 recorder: Recorder, prefix: str) -> tuple[jax.Array, RecomputeCache]:
+                 recorder: Recorder, prefix: str, fixed_params: FixedParams | None
+                 ) -> tuple[jax.Array, RecomputeCache]:
     """The new rows' output by the full pass over all the cache's rows with the new ones
     written (rows not yet written are zeros and, the attention being causal, unseen)."""
     length, t = step.context.length, x_BxTxD.shape[1]
     x_BxSxD = jax.lax.dynamic_update_slice_in_dim(state.x, x_BxTxD.astype(state.x.dtype), length,
                                                   axis=1)
     out_BxSxD, _ = self(x_BxSxD, step.positions, step.context.segment_ids,
-                        recorder.new_rows(length, t), prefix)
+                        recorder.new_rows(length, t), prefix, fixed_params=fixed_params)
     return jax.lax.dynamic_slice_in_dim(out_BxSxD, length, t, axis=1), RecomputeCache(x_BxSxD)
 
   def _route(self, attend: Callable[[int | None], Attended], x_BxTxD: jax.Array,
@@ -303,6 +327,20 @@ class Attention(nnx.Module):
     return (z_BxTxNxH + delta_BxTxNxH).astype(z_BxTxNxH.dtype)
 
 
+def _apply_block(graphdef: nnx.GraphDef, x_BxTxD: jax.Array, layer: tuple, *,
+                 positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
+                 step: DecodeStep | None, with_aux: bool) -> tuple[jax.Array, tuple]:
+  """One block as a pure function (the body of the layer scan and of ``jax.checkpoint``):
+  ``layer = (params, rest, fixed_params, decoding state)`` → ``(x, (rest, state, aux))``, with
+  the block's updated module state and its auxiliary losses keyed ``"attn.<name>"``."""
+  params, rest, fixed_params, state = layer
+  block = nnx.merge(graphdef, params, rest)
+  aux: AuxLosses | None = {} if with_aux else None
+  x_BxTxD, state = block(x_BxTxD, positions_BxT, segment_ids_BxT, NO_CAPTURE, "", aux,
+                         state=state, step=step, fixed_params=fixed_params)
+  return x_BxTxD, (nnx.state(block, nnx.Not(nnx.Param)), state, aux or {})
+
+
 class Mlp(nnx.Module):
   """GELU MLP: W_out · gelu(W_in · x)."""
 
@@ -337,10 +375,12 @@ class Block(nnx.Module):
   def __call__(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
                segment_ids_BxT: jax.Array | None, recorder: Recorder, prefix: str,
                aux: AuxLosses | None = None, *, state: object | None = None,
-               step: DecodeStep | None = None) -> tuple[jax.Array, object | None]:
+               step: DecodeStep | None = None, fixed_params: FixedParams | None = None
+               ) -> tuple[jax.Array, object | None]:
     x_BxTxD = recorder.apply(prefix + "hook_resid_pre", x_BxTxD)
     attn_out, state = self.attn(self.attn_norm(x_BxTxD), positions_BxT, segment_ids_BxT,
-                                recorder, prefix + "attn.", aux, state=state, step=step)
+                                recorder, prefix + "attn.", aux, state=state, step=step,
+                                fixed_params=fixed_params)
     x_BxTxD = x_BxTxD + recorder.apply(prefix + "hook_attn_out", attn_out)
     if self.mlp is not None:
       x_BxTxD = recorder.apply(prefix + "hook_resid_mid", x_BxTxD)
@@ -381,8 +421,12 @@ class Transformer(nnx.Module):
     self.config = config
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=config.compute_dtype,
                            embedding_init=embedding_init(), rngs=rngs)
-    self.blocks = nnx.List([Block(config.layer(index), rngs=rngs)
-                            for index in range(config.num_layers)])
+    blocks = [Block(config.layer(index), rngs=rngs) for index in range(config.num_layers)]
+    if config.scan_layers:  # the same draws as unscanned, stacked on a leading layer axis
+      self.blocks = nnx.merge(nnx.split(blocks[0])[0],
+                              stack_states([nnx.state(block) for block in blocks]))
+    else:
+      self.blocks = nnx.List(blocks)
     self.final_norm = nnx.RMSNorm(config.d_model, epsilon=config.norm_eps,
                                   dtype=config.compute_dtype, scale_init=norm_scale_init(),
                                   rngs=rngs)
@@ -406,14 +450,22 @@ class Transformer(nnx.Module):
     variant receives them (after softplus / exp), flattened, e.g. ``{"gamma/layer0/1": 0.42}``
     (kv head 1) for ``attention="momentum_learned"``; scalars are ``"name/layer0"``. What the
     trainer logs."""
+    cfg = self.config
+    if cfg.scan_layers:
+      per_layer = [{name: param[...][index]
+                    for name, param in self.blocks.attn.variant_params.items()}
+                   for index in range(cfg.num_layers)]
+    else:
+      per_layer = [{name: param[...] for name, param in block.attn.variant_params.items()}
+                   for block in self.blocks]
     values = {}
-    for index, block in enumerate(self.blocks):
-      variant = get_attention(block.attn.config.attention)
-      for name, param in block.attn.variant_params.items():
+    for index, params in enumerate(per_layer):
+      variant = get_attention(cfg.layer(index).attention)
+      for name, param in params.items():
         layout = variant.layouts.get(name, LearnedLayout())
-        if param[...].size > max_size or layout.at_positions is not None:
+        if param.size > max_size or layout.at_positions is not None:
           continue
-        value = np.asarray(jax.device_get(_passed(layout, param[...], None)), np.float64)
+        value = np.asarray(jax.device_get(_passed(layout, param, None)), np.float64)
         if value.ndim == 0:
           values[f"{name}/layer{index}"] = float(value)
         else:
@@ -520,7 +572,7 @@ class Transformer(nnx.Module):
     """
     tokens_BxT = jnp.asarray(tokens_BxT)
     step = None
-    layer_states = (None,) * len(self.blocks)
+    layer_states = None if self.config.scan_layers else (None,) * self.config.num_layers
     if decode_state is not None:
       check_decodable(self.config)
       if positions_BxT is not None:
@@ -536,11 +588,8 @@ class Transformer(nnx.Module):
       else:
         positions_BxT = segment_positions(segment_ids_BxT)
     x_BxTxD = recorder.apply("hook_embed", self.embed(tokens_BxT))
-    layers = []
-    for layer, (block, state) in enumerate(zip(self.blocks, layer_states, strict=True)):
-      x_BxTxD, state = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
-                             f"blocks.{layer}.", aux, state=state, step=step)
-      layers.append(state)
+    x_BxTxD, layers = self._run_blocks(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, aux,
+                                       layer_states, step)
     x_BxTxD = recorder.apply("ln_final.hook_normalized", self.final_norm(x_BxTxD))
     if self.unembed is None:
       logits_BxTxV = self.embed.attend(x_BxTxD)
@@ -548,9 +597,96 @@ class Transformer(nnx.Module):
       logits_BxTxV = self.unembed(x_BxTxD)
     if decode_state is not None:
       decode_state = decode_state._replace(
-          layers=tuple(layers), length=decode_state.length + jnp.asarray(tokens_BxT.shape[1],
-                                                                         jnp.int32))
+          layers=layers, length=decode_state.length + jnp.asarray(tokens_BxT.shape[1], jnp.int32))
     return logits_BxTxV.astype(jnp.float32), decode_state
+
+  def _run_blocks(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                  segment_ids_BxT: jax.Array | None, recorder: Recorder, aux: AuxLosses | None,
+                  layer_states: object, step: DecodeStep | None) -> tuple[jax.Array, object]:
+    """The residual stream after every block, and the layers' decoding states (a tuple, or for
+    ``scan_layers`` one state stacked on a leading layer axis; None entries without decoding).
+
+    Unscanned, the blocks run in turn, each under ``jax.checkpoint`` with the ``remat`` policy
+    when nothing is recorded. Scanned, one ``jax.lax.scan`` over the stacked parameters runs
+    them (its body rematerialised by the policy) when nothing is recorded, and otherwise each
+    layer's slice in turn, so the hooks fire under their layer's name.
+    """
+    cfg = self.config
+    if ACTIVE_COLLECTOR.get() is not None and (cfg.scan_layers or cfg.remat != "none"):
+      raise ValueError(
+          f"value_grad_and_layer_stats (MKOR's layer statistics) observes each Dense layer in "
+          f"Python, which a scan or a checkpoint hides: it needs scan_layers=False and "
+          f"remat='none', got scan_layers={cfg.scan_layers}, remat={cfg.remat!r}")
+    layer_fn = functools.partial(
+        _apply_block, positions_BxT=positions_BxT, segment_ids_BxT=segment_ids_BxT, step=step,
+        with_aux=aux is not None)
+    if cfg.scan_layers and recorder.records_nothing:
+      return self._scan_blocks(x_BxTxD, layer_fn, aux, layer_states)
+    if cfg.scan_layers:
+      return self._unrolled_blocks(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, aux,
+                                   layer_states, step)
+    states = []
+    for layer, (block, state) in enumerate(zip(self.blocks, layer_states, strict=True)):
+      prefix = f"blocks.{layer}."
+      if cfg.remat == "none" or not recorder.records_nothing:
+        x_BxTxD, state = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder, prefix, aux,
+                               state=state, step=step)
+      else:
+        graphdef, params, rest = nnx.split(block, nnx.Param, ...)
+        apply = rematerialised(functools.partial(layer_fn, graphdef), cfg.remat, in_scan=False)
+        x_BxTxD, (rest, state, layer_aux) = apply(x_BxTxD, (params, rest, {}, state))
+        nnx.update(block, rest)
+        if aux is not None:
+          aux.update({prefix + name: value for name, value in layer_aux.items()})
+      states.append(state)
+    return x_BxTxD, tuple(states)
+
+  def _scan_blocks(self, x_BxTxD: jax.Array, layer_fn: Callable[..., tuple],
+                   aux: AuxLosses | None, layer_states: object) -> tuple[jax.Array, object]:
+    """The stacked blocks by one ``jax.lax.scan``: the carry is the residual stream, the inputs
+    each layer's parameters, module state, per-layer fixed parameters and decoding state."""
+    cfg = self.config
+    graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
+    varying = cfg.layer_varying_params()
+    fixed = {name: jnp.asarray([dict(cfg.layer(index).attention_params)[name]
+                                for index in range(cfg.num_layers)], jnp.float32)
+             for name in varying}
+
+    def body(x_BxTxD: jax.Array, layer: tuple) -> tuple[jax.Array, tuple]:
+      layer_params, layer_rest, layer_fixed, state = layer
+      return layer_fn(graphdef, x_BxTxD, (unstacked_variables(layer_params),
+                                          unstacked_variables(layer_rest), layer_fixed, state))
+
+    body = rematerialised(body, cfg.remat, in_scan=True)
+    x_BxTxD, (rest, layer_states, layer_aux) = jax.lax.scan(
+        body, x_BxTxD, (params, rest, fixed, layer_states))
+    nnx.update(self.blocks, stacked_variables(rest))
+    if aux is not None:
+      aux.update({f"blocks.{layer}.{name}": value[layer] for name, value in layer_aux.items()
+                  for layer in range(cfg.num_layers)})
+    return x_BxTxD, layer_states
+
+  def _unrolled_blocks(self, x_BxTxD: jax.Array, positions_BxT: jax.Array,
+                       segment_ids_BxT: jax.Array | None, recorder: Recorder,
+                       aux: AuxLosses | None, layer_states: object, step: DecodeStep | None
+                       ) -> tuple[jax.Array, object]:
+    """The stacked blocks one layer's slice at a time, hooked under ``blocks.{l}.``."""
+    cfg = self.config
+    graphdef, params, rest = nnx.split(self.blocks, nnx.Param, ...)
+    varying = cfg.layer_varying_params()
+    rests, states = [], []
+    for layer in range(cfg.num_layers):
+      block = nnx.merge(graphdef, layer_view(params, layer), layer_view(rest, layer))
+      state = None if layer_states is None else jax.tree.map(lambda a: a[layer], layer_states)
+      fixed = {name: dict(cfg.layer(layer).attention_params)[name] for name in varying}
+      x_BxTxD, state = block(x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
+                             f"blocks.{layer}.", aux, state=state, step=step, fixed_params=fixed)
+      rests.append(nnx.state(block, nnx.Not(nnx.Param)))
+      states.append(state)
+    nnx.update(self.blocks, stack_states(rests))
+    if layer_states is not None:
+      layer_states = jax.tree.map(lambda *a: jnp.stack(a), *states)
+    return x_BxTxD, layer_states
 
   def _validate_inputs(self, tokens_BxT, positions_BxT, segment_ids_BxT) -> None:
     if tokens_BxT.ndim != 2:

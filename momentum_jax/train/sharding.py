@@ -10,11 +10,19 @@ them onto mesh axes::
                         column / row parallel attention)
   mlp       tensor      the MLP hidden width (column-parallel up, row-parallel down)
   vocab     —           replicated (the tied embedding is also the output projection)
+  layers    —           never split: the leading axis of a scanned model's stacked blocks
+                        (``TransformerConfig.scan_layers``)
   batch     data, fsdp  the batch axis of the inputs
 
 A dimension whose size does not divide by its mesh axis size stays replicated, so any config runs
 on any mesh. The optimizer state takes its parameter's sharding leaf by leaf
 (``optax.tree_utils.tree_map_params``); everything else is replicated.
+
+FSDP gathers a weight to compute with it. :func:`gathered` is where a whole weight is gathered
+(before the forward pass); :func:`compute_shardings` keeps a scanned model's stacked weights
+split as stored, so that the layer scan gathers one layer's slice per iteration and the peak of
+gathered weights is one layer rather than the whole model (measured by
+``python -m momentum_jax.experiments.bench.scan_layers``).
 """
 
 from __future__ import annotations
@@ -43,7 +51,10 @@ LOGICAL_AXIS_RULES: Mapping[str, str | None] = {
     "heads": TENSOR_AXIS,
     "mlp": TENSOR_AXIS,
     "vocab": None,
+    "layers": None,
 }
+#: The logical name of the leading axis of stacked (scanned) layers.
+LAYERS_AXIS = "layers"
 
 
 def make_mesh(mesh_shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -93,6 +104,19 @@ def gathered(sharding: NamedSharding) -> NamedSharding:
   """``sharding`` without its ``fsdp`` splits: where FSDP gathers a weight to compute with it."""
   spec = [None if axis == FSDP_AXIS else axis for axis in sharding.spec]
   return NamedSharding(sharding.mesh, PartitionSpec(*spec))
+
+
+def compute_shardings(params_sharding: Any) -> Any:
+  """The parameters' shardings during the forward and backward pass, from ``params_sharding``
+  (:func:`param_shardings`' tree): each weight :func:`gathered`, except the stacked weights of
+  scanned layers (logical names led by ``"layers"``), which stay split as stored and are
+  gathered one layer at a time inside the layer scan."""
+  def compute(variable: nnx.Variable) -> nnx.Variable:
+    names = variable.get_metadata().get("out_sharding")
+    sharding = variable.get_value()
+    return variable.replace(sharding if names and names[0] == LAYERS_AXIS else gathered(sharding))
+
+  return jax.tree.map(compute, params_sharding, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, params_sharding: Any,

@@ -57,6 +57,15 @@ def test_default_config_compares_softmax_momentum_and_two_variants_on_one_budget
   assert config.data.source == "kjv" and config.data.tokenizer == "byte"
 
 
+@pytest.mark.parametrize("config", [get_config(), get_config(quick=True), gpu_125m_config()],
+                         ids=["default", "quick", "gpu_125m"])
+def test_every_config_decays_the_learning_rate_and_only_the_matrices(config):
+  train = config.train
+  assert (train.lr_decay, train.min_lr_ratio, train.weight_decay_mask) == (
+      "cosine", 0.1, "matrices")
+  assert 0 < train.warmup_steps < train.decay_horizon == train.steps
+
+
 def test_gpu_preset_is_a_125m_parameter_bfloat16_model():
   config = PRESETS["gpu_125m"]()
   assert config == gpu_125m_config()

@@ -1,130 +1,74 @@
-"""Text datasets for language modelling: documents → tokens → packed rows → a deterministic,
+"""Text datasets for language modelling: documents → token files → packed rows → a deterministic,
 resumable, host-sharded batch iterator.
 
-``load_text_dataset(TextDataConfig(source="kjv"))`` reads the documents (``text_sources``),
-splits them into train and validation by document index (document i is held out iff
-``i % k == k - 1`` with ``k = round(1 / validation_fraction)``, so the split never depends on the
-tokeniser or the row length and no document is in both), tokenises them (``tokenizers``; a BPE
-vocabulary is trained on the train split only) and packs each split into rows of ``seq_len``
-tokens with segment ids and positions (``packing``). Everything is held in host memory: the
-corpora meant here are a few MB to a few hundred MB of tokens.
+``load_text_dataset(TextDataConfig(source="kjv"))`` streams the source's documents
+(``text_sources``), routes them to the train and validation splits (``text_splits``: an explicit
+``validation_source``, every k-th document held out, or the text's last fraction by position),
+tokenises them (``tokenizers``; a BPE vocabulary is trained on the train split only) into a token
+file per split on disk (``token_files``, nanoGPT's ``train.bin``) and reads packed rows of
+``seq_len`` tokens with segment ids and positions from those files one batch at a time
+(``packing.read_rows``). Host memory does not grow with the corpus, save for the row order below
+(4 bytes a row). Given a ``token_dir``, the files are kept there with a manifest and a second
+load reads them without tokenising again; a changed source or tokeniser is refused by name.
+Without one, they are written to a temporary folder that lives as long as the dataset: one code
+path for a 4 MB corpus and a 100 GB one.
 
 Iterating a split of R rows with global batch size B: step i reads the rows
 ``perm_e[j·B : (j+1)·B]`` with ``e, j = divmod(i, R // B)`` and ``perm_e`` a permutation of the
-rows drawn from ``numpy.random.default_rng([seed, e])``. Each epoch is a fresh shuffle of the
-rows (documents keep their packed order inside the rows) and leaves out its last ``R mod B``
-rows; the batch at a step is a pure function of the config, the seed, B and the step. Process
-``s`` of ``S`` reads the ``s``-th of ``S`` equal slices of each global batch, so the processes
-together read exactly the global batch, and the iterator's state, ``{"step": i}`` and the
-split, seed and B it belongs to (JSON), does not depend on ``S``: a run may resume on another
-number of processes.
+rows drawn from ``numpy.random.default_rng([seed, e])`` (``shuffle`` of ``arange(R)`` in int32,
+which draws what ``permutation(R)`` draws). Each epoch is a fresh shuffle of the rows (documents
+keep their packed order inside the rows) and leaves out its last ``R mod B`` rows; the batch at a
+step is a pure function of the config, the seed, B and the step. Process ``s`` of ``S`` reads the
+``s``-th of ``S`` equal slices of each global batch, so the processes together read exactly the
+global batch, and the iterator's state, ``{"step": i}`` and the split, seed and B it belongs to
+(JSON), does not depend on ``S``: a run may resume on another number of processes.
 
 The ``grain`` loader (``MapDataset.range(R).shuffle(seed).repeat().batch(B)``, sliced per
-process) does the same job but was not used: it takes ~0.7 ms per batch of 8 rows here, against
-a few µs for the numpy indexing below, and derives epoch e's shuffle from ``seed + e``, so runs
-with seeds 0 and 1 see the same row orders one epoch apart.
+process) does the same job but was not used: it takes ~0.7 ms per batch of 8 rows here, and
+derives epoch e's shuffle from ``seed + e``, so runs with seeds 0 and 1 see the same row orders
+one epoch apart.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
 from momentum_jax.data.batch import Batch
-from momentum_jax.data.packing import PackedRows, pack_documents
-from momentum_jax.data.text_sources import read_documents
-from momentum_jax.data.tokenizers import TOKENIZERS, Tokenizer, load_tokenizer
+from momentum_jax.data.text_config import TextDataConfig, check_int
+from momentum_jax.data.text_sources import describe_source
+from momentum_jax.data.text_splits import check_disjoint, plan_split, split_pieces
+from momentum_jax.data.token_files import (
+    SPLITS, TOKENIZER_FILE, TokenFile, file_sha256, open_token_files, read_manifest,
+    write_token_files)
+from momentum_jax.data.tokenizers import BYTE_VOCAB_SIZE, Tokenizer, load_tokenizer
 
-SPLITS = ("train", "validation")
-TOKENIZER_FILE = "tokenizer.json"
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-  if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-    raise ValueError(f"{name} must be an int >= {minimum}, got {name}={value!r}")
-
-
-@dataclasses.dataclass(frozen=True)
-class TextDataConfig:
-  """Which text, tokenised how, in rows of which length (hashable; ``dataclasses.asdict`` is
-  JSON).
-
-  Attributes:
-    source: ``"kjv"`` (the offline corpus), ``"tfds:<name>"`` or a path / folder / glob of
-      ``.txt`` and ``.jsonl`` files (see ``momentum_jax.data.text_sources``).
-    tokenizer: ``"byte"`` (UTF-8 bytes, 256 ids) or ``"bpe"`` (byte-level BPE trained locally on
-      the train split).
-    bpe_vocab_size: ids of the BPE tokeniser, > 256 (unused by ``"byte"``).
-    seq_len: T, the tokens per row given to the model, >= 1.
-    text_field: the text field of ``.jsonl`` lines and tfds examples (``"kjv"``: ``"text"``).
-    group_by: ``.jsonl`` fields whose equal values on consecutive lines join them into one
-      document; empty means one document per line, except for ``"kjv"``, where empty means
-      ``("book", "chapter")``: one document per chapter (1,189 documents of a few KB).
-    validation_fraction: share of the documents held out, in (0, 0.5]: every
-      ``round(1 / validation_fraction)``-th document.
-    data_dir: the tensorflow-datasets data directory (None: tfds's default).
-    tfds_split: the tfds split the documents come from (train and validation are both cut
-      from it).
-  """
-
-  source: str = "kjv"
-  tokenizer: str = "byte"
-  bpe_vocab_size: int = 1024
-  seq_len: int = 256
-  text_field: str = "text"
-  group_by: tuple[str, ...] = ()
-  validation_fraction: float = 0.05
-  data_dir: str | None = None
-  tfds_split: str = "train"
-
-  def __post_init__(self):
-    if isinstance(self.group_by, list):  # a config read back from JSON
-      object.__setattr__(self, "group_by", tuple(self.group_by))
-    for name in ("source", "text_field", "tfds_split"):
-      value = getattr(self, name)
-      if not isinstance(value, str) or not value:
-        raise ValueError(f"{name} must be a non-empty string, got {name}={value!r}")
-    if self.tokenizer not in TOKENIZERS:
-      raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got tokenizer={self.tokenizer!r}")
-    _check_int("seq_len", self.seq_len, 1)
-    _check_int("bpe_vocab_size", self.bpe_vocab_size, 257)
-    if not isinstance(self.group_by, tuple) or not all(
-        isinstance(f, str) and f for f in self.group_by):
-      raise ValueError(f"group_by must be a tuple of field names, got group_by={self.group_by!r}")
-    fraction = self.validation_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
-        0.0 < fraction <= 0.5):
-      raise ValueError(f"validation_fraction must be in (0, 0.5], got "
-                       f"validation_fraction={fraction!r}")
-    if self.data_dir is not None and not isinstance(self.data_dir, str):
-      raise ValueError(f"data_dir must be a string or None, got data_dir={self.data_dir!r}")
-
-
-def _split_documents(documents: list[str], fraction: float) -> dict[str, list[str]]:
-  period = round(1.0 / fraction)
-  held_out = [d for i, d in enumerate(documents) if i % period == period - 1]
-  if not held_out:
-    raise ValueError(f"the source has {len(documents)} document(s), too few to hold out every "
-                     f"{period}-th for validation (validation_fraction={fraction})")
-  return {"train": [d for i, d in enumerate(documents) if i % period != period - 1],
-          "validation": held_out}
+# The config fields that say which text is read and how it is split: the token files' source.
+_SOURCE_FIELDS = ("source", "validation_source", "text_field", "group_by", "data_dir",
+                  "tfds_split", "validation_fraction", "split_by")
 
 
 class TextIterator(Iterator[Batch]):
   """This process's slice of each global batch of one split: ``Batch`` of numpy arrays
   ``[batch_size // shard_count, seq_len]`` (int32 tokens, targets, segment_ids, positions;
-  float32 loss_mask). Made by :meth:`TextDataset.iterator`."""
+  float32 loss_mask). Made by :meth:`TextDataset.iterator`; holds the dataset, so that a
+  temporary folder of token files lives as long as an iterator reads it."""
 
-  def __init__(self, rows: PackedRows, split: str, batch_size: int, seed: int, shard_index: int,
-               shard_count: int, repeat: bool):
-    self._rows, self._split, self._batch_size = rows, split, batch_size
-    self._seed, self._repeat = seed, repeat
-    self._per_epoch = len(rows.tokens) // batch_size
+  def __init__(self, dataset: TextDataset, split: str, batch_size: int, seed: int,
+               shard_index: int, shard_count: int, repeat: bool):
+    self._dataset, self._seq_len = dataset, dataset.seq_len
+    tokens = self._tokens = dataset.token_file(split)
+    self._split, self._batch_size, self._seed, self._repeat = split, batch_size, seed, repeat
+    self._num_rows = tokens.num_rows(self._seq_len)
+    self._per_epoch = self._num_rows // batch_size
     width = batch_size // shard_count
     self._shard = slice(shard_index * width, (shard_index + 1) * width)
     self._step = 0
@@ -132,8 +76,9 @@ class TextIterator(Iterator[Batch]):
 
   def _permutation(self, epoch: int) -> np.ndarray:
     if self._order[0] != epoch:
-      rng = np.random.default_rng([self._seed, epoch])
-      self._order = (epoch, rng.permutation(len(self._rows.tokens)))
+      rows = np.arange(self._num_rows, dtype=np.int32 if self._num_rows < 2**31 else np.int64)
+      np.random.default_rng([self._seed, epoch]).shuffle(rows)
+      self._order = (epoch, rows)
     return self._order[1]
 
   def __next__(self) -> Batch:
@@ -142,9 +87,9 @@ class TextIterator(Iterator[Batch]):
     if epoch and not self._repeat:
       raise StopIteration
     rows_B = self._permutation(epoch)[j * self._batch_size:(j + 1) * self._batch_size]
-    rows_b = rows_B[self._shard]
+    rows = self._tokens.read_rows(rows_B[self._shard], self._seq_len)
     self._step += 1
-    return Batch(**{name: field[rows_b] for name, field in self._rows._asdict().items()})
+    return Batch(**rows._asdict())
 
   def get_state(self) -> dict[str, Any]:
     """The position, JSON: ``{"step": batches read, "split", "seed", "batch_size"}``."""
@@ -166,21 +111,27 @@ class TextIterator(Iterator[Batch]):
       if state[key] != mine[key]:
         raise ValueError(f"state is the position of an iterator with {key}={state[key]!r}, this "
                          f"one has {key}={mine[key]!r}")
-    _check_int("state['step']", state["step"], 0)
+    check_int("state['step']", state["step"], 0)
     self._step = state["step"]
 
 
 class TextDataset:
-  """The packed train and validation rows of one ``TextDataConfig`` and their tokeniser;
-  immutable. Built by :func:`load_text_dataset`; see the module docstring."""
+  """The train and validation token files of one ``TextDataConfig`` and their tokeniser, read
+  as packed rows; immutable. Built by :func:`load_text_dataset`; see the module docstring.
 
-  def __init__(self, config: TextDataConfig, tokenizer: Tokenizer, rows: dict[str, PackedRows],
-               bytes_per_token: dict[str, float]):
-    for split_rows in rows.values():
-      for field in split_rows:
-        field.flags.writeable = False
-    self._config, self._tokenizer = config, tokenizer
-    self._rows, self._bytes_per_token = dict(rows), dict(bytes_per_token)
+  Args:
+    config: the dataset's config.
+    tokenizer: the tokeniser of the files.
+    splits: per split of ``SPLITS``, its token file.
+    scratch: a temporary folder holding the files, removed with the dataset (None: they are
+      kept).
+  """
+
+  def __init__(self, config: TextDataConfig, tokenizer: Tokenizer,
+               splits: Mapping[str, TokenFile],
+               scratch: tempfile.TemporaryDirectory | None = None):
+    self._config, self._tokenizer, self._splits = config, tokenizer, dict(splits)
+    self._scratch = scratch
 
   @property
   def config(self) -> TextDataConfig:
@@ -198,20 +149,21 @@ class TextDataset:
   def seq_len(self) -> int:
     return self._config.seq_len
 
-  def _split(self, split: str) -> PackedRows:
+  def token_file(self, split: str) -> TokenFile:
+    """``split``'s tokens on disk."""
     if split not in SPLITS:
       raise ValueError(f"split must be one of {SPLITS}, got split={split!r}")
-    return self._rows[split]
+    return self._splits[split]
 
   def num_rows(self, split: str) -> int:
     """The packed rows of ``seq_len`` tokens in ``split``."""
-    return len(self._split(split).tokens)
+    return self.token_file(split).num_rows(self.seq_len)
 
   def bytes_per_token(self, split: str) -> float:
     """UTF-8 bytes per token of ``split``'s text (1 for ``"byte"``), for bits per byte:
     ``bpb = loss_nats_per_token / ln 2 / bytes_per_token``."""
-    self._split(split)
-    return self._bytes_per_token[split]
+    tokens = self.token_file(split)
+    return tokens.text_bytes / tokens.num_tokens
 
   def iterator(self, split: str, batch_size: int, *, seed: int, shard_index: int = 0,
                shard_count: int = 1, repeat: bool = True) -> TextIterator:
@@ -233,10 +185,10 @@ class TextDataset:
       ValueError: naming the argument that is out of range, or saying that ``split`` has fewer
         rows than one batch.
     """
-    rows = self._split(split)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("shard_count", shard_count, 1)
+    tokens = self.token_file(split)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("shard_count", shard_count, 1)
     if not isinstance(shard_index, int) or isinstance(shard_index, bool) or not (
         0 <= shard_index < shard_count):
       raise ValueError(f"shard_index must be in [0, shard_count={shard_count}), got "
@@ -245,42 +197,94 @@ class TextDataset:
       raise ValueError(f"batch_size={batch_size} must be divisible by shard_count={shard_count}")
     if not isinstance(repeat, bool):
       raise ValueError(f"repeat must be a bool, got repeat={repeat!r}")
-    if len(rows.tokens) < batch_size:
-      raise ValueError(f"split={split!r} has {len(rows.tokens)} rows of seq_len={self.seq_len}, "
-                       f"fewer than one batch of batch_size={batch_size}")
-    return TextIterator(rows, split, batch_size, seed, shard_index, shard_count, repeat)
+    rows = tokens.num_rows(self.seq_len)
+    if rows < batch_size:
+      raise ValueError(f"split={split!r} has {rows} rows of seq_len={self.seq_len}, fewer than "
+                       f"one batch of batch_size={batch_size}")
+    return TextIterator(self, split, batch_size, seed, shard_index, shard_count, repeat)
+
+
+def _source_record(config: TextDataConfig) -> dict[str, Any]:
+  """What the token files of ``config`` are read from: the source fields of the config and
+  ``describe_source`` of each source (JSON)."""
+  fields = {name: getattr(config, name) for name in _SOURCE_FIELDS}
+  if config.validation_source is not None:  # then unused: changing them changes no token
+    del fields["validation_fraction"], fields["split_by"]
+  describe = dict(data_dir=config.data_dir, tfds_split=config.tfds_split)
+  record = {"config": fields, "train": describe_source(config.source, **describe)}
+  if config.validation_source is not None:
+    record["validation"] = describe_source(config.validation_source, **describe)
+    check_disjoint(record["train"], record["validation"])
+  return json.loads(json.dumps(record))
+
+
+def _keep_tokenizer(folder: pathlib.Path, tokenizer_path: pathlib.Path | None,
+                    manifest: dict[str, Any]) -> None:
+  """Copies the token files' tokeniser to ``tokenizer_path``, or checks that the one there is
+  the same file."""
+  if tokenizer_path is None:
+    return
+  if not tokenizer_path.is_file():
+    tokenizer_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / TOKENIZER_FILE, tokenizer_path)
+  elif file_sha256(tokenizer_path) != manifest["tokenizer"]["sha256"]:
+    raise ValueError(f"{tokenizer_path} holds another tokenizer than the one the tokens in "
+                     f"{folder} were made with: give another tokenizer_dir or token_dir")
 
 
 def load_text_dataset(config: TextDataConfig, *,
-                      tokenizer_dir: str | os.PathLike[str] | None = None) -> TextDataset:
-  """Reads, splits, tokenises and packs ``config``'s source (see the module docstring).
+                      tokenizer_dir: str | os.PathLike[str] | None = None,
+                      token_dir: str | os.PathLike[str] | None = None) -> TextDataset:
+  """Reads, splits and tokenises ``config``'s source into token files, once (see the module
+  docstring).
 
   Args:
     config: the dataset.
     tokenizer_dir: where the tokeniser is kept with a run, as ``tokenizer.json``: loaded from
       there when present (a BPE vocabulary is then not retrained), else made or trained and
       saved there. None: a BPE tokeniser is trained afresh (deterministically), nothing saved.
+    token_dir: a folder of token files for ``config``'s source and tokeniser (any ``seq_len``):
+      read when it has a manifest, else written. None: written to a temporary folder removed
+      with the dataset.
 
   Returns:
     The dataset.
 
   Raises:
-    ValueError: from the source, the split (too few documents to hold any out), the tokeniser
-      (a saved one of another kind or size) or the packing.
+    ValueError: from the source (a missing or empty file, ...), the split (too few documents to
+      hold any out; a split with fewer tokens than one row of ``seq_len + 1``), the tokeniser (a
+      saved one of another kind or size) or ``token_dir`` (token files of another source or
+      tokeniser, naming the field; damaged files).
   """
-  documents = read_documents(config.source, text_field=config.text_field,
-                             group_by=config.group_by, data_dir=config.data_dir,
-                             tfds_split=config.tfds_split)
-  splits = _split_documents(documents, config.validation_fraction)
-  path = None if tokenizer_dir is None else pathlib.Path(tokenizer_dir) / TOKENIZER_FILE
-  tokenizer = load_tokenizer(
-      config.tokenizer, path=path,
-      vocab_size=config.bpe_vocab_size if config.tokenizer == "bpe" else None,
-      train_texts=splits["train"])
-  rows, bytes_per_token = {}, {}
-  for split, texts in splits.items():
-    encoded = tokenizer.encode_batch(texts)
-    rows[split] = pack_documents(encoded, config.seq_len)
-    num_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    bytes_per_token[split] = num_bytes / sum(len(ids) for ids in encoded)
-  return TextDataset(config, tokenizer, rows, bytes_per_token)
+  scratch = None
+  if token_dir is None:
+    scratch = tempfile.TemporaryDirectory(prefix="momentum_jax_tokens_")
+    folder = pathlib.Path(scratch.name)
+  else:
+    folder = pathlib.Path(token_dir)
+  tokenizer_path = None if tokenizer_dir is None else pathlib.Path(tokenizer_dir) / TOKENIZER_FILE
+  vocab_size = BYTE_VOCAB_SIZE if config.tokenizer == "byte" else config.bpe_vocab_size
+  source = _source_record(config)
+  manifest = read_manifest(folder)
+  if manifest is not None:
+    splits = open_token_files(folder, tokenizer={"name": config.tokenizer,
+                                                 "vocab_size": vocab_size}, source=source)
+    _keep_tokenizer(folder, tokenizer_path, manifest)
+    tokenizer = load_tokenizer(config.tokenizer, path=folder / TOKENIZER_FILE,
+                               vocab_size=vocab_size)
+  else:
+    plan = plan_split(config)
+    train_texts = (piece.text for split, piece in split_pieces(config, plan) if split == "train")
+    tokenizer = load_tokenizer(config.tokenizer, path=tokenizer_path, vocab_size=vocab_size,
+                               train_texts=train_texts)
+    splits = write_token_files(
+        folder, split_pieces(config, plan), tokenizer,
+        tokenizer_file=tokenizer_path, source=source, split=dataclasses.asdict(plan))
+  width = config.seq_len + 1
+  for split, tokens in splits.items():
+    if tokens.num_tokens < width:
+      raise ValueError(
+          f"the {split} split holds {tokens.num_tokens} tokens, fewer than one row of "
+          f"seq_len + 1 = {width}: give more {split} text (a larger validation_fraction or a "
+          "longer validation_source for validation) or a shorter seq_len")
+  return TextDataset(config, tokenizer, splits, scratch)

@@ -213,7 +213,10 @@ def _source_record(config: TextDataConfig) -> dict[str, Any]:
   describe = dict(data_dir=config.data_dir, tfds_split=config.tfds_split)
   record = {"config": fields, "train": describe_source(config.source, **describe)}
   if config.validation_source is not None:
-    record["validation"] = describe_source(config.validation_source, **describe)
+    try:
+      record["validation"] = describe_source(config.validation_source, **describe)
+    except ValueError as error:
+      raise ValueError(f"validation_source: {error}") from None
     check_disjoint(record["train"], record["validation"])
   return json.loads(json.dumps(record))
 

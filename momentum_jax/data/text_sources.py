@@ -320,8 +320,8 @@ def read_documents(source: Source, *, text_field: str = "text", group_by: Sequen
 def describe_source(source: Source, *, data_dir: str | None = None,
                     tfds_split: str = "train") -> list[dict[str, Any]]:
   """What ``source`` is made of now, to tell whether it changed since it was tokenised: per
-  name, its files with their sizes and modification times, or the tfds dataset's version and
-  number of examples (JSON).
+  name, its files (by path, in reading order) with their sizes and modification times, or the
+  tfds dataset's version and number of examples (JSON).
 
   Raises:
     ValueError: as :func:`text_pieces` for a source that cannot be found or opened.
@@ -337,7 +337,7 @@ def describe_source(source: Source, *, data_dir: str | None = None,
           "data_dir": data_dir, "examples": len(examples)}})
       continue
     files = _files(str(offline_corpus_path()) if name == OFFLINE_CORPUS else name)
-    described.append({"source": name, "files": [
-        {"path": str(path), "bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
-        for path in files]})
+    described.append({"source": name, "files": {
+        str(path): {"bytes": path.stat().st_size, "mtime_ns": path.stat().st_mtime_ns}
+        for path in files}})
   return described

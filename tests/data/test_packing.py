@@ -1,9 +1,10 @@
-"""pack_documents on hand-built documents: targets, boundaries, segment ids, positions, padding."""
+"""pack_documents on hand-built documents: targets, boundaries, segment ids, positions, padding;
+read_rows of any rows, over a memmap and with empty documents in the ends, against it."""
 
 import numpy as np
 import pytest
 
-from momentum_jax.data import PackedRows, pack_documents
+from momentum_jax.data import PackedRows, pack_documents, read_rows
 
 
 def _rows(packed: PackedRows) -> dict[str, list[list[float]]]:
@@ -93,3 +94,43 @@ def test_bad_documents_are_named():
     pack_documents([np.array([0.5, 1.5])], 4)
   with pytest.raises(ValueError, match="at least one non-empty document"):
     pack_documents([[], np.array([], np.int32)], 4)
+
+
+# --- read_rows: any rows of the packing, from the stream and its document ends ------------------
+
+
+def _stream(docs):
+  nonempty = [np.asarray(d) for d in docs if len(d)]
+  return np.concatenate(nonempty), np.cumsum([len(d) for d in nonempty], dtype=np.int64)
+
+
+def test_read_rows_in_any_order_equals_those_rows_of_pack_documents():
+  rng = np.random.default_rng(1)
+  docs = [rng.integers(1, 300, size=n) for n in rng.integers(0, 30, size=40)]
+  packed = pack_documents(docs, 8)
+  stream_N, ends_D = _stream(docs)
+  rows_B = np.array([5, 0, 5, len(packed.tokens) - 1, 2])
+  for tokens_N in (stream_N.astype(np.uint16), stream_N.astype(np.int64)):
+    rows = read_rows(tokens_N, ends_D, rows_B, 8)
+    for field, reference in zip(rows, packed, strict=True):
+      np.testing.assert_array_equal(field, reference[rows_B])
+      assert field.dtype == reference.dtype
+
+
+def test_read_rows_over_a_memmap_and_with_empty_documents_in_the_ends(tmp_path):
+  docs = [np.arange(1, 8), np.array([], np.int32), np.arange(20, 26), np.arange(40, 43)]
+  packed = pack_documents(docs, 4)
+  path = tmp_path / "tokens.bin"
+  np.concatenate(docs).astype("<u2").tofile(path)
+  tokens_N = np.memmap(path, "<u2", mode="r", shape=(16,))
+  ends_D = np.array([7, 7, 13, 16], np.int64)  # the empty document ends where the first does
+  rows = read_rows(tokens_N, ends_D, np.arange(len(packed.tokens)), 4)
+  assert _rows(rows) == _rows(packed)
+
+
+@pytest.mark.parametrize("rows_B", [[4], [-1], [0.5], [[0]]])
+def test_read_rows_refuses_rows_out_of_range(rows_B):
+  tokens_N, ends_D = _stream([np.arange(1, 20)])  # 19 tokens: 4 rows of 5
+  with pytest.raises(ValueError, match=r"rows_B must be 1-D integers in \[0, 4\) \(the rows of 19 "
+                     r"tokens at seq_len=4\)"):
+    read_rows(tokens_N, ends_D, np.array(rows_B), 4)

@@ -1,13 +1,17 @@
 """read_documents: local .txt files (a file, a folder, a glob), .jsonl lines with a text field and
 group_by, the offline King James Bible ("kjv"), a tensorflow-datasets dataset built offline in
-a temporary data_dir ("tfds:<name>"), and the message of every ValueError."""
+a temporary data_dir ("tfds:<name>"), the message of every ValueError, and the stream under it:
+.txt pieces cut where the byte and BPE tokens of the whole text are kept, lists of sources, and
+the description of a source's files."""
 
 import json
 import re
 
+import numpy as np
 import pytest
 
-from momentum_jax.data import read_documents
+from momentum_jax.data import BpeTokenizer, ByteTokenizer, read_documents, text_pieces
+from momentum_jax.data.text_sources import describe_source
 
 try:
   import tensorflow_datasets as tfds
@@ -277,3 +281,67 @@ def test_a_file_whose_name_looks_like_a_glob_is_read_literally(tmp_path):
   path = tmp_path / "notes[1].txt"
   path.write_text("hello")
   assert read_documents(str(path)) == ["hello"]
+
+
+# --- streaming: pieces, lists of sources, descriptions -----------------------------------------
+
+TRICKY = ("First line.\nSecond  line\n\n  indented\tand tabbed\r\nwindows line\nnaïve café\n"
+          "ünïcödé — dash\n\u00a0\nnbsp line\n x\ny's contraction\n's start\n  \nend.\n") * 20
+
+
+def test_txt_pieces_join_to_the_text_and_are_cut_only_between_printable_ascii(tmp_path):
+  (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
+  pieces = list(text_pieces(str(tmp_path / "t.txt"), piece_bytes=16))
+  assert "".join(piece.text for piece in pieces) == TRICKY
+  assert [piece.ends_document for piece in pieces] == [False] * (len(pieces) - 1) + [True]
+  assert len(pieces) > 40
+  for piece, following in zip(pieces, pieces[1:]):
+    assert re.search(r"[!-~]\n\Z", piece.text) and re.match(r"[!-~]", following.text), (
+        piece.text, following.text)
+
+
+@pytest.mark.parametrize("piece_bytes", [1, 7, 64])
+def test_the_pieces_tokenise_to_the_tokens_of_the_whole_text(tmp_path, piece_bytes):
+  pytest.importorskip("tokenizers")
+  (tmp_path / "t.txt").write_text(TRICKY, encoding="utf-8")
+  pieces = [piece.text for piece in text_pieces(str(tmp_path / "t.txt"),
+                                                 piece_bytes=piece_bytes)]
+  bpe = BpeTokenizer.train([TRICKY], 300)
+  assert sum((bpe.encode(piece).tolist() for piece in pieces), []) == bpe.encode(TRICKY).tolist()
+  byte = ByteTokenizer()
+  assert np.concatenate([byte.encode(piece) for piece in pieces]).tolist() == byte.encode(
+      TRICKY).tolist()
+
+
+def test_a_utf8_error_in_a_later_piece_names_its_offset_in_the_file(tmp_path):
+  (tmp_path / "late.txt").write_bytes(b"ab\ncd\n" * 100 + b"x\xffy\n")
+  with pytest.raises(ValueError, match=r"late\.txt is not UTF-8 text: invalid start byte at "
+                     r"byte offset 601"):
+    list(text_pieces(str(tmp_path / "late.txt"), piece_bytes=16))
+
+
+def test_a_long_whitespace_file_is_empty(tmp_path):
+  (tmp_path / "blank.txt").write_text("   \n\t\n" * 100, encoding="utf-8")
+  with pytest.raises(ValueError, match=r"blank\.txt is empty"):
+    list(text_pieces(str(tmp_path / "blank.txt"), piece_bytes=16))
+
+
+def test_a_list_of_sources_is_read_in_the_order_given(tmp_path):
+  (tmp_path / "b.txt").write_text("text of b", encoding="utf-8")
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "2.txt").write_text("a2", encoding="utf-8")
+  (tmp_path / "a" / "1.txt").write_text("a1", encoding="utf-8")
+  _write_jsonl(tmp_path / "c.jsonl", [{"text": "c line 1"}, {"text": "c line 2"}])
+  assert read_documents([str(tmp_path / "b.txt"), str(tmp_path / "a"),
+                         str(tmp_path / "c.jsonl")]) == ["text of b", "a1", "a2", "c line 1",
+                                                          "c line 2"]
+
+
+def test_describe_source_lists_each_file_with_its_size(tmp_path):
+  (tmp_path / "b.txt").write_text("bb", encoding="utf-8")
+  (tmp_path / "a.txt").write_text("aaa", encoding="utf-8")
+  described = describe_source([str(tmp_path), str(tmp_path / "b.txt")])
+  assert [entry["source"] for entry in described] == [str(tmp_path), str(tmp_path / "b.txt")]
+  assert {path: f["bytes"] for path, f in described[0]["files"].items()} == {
+      str(tmp_path / "a.txt"): 3, str(tmp_path / "b.txt"): 2}
+  assert list(described[1]["files"]) == [str(tmp_path / "b.txt")]

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -29,7 +29,7 @@
 # 4. **spectral forensics**: a Bode plot of the momentum shear, analytic and fitted on the
 #    model's own queries, and where the query and key energy sits in frequency.
 #
-# It takes about 5 minutes on a 2-core CPU, most of it training the two models.
+# It takes about 3 minutes on a 2-core CPU, most of it training the two models.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -27,7 +27,7 @@
 # 3. the time and memory of linear attention against dense attention as the context grows;
 # 4. the kernels, chosen by `implementation=`: cuDNN, the fused Pallas kernels, or plain XLA.
 #
-# It takes about 2 minutes on a 2-core CPU; on a GPU runtime section 4 runs the kernels natively.
+# It takes about 1.5 minutes on a 2-core CPU; on a GPU runtime section 4 runs the kernels natively.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -26,8 +26,8 @@
 # This notebook (1) draws the shear's frequency response, (2) trains a 1-layer softmax and a
 # 1-layer momentum model on the variable-gap induction task, (3) shows the momentum model's
 # attention pattern, (4) finds its induction heads and (5) trains a small momentum language model
-# on real text and samples from it (the `text_lm` notebook goes further). It takes about 5 minutes
-# on a 2-core CPU.
+# on real text and samples from it (the `text_lm` notebook goes further). It takes about 2.5
+# minutes on a 2-core CPU.
 
 # %%
 # On Colab, install momentum_jax from its repository with the text extra (and CUDA jax when a

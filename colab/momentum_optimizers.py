@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -27,7 +27,7 @@
 #    for every θ;
 # 3. follows AM-AdamW's adaptive momentum coefficient β_t over training.
 #
-# It takes about 3 minutes on a 2-core CPU.
+# It takes about 2 minutes on a 2-core CPU.
 
 # %%
 # On Colab, install momentum_jax from its repository (with CUDA jax when a GPU is attached).

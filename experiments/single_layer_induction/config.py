@@ -19,21 +19,23 @@ Command:   python -m momentum_jax.experiments.single_layer_induction
            resumes or skips finished models, --fresh retrains; --config.train.seed=3 and the
            like override this config and are recorded in results.json)
 Hardware:  CPU (2 cores), float32.
-Runtime:   12.2 min wall on a 2-core CPU shared with other jobs (load average 3-4); 71-152 s
-           per model; peak memory 0.8 GB. --quick: 12 s wall on a quiet 2-core CPU.
+Runtime:   6.3 min wall on a quiet 2-core CPU (378 s, a fresh clone, timed with `time`; 12.2 min
+           when the cores were shared, load average 3-4); 43-97 s per model; peak memory
+           0.8 GB. --quick: 12 s wall on a quiet 2-core CPU.
 Targets:   best 1-layer momentum >= 80 %, 1-layer softmax <= 20 %, 2-layer softmax >= 95 %.
 
 RESULT (CPU, 2 cores, default config, seed 0, jax 0.10.2, flax 0.12.8; re-recorded from a fresh
-run on 2026-12-03: the previous record, from an earlier stack, no longer matched a fresh run for
-four models, e.g. γ = 2 was 74.2 %; runs on one stack match each other bit for bit):
+clone on 2026-12-06: the record of 2026-12-03 differed by up to 1.1 points (γ = 0.1: 88.1 %),
+from the reorganised loss and optimizer step changing float summation order; runs on one code
+version and stack match each other bit for bit):
   model               held-out acc   loss
   softmax_1L              10.0 %    2.934
-  momentum_1L_g0.1        88.1 %    0.434
-  momentum_1L_g0.25       95.0 %    0.198
-  momentum_1L_g0.5        97.2 %    0.104   <- best 1-layer momentum
-  momentum_1L_g1          94.4 %    0.240
-  momentum_1L_g2          75.6 %    1.067
-  softmax_2L             100.0 %    0.001
+  momentum_1L_g0.1        89.2 %    0.421
+  momentum_1L_g0.25       94.8 %    0.207
+  momentum_1L_g0.5        97.3 %    0.094   <- best 1-layer momentum
+  momentum_1L_g1          94.0 %    0.241
+  momentum_1L_g2          75.6 %    1.048
+  softmax_2L              99.9 %    0.005
   All three targets met. The γ optimum for one layer at this scale is ~0.5, far below the
   paper's γ*(1) = 4.17: large γ multiplies high-frequency q·k by up to (1+2γ)² (spec §3).
 """

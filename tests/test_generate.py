@@ -5,6 +5,7 @@ creates no folder."""
 
 import dataclasses
 import pathlib
+import shutil
 from typing import NamedTuple
 
 import jax
@@ -16,7 +17,7 @@ from flax import nnx
 from momentum_jax.data import InductionTask, TextDataConfig, Tokenizer, load_text_dataset
 from momentum_jax.generate import main
 from momentum_jax.nn import TransformerConfig, generate
-from momentum_jax.train import TrainConfig, TrainResult, load_run, train
+from momentum_jax.train import CorruptCheckpointWarning, TrainConfig, TrainResult, load_run, train
 
 MODEL = TransformerConfig(vocab_size=256, context_len=32, num_layers=1, d_model=32, num_heads=2,
                           mlp_dim=64, attention="momentum", attention_params={"gamma": 0.5})
@@ -94,6 +95,24 @@ def test_a_workdir_without_a_run_creates_nothing_and_exits_2(tmp_path, capsys, w
   assert f"workdir={str(tmp_path / workdir)!r} {cause}" in err
   assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*")) == [
       "notes.txt", "plain"]
+
+@pytest.mark.slow
+def test_load_run_reads_a_damaged_run_without_changing_it(trained, tmp_path):
+  workdir = tmp_path / "momentum"
+  shutil.copytree(trained.workdir, workdir)
+  for path in (workdir / "checkpoints").glob("*/state/**/*"):
+    if path.is_file():  # the only step's state cut short; its config still reads
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  before = sorted(str(p) for p in tmp_path.rglob("*"))
+  with pytest.warns(CorruptCheckpointWarning, match="left it in place"):
+    with pytest.raises(ValueError, match="holds no readable checkpoint"):
+      load_run(workdir)
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+  (next((workdir / "checkpoints").glob("*/config")) / "metadata").write_text("{")
+  with pytest.raises(ValueError, match="holds no readable checkpoint: the config of every step"):
+    load_run(workdir)
+  assert sorted(str(p) for p in tmp_path.rglob("*")) == before
+
 
 @pytest.mark.slow
 def test_a_synthetic_task_run_and_an_empty_workdir_are_refused(tmp_path):

@@ -240,6 +240,7 @@ def restore_latest(
     signature: dict[str, Any],
     *,
     warn: Callable[[str, type[Warning]], object] = warnings.warn,
+    read_only: bool = False,
 ) -> Restored | None:
   """The newest readable step, restored onto ``target``'s shardings; None if no step is readable.
 
@@ -257,7 +258,9 @@ def restore_latest(
   step is restored unchecked and ``warn`` names the digest file. Moved, so that the
   manager sees only readable steps (orbax skips saves at steps up to an existing one, refuses to
   save at an existing step and counts every step against ``max_to_keep``); not deleted, so that
-  a step set aside by a transient read error can be moved back.
+  a step set aside by a transient read error can be moved back. With ``read_only`` (a reader such
+  as ``load_run``, which must change nothing on disk) an unreadable step is skipped and left where
+  it is, and the warning says so.
 
   A different configuration is not corruption: if the newest step whose config reads and matches
   its digest has ``signature_differences`` from ``signature``, this raises ``ConfigMismatchError``
@@ -284,10 +287,10 @@ def restore_latest(
   instead = (f"falling back to step {restored.step}" if restored is not None
              else "no readable checkpoint is left, so training starts from scratch")
   for step, cause in unreadable:
-    moved_to = _set_aside(manager, step)
-    warn(f"checkpoint step {step} in {manager.directory} is unreadable ({cause}); moved it to "
-         f"{moved_to}; {instead}", CorruptCheckpointWarning)
-  if unreadable:
+    where = "left it in place" if read_only else f"moved it to {_set_aside(manager, step)}"
+    warn(f"checkpoint step {step} in {manager.directory} is unreadable ({cause}); {where}; "
+         f"{instead}", CorruptCheckpointWarning)
+  if unreadable and not read_only:
     manager.reload()
   return restored
 

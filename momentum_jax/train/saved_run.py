@@ -12,6 +12,7 @@ import pathlib
 from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
 from flax import nnx
 
 from momentum_jax.data import Tokenizer, load_tokenizer
@@ -56,13 +57,13 @@ def load_run(workdir: str | os.PathLike[str]) -> tuple[Transformer, Tokenizer]:
     steps = sorted(manager.all_steps(), reverse=True)
     if not steps:
       raise ValueError(f"workdir={str(workdir)!r} holds no checkpoint")
-    signature = checkpoint.read_signature(manager, steps[0])
+    signature = _newest_signature(manager, steps, workdir)
     mesh = make_mesh((1, 1, 1), jax.devices()[:1])
     graphdef, fresh, placement = init_train_state(
         TransformerConfig.from_dict(signature["model"]), TrainConfig(**signature["train"]), mesh,
         batch_sharding(mesh, 1), jax.random.key(0))
     restored = checkpoint.restore_latest(
-        manager, fresh.checkpoint_tree(placement.replicated), signature)
+        manager, fresh.checkpoint_tree(placement.replicated), signature, read_only=True)
   finally:
     manager.close()
   if restored is None:
@@ -90,3 +91,16 @@ def _tokenizer(workdir: pathlib.Path, data: dict[str, Any]) -> Tokenizer:
     return load_tokenizer("byte")
   raise ValueError(f"no {TOKENIZER_FILE} in {workdir} or {workdir.parent}: a {name!r} run "
                    "keeps its tokeniser there")
+
+
+def _newest_signature(manager: ocp.CheckpointManager, steps: list[int],
+                      workdir: pathlib.Path) -> dict:
+  """The run signature of the newest of ``steps`` whose config reads (``restore_latest`` checks
+  it against the rest of its step)."""
+  for step in steps:
+    try:
+      return checkpoint.read_signature(manager, step)
+    except Exception:  # a damaged step: restore_latest reports it when it skips it
+      continue
+  raise ValueError(f"workdir={str(workdir)!r} holds no readable checkpoint: the config of every "
+                   f"step ({', '.join(map(str, steps))}) is unreadable")

@@ -149,6 +149,23 @@ def test_damaged_newest_step_falls_back_to_the_previous(tmp_path, corrupt, cause
   manager.close()
 
 
+def test_a_read_only_restore_skips_a_damaged_step_and_moves_nothing(tmp_path):
+  _write(tmp_path)
+  _truncate_signature(_step_dir(tmp_path, 30))
+  before = sorted(p for p in tmp_path.rglob("*"))
+  manager = checkpoint_manager(tmp_path, create=False)
+  caught = []
+  restored = restore_latest(manager, _state(0), SIGNATURE, read_only=True,
+                            warn=lambda message, category: caught.append(message))
+  manager.close()
+  assert restored.step == 20
+  _assert_bitwise_equal(restored.state, _state(20))
+  [message] = caught
+  assert message.startswith(f"checkpoint step 30 in {tmp_path / 'checkpoints'} is unreadable")
+  assert message.endswith("left it in place; falling back to step 20")
+  assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
 def test_every_step_damaged_returns_none_and_says_training_starts_over(tmp_path):
   _write(tmp_path)
   for step in STEPS:

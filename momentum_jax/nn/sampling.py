@@ -28,6 +28,10 @@ def _is_int(value: object) -> bool:
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float) -> None:
+  for name, value in (("temperature", temperature), ("top_p", top_p)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+      raise TypeError(f"{name} must be a real number, got {name}={value!r} "
+                      f"({type(value).__name__})")
   if not temperature >= 0.0:
     raise ValueError(f"temperature must be >= 0 (0 = greedy), got temperature={temperature!r}")
   if top_k is not None and (not _is_int(top_k) or top_k < 1):

@@ -127,6 +127,16 @@ def test_bad_arguments_are_named(model, kwargs, match):
     generate(model, jnp.zeros((1, 4), jnp.int32), **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"temperature": "0.7"}, r"temperature must be a real number, got temperature='0.7' \(str\)"),
+    ({"top_p": "0.9"}, r"top_p must be a real number, got top_p='0.9' \(str\)"),
+    ({"temperature": None}, r"temperature must be a real number, got temperature=None"),
+])
+def test_sampling_numbers_of_the_wrong_type_are_named(model, kwargs, match):
+  with pytest.raises(TypeError, match=match):
+    generate(model, jnp.zeros((1, 4), jnp.int32), 3, **kwargs)
+
+
 TINY = TransformerConfig(vocab_size=16, context_len=8, d_model=16, num_heads=2, mlp_dim=0)
 
 

@@ -96,9 +96,9 @@ def _in_memory_batches(spec: dict[str, Any]) -> dict[str, Any]:
   pack_documents(tokenizer.encode_batch(validation), spec["seq_len"])
   del documents, train, validation
   build_seconds = time.perf_counter() - start
-  order = np.random.default_rng([0, 0]).permutation(len(rows.tokens))
   batch_size = spec["batch_size"]
-  start = time.perf_counter()
+  start = time.perf_counter()  # the epoch's shuffle counted, as the iterator's is
+  order = np.random.default_rng([0, 0]).permutation(len(rows.tokens))
   for step in range(spec["batches"]):
     j = step % (len(order) // batch_size)
     rows_B = order[j * batch_size:(j + 1) * batch_size]

@@ -84,7 +84,7 @@ class TokenFile:
   Attributes:
     tokens_path: the ``<split>.tokens`` file.
     ends_path: the ``<split>.ends`` file.
-    dtype: the tokens' numpy type string, ``"<u1"``, ``"<u2"`` or ``"<u4"``.
+    dtype: the tokens' numpy type string, ``"|u1"``, ``"<u2"`` or ``"<u4"``.
     num_tokens: N, the tokens of the split.
     num_documents: D, its documents.
     text_bytes: the UTF-8 bytes of its text.

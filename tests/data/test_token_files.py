@@ -68,7 +68,7 @@ def _take(iterator, count):
   return [next(iterator) for _ in range(count)]
 
 
-@pytest.mark.parametrize("tokenizer, dtype", [("byte", "<u1"), ("bpe", "<u2")])
+@pytest.mark.parametrize("tokenizer, dtype", [("byte", "|u1"), ("bpe", "<u2")])
 def test_rows_from_the_token_files_equal_pack_documents_of_the_split_documents(
     corpus, tmp_path, tokenizer, dtype):
   dataset = load_text_dataset(_config(corpus, tokenizer=tokenizer, bpe_vocab_size=300),

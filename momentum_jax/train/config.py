@@ -349,9 +349,9 @@ def weight_decay_mask_fn(mask: str) -> Callable[[Any], Any] | None:
   a weight matrix when its path in the parameter tree has a key ``"kernel"`` (the weight of every
   dense layer of ``momentum_jax.nn``: attention and MLP projections, the unembedding, gates and
   routers) or, for ``"matrices"``, ``"embedding"`` (the token embedding, which is also the output
-  matrix with tied embeddings). Everything else is not decayed: RMSNorm ``scale``\s, dense
-  ``bias``\es, attention sinks and the attention variants' learned parameters (γ, KV-shift mixes,
-  biases, fixed queries).
+  matrix with tied embeddings). Everything else is not decayed: RMSNorm scales (``scale``),
+  dense biases (``bias``), attention sinks and the attention variants' learned parameters (γ,
+  KV-shift mixes, biases, fixed queries).
 
   Example:
     >>> mask = weight_decay_mask_fn("matrices")

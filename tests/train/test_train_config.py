@@ -124,8 +124,8 @@ def test_cosine_decay_equals_optax_and_the_formula(warmup, ratio):
   want = _values(optax.warmup_cosine_decay_schedule(0.0, 1e-2, warmup, 100, end_value=ratio * 1e-2))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
   formula = [_formula("cosine", 1e-2, warmup, 100, ratio, t) for t in STEPS]
-  np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-10)
-  assert got[-1] == pytest.approx(ratio * 1e-2, abs=1e-12)  # held at the floor after step 100
+  np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-8)  # float32 near 0
+  assert got[-1] == pytest.approx(ratio * 1e-2, rel=1e-6, abs=1e-12)  # the floor after step 100
 
 
 @pytest.mark.parametrize("warmup", [0, 10])
@@ -138,7 +138,7 @@ def test_linear_decay_equals_optax_and_the_formula(warmup):
       [warmup]))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-12)
   formula = [_formula("linear", 1e-2, warmup, 100, 0.25, t) for t in STEPS]
-  np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-10)
+  np.testing.assert_allclose(got, formula, rtol=1e-5, atol=1e-8)  # float32 near 0
 
 
 def test_constant_schedule_is_unchanged_by_the_new_fields():

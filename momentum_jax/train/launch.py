@@ -40,8 +40,9 @@ from collections.abc import Sequence
 
 from momentum_jax.train import distributed
 
-# How long stopped processes get to exit after SIGTERM before SIGKILL.
-_STOP_GRACE_S = 10.0
+# How long stopped processes get to exit after SIGTERM (which JAX's preemption service may take
+# as a notice, not an end) before SIGKILL.
+_STOP_GRACE_S = 3.0
 # How much of a failed process's log is printed.
 _TAIL_LINES = 40
 # The hidden flag that makes this module a worker: join the run, then run the target.
@@ -130,7 +131,7 @@ def launch(target: Sequence[str], *, processes: int, devices_per_process: int,
   """Runs ``target`` (``["-m", module, *args]`` or ``[script, *args]``) as one run of
   ``processes`` processes of ``devices_per_process`` CPU devices each, and returns the exit
   status: 0 when every process succeeded, else the status of the first that failed (the others
-  are then stopped)."""
+  are then stopped; 128 + the signal number for a process a signal ended)."""
   for name, value in (("processes", processes), ("devices_per_process", devices_per_process)):
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
       raise ValueError(f"{name} must be an int >= 1, got {name}={value!r}")
@@ -142,9 +143,10 @@ def launch(target: Sequence[str], *, processes: int, devices_per_process: int,
                       else log_dir)
   logs.mkdir(parents=True, exist_ok=True)
   if processes > 1:
+    others = "process 1" if processes == 2 else f"processes 1-{processes - 1}"
     print(f"launch: {processes} processes × {devices_per_process} CPU devices, coordinator "
-          f"localhost:{port}; the output of processes 1-{processes - 1} goes to "
-          f"{logs}/process_<p>.log", file=sys.stderr, flush=True)
+          f"localhost:{port}; the output of {others} goes to {logs}/process_<p>.log",
+          file=sys.stderr, flush=True)
   command = [sys.executable, "-m", "momentum_jax.train.launch", _WORKER_FLAG, *target]
   started: list[subprocess.Popen] = []
   log_files = []
@@ -166,7 +168,7 @@ def launch(target: Sequence[str], *, processes: int, devices_per_process: int,
           print(f"launch: process {failed} exited with status {codes[failed]}; the end of "
                 f"{logs / f'process_{failed}.log'}:\n{_tail(logs / f'process_{failed}.log')}",
                 file=sys.stderr)
-        return codes[failed]
+        return codes[failed] if codes[failed] > 0 else 128 - codes[failed]  # killed: 128 + signal
       if all(code == 0 for code in codes):
         return 0
       time.sleep(0.05)

@@ -49,6 +49,7 @@ def stack_states(states: Sequence[nnx.State]) -> nnx.State:
   """
   if not states:
     raise ValueError("stack_states needs at least one state, got none")
+
   def stack(first: nnx.Variable, *others: nnx.Variable) -> nnx.Variable:
     value = jnp.stack([v.get_value() for v in (first, *others)])
     names = _names(first)

@@ -15,7 +15,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from momentum_jax.nn import (
-    REMAT_POLICIES, Transformer, TransformerConfig, decode, init_cache, stack_layers,
+    REMAT_POLICIES, Transformer, TransformerConfig, decode, generate, init_cache, stack_layers,
     unstack_layers, value_grad_and_layer_stats)
 from momentum_jax.nn.stacking import unstack_state
 from momentum_jax.train import MESH_AXES, param_shardings
@@ -50,6 +50,8 @@ def _pair(**changes):
 def _stacked_like_unscanned(state):
   """An unscanned model's state with its blocks stacked, to compare with a scanned one's."""
   state = nnx.State(dict(state))
+  if "blocks" not in state:
+    return state
   blocks = [state["blocks"][i] for i in range(len(state["blocks"]))]
   state["blocks"] = jax.tree.map(lambda *layers: jnp.stack(layers), *blocks)
   return jax.tree.map(np.asarray, state)
@@ -69,6 +71,7 @@ def _loss(model, tokens):
   return jnp.mean(jax.nn.log_softmax(logits)[..., 0]) + aux["total"], (logits, aux)
 
 
+@pytest.mark.slow
 def test_a_scanned_model_draws_the_stacked_values_of_the_unscanned_one():
   config = dataclasses.replace(BASE, attention_params=PER_LAYER_GAMMA, flux_router=True)
   unscanned = Transformer(config, rngs=nnx.Rngs(3))
@@ -86,11 +89,12 @@ def test_a_scanned_model_draws_the_stacked_values_of_the_unscanned_one():
   _assert_trees_close(keys(nnx.state(back)), keys(nnx.state(unscanned)), 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_scanned_and_unscanned_give_the_same_logits_state_and_gradients(name):
   unscanned, scanned = _pair(**CONFIGS[name])
   tokens = _tokens()
-  grad = nnx.value_and_grad(_loss, has_aux=True)
+  grad = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))
   (_, (logits_u, aux_u)), grads_u = grad(unscanned, tokens)
   (_, (logits_s, aux_s)), grads_s = grad(scanned, tokens)
   tol = 2e-2 if "bfloat16" in name else 1e-5
@@ -105,6 +109,7 @@ def test_scanned_and_unscanned_give_the_same_logits_state_and_gradients(name):
   _assert_trees_close(rest(scanned), _stacked_like_unscanned(rest(unscanned)), tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scan_layers", [False, True])
 @pytest.mark.parametrize("remat", [p for p in REMAT_POLICIES if p != "none"])
 def test_remat_gives_the_values_and_gradients_of_none(remat, scan_layers):
@@ -112,7 +117,7 @@ def test_remat_gives_the_values_and_gradients_of_none(remat, scan_layers):
   plain = Transformer(config, rngs=nnx.Rngs(1))
   rematted = Transformer(dataclasses.replace(config, remat=remat), rngs=nnx.Rngs(1))
   tokens = _tokens()
-  grad = jax.jit(nnx.value_and_grad(_loss, has_aux=True))
+  grad = nnx.jit(nnx.value_and_grad(_loss, has_aux=True))
   (value_p, (_, aux_p)), grads_p = grad(plain, tokens)
   (value_r, (_, aux_r)), grads_r = grad(rematted, tokens)
   np.testing.assert_allclose(value_r, value_p, rtol=1e-6)
@@ -120,6 +125,7 @@ def test_remat_gives_the_values_and_gradients_of_none(remat, scan_layers):
   _assert_trees_close(grads_r, grads_p, 1e-6)
 
 
+@pytest.mark.slow
 def test_remat_recomputes_in_the_backward_pass():
   """The remat policy reaches the program: "full" saves fewer residuals than "none"."""
   tokens = _tokens()
@@ -135,6 +141,7 @@ def test_remat_recomputes_in_the_backward_pass():
   assert residual_bytes("full") < residual_bytes("save_dots") < residual_bytes("none")
 
 
+@pytest.mark.slow
 def test_hooks_capture_and_edit_every_layer_of_a_scanned_model():
   unscanned, scanned = _pair(attention_params=PER_LAYER_GAMMA)
   tokens = _tokens()
@@ -158,6 +165,7 @@ def test_hooks_capture_and_edit_every_layer_of_a_scanned_model():
                              rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("changes", [{"attention_params": PER_LAYER_GAMMA},
                                      {"attention": "softmax", "attention_params": {},
                                       "flux_router": True, "flux_window": 4}])
@@ -181,6 +189,8 @@ def test_a_scanned_model_decodes_like_its_full_pass(changes):
   _, captured_s, _ = scanned.run_with_cache(tokens, name, decode_state=cache_s)
   _, captured_u, _ = unscanned.run_with_cache(tokens, name, decode_state=cache_u)
   np.testing.assert_allclose(captured_s[name], captured_u[name], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(generate(scanned, tokens[:, :4], 5),
+                                generate(unscanned, tokens[:, :4], 5))
 
 
 def test_learned_attention_values_name_every_layer():

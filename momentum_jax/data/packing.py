@@ -50,13 +50,32 @@ def num_rows(num_tokens: int, seq_len: int) -> int:
   return -(-num_tokens // (seq_len + 1))
 
 
+def check_rows(rows_B: np.ndarray, num_tokens: int, seq_len: int) -> np.ndarray:
+  """``rows_B`` as int64, checked to be rows of the packing of ``num_tokens`` tokens.
+
+  Raises:
+    ValueError: naming ``seq_len`` when it is not an int >= 1, or ``rows_B`` when it is not 1-D
+      integers in ``[0, ceil(num_tokens / (seq_len + 1)))``.
+  """
+  _check_seq_len(seq_len)
+  rows_B = np.asarray(rows_B)
+  limit = num_rows(num_tokens, seq_len)
+  if rows_B.ndim != 1 or not np.issubdtype(rows_B.dtype, np.integer) or (
+      rows_B.size and not 0 <= rows_B.min() <= rows_B.max() < limit):
+    raise ValueError(f"rows_B must be 1-D integers in [0, {limit}) (the rows of {num_tokens} "
+                     f"tokens at seq_len={seq_len}), got shape {rows_B.shape}, dtype "
+                     f"{rows_B.dtype}")
+  return rows_B.astype(np.int64)
+
+
 def read_rows(tokens_N: np.ndarray, ends_D: np.ndarray, rows_B: np.ndarray,
               seq_len: int) -> PackedRows:
-  """Rows ``rows_B`` of the packing of the stream ``tokens_N`` (see the module docstring).
+  """Rows ``rows_B`` of the packing of the stream ``tokens_N`` (see the module docstring): the
+  rows' tokens copied out of ``tokens_N``, then :func:`pack_windows`.
 
   Args:
-    tokens_N: the documents' tokens end to end, 1-D unsigned or signed integers (a
-      ``np.memmap`` is read only where the rows are).
+    tokens_N: the documents' tokens end to end, 1-D unsigned or signed integers (a memory-mapped
+      file is read only where the rows are).
     ends_D: int64, the running token count at the end of each document (non-decreasing, the
       last one N): document d holds the tokens ``[ends_D[d-1], ends_D[d])``.
     rows_B: the rows to read, integers in ``[0, ceil(N / (seq_len + 1)))``, in any order.
@@ -66,35 +85,58 @@ def read_rows(tokens_N: np.ndarray, ends_D: np.ndarray, rows_B: np.ndarray,
     ``PackedRows`` of the B rows, in the order of ``rows_B``.
 
   Raises:
-    ValueError: naming ``seq_len`` when it is not an int >= 1, or ``rows_B`` when it is not 1-D
-      integers in range.
+    ValueError: as :func:`check_rows`.
   """
-  _check_seq_len(seq_len)
-  width, num_tokens = seq_len + 1, len(tokens_N)
-  rows_B = np.asarray(rows_B)
-  limit = num_rows(num_tokens, seq_len)
-  if rows_B.ndim != 1 or not np.issubdtype(rows_B.dtype, np.integer) or (
-      rows_B.size and not 0 <= rows_B.min() <= rows_B.max() < limit):
-    raise ValueError(f"rows_B must be 1-D integers in [0, {limit}) (the rows of {num_tokens} "
-                     f"tokens at seq_len={seq_len}), got shape {rows_B.shape}, dtype "
-                     f"{rows_B.dtype}")
-  index_BxW = rows_B.astype(np.int64)[:, None] * width + np.arange(width, dtype=np.int64)
-  inside_BxW = index_BxW < num_tokens
-  stream_BxW = np.where(inside_BxW, tokens_N[np.minimum(index_BxW, num_tokens - 1)], 0)
-  # The document of each position: the number of documents that end at or before it.
-  doc_BxW = np.searchsorted(ends_D, index_BxW, side="right")
-  doc_BxW = np.where(inside_BxW, doc_BxW, -1)
+  num_tokens = len(tokens_N)
+  rows_B = check_rows(rows_B, num_tokens, seq_len)
+  width = seq_len + 1
+  full = num_tokens // width  # rows without padding
+  stream_BxW = np.zeros((len(rows_B), width), np.int32)
+  whole_B = rows_B < full
+  stream_BxW[whole_B] = tokens_N[:full * width].reshape(full, width)[rows_B[whole_B]]
+  if not whole_B.all():  # the last, padded row
+    stream_BxW[~whole_B, :num_tokens - full * width] = tokens_N[full * width:]
+  return pack_windows(stream_BxW, rows_B, num_tokens, ends_D)
 
-  # A piece starts at a row's first token and wherever the document changes.
-  starts_BxW = np.ones(doc_BxW.shape, bool)
-  starts_BxW[:, 1:] = doc_BxW[:, 1:] != doc_BxW[:, :-1]
-  segment_BxW = np.cumsum(starts_BxW, axis=1, dtype=np.int32)
-  segment_BxW[doc_BxW < 0] = 0
-  column_BxW = np.broadcast_to(np.arange(width), doc_BxW.shape)
-  piece_start_BxW = np.maximum.accumulate(np.where(starts_BxW, column_BxW, 0), axis=1)
-  positions_BxW = np.where(doc_BxW >= 0, column_BxW - piece_start_BxW, 0).astype(np.int32)
-  same_BxT = (doc_BxW[:, 1:] == doc_BxW[:, :-1]) & (doc_BxW[:, 1:] >= 0)
-  stream_BxW = stream_BxW.astype(np.int32)
+
+def pack_windows(stream_BxW: np.ndarray, rows_B: np.ndarray, num_tokens: int,
+                 ends_D: np.ndarray) -> PackedRows:
+  """The packed fields of rows ``rows_B`` (checked, see :func:`check_rows`) of a stream of
+  ``num_tokens`` tokens, given their tokens ``stream_BxW`` (``W = T + 1``; zero past the
+  stream's end) and the stream's document ends ``ends_D`` (as in :func:`read_rows`).
+
+  Row r holds ``v_r = min(W, N - r W)`` tokens of the stream from ``s_r = r W`` and padding
+  after them. A piece starts at column 0, at each column ``e - s_r`` where a document ends
+  (``s_r < e < s_r + v_r``: two binary searches of ``ends_D`` per row find them) and at the
+  padding; segment ids count the pieces, positions count from each piece's start.
+  """
+  stream_BxW = stream_BxW.astype(np.int32, copy=False)
+  width = stream_BxW.shape[1]
+  start_B = rows_B * width
+  valid_B = np.minimum(num_tokens - start_B, width)
+  starts_BxW = np.zeros(stream_BxW.shape, bool)
+  starts_BxW[:, 0] = True
+  first_B = np.searchsorted(ends_D, start_B, side="right")
+  count_B = np.searchsorted(ends_D, start_B + valid_B - 1, side="right") - first_B
+  row_K = np.repeat(np.arange(len(rows_B)), count_B)
+  offset_K = np.arange(len(row_K)) - np.repeat(np.cumsum(count_B) - count_B, count_B)
+  starts_BxW[row_K, ends_D[first_B[row_K] + offset_K] - start_B[row_K]] = True
+  padded_B = valid_B < width
+  starts_BxW[padded_B, valid_B[padded_B]] = True
+
+  # Along the flattened rows (every row starts a piece, so the running counts restart there).
+  starts_F = starts_BxW.reshape(-1)
+  index_F = np.arange(len(starts_F), dtype=np.int32)
+  positions_BxW = (index_F - np.maximum.accumulate(np.where(starts_F, index_F, 0))).reshape(
+      starts_BxW.shape)
+  segment_BxW = np.cumsum(starts_F, dtype=np.int32).reshape(starts_BxW.shape)
+  segment_BxW -= segment_BxW[:, :1] - 1
+  same_BxT = ~starts_BxW[:, 1:]
+  if padded_B.any():
+    padding_BxW = np.arange(width) >= valid_B[:, None]
+    segment_BxW[padding_BxW] = 0
+    positions_BxW[padding_BxW] = 0
+    same_BxT &= ~padding_BxW[:, 1:]
   return PackedRows(
       tokens=stream_BxW[:, :-1].copy(),
       targets=stream_BxW[:, 1:].copy(),

@@ -16,12 +16,26 @@ there is none) and its times:
              ``--seq-len`` tokens;
   in-memory  for the smallest corpus only, the pipeline this replaces: ``read_documents``, every
              20th document held out, ``ByteTokenizer.encode_batch`` and ``pack_documents`` of
-             each split in host memory, then the same batches by indexing the packed rows (about
-             24 bytes of host memory per token: 1 GB of text would need ~24 GB).
+             each split in host memory, then the same batches by indexing the packed rows (its
+             peak is ~65 bytes of host memory per byte of text, measured below: 1 GB would need
+             ~65 GB).
 
 Printed: each phase's peak and its excess over ``import``, seconds, MB/s and µs per batch; the
 largest corpus's peak minus the smallest's, per phase (target: within 200 MB); the streamed
 batch time over the in-memory one.
+
+RESULT (2-core CPU shared with other jobs, load average ~8; the default command, 10 MB and 1 GB,
+batches of 16 x 256; MiB of peak resident memory, the import floor 160.0 MiB):
+              build peak   iterate peak   build time          open + check
+  10 MB       188.5          169.6         0.21 s              0.05 s
+  1,000 MB    188.8          186.5        27.3 s (36.6 MB/s)   2.08 s (SHA-256 of 1 GB)
+  1,000 - 10   +0.3          +16.9        (target: within 200 MB)
+  in-memory pipeline at 10 MB: 807.0 MiB peak (+647 over the floor), 4.89 s.
+  The iterate excess at 1 GB is the epoch's row order, 4 bytes a row (3.9M rows, 15 MB). A batch
+  took 832 us (10 MB) and 1,709 us (1 GB) with the rows copied out of a fresh np.memmap against
+  52 us for indexing rows held in memory; reading each row with one pread instead, a later run
+  (--sizes-mb 10 100, same load) took 332 and 138 us a batch (2.7-6.4x the in-memory rows),
+  about 80 ns a token, with the same peaks (+0.1 MiB from 10 to 100 MB, both phases).
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def split_pieces(config: TextDataConfig, plan: SplitPlan, *,
 
 
 def _local_files(described: list[dict[str, Any]]) -> set[pathlib.Path]:
-  return {pathlib.Path(f["path"]).resolve() for entry in described for f in entry.get("files", ())}
+  return {pathlib.Path(path).resolve() for entry in described for path in entry.get("files", {})}
 
 
 def check_disjoint(train: list[dict[str, Any]], validation: list[dict[str, Any]]) -> None:

@@ -82,12 +82,13 @@ def write_corpus(path: pathlib.Path, size_bytes: int, seed: int = 0) -> int:
   written."""
   rng = np.random.default_rng(seed)
   syllables = ["ka", "lo", "mi", "ner", "tha", "vu", "sel", "dor", "pin", "ra", "es", "quo"]
-  words = ["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(500)]
+  words = np.array(["".join(rng.choice(syllables, size=rng.integers(1, 4))) for _ in range(500)])
   pool = []
-  for _ in range(1024):
-    length, lines = int(rng.integers(200, 4000)), []
-    while sum(len(line) + 1 for line in lines) < length:
-      lines.append(" ".join(rng.choice(words, size=rng.integers(4, 12))).capitalize() + ".")
+  for length in rng.integers(200, 4000, size=1024):
+    lines, size = [], 0
+    while size < length:
+      lines.append(" ".join(words[rng.integers(0, len(words), size=rng.integers(4, 12))]) + ".")
+      size += len(lines[-1]) + 1
     pool.append("\n".join(lines))
   choices = rng.integers(0, len(pool), size=size_bytes // 200 + 1)
   written = documents = 0

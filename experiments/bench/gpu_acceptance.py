@@ -6,17 +6,26 @@ decoding speed, into one JSON and a printed table.
         [--seq-lens 1024 4096 8192] [--train-models softmax momentum_g0.5] [--train-steps 20]
         [--cpu-smoke]
 
-Run it from a checkout (the native kernel tests live in tests/, which is not installed). Each
-section records ``status`` ("ok", "skipped" or "failed"), a ``reason`` unless ok, a one-line
-``summary`` and its ``seconds``; a section that raises is recorded as failed and the run goes on.
-The JSON is rewritten after every section, so a run cut short keeps what it measured. The exit
-status is 1 when a section failed (a native test failing or a route differing from the dispatch
-table included), else 0. Sections, in the order they run:
+Run it from a checkout with pytest installed (the native kernel tests live in tests/, which is
+not installed), e.g. after ``pip install -e '.[gpu]' pytest``. Each section records ``status``
+("ok", "skipped" or "failed"), a ``reason`` unless ok, a one-line ``summary`` and its
+``seconds``; a section that raises is recorded as failed and the run goes on. The JSON is
+rewritten after every section, so a run cut short keeps what it measured. The exit status is 1
+when a section failed (a native test failing or a route differing from the dispatch table
+included), else 0. Sections, in the order they run:
 
   native_kernel_tests  ``pytest tests/kernels/test_native_gpu.py`` in a subprocess, before this
                        process opens the GPU (so the two do not share its memory): every kernel
                        compiled by Triton and compared with its reference on outputs and
                        gradients. Counts and each test's printed errors, from the JUnit report.
+  dispatch_routes      for the attention calls of the sections below, which implementation
+                       each takes, read from its traced program (cuDNN's attention primitive, a
+                       Pallas kernel by name, else XLA; traced on shapes alone, nothing runs)
+                       beside the choice of ``momentum_jax.attention.dispatch``'s table: softmax,
+                       momentum and lightning attention with ``implementation=None`` at every T;
+                       at the first T also a window, segment ids, sinks, float32 and a forced
+                       ``implementation="pallas"``; and each train model's forward pass (on a
+                       micro-batch, in the train config's dtype) and single-token decoding step.
   attention            the candidates of ``experiments/bench/kernels.py``: dispatch (momentum
                        attention as a user calls it), momentum and plain (our flash kernel with
                        and without the shear), cudnn and xla (``jax.nn.dot_product_attention``)
@@ -32,7 +41,8 @@ table included), else 0. Sections, in the order they run:
   train                the ``text_lm --preset gpu_125m`` models named by --train-models (GPT-2
                        small shapes, 123.6M parameters) with the preset's ``TrainConfig``
                        (bfloat16 compute, float32 weights, AdamW, 32 rows × 16 accumulated
-                       micro-batches × 1024 tokens per step) for --train-steps steps, through
+                       micro-batches × 1024 tokens per step) for the first --train-steps steps
+                       of its learning-rate schedule, through
                        ``momentum_jax.train.train`` on uniform random tokens (no corpus needed;
                        throughput does not depend on the tokens). Tokens/s and MFU are the
                        trainer's own log records (the compiling first step is not timed), the
@@ -41,13 +51,6 @@ table included), else 0. Sections, in the order they run:
                        of --prompt-len random tokens, --new-tokens greedy tokens; one untimed
                        call compiles, then the median wall time of --repeats calls, the models
                        interleaved. Tokens/s = batch × new tokens / time (the prefill included).
-  dispatch_routes      for the attention calls above, which implementation each took, read from
-                       the traced program (cuDNN's attention primitive, a Pallas kernel by name,
-                       else XLA) beside the choice of ``momentum_jax.attention.dispatch``'s
-                       table: softmax, momentum and lightning attention with
-                       ``implementation=None`` at every T; at the first T also a window, segment
-                       ids, sinks, float32 and a forced ``implementation="pallas"``; and each
-                       trained model's forward pass and decoding step.
 
 ``--cpu-smoke`` runs every section's code path on the CPU in well under a minute: T = 64, B = 1,
 N = 2, H = 16, two repeats (the kernels in Pallas interpret mode, cuDNN skipped with its reason),
@@ -100,7 +103,6 @@ from momentum_jax.train import TrainConfig, model_flops_per_token, peak_flops_pe
 
 PROG = "python -m momentum_jax.experiments.bench.gpu_acceptance"
 NATIVE_TESTS = "tests/kernels/test_native_gpu.py"
-SECTIONS = ("native_kernel_tests", "dispatch_routes", "attention", "train", "decode")
 BASELINE_MODEL = "softmax"
 # What --cpu-smoke changes: the attention shapes, and the preset's models and batch made tiny.
 SMOKE_ATTENTION = dict(seq_lens=[64], tokens=64, heads=2, head_dim=16, repeats=2)
@@ -568,13 +570,14 @@ def functional_routes(seq_len: int, batch: int, heads: int, head_dim: int, gamma
                       with_options: bool) -> list[dict[str, Any]]:
   """Routes of softmax, momentum and lightning attention with ``implementation=None`` on
   bfloat16 ``[B, T, N, H]`` inputs; ``with_options`` adds a window, segment ids, sinks, float32
-  and a forced ``implementation="pallas"``."""
+  and a forced ``implementation="pallas"``. Traced on shapes alone: nothing is allocated."""
   def inputs(dtype):
-    return tuple(jnp.zeros((batch, seq_len, heads, head_dim), dtype) for _ in range(3))
+    return tuple(jax.ShapeDtypeStruct((batch, seq_len, heads, head_dim), dtype)
+                 for _ in range(3))
 
   def softmax_family(name: str, attend: Callable[..., jax.Array], options: str, dtype: Any, *,
-                     window: int | None = None, segment_ids: jax.Array | None = None,
-                     sinks: jax.Array | None = None,
+                     window: int | None = None, segment_ids: jax.ShapeDtypeStruct | None = None,
+                     sinks: jax.ShapeDtypeStruct | None = None,
                      implementation: str | None = None) -> dict[str, Any]:
     q, k, v = inputs(dtype)
     expected = softmax_route(implementation, softmax_call(
@@ -596,8 +599,8 @@ def functional_routes(seq_len: int, batch: int, heads: int, head_dim: int, gamma
                                lambda q, k, v: lightning_attention(q, k, v), inputs(bf16),
                                (batch, seq_len, heads, head_dim), bf16, lightning_expected))
   if with_options:
-    segment_ids = jnp.zeros((batch, seq_len), jnp.int32)
-    sinks = jnp.zeros((heads,), jnp.float32)
+    segment_ids = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+    sinks = jax.ShapeDtypeStruct((heads,), jnp.float32)
     for name, attend in (("softmax_attention", softmax_attention),
                          ("momentum_attention", momentum)):
       records += [softmax_family(name, attend, f"window={seq_len // 4}", bf16,
@@ -610,13 +613,19 @@ def functional_routes(seq_len: int, batch: int, heads: int, head_dim: int, gamma
   return records
 
 
-def model_routes(name: str, model: Transformer) -> list[dict[str, Any]]:
-  """Routes of a trained model's forward pass over a full context (with the dispatch table's
-  choice for softmax and momentum attention) and of its single-token decoding step."""
-  config = model.config
+def model_routes(name: str, model_config: TransformerConfig,
+                 train_config: TrainConfig) -> list[dict[str, Any]]:
+  """Routes of a train section model's forward pass on a micro-batch (with the dispatch table's
+  choice for softmax and momentum attention) and of its single-token decoding step, in the
+  train config's compute dtype, as ``train`` builds it. Traced on shapes alone (the model made
+  by ``nnx.eval_shape``): nothing is allocated."""
+  config = dataclasses.replace(model_config,
+                               dtype=train_config.compute_dtype or model_config.dtype,
+                               param_dtype=train_config.param_dtype or model_config.param_dtype)
+  model = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
-  tokens_1xT = jnp.zeros((1, config.context_len), jnp.int32)
-  shape = (1, config.context_len, config.num_heads, config.head_dim)
+  batch, seq_len = train_config.batch_size, config.context_len
+  shape = (batch, seq_len, config.num_heads, config.head_dim)
   expected = None
   if config.attention in ("softmax", "momentum") and not config.learnable_sinks:
     qk = jax.ShapeDtypeStruct(shape, jnp.dtype(config.dtype))
@@ -625,25 +634,28 @@ def model_routes(name: str, model: Transformer) -> list[dict[str, Any]]:
                                                 scale=None))
   forward = _route_record(f"{name} forward", config.attention,
                           lambda state, tokens: nnx.merge(graphdef, state)(tokens),
-                          (state, tokens_1xT), shape, config.dtype, expected)
+                          (state, jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)), shape,
+                          config.dtype, expected)
+  cache = jax.eval_shape(lambda: init_cache(model, 1, seq_len))
   step = _route_record(
       f"{name} decode step", config.attention,
       lambda state, token, cache: decode(nnx.merge(graphdef, state), token, cache),
-      (state, tokens_1xT[:, :1], init_cache(model, 1, config.context_len)),
+      (state, jax.ShapeDtypeStruct((1, 1), jnp.int32), cache),
       (1, 1, config.num_heads, config.head_dim), config.dtype, None)
   return [forward, step]
 
 
 def routes_section(seq_lens: Sequence[int], tokens: int, heads: int, head_dim: int,
-                   gamma: float, trained: Mapping[str, Transformer]) -> dict[str, Any]:
+                   gamma: float, setups: Sequence[tuple[str, TransformerConfig, TrainConfig]]
+                   ) -> dict[str, Any]:
   """Section (b): the routes of the attention calls of the other sections, each beside the
   dispatch table's choice; failed when a route differs from it."""
   routes = []
   for i, seq_len in enumerate(seq_lens):
     routes += functional_routes(seq_len, max(1, tokens // seq_len), heads, head_dim, gamma,
                                 with_options=i == 0)
-  for name, model in trained.items():
-    routes += model_routes(name, model)
+  for name, model_config, train_config in setups:
+    routes += model_routes(name, model_config, train_config)
   print(f"kernels {'interpreted' if default_interpret() else 'native'} on "
         f"{jax.default_backend()}", flush=True)
   print(f"{'call':<34}{'options':<26}{'shape':<22}{'dtype':<10}{'expected':<10}{'taken':<12}"
@@ -661,8 +673,6 @@ def routes_section(seq_lens: Sequence[int], tokens: int, heads: int, head_dim: i
   record = {"summary": summary, "interpret": default_interpret(), "routes": routes}
   if differing:
     return {"status": "failed", "reason": "; ".join(differing), **record}
-  if not trained:
-    record["note"] = "no trained model: the models' routes are missing"
   return {"status": "ok", **record}
 
 
@@ -727,25 +737,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["seconds"] = time.perf_counter() - start
     args.output.write_text(json.dumps(result, indent=2, default=str))
 
+  def setups() -> list[tuple[str, TransformerConfig, TrainConfig]]:
+    return train_setups(args.train_models, args.train_steps, args.log_every, args.cpu_smoke)
+
   # First, while this process has not opened the GPU.
   record("native_kernel_tests",
          lambda: native_kernel_tests(args.native_timeout, cpu_only=args.cpu_smoke))
   result["hardware"] = hardware()
+  record("dispatch_routes", lambda: routes_section(args.seq_lens, args.tokens, args.heads,
+                                                   args.head_dim, args.gamma, setups()))
   trained: dict[str, Transformer] = {}
   with tempfile.TemporaryDirectory() as scratch:
     trace_root = args.trace_dir or pathlib.Path(scratch) / "traces"
     record("attention", lambda: attention_section(args.seq_lens, args.tokens, args.heads,
                                                   args.head_dim, args.gamma, args.repeats,
                                                   trace_root))
-    record("train", lambda: train_section(
-        train_setups(args.train_models, args.train_steps, args.log_every, args.cpu_smoke),
-        pathlib.Path(scratch) / "train", trained))
+    record("train", lambda: train_section(setups(), pathlib.Path(scratch) / "train", trained))
   record("decode", lambda: decode_section(trained, args.decode_batch, args.prompt_len,
                                           args.new_tokens, args.repeats))
-  record("dispatch_routes", lambda: routes_section(args.seq_lens, args.tokens, args.heads,
-                                                   args.head_dim, args.gamma, trained))
-  result["sections"] = {name: result["sections"][name] for name in SECTIONS}
-  args.output.write_text(json.dumps(result, indent=2, default=str))
   print_summary(result["sections"])
   print(f"total {result['seconds']:.1f} s; wrote {args.output}")
   return result

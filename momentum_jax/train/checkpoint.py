@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 import momentum_jax
+from momentum_jax import data
+from momentum_jax.data import TextDataConfig
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train.config import PLACEMENT_FIELDS, SCHEDULE_ONLY_FIELDS, TrainConfig
 
@@ -131,7 +133,7 @@ def run_signature(
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
   """``"section.key: saved X vs current Y"`` for each differing leaf, sorted by key.
 
-  A model or train field absent from ``saved`` and at its default in ``current`` is not a
+  A model, train or data field absent from ``saved`` and at its default in ``current`` is not a
   difference: the field was added after the run was saved, and its default keeps the behaviour
   the run had (so a new config field does not make old runs unresumable).
 
@@ -173,17 +175,28 @@ def _field_defaults(config: type) -> dict[str, Any]:
       if f.default is not dataclasses.MISSING}))
 
 
-# The dataclass of each signed config section, for fields added after a run was saved.
-_SECTIONS = {"model": TransformerConfig, "train": TrainConfig}
+def _section_config(section: str, current: dict[str, Any]) -> type | None:
+  """The config dataclass of a signed section: the model's, the train config's, or the data's
+  (``TextDataConfig`` for a text dataset, else the synthetic task's class named in ``task.name``)."""
+  if section == "model":
+    return TransformerConfig
+  if section == "train":
+    return TrainConfig
+  if section == "task":
+    name = current.get("task.name")
+    config = TextDataConfig if name == "TextDataset" else getattr(data, str(name), None)
+    return config if dataclasses.is_dataclass(config) else None
+  return None
 
 
 def _added_at_its_default(key: str, saved: dict[str, Any], current: dict[str, Any]) -> bool:
-  """Whether ``key`` is a model or train field that the saved signature lacks (the field is newer
-  than the run) and that holds its default now, so the run computes what it computed."""
+  """Whether ``key`` is a model, train or data field that the saved signature lacks (the field is
+  newer than the run) and that holds its default now, so the run computes what it computed."""
   section, _, name = key.partition(".")
-  if key in saved or key not in current or section not in _SECTIONS:
+  config = _section_config(section, current)
+  if key in saved or key not in current or config is None:
     return False
-  defaults = _field_defaults(_SECTIONS[section])
+  defaults = _field_defaults(config)
   return name in defaults and defaults[name] == current[key]
 
 

@@ -138,6 +138,19 @@ def test_a_field_newer_than_the_run_is_no_difference_at_its_default():
   del current["task"]["name"]  # other sections stay strict
   assert signature_differences(saved, current) == [
       "task.name: saved 'induction' vs current <absent>"]
+  # Data fields alike: a synthetic task's (by its class name) and a text dataset's.
+  task = run_signature(MODEL, TRAIN, {"name": "InductionTask", "vocab_size": 16, "max_gap": 24})
+  old_task = json.loads(json.dumps(task))
+  del old_task["task"]["max_gap"]
+  assert signature_differences(old_task, task) == []
+  text = run_signature(MODEL, TRAIN, {"name": "TextDataset", "source": "kjv", "split_by": "auto"})
+  old_text = json.loads(json.dumps(text))
+  del old_text["task"]["split_by"]
+  assert signature_differences(old_text, text) == []
+  moved = run_signature(MODEL, TRAIN, {"name": "TextDataset", "source": "kjv",
+                                       "split_by": "position"})
+  assert signature_differences(old_text, moved) == [
+      "task.split_by: saved <absent> vs current 'position'"]
 
 
 def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_path, monkeypatch):

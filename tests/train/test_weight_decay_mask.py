@@ -1,6 +1,8 @@
 """TrainConfig.weight_decay_mask: which leaves of a Transformer's parameters are decayed, by name,
 and the decay the optimizer applies to each."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +71,16 @@ def test_adamw_decays_exactly_the_masked_leaves(mask):
                                 for n, u in _names(updates).items()}.items():
     want = -0.05 * np.asarray(param) if name in decayed else np.zeros(param.shape)
     np.testing.assert_allclose(np.asarray(update), want, rtol=1e-6, atol=0, err_msg=name)
+
+
+def test_stacked_layers_decay_the_same_leaves_by_name():
+  # Scanned layers stack each block's variables on a leading axis: a norm scale is then 2-D, and
+  # the mask, by name, still leaves it undecayed.
+  scanned = nnx.split(Transformer(dataclasses.replace(MODEL, scan_layers=True),
+                                  rngs=nnx.Rngs(0)), nnx.Param, ...)[1]
+  decayed = _names(weight_decay_mask_fn("matrices")(scanned))
+  shapes = {name: np.shape(leaf) for name, leaf in _names(scanned).items()}
+  scales = [name for name in shapes if name.endswith("/scale") and len(shapes[name]) == 2]
+  assert scales and not any(decayed[name] for name in scales)
+  assert {name for name, d in decayed.items() if d} == {
+      name for name in shapes if name.endswith("/kernel") or name == "embed/embedding"}

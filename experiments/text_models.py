@@ -16,6 +16,11 @@ from momentum_jax.experiments.recipe import Trained, each_model, series, train_m
 from momentum_jax.experiments.text_lm.config import ExperimentConfig
 
 
+# In the run folder: the corpus tokenised once (``momentum_jax.data`` token files), reused by every
+# model and every rerun of the same source and tokeniser.
+TOKEN_FOLDER = "tokens"
+
+
 class TextModels(NamedTuple):
   """The trained models of a text run: per model name, its held-out loss, bits per byte,
   parameters, speed and curves."""
@@ -46,11 +51,12 @@ def _row(trained: Trained) -> dict:
 
 
 def train_text_models(run: ExperimentRun) -> TextModels:
-  """Loads the run's text (saving its tokeniser in the run folder, for evaluation and sampling)
-  and trains each of ``run.config.models`` on ``run.config.train``, resuming from checkpoints."""
+  """Loads the run's text (saving its tokeniser in the run folder, for evaluation and sampling,
+  and its token files in ``<run folder>/tokens``, reused by later runs) and trains each of ``run.config.models`` on ``run.config.train``, resuming from checkpoints."""
   config = run.config
   start = time.perf_counter()
-  dataset = load_text_dataset(config.data, tokenizer_dir=run.out_dir)
+  dataset = load_text_dataset(config.data, tokenizer_dir=run.out_dir,
+                              token_dir=run.out_dir / TOKEN_FOLDER)
   data_seconds = time.perf_counter() - start
   models = train_models(run, each_model(config.models, config.train), dataset, _row)
   tokens_per_step = config.train.batch_size * config.train.accumulate_steps * dataset.seq_len

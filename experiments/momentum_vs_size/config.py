@@ -22,7 +22,7 @@ Command:   python -m momentum_jax.experiments.momentum_vs_size
            --fresh retrains)
 Hardware:  CPU (2 cores), float32.
 Runtime:   27.6 min wall (1658 s: 335, 347, 434 and 541 s per model) on a 2-core CPU shared
-           with another job for its first half; --quick: about 30 s.
+           with another job for its first half; --quick: 17 s wall on a quiet 2-core CPU.
 
 RESULT (CPU, 2 cores, default config, seed 0, jax 0.10.2; held-out = the first 8 validation
 batches, 32,768 bytes):

@@ -24,7 +24,7 @@ Command:   python -m momentum_jax.experiments.text_lm
            --config.train.mesh_shape=(1,8,1) and the like override the config)
 Hardware:  CPU (2 cores), float32.
 Runtime:   14.9 min wall (889 s: 137-164 s per model, data 0.3 s), peak memory 1.5 GB;
-           --quick: about 40 s.
+           --quick: 19 s wall on a quiet 2-core CPU.
 
 RESULT (CPU, 2 cores, seed 0, jax 0.10.2; 15,309 train rows and 786 validation rows of 256
 bytes; held-out = the first 8 validation batches, 32,768 bytes), measured under the earlier
@@ -52,7 +52,8 @@ it was written): GPT-2-small shapes, 12 layers, d_model 768, 12 heads, MLP 3072,
 byte-level BPE with 50,304 ids trained on the train split, tied embeddings: 123.6M parameters
 (123.6M in matmuls, the PaLM count with the tied unembedding), 855 MFLOP per token (6 N +
 12 L T d). Data: tensorflow-datasets ``lm1b`` (about 0.8B tokens, prepared by tfds in its
-array_record format on first use; held in host memory as packed rows, ~16 GB). bfloat16 compute
+array_record format on first use; tokenised once into memory-mapped uint16 token files in the run
+folder, about 1.6 GB, read a batch at a time, so host memory does not grow with it). bfloat16 compute
 with float32 master weights, AdamW 6e-4, warmup 500 then cosine decay to 6e-5 at the last
 step, weight decay 0.1 on the matrices, global batch 512 × 1024 tokens (32 per
 device step × 16 accumulated micro-batches on one device; on 8 devices give

@@ -426,7 +426,8 @@ def train_setups(names: Sequence[str], steps: int, log_every: int, smoke: bool
   """``(name, model, train config)`` of the preset's models ``names``: the preset's
   ``TrainConfig`` for ``steps`` steps on its own learning-rate schedule (a decay keeps the
   preset's horizon), logging every ``log_every``, one evaluation batch at the end, no
-  TensorBoard; with ``smoke``, the tiny shapes of ``SMOKE_MODEL`` and ``SMOKE_TRAIN``."""
+  TensorBoard; with ``smoke``, the tiny shapes of ``SMOKE_MODEL`` and ``SMOKE_TRAIN``. Softmax,
+  the baseline of the ratios, comes first."""
   models = preset_models()
   preset = gpu_125m_config().train
   horizon = {} if preset.lr_decay == "constant" else {"decay_steps": preset.decay_horizon}
@@ -436,7 +437,7 @@ def train_setups(names: Sequence[str], steps: int, log_every: int, smoke: bool
   if smoke:
     train_config = dataclasses.replace(train_config, **SMOKE_TRAIN)
   return [(name, dataclasses.replace(models[name], **SMOKE_MODEL) if smoke else models[name],
-           train_config) for name in names]
+           train_config) for name in sorted(names, key=lambda name: name != BASELINE_MODEL)]
 
 
 def _median_of(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
@@ -444,55 +445,73 @@ def _median_of(records: Sequence[Mapping[str, Any]], key: str) -> float | None:
   return statistics.median(values) if values else None
 
 
+def train_one(model_config: TransformerConfig, train_config: TrainConfig,
+              workdir: pathlib.Path) -> tuple[dict[str, Any], Transformer]:
+  """One model trained by ``momentum_jax.train.train`` on ``UniformTokens``: its record
+  (tokens/s and MFU, the medians of the trainer's log records) and the trained model."""
+  device = jax.devices()[0]
+  seq_len = model_config.context_len
+  start = time.perf_counter()
+  result = train(model_config, train_config, UniformTokens(model_config.vocab_size, seq_len),
+                 workdir, progress=False)
+  seconds = time.perf_counter() - start
+  records = [r for r in result.history if "tokens_per_second" in r]
+  losses = [r["train_loss"] for r in result.history if "train_loss" in r]
+  record = {
+      "params": sum(x.size for x in jax.tree.leaves(result.params)), "seq_len": seq_len,
+      "tokens_per_step": train_config.batch_size * train_config.accumulate_steps * seq_len,
+      "model_flops_per_token": model_flops_per_token(model_config, seq_len),
+      "steps": train_config.steps, "throughput_records": len(records),
+      "tokens_per_second": _median_of(records, "tokens_per_second"),
+      "mfu": _median_of(records, "mfu"), "train_loss_first": losses[0],
+      "train_loss_last": losses[-1], "final_eval_loss": result.final_eval["loss"],
+      "wall_seconds": seconds}
+  dtype = train_config.compute_dtype or model_config.dtype
+  if record["mfu"] is None:
+    record["mfu_reason"] = (f"no peak FLOP/s is known for {device.device_kind!r} in {dtype}"
+                            if peak_flops_per_second(device, dtype) is None
+                            else "no throughput record (log_every > steps?)")
+  return record, result.model
+
+
+def _train_summary(name: str, r: Mapping[str, Any]) -> str:
+  if "error" in r:
+    return f"{name} failed"
+  tokens = "-" if r["tokens_per_second"] is None else f"{r['tokens_per_second']:.0f}"
+  return f"{name} {tokens} tok/s" + ("" if r["mfu"] is None else f" MFU {r['mfu']:.3f}")
+
+
 def train_section(setups: Sequence[tuple[str, TransformerConfig, TrainConfig]],
                   workdir: pathlib.Path, trained: dict[str, Transformer]) -> dict[str, Any]:
-  """Section (d): each setup trained by ``momentum_jax.train.train`` on ``UniformTokens``;
-  tokens/s and MFU from its log records. The trained models are put in ``trained``."""
-  device = jax.devices()[0]
+  """Section (d): each setup trained (:func:`train_one`), its tokens/s against softmax's
+  (trained first: ``train_setups``); a model that fails is recorded with its error and the
+  others still train. The trained models are put in ``trained``."""
   print(f"{'model':<16}{'params':>12}{'tokens/s':>12}{'MFU':>8}{'vs softmax':>12}"
         f"{'loss first':>12}{'loss last':>11}{'wall s':>9}", flush=True)
   models: dict[str, dict[str, Any]] = {}
   for name, model_config, train_config in setups:
-    task = UniformTokens(model_config.vocab_size, model_config.context_len)
-    start = time.perf_counter()
-    result = train(model_config, train_config, task, workdir / name, progress=False)
-    seconds = time.perf_counter() - start
-    trained[name] = result.model
-    records = [r for r in result.history if "tokens_per_second" in r]
-    losses = [r["train_loss"] for r in result.history if "train_loss" in r]
-    dtype = train_config.compute_dtype or model_config.dtype
-    record = {
-        "params": sum(x.size for x in jax.tree.leaves(result.params)),
-        "seq_len": model_config.context_len,
-        "tokens_per_step": (train_config.batch_size * train_config.accumulate_steps
-                            * model_config.context_len),
-        "model_flops_per_token": model_flops_per_token(model_config, model_config.context_len),
-        "steps": train_config.steps, "throughput_records": len(records),
-        "tokens_per_second": _median_of(records, "tokens_per_second"),
-        "mfu": _median_of(records, "mfu"),
-        "train_loss_first": losses[0], "train_loss_last": losses[-1],
-        "final_eval_loss": result.final_eval["loss"], "wall_seconds": seconds}
-    if record["mfu"] is None:
-      record["mfu_reason"] = (f"no peak FLOP/s is known for {device.device_kind!r} in {dtype}"
-                              if peak_flops_per_second(device, dtype) is None
-                              else "no throughput record (log_every > steps?)")
-    models[name] = record
-  baseline = models.get(BASELINE_MODEL, {}).get("tokens_per_second")
-  for name, record in models.items():
-    record["tokens_per_second_vs_softmax"] = _ratio(record["tokens_per_second"], baseline)
-    print(f"{name:<16}{record['params']:>12,}" + _cell(record["tokens_per_second"], 12, ".0f")
-          + _cell(record["mfu"], 8, ".3f") + _cell(record["tokens_per_second_vs_softmax"], 12,
-                                                   ".3f")
-          + f"{record['train_loss_first']:>12.3f}{record['train_loss_last']:>11.3f}"
-          f"{record['wall_seconds']:>9.1f}", flush=True)
-  memory = device.memory_stats() or {}
-  summary = "; ".join(
-      f"{name} {r['tokens_per_second']:.0f} tok/s" + ("" if r["mfu"] is None
-                                                      else f" MFU {r['mfu']:.3f}")
-      for name, r in models.items() if r["tokens_per_second"] is not None)
-  return {"status": "ok", "summary": summary, "device_kind": device.device_kind,
-          "peak_bytes_in_use": memory.get("peak_bytes_in_use"),
-          "train_config": dataclasses.asdict(setups[0][2]), "models": models}
+    try:
+      models[name], trained[name] = train_one(model_config, train_config, workdir / name)
+    except Exception as error:  # out of memory, say: recorded, and the next model still trains
+      models[name] = {"error": _one_line(error)}
+      print(f"{name:<16}failed: {models[name]['error']}", flush=True)
+      continue
+    r = models[name]
+    baseline = models.get(BASELINE_MODEL, {}).get("tokens_per_second")
+    r["tokens_per_second_vs_softmax"] = _ratio(r["tokens_per_second"], baseline)
+    print(f"{name:<16}{r['params']:>12,}" + _cell(r["tokens_per_second"], 12, ".0f")
+          + _cell(r["mfu"], 8, ".3f") + _cell(r["tokens_per_second_vs_softmax"], 12, ".3f")
+          + f"{r['train_loss_first']:>12.3f}{r['train_loss_last']:>11.3f}"
+          f"{r['wall_seconds']:>9.1f}", flush=True)
+  failed = [name for name, r in models.items() if "error" in r]
+  device = jax.devices()[0]
+  record = {"summary": "; ".join(_train_summary(name, r) for name, r in models.items()),
+            "device_kind": device.device_kind,
+            "peak_bytes_in_use": (device.memory_stats() or {}).get("peak_bytes_in_use"),
+            "train_config": setups[0][2].to_dict(), "models": models}
+  if failed:
+    return {"status": "failed", "reason": f"{', '.join(failed)} did not train", **record}
+  return {"status": "ok", **record}
 
 
 # Decoding speed.

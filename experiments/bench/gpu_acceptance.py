@@ -747,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   if args.cpu_smoke:
     jax.config.update("jax_platforms", "cpu")
   start = time.perf_counter()
-  command = " ".join([PROG, *(sys.argv[1:] if argv is None else argv)])
+  command = " ".join([PROG, *map(str, sys.argv[1:] if argv is None else argv)])
   result: dict[str, Any] = {"command": command, "cpu_smoke": args.cpu_smoke, "sections": {}}
   args.output.parent.mkdir(parents=True, exist_ok=True)
 

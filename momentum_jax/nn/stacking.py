@@ -105,15 +105,33 @@ def _unstacked(variable: nnx.Variable, value: jax.Array) -> nnx.Variable:
   return variable.replace(value)
 
 
-def rematerialised(fn: F, remat: str, *, in_scan: bool) -> F:
+def _saves_all_but(names: tuple[str, ...]) -> Callable[..., bool]:
+  """A ``jax.checkpoint`` policy saving every value except those named ``names`` and the
+  sharding constraints that make them: under ``save_anything_except_these_names`` the unnamed
+  constraint output one step before a named gathered weight would be saved in its place."""
+  def policy(primitive: Any, *_: Any, **params: Any) -> bool:
+    if primitive.name == "sharding_constraint":
+      return False
+    return not (primitive.name == "name" and params.get("name") in names)
+
+  return policy
+
+
+def rematerialised(fn: F, remat: str, *, in_scan: bool, unsaved: Sequence[str] = ()) -> F:
   """``fn`` under ``jax.checkpoint`` with the policy named by ``remat`` (``"none"``: ``fn``).
 
   ``in_scan``: ``fn`` is a scan body, so common subexpressions need no protection across the
   recomputation (``prevent_cse=False``, as ``jax.checkpoint`` advises for ``lax.scan``).
+  ``unsaved``: ``jax.ad_checkpoint.checkpoint_name`` names of values recomputed in the backward
+  pass under every policy, ``"none"`` included (FSDP's gathered layer weights).
   """
-  if remat == "none":
-    return fn
-  if remat not in _POLICIES:
+  if remat not in ("none", *_POLICIES):
     raise ValueError(f"remat must be one of ('none', {', '.join(map(repr, _POLICIES))}), got "
                      f"remat={remat!r}")
-  return jax.checkpoint(fn, policy=_POLICIES[remat], prevent_cse=not in_scan)
+  if remat == "none":
+    if not unsaved:
+      return fn
+    policy = _saves_all_but(tuple(unsaved))
+  else:  # neither saves a name: the names are not matmul outputs
+    policy = _POLICIES[remat]
+  return jax.checkpoint(fn, policy=policy, prevent_cse=not in_scan)

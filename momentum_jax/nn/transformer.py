@@ -50,7 +50,8 @@ from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.input_checks import check_token_ids
 from momentum_jax.nn.moh import MoHRouter
 from momentum_jax.nn.partitioning import (
-    EMBED, HEADS, MLP, VOCAB, embedding_init, kernel_init, norm_scale_init)
+    EMBED, HEADS, MLP, PLACED_WEIGHT, VOCAB, embedding_init, kernel_init, layer_weights_placed,
+    norm_scale_init, placed_layer_weights)
 from momentum_jax.nn.stacking import (
     layer_view, rematerialised, stack_states, stacked_variables, unstacked_variables)
 from momentum_jax.nn.token_params import TOKEN_PARAM_MODULES
@@ -609,7 +610,9 @@ class Transformer(nnx.Module):
     Unscanned, the blocks run in turn, each under ``jax.checkpoint`` with the ``remat`` policy
     when nothing is recorded. Scanned, one ``jax.lax.scan`` over the stacked parameters runs
     them (its body rematerialised by the policy) when nothing is recorded, and otherwise each
-    layer's slice in turn, so the hooks fire under their layer's name.
+    layer's slice in turn, so the hooks fire under their layer's name. Inside a
+    ``partitioning.layer_weight_placement`` the scan body places each layer's weights (FSDP:
+    gathers them) and never saves them for the backward pass, whatever the policy.
     """
     cfg = self.config
     if ACTIVE_COLLECTOR.get() is not None and (cfg.scan_layers or cfg.remat != "none"):
@@ -654,10 +657,12 @@ class Transformer(nnx.Module):
 
     def body(x_BxTxD: jax.Array, layer: tuple) -> tuple[jax.Array, tuple]:
       layer_params, layer_rest, layer_fixed, state = layer
-      return layer_fn(graphdef, x_BxTxD, (unstacked_variables(layer_params),
-                                          unstacked_variables(layer_rest), layer_fixed, state))
+      layer_params = placed_layer_weights(unstacked_variables(layer_params))
+      return layer_fn(graphdef, x_BxTxD, (layer_params, unstacked_variables(layer_rest),
+                                          layer_fixed, state))
 
-    body = rematerialised(body, cfg.remat, in_scan=True)
+    body = rematerialised(body, cfg.remat, in_scan=True,
+                          unsaved=(PLACED_WEIGHT,) if layer_weights_placed() else ())
     x_BxTxD, (rest, layer_states, layer_aux) = jax.lax.scan(
         body, x_BxTxD, (params, rest, fixed, layer_states))
     nnx.update(self.blocks, stacked_variables(rest))

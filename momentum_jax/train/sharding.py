@@ -20,14 +20,15 @@ on any mesh. The optimizer state takes its parameter's sharding leaf by leaf
 
 FSDP gathers a weight to compute with it. :func:`gathered` is where a whole weight is gathered
 (before the forward pass); :func:`compute_shardings` keeps a scanned model's stacked weights
-split as stored, so that the layer scan gathers one layer's slice per iteration and the peak of
-gathered weights is one layer rather than the whole model (measured by
-``python -m momentum_jax.experiments.bench.scan_layers``).
+split as stored, and :func:`gather_one_layer`, entered with
+``momentum_jax.nn.partitioning.layer_weight_placement`` around the trace of the step, gathers
+one layer's slice inside each scan step, so that the peak of gathered weights is one layer
+rather than the whole model (measured by ``python -m momentum_jax.experiments.bench.scan_layers``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -117,6 +118,24 @@ def compute_shardings(params_sharding: Any) -> Any:
     return variable.replace(sharding if names and names[0] == LAYERS_AXIS else gathered(sharding))
 
   return jax.tree.map(compute, params_sharding, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def gather_one_layer(mesh: Mesh) -> Callable[[nnx.Variable], jax.Array]:
+  """The placement of one scanned layer's weight inside the layer scan under FSDP (for
+  ``momentum_jax.nn.partitioning.layer_weight_placement``): its slice split as stored, then
+  :func:`gathered`. The first constraint is the gradient's: transposed, it reduce-scatters the
+  layer's gradient inside the scan step, so the stacked gradient stays split too. Weights
+  without logical names are left to the compiler."""
+  def place(variable: nnx.Variable) -> jax.Array:
+    value = variable.get_value()
+    names = variable.get_metadata().get("out_sharding")
+    if not names:
+      return value
+    stored = NamedSharding(mesh, _spec(names, value.shape, mesh))
+    return jax.lax.with_sharding_constraint(
+        jax.lax.with_sharding_constraint(value, stored), gathered(stored))
+
+  return place
 
 
 def opt_state_shardings(tx: optax.GradientTransformation, opt_state: Any, params_sharding: Any,

@@ -12,6 +12,7 @@ def test_bench_scan_layers_quick(capfd):
   assert results["devices"] == scan_layers.DEVICES
   assert set(results["compile"]) == {"scanned/1", "scanned/3", "unscanned/1", "unscanned/3"}
   assert all(seconds > 0 for seconds in results["compile"].values())
+  assert results["hlo_lines"].keys() == results["compile"].keys()
   assert set(results["fsdp"]) == {"scanned, per-layer gather", "scanned, whole-model gather",
                                   "unscanned (whole model)"}
   assert set(results["remat"]) == {"none", "full", "save_dots"}

@@ -18,8 +18,9 @@ from momentum_jax.nn import (
     REMAT_POLICIES, Transformer, TransformerConfig, decode, generate, init_cache, stack_layers,
     unstack_layers, value_grad_and_layer_stats)
 from momentum_jax.nn.stacking import unstack_state
-from momentum_jax.train import MESH_AXES, param_shardings
-from momentum_jax.train.sharding import compute_shardings
+from momentum_jax.nn.partitioning import layer_weight_placement, layer_weights_placed
+from momentum_jax.train import MESH_AXES, make_mesh, param_shardings
+from momentum_jax.train.sharding import compute_shardings, gather_one_layer
 
 BASE = TransformerConfig(vocab_size=29, context_len=16, num_layers=3, d_model=32, num_heads=4,
                          num_kv_heads=2, mlp_dim=48, attention="momentum",
@@ -248,6 +249,24 @@ def test_stacked_weights_stay_split_for_the_compute_pass():
   assert spec(compute, "blocks", "mlp", "down", "kernel") == P(None, "tensor", "fsdp")
   embedding = compute["embed"]["embedding"].get_value()
   assert isinstance(embedding, NamedSharding) and embedding.spec == P(None, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remat", ["none", "save_dots"])
+def test_placed_layer_weights_keep_values_and_gradients(remat):
+  """FSDP's per-layer gather (one device here: the program, not the memory) changes nothing."""
+  model = Transformer(dataclasses.replace(BASE, scan_layers=True, remat=remat), rngs=nnx.Rngs(2))
+  graphdef, params = nnx.split(model)
+  tokens = _tokens()
+  grad = lambda p: jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p), tokens)[0])(p)
+  plain = jax.jit(lambda p: grad(p))(params)
+  with layer_weight_placement(gather_one_layer(make_mesh((1, 1, 1)))):
+    assert layer_weights_placed()
+    program = str(jax.make_jaxpr(lambda p: grad(p))(params))
+    placed = jax.jit(lambda p: grad(p))(params)  # a new function: traced here, in the context
+  assert not layer_weights_placed()
+  assert "sharding_constraint" in program and "placed_layer_weight" in program
+  _assert_trees_close(placed, plain, 1e-6)
 
 
 @pytest.mark.slow

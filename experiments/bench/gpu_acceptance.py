@@ -52,10 +52,10 @@ included), else 0. Sections, in the order they run:
                        call compiles, then the median wall time of --repeats calls, the models
                        interleaved. Tokens/s = batch × new tokens / time (the prefill included).
 
-``--cpu-smoke`` runs every section's code path on the CPU in well under a minute: T = 64, B = 1,
-N = 2, H = 16, two repeats (the kernels in Pallas interpret mode, cuDNN skipped with its reason),
-the preset's models at 2 layers, d_model 32, 32 tokens, 4 steps; the native tests are collected
-and skipped (they need a GPU). Its numbers only show that the script works.
+``--cpu-smoke`` runs every section's code path on the CPU (32-65 s on a busy 2-core CPU): T = 64,
+B = 1, N = 2, H = 16, two repeats (the kernels in Pallas interpret mode, cuDNN skipped with its
+reason), the preset's models at 2 layers, d_model 32, 32 tokens, 4 steps; the native tests are
+collected and skipped (they need a GPU). Its numbers only show that the script works.
 
 Hardware and runtime: one NVIDIA H100 or H200, under 8 minutes with the defaults (an estimate,
 not yet run on a GPU). The sections' ``seconds`` show where the time goes; --train-steps,

@@ -89,8 +89,8 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   Call it in every process before anything else touches JAX. Process 0 starts the coordinator
   at ``coordinator_address``; every process connects to it and waits (up to ``timeout_s``) for
   the others, after which ``jax.devices()`` lists the devices of every process and
-  ``jax.local_devices()`` this process's own. Calling it again with the same settings does
-  nothing (a script run by ``momentum_jax.train.launch`` may call it too).
+  ``jax.local_devices()`` this process's own. Calling it again with the same process count and
+  id does nothing (a script run by ``momentum_jax.train.launch`` may call it too).
 
   Args:
     coordinator_address: ``"host:port"`` of process 0 (default: ``$JAX_COORDINATOR_ADDRESS``).
@@ -101,7 +101,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
   Raises:
     ValueError: a setting is missing (naming the argument and its environment variable) or
-      malformed, or the run was already initialized with other settings.
+      malformed, or this process already joined a run of another process count or id.
     RuntimeError: JAX's backend started before this call (JAX's message).
   """
   given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
@@ -125,12 +125,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise ValueError(f"process_id must be an int in [0, num_processes={num_processes}), got "
                      f"process_id={process_id!r}")
   if jax.distributed.is_initialized():
-    state = jax.distributed.global_state
-    joined = (state.coordinator_address, state.num_processes, state.process_id)
-    if joined != (coordinator_address, num_processes, process_id):
-      raise ValueError(
-          f"this process already joined the run (coordinator_address, num_processes, "
-          f"process_id)={joined}, not {(coordinator_address, num_processes, process_id)}")
+    joined = (jax.process_count(), jax.process_index())
+    if joined != (num_processes, process_id):
+      raise ValueError(f"this process already joined a run as (num_processes, process_id)="
+                       f"{joined}, not {(num_processes, process_id)}")
     return
   if jax.config.values.get(_CPU_COLLECTIVES) is None:  # off: no collectives between processes
     jax.config.update(_CPU_COLLECTIVES, "gloo")

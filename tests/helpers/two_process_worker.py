@@ -2,14 +2,15 @@
 run of several under ``python -m momentum_jax.train.launch``, or a plain one. For
 ``tests/train/test_two_processes.py``.
 
-    python two_process_worker.py ROOT STEPS
+    python two_process_worker.py ROOT STEPS CORPUS
 
 Each run trains into ``ROOT/<kind>`` for STEPS steps on a mesh of 8 devices (resuming from a
-checkpoint there); process 0 then writes ``ROOT/<kind>.json`` (the metrics history, the final
-evaluation, what the process saw of the run) and ``ROOT/<kind>.npz`` (the final parameters,
-gathered from every process). Last, every process calls the experiment recipe's ``finish`` into
-``ROOT/results`` with its own process index in the summary, process 1 after a pause, so that a
-results file written by any process but 0 would be the one left.
+checkpoint there), the text run on the folder of ``.txt`` documents CORPUS; process 0 then writes
+``ROOT/<kind>.json`` (the metrics history, the final evaluation, what the process saw of the
+run) and ``ROOT/<kind>.npz`` (the final parameters, gathered from every process). Last, every
+process calls the experiment recipe's ``finish`` into ``ROOT/results`` with its own process index
+in the summary, process 1 after a pause, so that a results file written by any process but 0
+would be the one left.
 """
 
 import dataclasses
@@ -25,10 +26,20 @@ from momentum_jax.data import InductionTask, TextDataConfig, load_text_dataset
 from momentum_jax.experiments.cli import ExperimentRun
 from momentum_jax.experiments.recipe import finish, new_figure
 from momentum_jax.nn import TransformerConfig
-from momentum_jax.train import TrainConfig, train
+from momentum_jax.train import TrainConfig, distributed, train
 from momentum_jax.train.distributed import host_arrays, is_main_process
 
-root, steps = pathlib.Path(sys.argv[1]), int(sys.argv[2])
+# Under the launcher, which joined this process to the run: joining again with the same settings
+# does nothing, with others is refused.
+rejoin = {}
+if jax.process_count() > 1:
+  distributed.initialize()
+  try:
+    distributed.initialize(num_processes=3)
+  except ValueError as error:
+    rejoin["other_settings"] = str(error)
+
+root, steps, corpus = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 base = TrainConfig(steps=steps, batch_size=8, learning_rate=3e-3, optimizer="adamw",
                    weight_decay=0.01, eval_every=5, eval_batches=2, log_every=1,
                    checkpoint_every=5, tensorboard=True)
@@ -44,7 +55,8 @@ runs = {
                                num_heads=2, mlp_dim=64, attention="momentum",
                                attention_params={"gamma": 0.5}),
              dataclasses.replace(base, mesh_shape=(2, 4, 1)),
-             load_text_dataset(TextDataConfig(source="kjv", seq_len=32))),
+             load_text_dataset(TextDataConfig(source=corpus, seq_len=32,
+                                              validation_fraction=0.25))),
 }
 for kind, (model, cfg, data) in runs.items():
   result = train(model, cfg, data, root / kind, progress=False)
@@ -55,7 +67,8 @@ for kind, (model, cfg, data) in runs.items():
         "history": result.history, "final_eval": result.final_eval,
         "process_count": jax.process_count(), "device_count": jax.device_count(),
         "local_device_count": jax.local_device_count(),
-        "cpu_collectives": jax.config.values["jax_cpu_collectives_implementation"]}))
+        "cpu_collectives": jax.config.values["jax_cpu_collectives_implementation"],
+        "rejoin": rejoin}))
 
 if jax.process_index() == 1:
   time.sleep(2.0)

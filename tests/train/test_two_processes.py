@@ -6,11 +6,10 @@ results. Also the launcher's and the helpers' checks, which need no second proce
 
 The slow fixture runs ``tests/helpers/two_process_worker.py`` three times: in one process for
 20 steps, and under the launcher for 10 steps, then again for 20 (a fresh pair of processes
-resuming from step 10).
+resuming from step 10), each on a synthetic task and on packed text (a seeded corpus written here).
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -25,6 +24,21 @@ from momentum_jax.train.metrics_log import MetricsLog
 WORKER = REPO / "tests" / "helpers" / "two_process_worker.py"
 KINDS = ("synthetic", "text")
 STEPS = 20
+# The words of the text corpus, most frequent first.
+WORDS = ("the and of to in that he shall unto for his a they be is him not them with all was thou "
+         "it which said lord their have will from ye as are upon were my me").split()
+
+
+def _write_corpus(folder: pathlib.Path, documents: int = 40, sentences: int = 40) -> None:
+  """``documents`` ``.txt`` files of ``sentences`` sentences each, words drawn with Zipf's law
+  (p ∝ 1 / rank) by a seeded generator: the same corpus on every run."""
+  rng = np.random.default_rng(0)
+  p = 1.0 / np.arange(1, len(WORDS) + 1)
+  folder.mkdir()
+  for d in range(documents):
+    text = " ".join(" ".join(rng.choice(WORDS, size=rng.integers(4, 12), p=p / p.sum()))
+                    .capitalize() + "." for _ in range(sentences))
+    (folder / f"document_{d:02d}.txt").write_text(text + "\n")
 
 
 def _launch(args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
@@ -35,15 +49,17 @@ def _launch(args: list[str], *, timeout: float) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("two_processes")
-  one = subprocess.run([sys.executable, str(WORKER), str(root / "one"), str(STEPS)],
+  corpus = root / "corpus"
+  _write_corpus(corpus)
+  one = subprocess.run([sys.executable, str(WORKER), str(root / "one"), str(STEPS), str(corpus)],
                        env=worker_env(JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="8"),
                        capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-4000:]
   printed = {}
   for name, steps in (("halfway", STEPS // 2), ("resumed", STEPS)):
     two = _launch(["--processes", "2", "--devices-per-process", "4", "--log-dir",
-                   str(root / f"logs_{name}"), str(WORKER), str(root / "two"), str(steps)],
-                  timeout=600)
+                   str(root / f"logs_{name}"), str(WORKER), str(root / "two"), str(steps),
+                   str(corpus)], timeout=600)
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
     printed[name] = {0: two.stdout, 1: (root / f"logs_{name}" / "process_1.log").read_text()}
   return {"root": root, "printed": printed}
@@ -60,6 +76,9 @@ def test_each_process_holds_four_of_the_eight_devices_through_gloo(runs):
     assert (two["process_count"], two["device_count"], two["local_device_count"]) == (2, 8, 4)
     assert two["cpu_collectives"] == "gloo"
     assert (one["process_count"], one["device_count"]) == (1, 8)
+    # Joining again with the launcher's settings did nothing; with others it was refused.
+    assert two["rejoin"]["other_settings"] == (
+        "this process already joined a run as (num_processes, process_id)=(2, 0), not (3, 0)")
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ spanning every process's devices) is one collective computation. So P processes 
 each train exactly like one process of P·D devices: ``train`` builds the same
 ``(data, fsdp, tensor)`` mesh over ``jax.devices()`` (ordered by process), a synthetic batch is
 drawn inside the jitted step, and a text batch is read in P slices (process p reads the p-th
-slice of every global batch, ``TextDataset.iterator(shard_index=p, shard_count=P)``).
+slice of every global batch, ``TextDataset.iterator(shard_index=p, shard_count=P)``). Give the
+run a mesh over all P·D devices (``TrainConfig.mesh_shape`` whose product is P·D); its
+``TrainResult.params`` are then global arrays, which ``host_arrays`` fetches on every process.
 
 Every process trains, evaluates and checkpoints: orbax's multi-host path, in which each process
 writes the shards of the arrays it holds (a folder ``ocdbt.process_<p>`` per process in the
@@ -30,8 +32,8 @@ On a cluster, start one process per host with the cluster's launcher and call
 anything touches JAX; under Slurm, Open MPI or on Cloud TPU, ``jax.distributed.initialize()``
 with no arguments finds all three itself.
 
-On the CPU, the processes exchange collectives through gloo (``jax_cpu_collectives_implementation``,
-``"gloo"`` by default since jax 0.5; ``initialize`` turns it back on where it was switched off).
+On the CPU, the processes exchange collectives through gloo over TCP (JAX's default for
+``jax_cpu_collectives_implementation``; ``initialize`` turns it back on where it was switched off).
 
 Reference: JAX, "Introduction to multi-controller JAX (aka multi-process/multi-host JAX)"; the
 same scheme as MaxText's and Levanter's trainers.

@@ -20,6 +20,7 @@ from momentum_jax.experiments.attention_zoo.variant import non_causal_reason, ru
 from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.recipe import finish, new_figure
 from momentum_jax.nn import TransformerConfig
+from momentum_jax.train.distributed import is_main_process
 
 METRICS = ("final_loss", "final_accuracy", "tokens_per_s", "peak_memory_bytes")
 
@@ -102,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
       "seconds": time.perf_counter() - start,
   }
   table = _markdown(summary)
-  (run.out_dir / "results.md").write_text(table)
+  if is_main_process():  # of a run of several processes (momentum_jax.train.launch)
+    (run.out_dir / "results.md").write_text(table)
   print("\n" + table)
   print(f"{summary['seconds']:.0f} s; wrote {run.out_dir / 'results.md'}")
   return finish(run, summary, {"zoo.png": _plot(summary)})

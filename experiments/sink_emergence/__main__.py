@@ -22,6 +22,7 @@ from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.recipe import finish, new_figure
 from momentum_jax.experiments.sink_emergence.config import get_config
 from momentum_jax.train import train
+from momentum_jax.train.distributed import is_main_process
 
 # Per model folder: the Sink_1, eval loss and α_1 measured at each step, so that a rerun does not
 # need the (deleted) intermediate checkpoints.
@@ -79,13 +80,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
       measured[steps] = {"sink_1": float(values["sink_1"]),
                          "eval_loss": float(result.final_eval["loss"]),
                          "alpha_1_LxN": np.asarray(values["alpha_1_LxN"]).tolist()}
-      (workdir / MEASUREMENTS_FILE).write_text(json.dumps(measured))
+      if is_main_process():  # of a run of several processes (momentum_jax.train.launch)
+        (workdir / MEASUREMENTS_FILE).write_text(json.dumps(measured))
     final = measured[schedule[-1]]
     results[name] = {"steps": schedule, "sink_1": [measured[s]["sink_1"] for s in schedule],
                      "eval_loss": [measured[s]["eval_loss"] for s in schedule],
                      "model": model_config.to_dict(), "alpha_1_final": final["alpha_1_LxN"]}
-    plot_sink_heatmap(np.asarray(final["alpha_1_LxN"]), out_dir / f"sink_heatmap_{name}.png",
-                      epsilon=config.epsilon, title=f"{name}: α_1 after {schedule[-1]} steps")
+    if is_main_process():
+      plot_sink_heatmap(np.asarray(final["alpha_1_LxN"]), out_dir / f"sink_heatmap_{name}.png",
+                        epsilon=config.epsilon, title=f"{name}: α_1 after {schedule[-1]} steps")
 
   entropy_rate = config.task.entropy_rate()
   print(f"\nentropy rate of the language: {entropy_rate:.3f} nats")

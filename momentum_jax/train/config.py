@@ -311,7 +311,7 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
   """The learning rate after ``t`` completed updates: linear warmup, then ``cfg.lr_decay``.
 
   With peak ``η = learning_rate``, ``w = warmup_steps``, ``D = decay_horizon`` (``decay_steps``,
-  None: ``steps``), floor ratio ``ρ = min_lr_ratio`` and ``s = min(t − w, D − w) / (D − w)``,
+  None: ``steps``), floor ratio ``ρ = min_lr_ratio`` and ``s = min(t − w, D − w) / (D − w)``::
 
       lr(t) = η · t / w                                  for t < w (the warmup),
       lr(t) = η                                          "constant",

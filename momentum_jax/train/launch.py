@@ -1,4 +1,4 @@
-"""Runs a Python module or script as one run of several JAX processes on this machine.
+"""Runs a Python module or script as one run of several JAX processes on this machine::
 
     python -m momentum_jax.train.launch --processes 2 --devices-per-process 4 \\
         -m momentum_jax.experiments.single_layer_induction --quick \\

@@ -157,6 +157,8 @@ def _training_mesh(cfg: TrainConfig, mesh: Mesh | None) -> Mesh:
     return mesh
   if cfg.mesh_shape is not None:
     return make_mesh(cfg.mesh_shape)
+  if jax.process_count() > 1:  # one device would belong to process 0 alone
+    return make_mesh((jax.device_count(), 1, 1))
   return make_mesh((1, 1, 1), jax.devices()[:1])
 
 
@@ -247,7 +249,8 @@ def train(
       validation split, or with ``eval_batches=None`` on all of it).
     workdir: directory for metrics and checkpoints (created if absent).
     mesh: a mesh whose axes are among ``("data", "fsdp", "tensor")``, instead of
-      ``train_config.mesh_shape``. Default: the mesh of ``mesh_shape``, or one device.
+      ``train_config.mesh_shape``. Default: the mesh of ``mesh_shape``, or one device (in a
+      run of several processes, ``jax.distributed``: data parallel over every device).
     progress: show a tqdm progress bar.
     experiment: a JSON record of the experiment that runs this training, saved in the checkpoint
       signature (the experiment CLI passes its name, the hash of its resolved config and that

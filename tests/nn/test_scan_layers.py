@@ -2,8 +2,9 @@
 unscanned one and computes its logits, auxiliary losses, module-state updates and gradients;
 ``remat`` changes neither; hooks capture and edit under every layer's name; decoding equals the
 full pass; per-layer γ is scanned; what cannot share one scan body is refused by name; stacked
-weights keep their FSDP split for the compute pass; a scanned run resumes itself and refuses an
-unscanned run's checkpoint by naming ``model.scan_layers``."""
+weights keep their FSDP split for the compute pass and, gathered one layer at a time inside the
+scan on 8 devices, train as on one; a scanned run resumes itself and refuses an unscanned run's
+checkpoint by naming ``model.scan_layers``."""
 
 import dataclasses
 
@@ -293,3 +294,62 @@ def test_a_scanned_run_resumes_itself_and_refuses_an_unscanned_checkpoint_by_nam
   with pytest.raises(ValueError, match=r"model\.scan_layers: saved False vs current True"):
     train(scanned, dataclasses.replace(cfg, steps=9), task, tmp_path / "unscanned",
           progress=False)
+
+
+_EIGHT_DEVICES = """
+import contextlib, dataclasses, json, sys
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from momentum_jax.data import InductionTask
+from momentum_jax.nn import TransformerConfig
+from momentum_jax.nn.partitioning import layer_weight_placement
+from momentum_jax.train import TrainConfig
+from momentum_jax.train.sharding import (
+    batch_sharding, compute_shardings, gather_one_layer, make_mesh, param_shardings)
+from momentum_jax.train.step import init_train_state, step_config, train_step
+
+task = InductionTask(vocab_size=16, segment_len=3, max_gap=2)
+model = TransformerConfig(vocab_size=16, context_len=task.seq_len, num_layers=3, d_model=64,
+                          num_heads=4, mlp_dim=64, attention="momentum",
+                          attention_params={"gamma": 0.5}, scan_layers=True)
+cfg = TrainConfig(batch_size=8, learning_rate=3e-3)
+
+def losses(shape, per_layer):
+  mesh = make_mesh(shape, jax.devices()[:int(np.prod(shape))])
+  graphdef, state, placement = init_train_state(
+      model, dataclasses.replace(cfg, mesh_shape=shape), mesh, batch_sharding(mesh, 8),
+      jax.random.key(0))
+  trace = contextlib.nullcontext()
+  if per_layer:
+    placement = placement._replace(compute_params=tuple(jax.tree.leaves(
+        compute_shardings(param_shardings(state.params, mesh)))))
+    trace = layer_weight_placement(gather_one_layer(mesh))
+  params, opt_state, rest = state.params, state.opt_state, state.rest
+  out = []
+  with trace:
+    for step in range(3):
+      params, opt_state, rest, metrics = train_step(
+          params, opt_state, rest, jax.random.key(1), jnp.int32(step), graphdef=graphdef,
+          cfg=step_config(cfg), task=task, placement=placement)
+      out.append(float(metrics["train_loss"]))
+  return out
+
+print(json.dumps({"one": losses((1, 1, 1), False), "whole": losses((1, 8, 1), False),
+                  "per_layer": losses((1, 8, 1), True)}))
+"""
+
+
+@pytest.mark.slow
+def test_per_layer_gathering_on_eight_devices_trains_like_one_device():
+  import json
+  import os
+  import subprocess
+  import sys
+
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  out = subprocess.run([sys.executable, "-c", _EIGHT_DEVICES], env=env, check=True,
+                       capture_output=True, text=True).stdout
+  losses = json.loads(out.strip().splitlines()[-1])
+  assert np.all(np.isfinite(losses["one"]))
+  np.testing.assert_allclose(losses["whole"], losses["one"], rtol=1e-5)
+  np.testing.assert_allclose(losses["per_layer"], losses["one"], rtol=1e-5)

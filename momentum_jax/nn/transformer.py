@@ -17,7 +17,7 @@ unscanned model, ``layer_layout.py`` converts between the layouts), run by one `
 whose body is the block, so compile time does not grow with depth (MaxText's scanned layers);
 ``remat`` wraps each block, or the scan body, in ``jax.checkpoint`` with a policy of
 ``REMAT_POLICIES``. Hooks, decoding, auxiliary losses and per-layer γ go through the same block
-code (see :meth:`Transformer._run_blocks`).
+code (see ``Transformer._run_blocks``).
 
 Input checks: shapes and dtypes of the inputs are checked while tracing. Concrete token ids (an
 eager call) are checked to be in ``[0, vocab_size)`` at once. Traced values are checked under

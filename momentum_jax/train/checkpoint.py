@@ -110,7 +110,8 @@ def run_signature(
 ) -> dict[str, Any]:
   """The JSON record saved with every checkpoint and compared on resume.
 
-  It holds ``momentum_jax.__version__`` (``version``), the model, the train config without
+  It holds ``momentum_jax.__version__`` (``version``), the model without its ``remat`` policy
+  (recomputation keeps the values: a run may resume under another policy), the train config without
   ``SCHEDULE_ONLY_FIELDS`` (run length and eval / log / save cadence, which may change between a
   run and its resumption) and ``PLACEMENT_FIELDS`` (the mesh, the metric writers: a run may
   resume on another mesh), the ``data`` record (a synthetic task's or a text dataset's fields,
@@ -119,9 +120,12 @@ def run_signature(
   """
   unsigned = (*SCHEDULE_ONLY_FIELDS, *PLACEMENT_FIELDS)
   train = {k: v for k, v in train_config.to_dict().items() if k not in unsigned}
+  # Rematerialisation recomputes what it does not keep: the same values, so a run may resume
+  # under another policy (like the mesh, it says how the step runs, not what it computes).
+  model = {k: v for k, v in model_config.to_dict().items() if k != "remat"}
   signature = {
       "version": momentum_jax.__version__,
-      "model": model_config.to_dict(),
+      "model": model,
       "train": train,
       "task": dict(data),
   }

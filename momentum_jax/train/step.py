@@ -38,6 +38,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from momentum_jax.data import Batch, Task
 from momentum_jax.nn import Transformer, TransformerConfig, value_grad_and_layer_stats
+from momentum_jax.nn.partitioning import layer_weight_placement
 from momentum_jax.optim import adaptive_memory_beta
 from momentum_jax.train.config import (
     LAYER_STATS_OPTIMIZERS,
@@ -48,7 +49,8 @@ from momentum_jax.train.config import (
     make_schedule,
 )
 from momentum_jax.train.loss import masked_sums
-from momentum_jax.train.sharding import gathered, opt_state_shardings, param_shardings
+from momentum_jax.train.sharding import (
+    compute_shardings, gather_one_layer, opt_state_shardings, param_shardings)
 from momentum_jax.train.state import TrainState
 
 # ``loss(params, rest, batch) -> (loss, (masked sums, rest after the forward pass))``.
@@ -68,7 +70,8 @@ class Placement(NamedTuple):
     batch: the batch axis split over the mesh's data-parallel axes.
     replicated: ``PartitionSpec()`` on the mesh (module state, metrics).
     compute_params: the parameters' shardings during the forward and backward pass: those of
-      ``params`` without the ``fsdp`` axis (gathered, tensor-parallel splits kept).
+      ``params`` without the ``fsdp`` axis (gathered, tensor-parallel splits kept), except the
+      stacked weights of scanned layers, gathered one layer at a time inside the layer scan.
   """
 
   params: tuple[NamedSharding, ...]
@@ -189,7 +192,7 @@ def init_train_state(model_config: TransformerConfig, cfg: TrainConfig, mesh: Me
   placement = Placement(params=tuple(jax.tree.leaves(params_sharding)),
                         opt_state=tuple(jax.tree.leaves(opt_sharding)),
                         batch=batch_placement, replicated=replicated,
-                        compute_params=tuple(map(gathered, jax.tree.leaves(params_sharding))))
+                        compute_params=tuple(jax.tree.leaves(compute_shardings(params_sharding))))
   return graphdef, TrainState(params, opt_state, rest, step=0), placement
 
 
@@ -215,12 +218,14 @@ def train_step(params, opt_state, rest, data, step, *, graphdef, cfg: TrainConfi
   grad = functools.partial(_value_and_grad, graphdef=graphdef, with_stats=with_stats)
   count = jnp.maximum(jnp.sum(batch.loss_mask.astype(jnp.float32)), 1.0)
   # FSDP: the weights are gathered for the forward and backward pass and their gradients
-  # reduce-scattered back onto the parameters' shards for the optimizer.
+  # reduce-scattered back onto the parameters' shards for the optimizer; the stacked weights of
+  # scanned layers are gathered one layer at a time inside the layer scan.
   compute_params = _placed(params, placement.compute_params)
-  if k == 1:
-    (sums, aux, rest), grads, stats = grad(compute_params, rest, batch, count, None)
-  else:
-    (sums, aux, rest), grads, stats = _accumulated(compute_params, rest, batch, count, k, grad)
+  with layer_weight_placement(gather_one_layer(placement.batch.mesh)):
+    if k == 1:
+      (sums, aux, rest), grads, stats = grad(compute_params, rest, batch, count, None)
+    else:
+      (sums, aux, rest), grads, stats = _accumulated(compute_params, rest, batch, count, k, grad)
   grads = _placed(grads, placement.params)
   if with_stats:
     updates, opt_state = tx.update(grads, opt_state, params, layer_stats=stats)

@@ -153,6 +153,13 @@ def test_a_field_newer_than_the_run_is_no_difference_at_its_default():
       "task.split_by: saved <absent> vs current 'position'"]
 
 
+def test_the_remat_policy_is_not_signed():
+  """Rematerialisation recomputes the same values: a run may resume under another policy."""
+  plain = run_signature(dataclasses.replace(MODEL, remat="none"), TRAIN, {"name": "induction"})
+  full = run_signature(dataclasses.replace(MODEL, remat="full"), TRAIN, {"name": "induction"})
+  assert signature_differences(plain, full) == [] and "remat" not in full["model"]
+
+
 def test_signature_holds_the_version_and_the_experiment_of_the_same_name(tmp_path, monkeypatch):
   cfg = dataclasses.replace(TRAIN, steps=2, eval_every=0, checkpoint_every=0)
   experiment = {"name": "sweep", "config_hash": "a1", "config": {"probe": 4}}

@@ -38,7 +38,6 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
@@ -57,7 +56,7 @@ from momentum_jax.train.run_lock import RunLock
 from momentum_jax.train.sharding import batch_sharding, make_mesh
 from momentum_jax.train.state import TrainState
 from momentum_jax.train.step import (
-    Placement, evaluate_batch, evaluate_task, init_train_state, step_config, train_step)
+    Placement, bound_train_step, evaluate_batch, evaluate_task, init_train_state, step_config)
 
 #: The file in the workdir holding one JSON record of metrics per logged step.
 METRICS_FILE = "metrics.jsonl"
@@ -319,15 +318,15 @@ class _Throughput:
     return metrics
 
 
-def _timed_first_step(args: tuple[Any, ...], static: dict[str, Any]
+def _timed_first_step(step_fn: Callable[..., tuple[Any, ...]], args: tuple[Any, ...]
                       ) -> tuple[tuple[Any, ...], dict[str, float]]:
-  """``train_step(*args, **static)`` and ``{"compile_seconds", "first_step_seconds"}``: the wall
-  time of tracing, lowering and compiling it ahead of time, then of the call, compiled (jit
-  keeps the executable: the call does not compile again), until its outputs are ready."""
+  """``step_fn(*args)`` and ``{"compile_seconds", "first_step_seconds"}``: the wall time of
+  tracing, lowering and compiling it ahead of time, then of the call, compiled (jit keeps the
+  executable: the call does not compile again), until its outputs are ready."""
   start = time.perf_counter()
-  train_step.lower(*args, **static).compile()
+  step_fn.lower(*args).compile()
   compiled = time.perf_counter()
-  outputs = jax.block_until_ready(train_step(*args, **static))
+  outputs = jax.block_until_ready(step_fn(*args))
   return outputs, {"compile_seconds": compiled - start,
                    "first_step_seconds": time.perf_counter() - compiled}
 
@@ -372,8 +371,8 @@ def _run(
   params, opt_state, rest, start = state
   watch = DivergenceWatch()
 
-  step_static = dict(graphdef=graphdef, cfg=step_config(cfg),
-                     task=None if text is not None else data, placement=placement)
+  step_fn = bound_train_step(graphdef=graphdef, cfg=step_config(cfg),
+                             task=None if text is not None else data, placement=placement)
   if text is None:
     # The held-out evaluation runs with the model's input checks on (token ids in range, γ >= 0
     # and not NaN): a failed check raises a named error; the train step runs without them.
@@ -406,15 +405,15 @@ def _run(
     with tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train") as bar:
       for step in range(start, cfg.steps):
         batch_or_key = text.next_train() if text is not None else data_key
-        args = (params, opt_state, rest, batch_or_key, jnp.int32(step))
+        args = (params, opt_state, rest, batch_or_key, np.int32(step))
         if step == start:
-          (params, opt_state, rest, metrics), timings = _timed_first_step(args, step_static)
+          (params, opt_state, rest, metrics), timings = _timed_first_step(step_fn, args)
           first_step.update(timings)
           if progress:
             bar.write(f"{workdir.name}: train step compiled in {timings['compile_seconds']:.1f} s, "
                       f"first step {timings['first_step_seconds']:.2f} s")
         else:
-          params, opt_state, rest, metrics = train_step(*args, **step_static)
+          params, opt_state, rest, metrics = step_fn(*args)
         throughput.stepped(metrics)
         done = step + 1
         watch.stepped(done, metrics)

@@ -69,8 +69,7 @@ def _record(runs, who: str, kind: str) -> dict:
   return json.loads((runs["root"] / who / f"{kind}.json").read_text())
 
 
-@pytest.mark.slow
-def test_each_process_holds_four_of_the_eight_devices_through_gloo(runs):
+def _check_each_process_holds_four_of_the_eight_devices_through_gloo(runs):
   for kind in KINDS:
     two, one = _record(runs, "two", kind), _record(runs, "one", kind)
     assert (two["process_count"], two["device_count"], two["local_device_count"]) == (2, 8, 4)
@@ -81,9 +80,7 @@ def test_each_process_holds_four_of_the_eight_devices_through_gloo(runs):
         "this process already joined a run as (num_processes, process_id)=(2, 0), not (3, 0)")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_two_processes_train_the_one_process_run(runs, kind):
+def _check_two_processes_train_the_one_process_run(runs, kind):
   one, two = _record(runs, "one", kind), _record(runs, "two", kind)
   losses_one, losses_two = train_losses(one["history"]), train_losses(two["history"])
   assert len(losses_one) == len(losses_two) == STEPS
@@ -103,9 +100,7 @@ def test_two_processes_train_the_one_process_run(runs, kind):
     np.testing.assert_allclose(params_two[name], params_one[name], atol=1e-5, err_msg=name)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_both_processes_write_and_restore_the_checkpoint(runs, kind):
+def _check_both_processes_write_and_restore_the_checkpoint(runs, kind):
   for process in (0, 1):  # a fresh pair of processes, each reading its shards back
     assert f"resumed {kind} from step 10 of 20" in runs["printed"]["resumed"][process]
   for step in (10, 15, 20):
@@ -114,9 +109,7 @@ def test_both_processes_write_and_restore_the_checkpoint(runs, kind):
         "ocdbt.process_0", "ocdbt.process_1"], sorted(p.name for p in state.iterdir())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", KINDS)
-def test_only_process_zero_writes_metrics_and_events(runs, kind):
+def _check_only_process_zero_writes_metrics_and_events(runs, kind):
   workdir = runs["root"] / "two" / kind
   records = [json.loads(line) for line in (workdir / METRICS_FILE).read_text().splitlines()]
   train_steps = [r["step"] for r in records if "train_loss" in r]
@@ -126,14 +119,24 @@ def test_only_process_zero_writes_metrics_and_events(runs, kind):
   assert len(list((workdir / TENSORBOARD_DIR).glob("events.out.tfevents.*"))) == 2
 
 
-@pytest.mark.slow
-def test_only_process_zero_writes_the_results(runs):
+def _check_only_process_zero_writes_the_results(runs):
   # Process 1 reaches ``finish`` two seconds after process 0: had it written, its file would
   # be the one left.
   results = runs["root"] / "two" / "results"
   assert json.loads((results / "results.json").read_text())["written_by"] == 0
   assert (results / "curve.png").stat().st_size > 0
   assert "wrote" not in runs["printed"]["resumed"][1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_write_and_resume_as_one_process_of_eight_devices(runs):
+  """One test over the module's runs, so that a parallel test session trains them once."""
+  _check_each_process_holds_four_of_the_eight_devices_through_gloo(runs)
+  for kind in KINDS:
+    _check_two_processes_train_the_one_process_run(runs, kind)
+    _check_both_processes_write_and_restore_the_checkpoint(runs, kind)
+    _check_only_process_zero_writes_metrics_and_events(runs, kind)
+  _check_only_process_zero_writes_the_results(runs)
 
 
 @pytest.mark.slow

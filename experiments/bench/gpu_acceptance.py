@@ -93,7 +93,7 @@ from momentum_jax.attention.dispatch import softmax_call, softmax_route, wants_k
 from momentum_jax.attention.lightning import lightning_attention
 from momentum_jax.data import Batch
 from momentum_jax.experiments.bench.kernels import (
-    CANDIDATES, MODES, SOFTMAX, causal_attention_flops, compile_step)
+    CANDIDATES, MODES, SOFTMAX, causal_attention_flops, compiled_candidates)
 from momentum_jax.experiments.bench.timing import attention_inputs, interleaved_medians
 from momentum_jax.experiments.recipe import hardware
 from momentum_jax.experiments.text_lm.config import gpu_125m_config
@@ -318,24 +318,6 @@ def profiled_medians(calls: Mapping[str, Callable[[], object]], repeats: int,
     timing.update(timing="wall", timing_reason=f"no device events in the trace for {missing} "
                                                f"(backend {jax.default_backend()})")
   return timing
-
-
-def compiled_candidates(mode: str, gamma: float, args: tuple[jax.Array, ...],
-                        skipped: dict[str, str]) -> dict[str, Callable[[], jax.Array]]:
-  """The compiled call of every candidate not in ``skipped`` that compiles and runs once on
-  ``args``; the others are added to ``skipped`` with their error (for every later T too)."""
-  calls = {}
-  for name in CANDIDATES:
-    if name in skipped:
-      continue
-    try:
-      call = compile_step(name, mode, gamma, args)
-      jax.block_until_ready(call())  # a failure at run time (out of memory) shows here
-      calls[name] = call
-    except Exception as error:  # no implementation on this backend, or too big: report, go on
-      skipped[name] = _one_line(error)
-      print(f"skipped {name}: {skipped[name]}", flush=True)
-  return calls
 
 
 def attention_row(mode: str, seq_len: int, batch: int, heads: int, head_dim: int,

@@ -99,6 +99,24 @@ def compile_step(name: str, mode: str, gamma: float, args: tuple[jax.Array, ...]
   return functools.partial(attention_grad_step(attend).lower(*args).compile(), *args)
 
 
+def compiled_candidates(mode: str, gamma: float, args: tuple[jax.Array, ...],
+                        skipped: dict[str, str]) -> dict[str, Callable[[], jax.Array]]:
+  """The compiled call of every candidate not in ``skipped`` that compiles and runs once on
+  ``args``; the others are added to ``skipped`` with their error (for every later T too)."""
+  calls = {}
+  for name in CANDIDATES:
+    if name in skipped:
+      continue
+    try:
+      call = compile_step(name, mode, gamma, args)
+      jax.block_until_ready(call())  # a failure at run time (out of memory) shows here
+      calls[name] = call
+    except Exception as error:  # no implementation on this backend, or too big: report, go on
+      skipped[name] = f"{type(error).__name__}: {(str(error) or '-').splitlines()[0]}"
+      print(f"skipped {name}: {skipped[name]}", flush=True)
+  return calls
+
+
 def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, repeats: int,
           skipped: dict[str, str]) -> dict[str, dict]:
   """Median seconds, TFLOP/s and the ratios of every candidate not in ``skipped`` at one T, per
@@ -108,17 +126,7 @@ def bench(seq_len: int, batch: int, heads: int, head_dim: int, gamma: float, rep
                for x in attention_inputs(seq_len, batch, heads, head_dim, std=0.25))
   result = {}
   for mode in MODES:
-    calls = {}
-    for name in CANDIDATES:
-      if name in skipped:
-        continue
-      try:
-        call = compile_step(name, mode, gamma, args)
-        jax.block_until_ready(call())  # a failure at run time (out of memory) shows here
-        calls[name] = call
-      except Exception as error:  # no implementation on this backend, or too big: report, go on
-        skipped[name] = f"{type(error).__name__}: {(str(error) or '-').splitlines()[0]}"
-        print(f"skipped {name}: {skipped[name]}", flush=True)
+    calls = compiled_candidates(mode, gamma, args, skipped)
     seconds = interleaved_medians(calls, repeats, warmup=2)
     result[mode] = summarize(seconds, causal_attention_flops(batch, heads, seq_len, head_dim, mode))
   return result

@@ -97,8 +97,7 @@ def mesh_results(tmp_path_factory):
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_every_mesh_gives_the_one_device_loss_curve(mesh_results):
+def _check_every_mesh_gives_the_one_device_loss_curve(mesh_results):
   assert mesh_results["devices"] == 8
   one = mesh_results["curves"]["None"]
   assert len(one) == 20 and one[-1] < one[0]
@@ -107,15 +106,12 @@ def test_every_mesh_gives_the_one_device_loss_curve(mesh_results):
     assert mesh_results["param_diffs"][shape] < 1e-5, shape
 
 
-@pytest.mark.slow
-def test_fsdp_splits_the_kernels_over_eight_devices(mesh_results):
+def _check_fsdp_splits_the_kernels_over_eight_devices(mesh_results):
   # mlp.up kernel [d_model=64, mlp_dim=128]: the embed axis is split over fsdp = 8.
   assert mesh_results["fsdp_kernel_shards"] == [[8, 128]]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("tree", ["params", "opt_state"])
-def test_fsdp_over_eight_devices_holds_an_eighth_of_the_bytes_on_each(mesh_results, tree):
+def _check_fsdp_over_eight_devices_holds_an_eighth_of_the_bytes_on_each(mesh_results, tree):
   held = mesh_results["fsdp_bytes"][tree]
   assert len(held["per_device"]) == 8
   # 1/8 of the weights plus the small replicated parameters (γ per layer, counters).
@@ -123,16 +119,25 @@ def test_fsdp_over_eight_devices_holds_an_eighth_of_the_bytes_on_each(mesh_resul
   assert min(held["per_device"]) >= held["total"] / 8, held
 
 
-@pytest.mark.slow
-def test_a_checkpoint_moves_to_another_mesh_and_training_goes_on(mesh_results):
+def _check_a_checkpoint_moves_to_another_mesh_and_training_goes_on(mesh_results):
   for name in ("moved_8x1", "moved_1"):
     # Resumed from the checkpoint written on (2, 4), not restarted.
     assert f"resumed {name} from step 10 of 20" in mesh_results["moved_printed"][name]
     assert mesh_results["moved_diffs"][name] < 1e-5, name
 
 
-@pytest.mark.slow
-def test_a_mesh_that_does_not_fit_the_devices_or_the_batch_is_refused(mesh_results):
+def _check_a_mesh_that_does_not_fit_the_devices_or_the_batch_is_refused(mesh_results):
   devices_error, batch_error = mesh_results["errors"]
   assert "mesh_shape" in devices_error and "8" in devices_error
   assert "batch_size=6" in batch_error
+
+
+@pytest.mark.slow
+def test_meshes_train_alike_split_the_bytes_move_checkpoints_and_refuse_misfits(mesh_results):
+  """One test over the module's runs, so that a parallel test session trains them once."""
+  _check_every_mesh_gives_the_one_device_loss_curve(mesh_results)
+  _check_fsdp_splits_the_kernels_over_eight_devices(mesh_results)
+  for tree in ("params", "opt_state"):
+    _check_fsdp_over_eight_devices_holds_an_eighth_of_the_bytes_on_each(mesh_results, tree)
+  _check_a_checkpoint_moves_to_another_mesh_and_training_goes_on(mesh_results)
+  _check_a_mesh_that_does_not_fit_the_devices_or_the_batch_is_refused(mesh_results)

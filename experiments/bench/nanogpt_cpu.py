@@ -66,6 +66,8 @@ def cosine_lr(step: int, total: int) -> float:
 def run_momentum_jax(text: pathlib.Path, steps: int) -> dict[str, Any]:
   """Trains with ``momentum_jax.train.train``; tokens/s from the run's own throughput records,
   which start after the first (compiling) step."""
+  import jax
+
   from momentum_jax.data import TextDataConfig, load_text_dataset
   from momentum_jax.nn import TransformerConfig
   from momentum_jax.train import TrainConfig, train
@@ -89,19 +91,17 @@ def run_momentum_jax(text: pathlib.Path, steps: int) -> dict[str, Any]:
     result = train(model, cfg, data, pathlib.Path(scratch) / "run", progress=False)
     wall = time.perf_counter() - start
   records = [r for r in result.history if "tokens_per_second" in r]
-  # Weighted by the steps each record covers: tokens / seconds over the run after step 1.
-  seconds = sum(log_every * BATCH * CONTEXT / r["tokens_per_second"] for r in records)
-  tokens = BATCH * CONTEXT * log_every * len(records)
+  # Tokens / seconds over the run after step 1: the first record's clock starts after step 1,
+  # so it covers one step fewer than the others (log_every = 1: no record at step 1).
+  steps_covered = [max(log_every - 1, 1)] + [log_every] * (len(records) - 1)
+  tokens = BATCH * CONTEXT * sum(steps_covered)
+  seconds = sum(n * BATCH * CONTEXT / r["tokens_per_second"]
+                for n, r in zip(steps_covered, records))
   first = next(r for r in result.history if "compile_seconds" in r)
   return {"tokens_per_second": tokens / seconds, "peak_rss_mib": peak_rss_mib(),
           "final_train_loss": [r for r in result.history if "train_loss" in r][-1]["train_loss"],
-          "parameters": int(sum(x.size for x in _leaves(result.params))),
+          "parameters": int(sum(x.size for x in jax.tree.leaves(result.params))),
           "compile_seconds": first["compile_seconds"], "wall_seconds": wall}
-
-
-def _leaves(tree: Any) -> list[Any]:
-  import jax
-  return jax.tree.leaves(tree)
 
 
 def run_torch(text: pathlib.Path, steps: int) -> dict[str, Any]:

@@ -94,6 +94,7 @@ class CheckpointWriter:
     self.manager = manager
     self.newest: int | None = None
     self.pending: int | None = None
+    self._save_failed = False  # a CheckpointSaveError was raised: closing may fail alike
     self._held = _HeldOrbaxErrors()
     self._logger = logging.getLogger("absl")
 
@@ -117,7 +118,7 @@ class CheckpointWriter:
       try:
         self.manager.close()
       except Exception:  # a failed save already raised (or is leaving) as CheckpointSaveError
-        if kind is None and self.pending is not None:
+        if kind is None and not self._save_failed:
           raise
       finally:
         self._logger.removeFilter(self._held)
@@ -173,5 +174,6 @@ class CheckpointWriter:
       pass
 
   def _failed(self, step: int | None, error: Exception) -> CheckpointSaveError:
+    self._save_failed = True
     return CheckpointSaveError(step, self.manager.directory, checkpoint.error_cause(error),
                                self.newest, list(self._held.records))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from momentum_jax.attention import AttentionDims, get_attention
 from momentum_jax.nn.gated import GATE_MODES
+from momentum_jax.nn.moh import ROUTED_ATTENTION
 
 _DTYPES = ("float32", "bfloat16", "float16")
 _PARAM_DTYPES = ("float32", "bfloat16")
@@ -92,6 +93,13 @@ class TransformerConfig:
     moh_shared_heads: heads always active under ``moh``; the other heads are routed.
     moh_top_k: routed heads active per token under ``moh``.
     moh_loss_weight: weight of the load-balance loss in ``Transformer.logits_and_aux_loss``.
+    moh_capacity_factor: None computes every head and gates them (the dense form); a float > 0
+      computes each routed head only for the tokens that chose it, at most
+      C = min(T, ⌈factor · T · moh_top_k / routed heads⌉) per sequence, the first by position
+      (``momentum_jax.nn.moh.routed_head_attention``); tokens over capacity get that head's
+      output as zero, their share reported as ``moh_dropped`` in the auxiliary losses. Needs
+      ``moh`` and an attention in ``momentum_jax.nn.moh.ROUTED_ATTENTION``; decoding steps use
+      the dense form without a capacity.
     flux_router: per-layer full-vs-sliding-window router (arXiv 2604.07394, our reading).
     flux_window: window of the router's sparse branch (keys per query, itself included).
     flux_target: target fraction of sparse choices.
@@ -138,6 +146,7 @@ class TransformerConfig:
   moh_shared_heads: int = 0
   moh_top_k: int = 1
   moh_loss_weight: float = 0.01
+  moh_capacity_factor: float | None = None
   flux_router: bool = False
   flux_window: int = 16
   flux_target: float = 0.5
@@ -297,6 +306,24 @@ class TransformerConfig:
     return dataclasses.replace(self, attention=name, attention_params=params, attention_init=tuple(
         (key, value) for key, value in self.attention_init if key in learned))
 
+  def _validate_moh_capacity(self) -> None:
+    factor = self.moh_capacity_factor
+    if factor is None:
+      return
+    if (isinstance(factor, bool) or not isinstance(factor, (int, float))
+        or not (factor > 0 and math.isfinite(factor))):
+      raise ValueError(f"moh_capacity_factor must be None or a finite float > 0, got "
+                       f"moh_capacity_factor={factor!r}")
+    if not self.moh:
+      raise ValueError(f"moh_capacity_factor={factor!r} routes MoH heads: it needs moh=True")
+    names = {self.attention} if isinstance(self.attention, str) else set(self.attention)
+    unsupported = sorted(names - set(ROUTED_ATTENTION))
+    if unsupported:
+      raise ValueError(
+          f"moh_capacity_factor computes routed heads by softmax attention on (prepared) q and "
+          f"k, which attention={unsupported[0]!r} is not: it supports {ROUTED_ATTENTION}; give "
+          f"moh_capacity_factor=None for the dense form")
+
   def _validate_layer_options(self) -> None:
     if self.gate not in GATE_MODES:
       raise ValueError(f"gate must be one of {GATE_MODES}, got gate={self.gate!r}")
@@ -316,6 +343,7 @@ class TransformerConfig:
         raise ValueError(
             f"moh_top_k must be in [1, {routed}] (num_heads - moh_shared_heads routed heads), "
             f"got moh_top_k={self.moh_top_k!r}")
+    self._validate_moh_capacity()
     if self.flux_router:
       if not isinstance(self.flux_window, int) or self.flux_window < 1:
         raise ValueError(f"flux_window must be an int >= 1, got flux_window={self.flux_window!r}")

@@ -40,15 +40,50 @@ f(i) = exp(c₀ + c₁ i) by least squares on log of the mean attention per posi
 clamped to >= 0 so that f is non-decreasing (the authors fit a spline offline; a log-linear
 trend is our choice), and debias score_i = a_i · f(0)/f(i) = a_i · e^{−c₁ i}. Padding and sink
 tokens are suppressed by zeroing their columns (and renormalising the rows).
+
+**BroadWay** (Bu et al., "ByTheWay: Boost Your Text-to-Video Generation Model to Higher Quality
+in a Training-free Way", arXiv 2410.06241, first titled BroadWay). It edits temporal attention
+maps A (query frame t, key frame s, S frames; here the key axis of any map) of several blocks.
+*Temporal self-guidance* (the paper's eq. 3) pulls a block's map toward the map R of a reference
+block (the first decoder block there) at the same head and position,
+
+    A' = A + α (R − A),        α ∈ [0, 1],
+
+so rows stay on the simplex, A' − R = (1 − α)(A − R), and the difference between any two guided
+blocks shrinks by the same factor 1 − α. *Fourier-based motion enhancement* (eq. 6) works on the
+DFT along the key axis, Â[t,k] = Σ_s A[t,s] e^{−2πi ks/S}, with bin frequency f_k = min(k, S − k).
+The map's energy (eq. 4) E = mean_t Σ_s A[t,s]² splits by Parseval into E_low + E_high, with
+E_high = mean_t (1/S) Σ_{f_k > c} |Â[t,k]|². The edit multiplies the bins above the cut-off c by
+β and transforms back,
+
+    Â'[t,k] = β Â[t,k]  (f_k > c),      Â'[t,k] = Â[t,k]  (f_k <= c),      A' = IDFT(Â'),
+
+so E_high becomes β² E_high and, since c >= 0 keeps the DC bin, every row sum is unchanged. The
+paper's band is the 2τ + 1 bins around k = S/2, i.e. c = S/2 − τ − 1 for even S (its AnimateDiff
+setting τ = 7 at 16 frames is c = 0: every non-constant component); for odd S its band is one
+bin short of conjugate-symmetric, ours is symmetric so that A' is real [our choice]. The authors
+then divide each row by its sum (a no-op, the DC bin being kept) and leave any negative weight in
+place; we clip negative weights to 0, keep at 0 the weights the input had at exactly 0 (keys a
+causal, windowed or padding mask hides receive nothing), and divide each row by its new sum (a
+row left with no mass keeps its input) [our choice]. The two edits run in turn (eq. 7): with
+E₁ = E(A) and E₂ = E(A') after guidance, β is raised to β_c = sqrt((E₁ − E₂,low) / E₂,high)
+when that is larger, which gives back at least the energy guidance took away. Energies are per
+sequence and head here (the paper averages them over heads and positions). The authors' settings:
+α = 0.6, β = 1.5, τ = 7 (AnimateDiff) and α = 0.1, β = 10, τ = 7 (VideoCrafter2), in the first
+20 % of the denoising steps. :func:`broadway_hooks` applies both through ``run_with_hooks`` in
+one pass: the reference layer's hook keeps its map, which the later layers' hooks read.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from momentum_jax.analysis.shapes import check_weights, normalize_rows, token_mask
+from momentum_jax.analysis.spectral import BandEnergies
 
 # Added to each target weight in VAR's sink-portion denominator (as in the authors' code).
 _VAR_EPS = 1e-6
@@ -281,3 +316,206 @@ def debias_scores(scores_xP: jax.Array, trend_P: jax.Array) -> jax.Array:
                      f"scores.shape={np.shape(scores_xP)} and trend.shape={np.shape(trend_P)}")
   trend_P = jnp.asarray(trend_P, jnp.float32)
   return jnp.asarray(scores_xP, jnp.float32) * (trend_P[0] / trend_P)
+
+
+def _check_factor(name: str, value: float | jax.Array, low: float, high: float) -> None:
+  """Raises ``ValueError`` unless a Python number ``value`` lies in [low, high] (arrays are
+  traced values, not checked)."""
+  if isinstance(value, (int, float)) and not low <= value <= high:
+    raise ValueError(f"{name} must be in [{low}, {high}], got {name}={value}")
+
+
+def _check_cutoff(cutoff: int, seq_k: int) -> None:
+  if not isinstance(cutoff, (int, np.integer)) or not 0 <= cutoff < seq_k // 2:
+    raise ValueError(f"cutoff must be an integer frequency in [0, S // 2) = [0, {seq_k // 2}) "
+                     f"for S = {seq_k} keys, got {cutoff=}")
+
+
+def _high_band_S(seq_k: int, cutoff: int) -> jax.Array:
+  """``[S]`` bool: the DFT bins k with f_k = min(k, S − k) > cutoff."""
+  k_S = jnp.arange(seq_k)
+  return jnp.minimum(k_S, seq_k - k_S) > cutoff
+
+
+def temporal_self_guidance(
+    weights_BxNxTxS: jax.Array, reference_BxNxTxS: jax.Array, alpha: float | jax.Array = 0.6
+) -> jax.Array:
+  """BroadWay's temporal self-guidance: A' = A + α (R − A), the map pulled toward ``reference``.
+
+  Args:
+    weights_BxNxTxS: the block's attention weights A.
+    reference_BxNxTxS: the reference block's weights R, same shape (e.g. captured earlier in the
+      same pass, see :func:`broadway_hooks`, or with ``run_with_cache``).
+    alpha: the pull α in [0, 1]; 0 keeps A, 1 gives R.
+
+  Returns:
+    Weights in the input dtype; rows of two row-stochastic maps stay row-stochastic.
+  """
+  check_weights("weights", weights_BxNxTxS)
+  check_weights("reference", reference_BxNxTxS)
+  if reference_BxNxTxS.shape != weights_BxNxTxS.shape:
+    raise ValueError(f"reference must have the shape of weights {weights_BxNxTxS.shape}, got "
+                     f"reference.shape={reference_BxNxTxS.shape}")
+  _check_factor("alpha", alpha, 0.0, 1.0)
+  weights = weights_BxNxTxS.astype(jnp.float32)
+  out = weights + alpha * (reference_BxNxTxS.astype(jnp.float32) - weights)
+  return out.astype(weights_BxNxTxS.dtype)
+
+
+def map_energy(weights_BxNxTxS: jax.Array) -> jax.Array:
+  """BroadWay's energy E = mean_t Σ_s A[t,s]² of each map; ``[B, N]`` float32."""
+  check_weights("weights", weights_BxNxTxS)
+  return jnp.mean(jnp.sum(weights_BxNxTxS.astype(jnp.float32) ** 2, axis=-1), axis=-1)
+
+
+def map_band_energies(weights_BxNxTxS: jax.Array, cutoff: int = 0) -> BandEnergies:
+  """The energy of each map split at the cut-off along the key axis: ``low`` (f_k <= cutoff) and
+  ``high`` (f_k > cutoff), E_band = mean_t (1/S) Σ_{k in band} |Â[t,k]|², both ``[B, N]``;
+  low + high = :func:`map_energy` (Parseval).
+
+  Args:
+    weights_BxNxTxS: attention weights.
+    cutoff: integer frequency c in [0, S // 2); 0 puts only the DC bin in the low band.
+  """
+  check_weights("weights", weights_BxNxTxS)
+  seq_k = weights_BxNxTxS.shape[-1]
+  _check_cutoff(cutoff, seq_k)
+  power_BxNxTxS = jnp.abs(jnp.fft.fft(weights_BxNxTxS.astype(jnp.float32), axis=-1)) ** 2 / seq_k
+  high_S = _high_band_S(seq_k, cutoff)
+  return BandEnergies(jnp.mean(jnp.sum(jnp.where(high_S, 0.0, power_BxNxTxS), -1), -1),
+                      jnp.mean(jnp.sum(jnp.where(high_S, power_BxNxTxS, 0.0), -1), -1))
+
+
+def scale_high_frequencies(
+    weights_BxNxTxS: jax.Array, beta: float | jax.Array, cutoff: int = 0
+) -> jax.Array:
+  """The spectral step of BroadWay's motion enhancement: the DFT bins along the key axis with
+  f_k > cutoff multiplied by β, then transformed back.
+
+  The high-band energy becomes β² times its value and row sums are unchanged; weights may turn
+  negative (:func:`fourier_motion_enhance` makes a map of it again).
+
+  Args:
+    weights_BxNxTxS: attention weights.
+    beta: the factor β >= 0 on the high-band components, a number or an array broadcasting to
+      ``[B, N, 1, 1]`` (one per map).
+    cutoff: integer frequency c in [0, S // 2).
+
+  Returns:
+    float32 ``[B, N, T, S]``.
+  """
+  check_weights("weights", weights_BxNxTxS)
+  seq_k = weights_BxNxTxS.shape[-1]
+  _check_cutoff(cutoff, seq_k)
+  _check_factor("beta", beta, 0.0, np.inf)
+  gain_xS = jnp.where(_high_band_S(seq_k, cutoff), jnp.asarray(beta, jnp.float32), 1.0)
+  spectrum = jnp.fft.fft(weights_BxNxTxS.astype(jnp.float32), axis=-1)
+  return jnp.real(jnp.fft.ifft(spectrum * gain_xS, axis=-1))
+
+
+def fourier_motion_enhance(
+    weights_BxNxTxS: jax.Array, beta: float | jax.Array = 1.5, cutoff: int = 0
+) -> jax.Array:
+  """BroadWay's Fourier-based motion enhancement: :func:`scale_high_frequencies`, then negative
+  weights clipped to 0, weights the input had at exactly 0 kept at 0, and rows renormalised.
+
+  Args:
+    weights_BxNxTxS: attention weights, rows summing to 1.
+    beta: the factor β >= 0 on the components above the cut-off (> 1 amplifies the motion, 1 is
+      the identity); a number or an array broadcasting to ``[B, N, 1, 1]``.
+    cutoff: integer frequency c in [0, S // 2).
+
+  Returns:
+    Weights in the input dtype, rows summing to 1 and non-negative; a row left with no mass
+    keeps its input.
+  """
+  scaled = scale_high_frequencies(weights_BxNxTxS, beta, cutoff)
+  weights = weights_BxNxTxS.astype(jnp.float32)
+  out = jnp.where(weights != 0, jnp.maximum(scaled, 0.0), 0.0)
+  total = jnp.sum(out, axis=-1, keepdims=True)
+  return jnp.where(total > 0, out / jnp.where(total > 0, total, 1.0),
+                   weights).astype(weights_BxNxTxS.dtype)
+
+
+def broadway(
+    weights_BxNxTxS: jax.Array,
+    reference_BxNxTxS: jax.Array,
+    *,
+    alpha: float | jax.Array = 0.6,
+    beta: float = 1.5,
+    cutoff: int = 0,
+) -> jax.Array:
+  """Both BroadWay edits in turn (eq. 7): :func:`temporal_self_guidance` toward ``reference``,
+  then :func:`fourier_motion_enhance` with β raised to β_c = sqrt((E₁ − E₂,low) / E₂,high) per
+  map when larger (E₁ the energy before guidance, E₂ after; β_c = 0 where the numerator is
+  negative or E₂,high is 0). ``alpha=0, beta=1`` is the identity.
+
+  Args:
+    weights_BxNxTxS: the block's attention weights, rows summing to 1.
+    reference_BxNxTxS: the reference block's weights, same shape (itself for the reference block).
+    alpha: the pull α in [0, 1].
+    beta: the least factor β >= 0 on the components above the cut-off.
+    cutoff: integer frequency c in [0, S // 2).
+  """
+  _check_factor("beta", beta, 0.0, np.inf)
+  before = map_energy(weights_BxNxTxS)
+  guided = temporal_self_guidance(weights_BxNxTxS, reference_BxNxTxS, alpha)
+  low, high = map_band_energies(guided, cutoff)
+  beta_c = jnp.sqrt(jnp.maximum(before - low, 0.0) / jnp.where(high > 0, high, 1.0))
+  beta_BxN = jnp.maximum(jnp.asarray(beta, jnp.float32), jnp.where(high > 0, beta_c, 0.0))
+  return fourier_motion_enhance(guided, beta_BxN[..., None, None], cutoff)
+
+
+def broadway_hooks(
+    layers: Sequence[int],
+    *,
+    reference_layer: int,
+    alpha: float = 0.6,
+    beta: float = 1.5,
+    cutoff: int = 0,
+) -> list[tuple[str, Callable[[jax.Array, str], jax.Array | None]]]:
+  """``fwd_hooks`` for ``Transformer.run_with_hooks`` that apply :func:`broadway` to the
+  ``blocks.{l}.attn.hook_pattern`` of each of ``layers``, guided toward ``reference_layer``.
+
+  One pass: the hook on the reference layer keeps the map that reaches it (before its own edit,
+  if it is one of ``layers``) and the hooks of the later layers read it, so the reference is the
+  map of the edited pass. It must therefore come no later than every layer it guides. To guide
+  toward a map of another pass instead, capture it with ``run_with_cache`` and hook
+  ``lambda pattern, name: temporal_self_guidance(pattern, captured, alpha)``.
+
+  Args:
+    layers: the layers to edit (the paper: the decoder blocks after and including the
+      reference).
+    reference_layer: the layer whose map guides the others.
+    alpha: the pull α in [0, 1].
+    beta: the least factor β >= 0 on the components above the cut-off.
+    cutoff: integer frequency c in [0, S // 2) along the key axis.
+
+  Example:
+    >>> model = Transformer(TransformerConfig(vocab_size=8, context_len=16, num_layers=3,
+    ...                                       causal=False), rngs=nnx.Rngs(0))
+    >>> hooks = broadway_hooks([0, 1, 2], reference_layer=0, alpha=0.6, beta=1.5)
+    >>> logits = model.run_with_hooks(jnp.zeros((1, 16), jnp.int32), fwd_hooks=hooks)
+  """
+  layers = list(layers)
+  if not layers or not all(isinstance(l, (int, np.integer)) and l >= 0 for l in layers):
+    raise ValueError(f"layers must be a non-empty sequence of layer indices >= 0, got {layers=}")
+  if not isinstance(reference_layer, (int, np.integer)) or not 0 <= reference_layer <= min(layers):
+    raise ValueError(f"reference_layer must be an index no later than every layer it guides "
+                     f"(<= {min(layers)}), got {reference_layer=}")
+  _check_factor("alpha", alpha, 0.0, 1.0)
+  _check_factor("beta", beta, 0.0, np.inf)
+  name = "blocks.{}.attn.hook_pattern".format
+  kept: dict[str, jax.Array] = {}
+
+  def keep_reference(pattern: jax.Array, hook: str) -> jax.Array | None:
+    kept["reference"] = pattern
+    if reference_layer not in layers:
+      return None
+    return broadway(pattern, pattern, alpha=alpha, beta=beta, cutoff=cutoff)
+
+  def guide(pattern: jax.Array, hook: str) -> jax.Array:
+    return broadway(pattern, kept["reference"], alpha=alpha, beta=beta, cutoff=cutoff)
+
+  return [(name(reference_layer), keep_reference)] + [
+      (name(layer), guide) for layer in sorted(set(layers)) if layer != reference_layer]

@@ -12,9 +12,9 @@ The T×S attention map is split at the granularity of blocks of C = ``block_size
    - critical: the ``⌈ratio · num_key_blocks⌉`` blocks with the largest score (the authors' code
      rounds down, ``int(ratio · n)``; we round up so that a small ratio still keeps one block);
    - negligible: of the visible blocks that are not critical, the ``⌊negligible · visible_i⌋``
-     with the smallest score (the paper's bottom k_l %; visible_i = number of key blocks, or
-     i + 1 when causal; we round down, so a small share skips nothing); skipped, they reach
-     neither branch;
+     with the smallest score, or all of them where fewer remain (the paper's bottom k_l %;
+     visible_i = number of key blocks, or i + 1 when causal [our choice: a share of the visible
+     blocks, rounded down, so a small share skips nothing]); skipped, they reach neither branch;
    - marginal: every other visible block, the linear branch's.
 
    The paper's method section has the three tiers; the authors' released code has no negligible

@@ -1,7 +1,8 @@
 """SLA (sparse + linear attention): the gathered-block fast form against the dense T×S reference
-(output and the gradients of q, k, v and proj), a NumPy transcription of the authors' algorithm,
-limits (all blocks kept = softmax attention), causality by perturbation, the model path and
-validation."""
+(output and the gradients of q, k, v and proj) with and without the negligible tier, a NumPy
+transcription of the authors' algorithm and of the three-tier classification, skipped blocks
+contributing nothing, limits (all blocks kept = softmax attention), causality by perturbation,
+the model path and validation."""
 
 import functools
 
@@ -14,12 +15,12 @@ from flax import nnx
 from attention_testing import FAST_COMPILE, forward_and_grads, jit, rel_err
 
 import momentum_jax.attention as attn
-from momentum_jax.attention.sla import sla_attention, sla_attention_reference
+from momentum_jax.attention.sla import sla_attention, sla_attention_reference, sla_block_selection
 from momentum_jax.nn import Transformer, TransformerConfig
 
 B, N = 2, 4
 jit_static = functools.partial(jax.jit, compiler_options=FAST_COMPILE,
-                               static_argnames=("causal", "ratio", "block_size"))
+                               static_argnames=("causal", "ratio", "negligible", "block_size"))
 
 
 def make(seq, head_dim, kv_heads, dtype=jnp.float32, seq_k=None, seed=0):
@@ -55,7 +56,10 @@ def compare(diff, tol, **kwargs):
     ((13, 12, 4, 13), {"block_size": 4, "ratio": 0.5}),
     ((37, 6, 2, 21), {"block_size": 8, "ratio": 0.5, "causal": False}),
     ((13, 6, 2, 13), {"block_size": 4, "ratio": 1.0, "causal": False}),
-], ids=["causal-37", "causal-13-mha", "cross-37x21", "all-kept"])
+    ((37, 6, 2, 37), {"block_size": 4, "ratio": 0.2, "negligible": 0.4}),
+    ((37, 6, 2, 23), {"block_size": 4, "ratio": 0.2, "negligible": 0.5, "causal": False}),
+], ids=["causal-37", "causal-13-mha", "cross-37x21", "all-kept", "tiers-causal-37",
+        "tiers-cross-37x23"])
 def test_fast_matches_reference_x64(case, kwargs):
   seq, head_dim, kv_heads, seq_k = case
   with jax.enable_x64(True):
@@ -64,6 +68,77 @@ def test_fast_matches_reference_x64(case, kwargs):
 
 def test_float32_matches_reference():
   compare(make(37, 12, 2), 1e-5, block_size=4, ratio=0.3)
+
+
+@pytest.mark.parametrize("case,kwargs", [
+    ((37, 6, 2, 37), {"block_size": 4, "ratio": 0.2, "negligible": 0.4}),
+    ((29, 6, 1, 21), {"block_size": 4, "ratio": 0.3, "negligible": 0.3, "causal": False}),
+], ids=["causal-37-gqa", "cross-29x21-mqa"])
+def test_three_tiers_float32_match_reference(case, kwargs):
+  seq, head_dim, kv_heads, seq_k = case
+  compare(make(seq, head_dim, kv_heads, seq_k=seq_k, seed=3), 1e-5, **kwargs)
+
+
+def test_three_tier_classification_matches_numpy():
+  # Causal, T = 37 with blocks of 4: 10 query and key blocks, query block i sees i + 1 of them.
+  seq, block, ratio, negligible = 37, 4, 0.2, 0.5
+  d = make(seq, 6, 2, seed=4)
+  index, valid, marginal = jit_static(sla_block_selection)(
+      d["q"], d["k"], causal=True, ratio=ratio, block_size=block, negligible=negligible)
+  q, k = np.asarray(d["q"], np.float64), np.asarray(d["k"], np.float64)
+  nb = 10
+  pool = lambda x, n: np.stack([x[:, j * block:(j + 1) * block].mean(1) for j in range(n)], 1)
+  qbar = pool(q, nb)  # [B, Q, N, H]
+  for b in range(B):
+    for n in range(N):
+      kk = k[b, :, n // 2]
+      for i in range(nb):
+        visible = i + 1
+        keys = kk[:min(seq, visible * block)]
+        kbar = pool((keys - keys.mean(0))[None], visible)[0]
+        score = kbar @ qbar[b, i, n]
+        score[i] = np.inf
+        critical = set(np.argsort(-score, kind="stable")[:2])  # ⌈0.2 · 10⌉
+        rest = [j for j in np.argsort(score, kind="stable") if j not in critical]
+        skipped = set(rest[:int(negligible * visible)])
+        expected = [j < visible and j not in critical and j not in skipped for j in range(nb)]
+        got_kept = {int(j) for j, ok in zip(index[b, n // 2, n % 2, i], valid[b, n // 2, n % 2, i])
+                    if ok}
+        assert got_kept == critical, (b, n, i)
+        assert list(np.asarray(marginal[b, n // 2, n % 2, i])) == expected, (b, n, i)
+
+
+@pytest.mark.parametrize("fn", [sla_attention, sla_attention_reference],
+                         ids=lambda f: f.__name__)
+def test_negligible_blocks_contribute_nothing(fn):
+  # Non-causal, 8 key blocks of 4 (the last one short): 2 critical, then of the other 6 the 4
+  # lowest-scoring negligible, 2 marginal.
+  d = make(29, 6, 2, seq_k=31, seed=5)
+  kwargs = {"causal": False, "block_size": 4, "ratio": 0.25}
+  _, _, marginal = sla_block_selection(d["q"], d["k"], negligible=0.5, **kwargs)
+  index, valid, _ = sla_block_selection(d["q"], d["k"], **kwargs)
+  head, query_block = 1, 2
+  marginal = np.asarray(marginal[0, head // 2, head % 2, query_block])
+  kept = set(np.asarray(index[0, head // 2, head % 2, query_block]))
+  skipped = [j for j in range(8) if not marginal[j] and j not in kept]
+  assert len(kept) == 2 and len(skipped) == 4 and marginal.sum() == 2  # ⌊0.5 · 8⌋ skipped
+  rows = slice(4 * query_block, 4 * query_block + 4)
+  call = jit_static(fn, static_argnames=("causal", "ratio", "negligible", "block_size"))
+
+  def change(j):  # 100 × the values of key block j: the classification depends on q, k only
+    v = d["v"].at[:, 4 * j:4 * j + 4].multiply(100.0)
+    out = call(d["q"], d["k"], d["v"], proj=d["proj"], negligible=0.5, **kwargs)
+    out_changed = call(d["q"], d["k"], v, proj=d["proj"], negligible=0.5, **kwargs)
+    base = call(d["q"], d["k"], d["v"], proj=d["proj"], **kwargs)
+    base_changed = call(d["q"], d["k"], v, proj=d["proj"], **kwargs)
+    return (np.asarray(out[0, rows, head]), np.asarray(out_changed[0, rows, head]),
+            np.asarray(base[0, rows, head]), np.asarray(base_changed[0, rows, head]))
+
+  out, out_changed, base, base_changed = change(skipped[0])
+  np.testing.assert_allclose(out_changed, out, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(base_changed, base, rtol=1e-3)  # without the tier the block is marginal
+  out, out_changed, _, _ = change(int(np.flatnonzero(marginal)[0]))
+  assert not np.allclose(out_changed, out, rtol=1e-3)
 
 
 def test_large_logits_stay_finite():
@@ -159,6 +234,9 @@ def test_in_transformer_learns_proj():
     ({"sinks": jnp.zeros(N)}, r"sinks.shape=\(4,\)"),
     ({"ratio": 0.0}, "ratio=0.0"),
     ({"ratio": 1.5}, "ratio=1.5"),
+    ({"negligible": 1.0}, "negligible=1.0"),
+    ({"negligible": -0.1}, "negligible=-0.1"),
+    ({"ratio": 0.6, "negligible": 0.5}, "ratio \\+ negligible must be at most 1"),
     ({"block_size": 0}, "block_size=0"),
     ({"proj": jnp.zeros((6, 5))}, r"proj.shape=\(6, 5\)"),
 ])

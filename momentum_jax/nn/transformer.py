@@ -48,7 +48,9 @@ from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.input_checks import check_token_ids
-from momentum_jax.nn.moh import MoHRouter
+from momentum_jax.nn.moh import (
+    HeadSlots, MoHRouter, dropped_fraction, head_capacity, head_slots, kept_gates,
+    routed_head_attention)
 from momentum_jax.nn.partitioning import (
     EMBED, HEADS, MLP, PLACED_WEIGHT, VOCAB, embedding_init, kernel_init, layer_weights_placed,
     norm_scale_init, placed_layer_weights)
@@ -101,7 +103,9 @@ class Attention(nnx.Module):
   wanted; its per-token parameter module (``token_params``) is built and stored under its name.
   The call is three steps: :meth:`project` (q, k, v and RoPE), :meth:`attend` (the variant, the
   flux router, the pattern hooks) or, decoding, :meth:`attend_step` (the variant's decoding
-  step), and :meth:`gate_heads` (gated attention and MoH).
+  step), and :meth:`gate_heads` (gated attention and MoH). The MoH gates come first
+  (:meth:`head_gates`); under ``moh_capacity_factor`` a full pass computes the routed heads only
+  at the rows of the tokens that chose them (:meth:`attend_routed`).
   """
 
   def __init__(self, config: TransformerConfig, *, rngs: nnx.Rngs):
@@ -149,7 +153,8 @@ class Attention(nnx.Module):
     decoding step (``segment_ids_BxT`` unused: every row's are the step's): by the variant's
     decoding step, or for a :class:`RecomputeCache` by this same call over all the cache's rows;
     the state comes back with the new rows written. The layer's auxiliary losses go into ``aux``
-    under ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` when it is a dict.
+    under ``prefix + "moh_load_balance"`` / ``prefix + "flux_sparsity"`` (and
+    ``prefix + "moh_dropped"`` under ``moh_capacity_factor``) when it is a dict.
     ``fixed_params`` replace values of ``config.attention_params`` (a scanned layer's per-layer
     γ, as traced scalars).
     """
@@ -158,14 +163,20 @@ class Attention(nnx.Module):
     if isinstance(state, RecomputeCache):
       return self._recompute(x_BxTxD, state, step, recorder, prefix, fixed_params)
     q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self.project(x_BxTxD, positions_BxT, recorder, prefix)
-    if state is None:
+    gates_BxTxN, slots = self.head_gates(x_BxTxD, recorder, prefix, aux, full_pass=state is None)
+    if self._routes_rows(slots, recorder, prefix):
+      z_BxTxNxH = self.attend_routed(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
+                                     segment_ids_BxT, gates_BxTxN, slots, recorder, prefix,
+                                     fixed_params)
+      gates_BxTxN = None  # applied at the routed rows
+    elif state is None:
       z_BxTxNxH = self.attend(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT,
                               segment_ids_BxT, recorder, prefix, aux, fixed_params)
     else:
       z_BxTxNxH, state = self.attend_step(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH,
                                           positions_BxT, state, step, recorder, prefix,
                                           fixed_params)
-    z_BxTxNxH = self.gate_heads(x_BxTxD, z_BxTxNxH, recorder, prefix, aux)
+    z_BxTxNxH = self.gate_heads(x_BxTxD, z_BxTxNxH, recorder, prefix, gates_BxTxN)
     return self.o_proj(z_BxTxNxH.reshape(b, t, cfg.num_heads * cfg.head_dim)), state
 
   def project(self, x_BxTxD: jax.Array, positions_BxT: jax.Array, recorder: Recorder,
@@ -247,18 +258,67 @@ class Attention(nnx.Module):
     return recorder.apply(prefix + "hook_z", z_BxTxNxH.astype(x_BxTxD.dtype)), state
 
   def gate_heads(self, x_BxTxD: jax.Array, z_BxTxNxH: jax.Array, recorder: Recorder,
-                 prefix: str, aux: AuxLosses | None) -> jax.Array:
-    """z scaled by the output gate of gated attention and the MoH head gates, when they are on."""
+                 prefix: str, head_gates_BxTxN: jax.Array | None) -> jax.Array:
+    """z scaled by the output gate of gated attention, when it is on, and by the MoH head gates
+    ``head_gates_BxTxN`` (None: MoH is off or its gates are already applied)."""
     if self.gate is not None:
       gate_BxTxNxG = recorder.apply(prefix + "hook_gate", self.gate.gate(x_BxTxD))
       z_BxTxNxH = z_BxTxNxH * gate_BxTxNxG.astype(z_BxTxNxH.dtype)
-    if self.moh is not None:
-      head_gates_BxTxN, balance_loss = self.moh(x_BxTxD)
-      head_gates_BxTxN = recorder.apply(prefix + "hook_head_gates", head_gates_BxTxN)
-      if aux is not None:
-        aux[prefix + "moh_load_balance"] = balance_loss
+    if head_gates_BxTxN is not None:
       z_BxTxNxH = z_BxTxNxH * head_gates_BxTxN[..., None].astype(z_BxTxNxH.dtype)
     return z_BxTxNxH
+
+  def head_gates(self, x_BxTxD: jax.Array, recorder: Recorder, prefix: str,
+                 aux: AuxLosses | None, *, full_pass: bool
+                 ) -> tuple[jax.Array | None, HeadSlots | None]:
+    """The MoH head gates ``[B, T, N]`` (float32, after ``hook_head_gates``) and, under
+    ``moh_capacity_factor`` in a full pass, the rows each routed head computes
+    (``moh.head_slots``), the gates of the tokens over capacity then zeroed; ``(None, None)``
+    without MoH. The load-balance loss and the dropped share go into ``aux``."""
+    if self.moh is None:
+      return None, None
+    route = self.moh.route(x_BxTxD)
+    gates_BxTxN = recorder.apply(prefix + "hook_head_gates", route.gates_BxTxN)
+    if aux is not None:
+      aux[prefix + "moh_load_balance"] = route.loss
+    factor = self.config.moh_capacity_factor
+    if factor is None or not full_pass or not self.moh.routed_heads:
+      return gates_BxTxN, None
+    slots = head_slots(route.chosen_BxTxE, head_capacity(
+        x_BxTxD.shape[1], self.moh.top_k, self.moh.routed_heads, factor))
+    if aux is not None:
+      aux[prefix + "moh_dropped"] = dropped_fraction(route.chosen_BxTxE, slots.kept_BxTxE)
+    return kept_gates(gates_BxTxN, slots.kept_BxTxE), slots
+
+  def attend_routed(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
+                    v_BxTxKxH: jax.Array, positions_BxT: jax.Array,
+                    segment_ids_BxT: jax.Array | None, gates_BxTxN: jax.Array, slots: HeadSlots,
+                    recorder: Recorder, prefix: str, fixed_params: FixedParams | None = None
+                    ) -> jax.Array:
+    """z ``[B, T, N, H]`` times the MoH gates: the variant's ``prepare`` step, then softmax
+    attention with each routed head computed only at its ``slots`` (``moh.routed_head_attention``).
+    """
+    cfg = self.config
+    variant = get_attention(cfg.attention)
+    kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, segment_ids_BxT, recorder,
+                                  prefix, fixed_params)
+    if variant.prepare is not None:
+      q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = variant.prepare(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, segment_ids=segment_ids_BxT,
+          **{p: kwargs[p] for p in variant.params if p in kwargs})[:3]
+    return routed_head_attention(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, gates_BxTxN, slots,
+                                 causal=cfg.causal, window=cfg.window,
+                                 segment_ids=segment_ids_BxT, sinks=kwargs["sinks"])
+
+  def _routes_rows(self, slots: HeadSlots | None, recorder: Recorder, prefix: str) -> bool:
+    """Whether the pass computes the routed heads at their slots only: with slots (a full pass
+    under ``moh_capacity_factor``), without the flux router, and with no hook on z, the pattern
+    or the prepared q and k, which need every head at every row (the dense form under the same
+    kept gates then runs, with the same output)."""
+    hooks = ("hook_z", "hook_pattern", "hook_attn_scores",
+             *get_attention(self.config.attention).prepared_hooks.values())
+    return (slots is not None and self.flux is None
+            and not any(recorder.wants(prefix + hook) for hook in hooks))
 
   def variant_kwargs(self, variant: AttentionVariant, x_BxTxD: jax.Array,
                       positions_BxT: jax.Array, segment_ids_BxT: jax.Array | None,
@@ -531,8 +591,10 @@ class Transformer(nnx.Module):
 
         total = moh_loss_weight · mean_l L_lb^l + flux_loss_weight · mean_l L_sparsity^l,
 
-    and, for the options that are on, ``aux["moh_load_balance"]`` and ``aux["flux_sparsity"]``
-    (means over layers) and the per-layer values under ``"blocks.{l}.attn.<name>"``. Float32
+    and, for the options that are on, ``aux["moh_load_balance"]``, ``aux["flux_sparsity"]`` and
+    (under ``moh_capacity_factor``, not in the total) ``aux["moh_dropped"]``, the share of MoH
+    head assignments over capacity (means over layers), and the per-layer values under
+    ``"blocks.{l}.attn.<name>"``. Float32
     scalars; ``total`` is 0 when no layer has a loss. The trainer in ``momentum_jax.train``
     calls this method and adds ``aux["total"]`` to the task loss.
     """
@@ -547,6 +609,9 @@ class Transformer(nnx.Module):
       if per_layer:
         aux[name] = jnp.mean(jnp.stack(per_layer))
         total = total + weight * aux[name]
+    dropped = [value for key, value in aux.items() if key.endswith("attn.moh_dropped")]
+    if dropped:
+      aux["moh_dropped"] = jnp.mean(jnp.stack(dropped))
     aux["total"] = total
     return logits, aux
 

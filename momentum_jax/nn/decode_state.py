@@ -4,13 +4,17 @@ A model decodes by its one forward path with a :class:`DecodeState` (``Transform
 :func:`begin_step` writes the new rows' positions and segment ids, every layer reads the
 :class:`DecodeStep` it gives and returns its own state with the new rows written.
 
-Each layer decodes in one of two forms (:func:`decoding_form`; layers of a hybrid may differ):
+Each layer decodes in one of three forms (:func:`decoding_form`; layers of a hybrid may differ):
 
 - ``"variant"``: the variant's registered decoding step (``AttentionVariant.decoding``): a
   contiguous K/V cache of ``max_len`` rows (softmax, momentum, KV-shift, EMA of values), a ring
   buffer of ``window`` rows with a sliding window, or an O(1) recurrent state (linear,
   Lightning).
-- ``"recompute"``: every other causal variant, and the flux router: the layer keeps its input
+- ``"flux"``: softmax attention with the flux router: each sequence's decision, made from the
+  prompt, picks a ``max_len`` K/V cache or a ``flux_window`` ring buffer
+  (:class:`~momentum_jax.nn.flux_router.FluxCache`), and only that branch is computed.
+- ``"recompute"``: every other causal variant, and the flux router over any other variant: the
+  layer keeps its input
   rows (:class:`RecomputeCache`) and recomputes its attention over the ``max_len`` rows for each
   step (its attention is causal, so rows not yet written do not reach the new ones): exact,
   O(max_len) per token.
@@ -30,8 +34,9 @@ from momentum_jax.attention import AttentionDims, get_attention
 from momentum_jax.attention.decoding import DecodeContext, cache_capacity, row_starts
 from momentum_jax.core.checks import is_concrete
 from momentum_jax.nn.config import TransformerConfig
+from momentum_jax.nn.flux_router import init_flux_cache
 
-DecodingForm = Literal["variant", "recompute"]
+DecodingForm = Literal["variant", "flux", "recompute"]
 
 
 class RecomputeCache(NamedTuple):
@@ -48,7 +53,8 @@ class DecodeState(NamedTuple):
   """The decoding state of a model.
 
   Attributes:
-    layers: one state per layer (the variant's cache or a :class:`RecomputeCache`), a tuple; for
+    layers: one state per layer (the variant's cache, a ``FluxCache`` or a
+      :class:`RecomputeCache`), a tuple; for
       a model with ``scan_layers``, one such state whose arrays are the layers' stacked on a
       leading layer axis (the layers share one decoding form), which the layer scan reads and
       writes in place of a tuple.
@@ -84,10 +90,13 @@ def check_decodable(config: TransformerConfig) -> None:
 
 
 def decoding_form(config: TransformerConfig, layer: int = 0) -> DecodingForm:
-  """``"variant"`` when layer ``layer`` decodes by its variant's step, else ``"recompute"``."""
+  """``"variant"`` when layer ``layer`` decodes by its variant's step, ``"flux"`` by the flux
+  router's branch (softmax attention), else ``"recompute"``."""
   check_decodable(config)
-  variant = get_attention(config.layer(layer).attention)
-  return "variant" if variant.decoding is not None and not config.flux_router else "recompute"
+  name = config.layer(layer).attention
+  if config.flux_router:
+    return "flux" if name == "softmax" else "recompute"
+  return "variant" if get_attention(name).decoding is not None else "recompute"
 
 
 def empty_decode_state(config: TransformerConfig, batch: int, max_len: int, *,
@@ -105,6 +114,8 @@ def empty_decode_state(config: TransformerConfig, batch: int, max_len: int, *,
   dims = AttentionDims(config.num_heads, config.num_kv_heads, config.head_dim, config.context_len)
 
   def make(layer: int) -> object:
+    if decoding_form(config, layer) == "flux":
+      return init_flux_cache(batch, max_len, config.flux_window, dims, dtype)
     if decoding_form(config, layer) == "variant":
       init = get_attention(config.layer(layer).attention).decoding.init
       return init(batch, cache_capacity(max_len, config.window), dims, dtype)

@@ -10,8 +10,10 @@ shape: ``nnx.jit(decode)`` compiles once for the prefill and once for the single
 run the same code as in training, hooks fire under the same names
 (``model.run_with_cache(tokens_BxT, names_filter, decode_state=cache)``), and a model in training
 mode updates its running statistics as a training forward pass does (call ``model.eval()``, or
-use ``generate``, which decodes in evaluation mode). Each layer decodes by its variant's step or
-by recomputation (``momentum_jax.nn.decode_state``); output gates, mixture-of-heads gates and
+use ``generate``, which decodes in evaluation mode). Each layer decodes by its variant's step, by
+the flux router's chosen branch (a softmax model with ``flux_router``: a decision per layer and
+sequence made at the prefill, ``momentum_jax.nn.flux_router``) or by recomputation
+(``momentum_jax.nn.decode_state``); output gates, mixture-of-heads gates and
 learnable sinks act on the new rows. A non-causal model raises.
 
 Prompts of different lengths decode together left-padded, each pad in a segment of its own:

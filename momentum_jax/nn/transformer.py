@@ -44,7 +44,7 @@ from momentum_jax.nn.config import TransformerConfig
 from momentum_jax.nn.decode_state import (
     DecodeState, DecodeStep, RecomputeCache, begin_step, check_decodable)
 from momentum_jax.nn.dense import ACTIVE_COLLECTOR, Dense
-from momentum_jax.nn.flux_router import FluxRouter, sparsity_loss
+from momentum_jax.nn.flux_router import FluxCache, FluxRouter, flux_decode_step, sparsity_loss
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NO_CAPTURE, HookFn, NamesFilter, Recorder
 from momentum_jax.nn.input_checks import check_token_ids
@@ -253,8 +253,12 @@ class Attention(nnx.Module):
     kwargs = self.variant_kwargs(variant, x_BxTxD, positions_BxT, None, recorder, prefix,
                                   fixed_params)
     del kwargs["causal"], kwargs["segment_ids"]
-    z_BxTxNxH, state = variant.decoding.step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state,
-                                             step.context, window=cfg.window, **kwargs)
+    if isinstance(state, FluxCache):
+      z_BxTxNxH, state = self._flux_step(x_BxTxD, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state, step,
+                                         recorder, prefix, kwargs)
+    else:
+      z_BxTxNxH, state = variant.decoding.step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state,
+                                               step.context, window=cfg.window, **kwargs)
     return recorder.apply(prefix + "hook_z", z_BxTxNxH.astype(x_BxTxD.dtype)), state
 
   def gate_heads(self, x_BxTxD: jax.Array, z_BxTxNxH: jax.Array, recorder: Recorder,
@@ -371,6 +375,25 @@ class Attention(nnx.Module):
     scores_BxNxTxS = jnp.where(row_BxNxTx1 > 0.5, sparse[1], full[1])
     pattern_BxNxTxS = (1 - row_BxNxTx1) * full[2] + row_BxNxTx1 * sparse[2]
     return z_BxTxNxH, scores_BxNxTxS, pattern_BxNxTxS
+
+  def _flux_step(self, x_BxTxD: jax.Array, q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array,
+                 v_BxTxKxH: jax.Array, state: FluxCache, step: DecodeStep, recorder: Recorder,
+                 prefix: str, kwargs: dict[str, object]) -> tuple[jax.Array, FluxCache]:
+    """The flux layer's decoding step: at row 0 the router's choice at the last new row becomes
+    each sequence's decision; every step computes only the branch its sequence chose."""
+    context, t = step.context, x_BxTxD.shape[1]
+    ids_BxT = None if context.segment_ids is None else jax.lax.dynamic_slice_in_dim(
+        context.segment_ids, context.length, t, axis=1)
+    first = context.length == 0
+    chosen_B = jnp.argmax(self.flux(x_BxTxD, ids_BxT)[:, -1], axis=-1) == 1
+    sparse_B = jnp.where(first, chosen_B, state.sparse)
+    choice_BxTx2 = jax.nn.one_hot(jnp.broadcast_to(sparse_B[:, None].astype(jnp.int32),
+                                                   x_BxTxD.shape[:2]), 2,
+                                  dtype=jnp.float32)
+    edited_BxTx2 = jax.lax.stop_gradient(recorder.apply(prefix + "hook_router", choice_BxTx2))
+    sparse_B = jnp.where(first, edited_BxTx2[:, -1, 1] > 0.5, state.sparse)
+    return flux_decode_step(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, state, context, sparse_B,
+                            window=self.config.flux_window, **kwargs)
 
   def _pattern_hooks(self, z_BxTxNxH: jax.Array, scores_BxNxTxS: jax.Array,
                      pattern_BxNxTxS: jax.Array, v_BxTxKxH: jax.Array, recorder: Recorder,

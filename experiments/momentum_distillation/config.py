@@ -1,6 +1,48 @@
 """Momentum distillation on noisy pairs: ALBEF (Li et al., NeurIPS 2021, arXiv 2107.07651).
 
-RESULT: pending.
+Claim: web image-text pairs are noisy (a caption may not describe its image), and one-hot
+contrastive targets punish every plausible negative and reward every wrong positive; ALBEF's
+momentum distillation (MoD) mixes the one-hot targets with the momentum model's own similarity
+distribution, y = α·softmax(ŝ/τ) + (1 − α)·one-hot, which "helps learning from noisy pairs"
+(ALBEF, Sec. 3.3 and Table 1: + MoD improves retrieval).
+
+Setup: two "views" of random token sequences (vocabulary 64, 16 tokens): view a is the sequence,
+view b the same sequence in another vocabulary (a fixed random permutation, one per seed),
+reversed, with 25 % of its tokens replaced at random. 4096 training pairs, of which 0 %, 20 % or
+40 % are mismatched (their view b belongs to another training pair), visited ~23 times (1500
+AdamW steps of 64 pairs, learning rate 1e-3, weight decay 0.01). One encoder per view: token and
+position embeddings (64), a residual GELU MLP (128) per token, mean-pooled, projected to 32 and
+L2-normalised. The loss is ``momentum_jax.train.momentum_distillation.momentum_contrastive_loss``:
+momentum encoders by EMA (0.995, updated before each step as in ALBEF), a queue of 512 past
+momentum embeddings per view, τ = 0.07 fixed, symmetric a→b / b→a. Compared, on the same data and
+initial weights per seed: ``itc`` (α = 0: the contrastive loss with momentum encoder and queue,
+one-hot targets; ALBEF's baseline) and ``mod_0.4`` (α = 0.4, ramped up over the first 100 steps,
+as ALBEF ramps it over its first epoch). Reported: top-1 retrieval on 512 clean held-out pairs
+(mean of a→b and b→a, chance 0.2 %), mean ± std over 3 seeds; the gain of MoD over ITC per seed;
+and the share of mismatched training pairs the model ends up "retrieving" (memorised noise).
+
+Command:   python -m momentum_jax.experiments.momentum_distillation
+           (--quick for a smoke run into runs/momentum_distillation/quick; a rerun reads the
+           finished runs back, --fresh retrains them)
+Hardware:  CPU (2 cores), float32.
+Runtime:   8.8 min wall (530 s, 19-64 s per run, the first one compiling; 198 s of CPU) on a
+           2-core CPU shared with other jobs (load average 10-12).
+
+RESULT (CPU, default config; held-out top-1 retrieval, mean ± std over 3 seeds):
+  training pairs     itc R@1        mod_0.4 R@1    MoD gain (paired)  mismatched pairs fitted
+                                                                       itc          mod_0.4
+  0 % mismatched     85.2 ± 2.5 %   85.4 ± 2.1 %   +0.2 ± 0.7 %        -            -
+  20 % mismatched    70.9 ± 1.0 %   74.2 ± 0.5 %   +3.3 ± 1.3 %        4.8 ± 0.6 %  2.8 ± 0.6 %
+  40 % mismatched    53.4 ± 2.1 %   58.2 ± 2.7 %   +4.9 ± 0.8 %        4.8 ± 0.2 %  3.2 ± 0.4 %
+
+VERDICT: supported at this scale. Noise hurts (85 → 71 → 53 % without MoD), and MoD recovers part
+of the loss: +3.3 and +4.9 points at 20 and 40 % mismatched pairs, positive in every seed (gains
++2.0..+4.5 and +3.9..+5.5), while on clean pairs it changes nothing (+0.2 ± 0.7). The mechanism
+shows in the training set: with MoD the models fit a third fewer of the mismatched pairs (they
+retrieve the wrong partner 2.8-3.2 % of the time instead of 4.8 %) and more of the matched ones
+(40 %: 72-75 % against 67-69 %). Caveats: one budget, 1500 steps, at which the models on noisy
+data are still improving (training retrieval 67-86 %); one α (ALBEF's 0.4); synthetic views and
+small mean-pooled encoders, not images and text.
 """
 
 from __future__ import annotations

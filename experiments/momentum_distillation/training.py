@@ -9,7 +9,7 @@ top-1 retrieval on clean held-out pairs. One jitted call runs ``chunk_steps`` st
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,9 +104,8 @@ def train_run(task: PairTask, sweep: SweepConfig, noise: float, alpha: float, se
   top-1 retrieval over the matched and over the mismatched rows (``train_fit``: how far the noisy
   pairs were memorised) and the mean loss of each chunk (``loss_curve``), JSON-ready."""
   train, held_out, mismatched_N = make_pairs(task, noise, seed)
-  rngs = nnx.Rngs(seed)
-  students = (Encoder(task, sweep, rngs=rngs), Encoder(task, sweep, rngs=rngs))
-  graphdef, params = nnx.split(students, nnx.Param)
+  graphdef, init = _initializer(task, sweep)
+  params = init(jax.random.key(seed))
   state = _State(params, params, _optimizer(sweep).init(params),
                  queue_init(sweep.queue_size, sweep.embed_dim),
                  queue_init(sweep.queue_size, sweep.embed_dim))
@@ -121,6 +120,19 @@ def train_run(task: PairTask, sweep: SweepConfig, noise: float, alpha: float, se
   fit = _train_fit(encode, state.params, train, mismatched_N)
   a_E, b_E = encode(state.params, jnp.asarray(held_out.a_NxT), jnp.asarray(held_out.b_NxT))
   return {"retrieval": retrieval_accuracy(a_E, b_E), "train_fit": fit, "loss_curve": loss_curve}
+
+
+@functools.cache
+def _initializer(task: PairTask, sweep: SweepConfig) -> tuple[nnx.GraphDef, Any]:
+  """``(graphdef, init)``: the students' (one ``Encoder`` per view) graph and a jitted
+  ``key -> parameters``, so initialisation compiles once instead of once per eager operation."""
+
+  def students(key: jax.Array) -> tuple[Encoder, Encoder]:
+    rngs = nnx.Rngs(key)
+    return Encoder(task, sweep, rngs=rngs), Encoder(task, sweep, rngs=rngs)
+
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: students(jax.random.key(0))))
+  return graphdef, jax.jit(lambda key: nnx.state(students(key), nnx.Param))
 
 
 def _optimizer(sweep: SweepConfig) -> optax.GradientTransformation:

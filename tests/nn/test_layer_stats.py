@@ -102,7 +102,8 @@ def test_under_jit_and_repeated_layer_calls():
 
 
 def test_dense_is_linear_and_costs_nothing_outside_the_helper(monkeypatch):
-  """Same parameter tree and values as with nnx.Linear, and the same traced program."""
+  """Same parameter tree and values as with nnx.Linear, the same outputs and gradients, and the
+  same traced program but for one reshape of the input and one of the output per dense layer."""
   model = Transformer(CONFIG, rngs=nnx.Rngs(0))
   monkeypatch.setattr(transformer_module, "Dense", nnx.Linear)
   linear_model = Transformer(CONFIG, rngs=nnx.Rngs(0))
@@ -111,9 +112,17 @@ def test_dense_is_linear_and_costs_nothing_outside_the_helper(monkeypatch):
   jax.tree.map(np.testing.assert_array_equal, params, linear_params)
 
   tokens = _tokens()
+  loss, grads = nnx.value_and_grad(_loss)(model, tokens)
+  linear_loss, linear_grads = nnx.value_and_grad(_loss)(linear_model, tokens)
+  np.testing.assert_allclose(loss, linear_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               nnx.state(grads), nnx.state(linear_grads))
+
   count = lambda m: len(jax.make_jaxpr(lambda s: nnx.merge(nnx.graphdef(m), s)(tokens))(
       nnx.state(m)).eqns)
-  assert count(model) == count(linear_model)
+  num_dense = sum(isinstance(node, Dense) for _, node in nnx.iter_graph(model))
+  assert num_dense == 7  # q, k, v, o, up, down and the untied unembedding
+  assert count(model) == count(linear_model) + 2 * num_dense
   n_with_stats = len(jax.make_jaxpr(
       lambda s: value_grad_and_layer_stats(_loss, nnx.merge(nnx.graphdef(model), s), tokens)[0])(
           nnx.state(model)).eqns)

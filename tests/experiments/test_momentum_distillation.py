@@ -1,4 +1,4 @@
-"""The momentum-distillation experiment: its noisy pairs, its summary and verdict, its --quick run."""
+"""The momentum-distillation experiment: its noisy pairs, summary, verdict and --quick run."""
 
 import dataclasses
 import json
@@ -12,6 +12,15 @@ from momentum_jax.experiments.momentum_distillation.config import (
 from momentum_jax.experiments.momentum_distillation.training import (
     make_pairs, retrieval_accuracy)
 
+# The --quick run's last-chunk training loss per unit as recorded on the CPU: the run is
+# deterministic, so a change that changes its numbers shows here.
+QUICK_FINAL_LOSS = {"noise0_itc_seed0": 4.435428619384766, "noise0_itc_seed1": 4.48406457901001,
+                    "noise0_mod_0.4_seed0": 3.619065523147583,
+                    "noise0_mod_0.4_seed1": 3.4919166564941406,
+                    "noise0.4_itc_seed0": 4.403295516967773,
+                    "noise0.4_itc_seed1": 4.216130256652832,
+                    "noise0.4_mod_0.4_seed0": 3.5907483100891113,
+                    "noise0.4_mod_0.4_seed1": 3.3414132595062256}
 TASK = PairTask(vocab_size=16, seq_len=5, corruption=0.0, train_pairs=40, eval_pairs=10)
 
 
@@ -87,7 +96,9 @@ def test_quick_run_writes_table_json_and_plot(tmp_path, capsys):
   summary = main(["--quick", "--output-dir", str(tmp_path), "--no-progress"])
   saved = json.loads((tmp_path / "quick" / "results.json").read_text())
   config = get_config(quick=True)
-  assert list(saved["units"]) == [name for name, *_ in config.units()]
+  assert list(saved["units"]) == [name for name, *_ in config.units()] == list(QUICK_FINAL_LOSS)
+  for name, loss in QUICK_FINAL_LOSS.items():
+    assert saved["units"][name]["loss_curve"][-1] == pytest.approx(loss, rel=1e-5)
   for unit in saved["units"].values():
     assert 0.0 <= unit["retrieval"]["mean"] <= 1.0
     assert len(unit["loss_curve"]) == config.sweep.steps // config.sweep.chunk_steps

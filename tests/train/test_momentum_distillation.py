@@ -55,10 +55,10 @@ def test_hand_computed_two_pairs_one_queued_key():
 
 
 def test_alpha_zero_is_infonce_over_batch_and_queue():
-  a, b, a_hat, b_hat = (_embeddings(i, 5, 8) for i in range(4))
-  queue_a, queue_b = _full_queue(4, 7, 8), _full_queue(5, 7, 8)
+  a, b, a_hat, b_hat = (_embeddings(i, 4, 6) for i in range(4))
+  queue_a, queue_b = _full_queue(4, 5, 6), _full_queue(5, 5, 6)
   got = both_ways(a, b, a_hat, b_hat, queue_a, queue_b, alpha=0.0, temperature=0.1)
-  labels = jnp.arange(5)
+  labels = jnp.arange(4)
 
   def infonce(query, keys, queue):
     logits = query @ jnp.concatenate([keys, queue.embeddings]).T / 0.1
@@ -69,12 +69,12 @@ def test_alpha_zero_is_infonce_over_batch_and_queue():
 
 
 def test_queue_entries_enter_the_denominator_and_unwritten_slots_do_not():
-  a, a_hat, keys = (_embeddings(i, 3, 4) for i in range(3))
-  empty = queue_init(6, 4)
-  half = queue_push(empty, _embeddings(7, 2, 4))
+  a, a_hat, keys = (_embeddings(i, 4, 6) for i in range(3))
+  empty = queue_init(5, 6)
+  half = queue_push(empty, _embeddings(7, 2, 6))
   batch_only = one_way(a, a_hat, keys, empty, alpha=0.3, temperature=0.2)
   with_two = one_way(a, a_hat, keys, half, alpha=0.3, temperature=0.2)
-  trimmed = queue_push(queue_init(2, 4), half.embeddings[:2])
+  trimmed = queue_push(queue_init(2, 6), half.embeddings[:2])
   assert float(with_two) == pytest.approx(
       float(one_way(a, a_hat, keys, trimmed, 0.3, 0.2)), rel=1e-6)
   assert float(with_two) > float(batch_only)  # more negatives, larger denominators
@@ -86,7 +86,7 @@ def test_queue_entries_enter_the_denominator_and_unwritten_slots_do_not():
   assert float(one_way(a, a_hat, keys, half, 0.0, 0.2)) == pytest.approx(
       want, rel=1e-5)
   logits = contrastive_logits(a, keys, half, 0.2)
-  assert logits.shape == (3, 9) and bool((logits[:, 5:] == MASKED_LOGIT).all())
+  assert logits.shape == (4, 9) and bool((logits[:, 6:] == MASKED_LOGIT).all())
   assert np.isfinite(np.asarray(jax.jit(jax.grad(
       lambda x: one_way_contrastive_loss(x, a_hat, keys, half, 0.4, 0.2)))(a))).all()
 
@@ -126,8 +126,8 @@ def test_gradient_reaches_the_students_only():
 
 
 def test_jit_with_traced_alpha_and_temperature():
-  a, b, a_hat, b_hat = (_embeddings(i, 3, 4) for i in range(4))
-  queues = (_full_queue(4, 3, 4), _full_queue(5, 3, 4))
+  a, b, a_hat, b_hat = (_embeddings(i, 4, 6) for i in range(4))
+  queues = (_full_queue(4, 5, 6), _full_queue(5, 5, 6))
   loss = jax.jit(momentum_contrastive_loss)
   got = loss(a, b, a_hat, b_hat, *queues, jnp.float32(0.4), jnp.float32(0.1))
   want = momentum_contrastive_loss(a, b, a_hat, b_hat, *queues, 0.4, 0.1)

@@ -166,14 +166,16 @@ def sla_block_selection(
       jnp.broadcast_to(visible_QxL, scores.shape), index_BxKxGxQxM, axis=-1)
   critical_BxKxGxQxL = jnp.any(
       (index_BxKxGxQxM[..., None] == jnp.arange(num_k)) & valid_BxKxGxQxM[..., None], axis=-2)
-  candidate = visible_QxL & ~critical_BxKxGxQxL
+  marginal_BxKxGxQxL = visible_QxL & ~critical_BxKxGxQxL
   if negligible > 0:
-    # The rank of each candidate among the candidates of its row, smallest score first.
-    order = jnp.where(candidate, scores, jnp.inf)
+    # The rank of each visible non-critical block in its row, smallest score first; the first
+    # ⌊negligible · visible_i⌋ are skipped (counts in float64, static).
+    order = jnp.where(marginal_BxKxGxQxL, scores, jnp.inf)
     rank_BxKxGxQxL = jnp.argsort(jnp.argsort(order, axis=-1, stable=True), axis=-1, stable=True)
-    count_Q = jnp.floor(negligible * jnp.sum(visible_QxL, axis=1)).astype(jnp.int32)
-    candidate &= rank_BxKxGxQxL >= count_Q[:, None]
-  return index_BxKxGxQxM, valid_BxKxGxQxM, candidate
+    visible_Q = np.minimum(np.arange(num_q) + 1, num_k) if causal else np.full(num_q, num_k)
+    skipped_Q = np.array([math.floor(negligible * count) for count in visible_Q], np.int32)
+    marginal_BxKxGxQxL &= rank_BxKxGxQxL >= skipped_Q[:, None]
+  return index_BxKxGxQxM, valid_BxKxGxQxM, marginal_BxKxGxQxL
 
 
 def _proj_KxGxHxH(proj: jax.Array, heads: int, kv_heads: int, head_dim: int,

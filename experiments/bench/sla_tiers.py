@@ -59,6 +59,8 @@ from momentum_jax.experiments.bench.timing import (
 )
 
 QUICK = {"seq_len": 256, "heads": 2, "head_dim": 16, "block_size": 16}
+ERROR_COLUMNS = (("random", "proj 0", 12), ("random", "proj fitted", 12),
+                 ("clustered", "proj 0", 15), ("clustered", "proj fitted", 12))
 
 
 def _candidates(causal: bool, ratio: float, negligible: float,
@@ -164,18 +166,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict]:
              for mode, row in times.items()}
 
   print(f"{'':8}{'fwd ms':>10}{'fwd+bwd ms':>12}{'dense/x fwd':>13}{'dense/x f+b':>13}"
-        f"{'err random':>12}{'err clustered':>15}{'err clust. fit':>16}")
+        f"{'err random':>12}{'(proj fit)':>12}{'err clustered':>15}{'(proj fit)':>12}")
   for name in candidates:
-    err = (f"{errors['random'][name]['proj 0']:12.3f}{errors['clustered'][name]['proj 0']:15.3f}"
-           f"{errors['clustered'][name]['proj fitted']:16.3f}" if name != "dense"
-           else f"{'0':>12}{'0':>15}{'0':>16}")
+    err = "".join(f"{errors[inputs][name][proj]:{width}.3f}" if name != "dense" else f"{0:{width}}"
+                  for inputs, proj, width in ERROR_COLUMNS)
     print(f"{name:8}{1e3 * times['forward'][name]:10.1f}"
           f"{1e3 * times['forward+backward'][name]:12.1f}{speedup['forward'][name]:13.2f}"
           f"{speedup['forward+backward'][name]:13.2f}" + err, flush=True)
-  print("errors: ‖o − o_dense‖ / ‖o_dense‖ with proj = 0 (SLA at initialisation); 'fit': proj "
-        "fitted per head by least squares (in-sample); random-input error with the fitted proj: "
-        + ", ".join(f"{name} {errors['random'][name]['proj fitted']:.3f}" for name in errors["random"]),
-        flush=True)
+  print("err: ‖o − o_dense‖ / ‖o_dense‖ with proj = 0 (SLA at initialisation) and with proj "
+        "fitted per head by least squares (in-sample)", flush=True)
   return {"times": times, "speedup": speedup, "errors": errors, "kept_blocks": kept}
 
 

@@ -3,9 +3,9 @@
 The routed form against the dense-gated form (softmax reference times the gates) on outputs and
 gradients (q, k, v, gates) at an odd T with segments, sinks, GQA whose groups straddle the shared
 heads, a window and no causal mask; with tokens over capacity against the dense form under the
-kept gates; the slots and capacity by hand; the model (softmax and learned-γ momentum) against
+kept gates; the slots and capacity by hand; the model (learned-γ momentum) against
 moh_capacity_factor=None including the router's gradients, its dropped share, its dense fallback
-when hooks need every head, causality under drops, decoding, and the config's errors."""
+when hooks need every head, causality under drops, and the config's errors."""
 
 import dataclasses
 
@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 
 from momentum_jax.attention.softmax import softmax_attention_reference
-from momentum_jax.nn import Transformer, TransformerConfig, decode, init_cache
+from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.nn.moh import (
     dropped_fraction, head_capacity, head_slots, kept_gates, routed_head_attention)
 
@@ -35,26 +35,29 @@ def _inputs(seed=0):
       B, T, N, H)
 
 
+@jax.jit(static_argnums=0)
 def _values_and_grads(fn, q, k, v, gates, cotangent):
-  loss = lambda *args: jnp.sum(fn(*args) * cotangent)
-  return fn(q, k, v, gates), jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, gates)
+  out, vjp = jax.vjp(fn, q, k, v, gates)
+  return out, vjp(cotangent)
 
 
-OPTIONS = {"segments_sinks": dict(segment_ids=SEGMENTS, sinks=jnp.linspace(-1.0, 1.0, N)),
-           "window": dict(window=4), "bidirectional": dict(causal=False)}
+SEGMENTS_SINKS = {"segment_ids": SEGMENTS, "sinks": jnp.linspace(-1.0, 1.0, N)}
 
 
-@pytest.mark.parametrize("capacity", [T, 4], ids=["no_drops", "drops"])
-@pytest.mark.parametrize("options", OPTIONS.values(), ids=OPTIONS.keys())
+@pytest.mark.parametrize("options, capacity", [
+    ({**SEGMENTS_SINKS, "causal": False}, T), ({**SEGMENTS_SINKS, "window": 4}, 4)],
+    ids=["bidirectional_segments_sinks", "window_segments_sinks_drops"])
 def test_routed_heads_equal_the_dense_gated_form(options, capacity):
   q, k, v, gates, chosen, cotangent = _inputs()
   slots = head_slots(chosen, capacity)
   assert (float(dropped_fraction(chosen, slots.kept_BxTxE)) == 0) == (capacity == T)
-  routed = lambda q, k, v, g: routed_head_attention(q, k, v, g, slots, **options)
+  routed = jax.tree_util.Partial(
+      lambda q, k, v, g: routed_head_attention(q, k, v, g, slots, **options))
   # The dense form: every head computed, multiplied by the gates of the kept assignments (all
   # the router's gates when nothing is dropped).
-  dense = lambda q, k, v, g: softmax_attention_reference(q, k, v, **options) * kept_gates(
-      g, slots.kept_BxTxE)[..., None]
+  dense = jax.tree_util.Partial(
+      lambda q, k, v, g: softmax_attention_reference(q, k, v, **options) * kept_gates(
+          g, slots.kept_BxTxE)[..., None])
   got, got_grads = _values_and_grads(routed, q, k, v, gates, cotangent)
   want, want_grads = _values_and_grads(dense, q, k, v, gates, cotangent)
   np.testing.assert_allclose(got, want, atol=2e-6)
@@ -113,19 +116,20 @@ def _model(factor, **changes):
                      rngs=nnx.Rngs(0))
 
 
-def _loss_and_grads(model, hooks=()):
+def _logits_aux_and_grads(model, tokens=TOKENS, hooks=()):
+  """Logits, auxiliary losses (none with hooks) and the gradients of Σ logits ⊙ cotangent."""
   cotangent = jax.random.normal(jax.random.key(1), (B, T, CONFIG.vocab_size))
 
-  def loss(model):
+  def loss(model, tokens):
     if hooks:
-      logits, total = model.run_with_hooks(TOKENS, hooks, segment_ids_BxT=SEGMENTS), 0.0
+      logits, aux = model.run_with_hooks(tokens, hooks, segment_ids_BxT=SEGMENTS), {}
     else:
-      logits, aux = model.logits_and_aux_loss(TOKENS, segment_ids_BxT=SEGMENTS)
-      total = aux["total"]
-    return jnp.sum(logits * cotangent) + total, logits
+      logits, aux = model.logits_and_aux_loss(tokens, segment_ids_BxT=SEGMENTS)
+    return jnp.sum(logits * cotangent), (logits, aux)
 
-  (_, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
-  return logits, grads
+  with jax.default_matmul_precision("highest"):
+    (_, (logits, aux)), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model, tokens)
+  return logits, aux, grads
 
 
 def _assert_trees_close(got, want, atol):
@@ -134,52 +138,35 @@ def _assert_trees_close(got, want, atol):
     np.testing.assert_allclose(a, b, atol=atol, err_msg=jax.tree_util.keystr(path))
 
 
-@pytest.mark.parametrize("attention, changes", [
-    ("softmax", {}), ("momentum_learned", {"attention_init": {"gamma": 0.4}})])
-def test_model_without_drops_equals_the_dense_form_with_the_router_gradients(attention, changes):
-  with jax.default_matmul_precision("highest"):
-    dense_logits, dense_grads = _loss_and_grads(_model(None, attention=attention, **changes))
-    routed = _model(10.0, attention=attention, **changes)
-    logits, grads = _loss_and_grads(routed)
-  _, aux = routed.logits_and_aux_loss(TOKENS, segment_ids_BxT=SEGMENTS)
+def test_model_without_drops_equals_the_dense_form_with_the_router_gradients():
+  # Momentum attention with γ learned: the routed heads attend on the sheared q and k.
+  changes = {"attention": "momentum_learned", "attention_init": {"gamma": 0.4}}
+  dense_logits, dense_aux, dense_grads = _logits_aux_and_grads(_model(None, **changes))
+  logits, aux, grads = _logits_aux_and_grads(_model(10.0, **changes))
+  assert "moh_dropped" not in dense_aux
   assert float(aux["moh_dropped"]) == 0.0 and float(aux["blocks.0.attn.moh_dropped"]) == 0.0
   np.testing.assert_allclose(logits, dense_logits, atol=2e-5)
   _assert_trees_close(grads, dense_grads, atol=2e-5)
   assert float(jnp.abs(grads["blocks"][0]["attn"]["moh"]["routed"]["kernel"][...]).sum()) > 0
 
 
-def test_model_with_drops_equals_its_dense_fallback_and_reports_the_share():
+def test_model_with_drops_equals_its_dense_fallback_reports_the_share_and_stays_causal():
   model = _model(0.5)
-  _, aux = model.logits_and_aux_loss(TOKENS, segment_ids_BxT=SEGMENTS)
-  capacity = head_capacity(T, TOP_K, E, 0.5)  # 3 of the 13 · 2 / 5 ≈ 5.2 tokens per head
-  assert capacity == 3 and 0.3 < float(aux["moh_dropped"]) < 0.7
-  with jax.default_matmul_precision("highest"):
-    # An observing hook on the gates keeps the routed form; one on z needs every head at every
-    # row, so the layer runs the dense form under the same kept gates.
-    logits, grads = _loss_and_grads(model, hooks=[("blocks.0.attn.hook_head_gates",
-                                                   lambda g, name: None)])
-    dense_logits, dense_grads = _loss_and_grads(model, hooks=[("blocks.0.attn.hook_z",
-                                                              lambda z, name: None)])
+  assert head_capacity(T, TOP_K, E, 0.5) == 3  # of the 13 · 2 / 5 ≈ 5.2 tokens per head
+  logits, aux, grads = _logits_aux_and_grads(model)
+  assert 0.3 < float(aux["moh_dropped"]) < 0.7
+  # A hook on z needs every head at every row: the layer runs the dense form under the same
+  # kept gates, which gives the same logits and gradients.
+  z_hook = [("blocks.0.attn.hook_z", lambda z, name: None)]
+  dense_logits, _, dense_grads = _logits_aux_and_grads(model, hooks=z_hook)
   np.testing.assert_allclose(logits, dense_logits, atol=2e-5)
   _assert_trees_close(grads, dense_grads, atol=2e-5)
-  assert not np.allclose(logits, _model(None)(TOKENS, segment_ids_BxT=SEGMENTS), atol=1e-3)
-
-
-def test_drops_keep_the_model_causal():
-  model = _model(0.5)
+  # Priority by position: later tokens never evict earlier ones, so the model stays causal.
   later = TOKENS.at[:, 8:].set((TOKENS[:, 8:] + 1) % CONFIG.vocab_size)
-  _, aux = model.logits_and_aux_loss(later)
-  assert float(aux["moh_dropped"]) > 0
-  np.testing.assert_allclose(model(later)[:, :8], model(TOKENS)[:, :8], atol=1e-5)
-
-
-def test_decoding_without_drops_equals_the_full_pass():
-  model = _model(10.0, num_layers=2)
-  with jax.default_matmul_precision("highest"):
-    full = model(TOKENS)
-    prefill, cache = decode(model, TOKENS[:, :7], init_cache(model, B, T))
-    step, _ = decode(model, TOKENS[:, 7:8], cache)
-  np.testing.assert_allclose(jnp.concatenate([prefill, step], axis=1), full[:, :8], atol=2e-5)
+  later_logits, later_aux, _ = _logits_aux_and_grads(model, later)
+  assert float(later_aux["moh_dropped"]) > 0
+  np.testing.assert_allclose(later_logits[:, :8], logits[:, :8], atol=1e-5)
+  assert not np.allclose(later_logits[:, 8:], logits[:, 8:], atol=1e-3)
 
 
 @pytest.mark.parametrize("changes, message", [

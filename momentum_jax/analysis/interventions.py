@@ -45,7 +45,7 @@ tokens are suppressed by zeroing their columns (and renormalising the rows).
 in a Training-free Way", arXiv 2410.06241, first titled BroadWay). It edits temporal attention
 maps A (query frame t, key frame s, S frames; here the key axis of any map) of several blocks.
 *Temporal self-guidance* (the paper's eq. 3) pulls a block's map toward the map R of a reference
-block (the first decoder block there) at the same head and position,
+block (the UNet's ``up_blocks.1`` there) at the same head and position,
 
     A' = A + α (R − A),        α ∈ [0, 1],
 
@@ -58,20 +58,21 @@ E_high = mean_t (1/S) Σ_{f_k > c} |Â[t,k]|². The edit multiplies the bins abo
 
     Â'[t,k] = β Â[t,k]  (f_k > c),      Â'[t,k] = Â[t,k]  (f_k <= c),      A' = IDFT(Â'),
 
-so E_high becomes β² E_high and, since c >= 0 keeps the DC bin, every row sum is unchanged. The
-paper's band is the 2τ + 1 bins around k = S/2, i.e. c = S/2 − τ − 1 for even S (its AnimateDiff
-setting τ = 7 at 16 frames is c = 0: every non-constant component); for odd S its band is one
-bin short of conjugate-symmetric, ours is symmetric so that A' is real [our choice]. The authors
-then divide each row by its sum (a no-op, the DC bin being kept) and leave any negative weight in
-place; we clip negative weights to 0, keep at 0 the weights the input had at exactly 0 (keys a
-causal, windowed or padding mask hides receive nothing), and divide each row by its new sum (a
-row left with no mass keeps its input) [our choice]. The two edits run in turn (eq. 7): with
-E₁ = E(A) and E₂ = E(A') after guidance, β is raised to β_c = sqrt((E₁ − E₂,low) / E₂,high)
-when that is larger, which gives back at least the energy guidance took away. Energies are per
-sequence and head here (the paper averages them over heads and positions). The authors' settings:
-α = 0.6, β = 1.5, τ = 7 (AnimateDiff) and α = 0.1, β = 10, τ = 7 (VideoCrafter2), in the first
-20 % of the denoising steps. :func:`broadway_hooks` applies both through ``run_with_hooks`` in
-one pass: the reference layer's hook keeps its map, which the later layers' hooks read.
+so E_high becomes β² E_high and, since c >= 0 keeps the DC bin, every row sum is unchanged (at
+c = 0 the edit is A' = βA − (β − 1)/S, a sharpening for β > 1). The paper's band is the 2τ + 1 bins
+around k = S/2, i.e. c = S/2 − τ − 1 for even S (its AnimateDiff setting τ = 7 at 16 frames is
+c = 0: every non-constant component); for odd S its band is one bin short of conjugate-symmetric,
+ours is symmetric so that A' is real [our choice]. The authors then divide each row by its sum (a
+no-op, the DC bin being kept) and leave any negative weight in place; we clip negative weights to
+0, keep at 0 the weights the input had at exactly 0 (keys a causal, windowed or padding mask hides
+receive nothing), and divide each row by its new sum (a row left with no mass keeps its input) [our
+choice]. The two edits run in turn (eq. 7): with E₁ = E(A) and E₂ = E(A') after guidance, β is
+raised to β_c = sqrt((E₁ − E₂,low) / E₂,high) when that is larger, which gives back (before
+clipping) at least the energy guidance took away. Energies are per sequence and head here (the
+paper averages them over heads and positions). The authors' settings: α = 0.6, β = 1.5, τ = 7
+(AnimateDiff) and α = 0.1, β = 10, τ = 7 (VideoCrafter2), in the first 20 % of the denoising steps.
+:func:`broadway_hooks` applies both through ``run_with_hooks`` in one pass: the reference layer's
+hook keeps its map, which the later layers' hooks read.
 """
 
 from __future__ import annotations

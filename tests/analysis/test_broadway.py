@@ -97,6 +97,10 @@ def test_cutoff_is_the_papers_band_around_nyquist():
     gain = np.real(np.fft.fft(np.asarray(scaled, np.float64)[0, 0, 0]))
     papers_band = np.abs(np.arange(seq) - seq // 2) <= tau
     np.testing.assert_allclose(gain, np.where(papers_band, 2.0, 1.0), atol=1e-5)
+  # At c = 0 every component but the row mean is scaled: A' = βA − (β − 1)/S.
+  weights = jnp.asarray(random_maps(np.random.default_rng(2), 1, 2, 3, seq))
+  np.testing.assert_allclose(iv.scale_high_frequencies(weights, 2.5, 0),
+                             2.5 * weights - 1.5 / seq, atol=1e-6)
 
 
 @PROPERTY
@@ -203,16 +207,16 @@ def run_observed(model, tokens_BxT, names, edit_hooks):
 
 
 def test_broadway_hooks_edit_a_model_in_one_pass_and_guidance_works_in_two():
-  model = Transformer(TransformerConfig(vocab_size=16, context_len=10, num_layers=3, d_model=16,
+  model = Transformer(TransformerConfig(vocab_size=16, context_len=10, num_layers=2, d_model=16,
                                         num_heads=2, causal=False), rngs=nnx.Rngs(0))
   tokens_BxT = jax.random.randint(jax.random.key(1), (2, 10), 0, 16)
-  names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(3)]
+  names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(2)]
   plain, cache = jax.jit(lambda t: model.run_with_cache(t, names_filter=names[0]))(tokens_BxT)
   captured = cache[names[0]]
 
   # One pass: the reference layer's map, kept by its hook, guides the later layers.
   logits, seen = run_observed(model, tokens_BxT, names, lambda: iv.broadway_hooks(
-      [0, 1, 2], reference_layer=0, alpha=0.6, beta=2.0, cutoff=0))
+      [0, 1], reference_layer=0, alpha=0.6, beta=2.0, cutoff=0))
   np.testing.assert_allclose(seen[f"in {names[0]}"], captured, atol=1e-6)
   for name in names:   # each layer's map is BroadWay's edit of the map that reached it
     edited = seen[f"out {name}"]
@@ -222,7 +226,7 @@ def test_broadway_hooks_edit_a_model_in_one_pass_and_guidance_works_in_two():
     assert float(jnp.min(edited)) >= 0
   assert not np.allclose(logits, plain, atol=1e-3)
 
-  # Two passes: guidance toward the map run_with_cache captured pulls each later map by 1 − α.
+  # Two passes: guidance toward the map run_with_cache captured pulls the later map by 1 − α.
   guide = lambda pattern, name: iv.temporal_self_guidance(pattern, captured, 0.25)
   _, seen = run_observed(model, tokens_BxT, names[1:], lambda: [(n, guide) for n in names[1:]])
   for name in names[1:]:

@@ -1,6 +1,8 @@
 """Attention analysis: pure functions over attention maps and captured activations.
 
-Head scores, attention sinks, interventions on attention weights, reasoning metrics and spectral
+Head scores, attention sinks, interventions on attention weights (ACT, VAR, VHR, MotionCLR's
+editing, positional debiasing and BroadWay's temporal self-guidance and Fourier motion
+enhancement, with ``broadway_hooks`` for ``run_with_hooks``), reasoning metrics and spectral
 forensics of the momentum shear. Every function takes arrays (``weights_BxNxTxS``, hidden states,
 q/k), not models, so it works on attention maps from any source.
 """
@@ -11,9 +13,10 @@ from momentum_jax.analysis.head_scores import (
     previous_token_pattern, previous_token_score, score_heads, uniform_weights,
 )
 from momentum_jax.analysis.interventions import (
-    act_calibrate, act_sink_columns, debias_scores, fit_recency_trend, replace_token_columns,
-    reweight_heads, scale_token_columns, suppress_tokens, var_redistribute, var_selection,
-    vhr_head_scales,
+    act_calibrate, act_sink_columns, broadway, broadway_hooks, debias_scores, fit_recency_trend,
+    fourier_motion_enhance, map_band_energies, map_energy, replace_token_columns, reweight_heads,
+    scale_high_frequencies, scale_token_columns, suppress_tokens, temporal_self_guidance,
+    var_redistribute, var_selection, vhr_head_scales,
 )
 from momentum_jax.analysis.plots import (
     plot_attention_patterns, plot_band_energies, plot_bode, plot_head_scores, plot_sink_heatmap,
@@ -46,6 +49,8 @@ __all__ = [
     "act_sink_columns",
     "band_energies",
     "bode",
+    "broadway",
+    "broadway_hooks",
     "chance_scores",
     "debias_scores",
     "detect_heads",
@@ -56,12 +61,15 @@ __all__ = [
     "fir_response",
     "fit_causal_fir",
     "fit_recency_trend",
+    "fourier_motion_enhance",
     "head_distance",
     "head_divergence",
     "head_sink_scores",
     "induction_pattern",
     "induction_score",
     "lagged",
+    "map_band_energies",
+    "map_energy",
     "massive_activation_dims",
     "mean_head_attention",
     "momentum_gain_squared",
@@ -83,6 +91,7 @@ __all__ = [
     "rope_pair_band_energies",
     "rope_pair_norms",
     "rope_pair_spectrum",
+    "scale_high_frequencies",
     "scale_token_columns",
     "score_heads",
     "secondary_sinks",
@@ -94,6 +103,7 @@ __all__ = [
     "sink_thresholds",
     "split_local_global",
     "suppress_tokens",
+    "temporal_self_guidance",
     "time_power_spectrum",
     "top_activations",
     "top_k_head_score",

@@ -8,7 +8,9 @@ Small functional pieces, all usable under ``jax.jit``:
   applies the EMA to the parameters of Flax NNX modules).
 * :class:`MomentumQueue`: MoCo's fixed-size FIFO of teacher embeddings used as negatives.
 
-(ALBEF's momentum distillation loss is ``momentum_jax.train.momentum_distillation_loss``.)
+(ALBEF's contrastive loss with a momentum encoder, these queues and momentum distillation is
+``momentum_jax.train.momentum_contrastive_loss``; its soft-target cross-entropy is
+``momentum_jax.train.momentum_distillation_loss``.)
 
 Validation runs on concrete (Python or NumPy) values only, so traced values pass through.
 

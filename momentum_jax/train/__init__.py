@@ -1,4 +1,5 @@
-"""Training: config, optimizer, learning-rate schedule and weight-decay mask, masked losses, the
+"""Training: config, optimizer, learning-rate schedule and weight-decay mask, masked losses, ALBEF's
+contrastive loss with a momentum encoder, queue and momentum distillation, the
 jitted mesh-aware loop (synthetic tasks or packed text; data / FSDP / tensor-parallel meshes;
 mixed precision; gradient accumulation) with orbax checkpoints of its ``TrainState`` that resume
 on another mesh and skip damaged steps, and ``load_run``, which reads a trained run back for
@@ -15,6 +16,8 @@ from momentum_jax.train.flops import model_flops_per_token, peak_flops_per_secon
 from momentum_jax.train.loop import METRICS_FILE, TENSORBOARD_DIR, TrainResult, train
 from momentum_jax.train.loss import (
     masked_accuracy, masked_cross_entropy, masked_sums, momentum_distillation_loss)
+from momentum_jax.train.momentum_distillation import (
+    contrastive_logits, momentum_contrastive_loss, one_way_contrastive_loss, soft_targets)
 from momentum_jax.train.run_lock import RunFolderLockedError
 from momentum_jax.train.saved_run import load_run
 from momentum_jax.train.sharding import (
@@ -53,6 +56,7 @@ __all__ = [
     "WEIGHT_DECAY_MASKS",
     "batch_sharding",
     "bytes_per_device",
+    "contrastive_logits",
     "init_train_state",
     "load_run",
     "make_mesh",
@@ -62,11 +66,14 @@ __all__ = [
     "masked_cross_entropy",
     "masked_sums",
     "model_flops_per_token",
+    "momentum_contrastive_loss",
     "momentum_distillation_loss",
+    "one_way_contrastive_loss",
     "opt_state_shardings",
     "optimizer_step",
     "param_shardings",
     "peak_flops_per_second",
+    "soft_targets",
     "token_loss",
     "train",
     "weight_decay_mask_fn",

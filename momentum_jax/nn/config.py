@@ -100,8 +100,11 @@ class TransformerConfig:
       output as zero, their share reported as ``moh_dropped`` in the auxiliary losses. Needs
       ``moh`` and an attention in ``momentum_jax.nn.moh.ROUTED_ATTENTION``; decoding steps use
       the dense form without a capacity.
-    flux_router: per-layer full-vs-sliding-window router (arXiv 2604.07394, our reading).
-    flux_window: window of the router's sparse branch (keys per query, itself included).
+    flux_router: per-layer full-vs-sliding-window router (arXiv 2604.07394, our reading). The
+      full pass computes both branches; decoding a softmax model computes only the branch each
+      layer chose for each sequence at the prefill (``momentum_jax.nn.flux_router``).
+    flux_window: window of the router's sparse branch (keys per query, itself included); a
+      sparse layer decodes with a ring buffer of this many rows.
     flux_target: target fraction of sparse choices.
     flux_loss_weight: weight of the sparsity-target loss in ``Transformer.logits_and_aux_loss``.
     flux_temperature: Gumbel-softmax temperature of the router in training.

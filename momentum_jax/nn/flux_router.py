@@ -38,7 +38,11 @@ window)). Sequences of a batch that disagree are computed one by one, each by it
 The output equals the full pass whose router chose, at every row, the sequence's decision (a
 ``blocks.{l}.attn.hook_router`` hook that returns that choice). A hook on ``hook_router`` sees
 the decision of each new row (one-hot ``[B, T, 2]``) and may edit it at the prefill, where the
-last row's edited choice becomes the decision. The decision takes no gradient.
+last row's edited choice becomes the decision. The decision takes no gradient; in training mode
+it is the router's noisy sample. A prompt split over several calls is decided from its first.
+Memory: every layer keeps both caches (the decision comes after ``init_cache``) and writes every
+row to the full one (O(1) per row), so that a full layer never copies it. A router over any other
+variant decodes by recomputation (``momentum_jax.nn.decode_state``), computing both branches.
 
 Randomness: the router keeps its own RNG stream (collection ``"gumbel"``, falling back to
 ``"default"``), like ``nnx.Dropout``; training mode is ``deterministic=False`` (the default),

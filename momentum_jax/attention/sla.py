@@ -46,8 +46,8 @@ The fast form never builds a T×S array: it gathers the critical key/value block
 block (``lax.top_k`` indices), O(T · kept · C · H) for the sparse part, and computes the linear
 part from per-block summaries S_j = Σ_{s∈j} φ(k_s)ᵀ v_s, z_j = Σ_{s∈j} φ(k_s): the rest of query
 block i is Σ_j marginal_ij · S_j (and likewise z) with the 0/1 marginal map of the blocks, one
-(T/C) × (S/C) by (S/C) × H² matrix product per head, O((T/C)² · H²) — small beside the
-sparse part's O(T · kept · C · H) as long as H ≤ kept · C. (The authors' kernel subtracts the
+(T/C) × (S/C) by (S/C) × H² matrix product per head, O((T/C) · (S/C) · H²), less than the
+sparse part's O(T · kept · C · H) while S · H < kept · C³. (The authors' kernel subtracts the
 kept summaries from the total instead; the product costs the same for every share of negligible
 blocks and leaves no round-off where the rest is empty.) T and S are zero-padded internally to
 multiples of C; padded keys are masked and excluded from the summaries. The float32 reference

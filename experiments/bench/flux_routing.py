@@ -13,16 +13,16 @@ branch is computed. The decisions are forced by the routers' biases (±1e4 on th
   half      the odd layers sparse, the even ones full (the issue's setting)
   sparse    every layer sparse (the bound on what routing can save)
 
-and, beside them, the same model without the router (``softmax``: its own decoding step, a K/V
-cache of ``max_len`` rows). Two measurements, each the median of ``--repeats`` interleaved calls
-(``experiments/bench/timing.py``):
+and, beside them for decoding, the same model without the router (``softmax``: its own decoding
+step over a K/V cache of ``max_len`` rows). Two measurements, each a median of interleaved calls
+(``experiments/bench/timing.py``): ``--repeats`` prefills, ten times as many decoding steps.
 
   prefill   the jitted first decoding call on an empty cache: the 4096-token prompt, every layer
             deciding and filling its cache (a sparse layer in chunks of the window, O(T · window);
             a full layer over the ``max_len`` cache, O(T · max_len)).
   decode    one jitted single-token step at context 4096 with the cache donated (written in
-            place, as ``generate`` does); each call rewinds the length, so every call decodes the
-            same row.
+            place, as ``generate`` does), after the prefill; each call rewinds the length, so
+            every call decodes the same row.
 
 Speed-up is full / candidate. ``--tiny``: 2 layers, context 64, window 8, d_model 32, seconds.
 """
@@ -77,65 +77,81 @@ def _step(graphdef: nnx.GraphDef, weights: nnx.State, tokens_1x1: jax.Array, cac
   return decode(nnx.merge(graphdef, weights), tokens_1x1, cache)
 
 
-def _calls(config: TransformerConfig, sparse_layers: Sequence[bool] | None, context: int
-           ) -> tuple[dict[str, Callable[[], object]], list[bool] | None]:
-  """``{"prefill": ..., "decode": ...}`` zero-argument calls of one model, and the decisions its
-  prefill made (None without the router). Models of one config share their compiled calls."""
+def _model(config: TransformerConfig, sparse_layers: Sequence[bool] | None
+           ) -> tuple[nnx.GraphDef, nnx.State, jax.Array]:
+  """``graphdef, weights`` of the model in evaluation mode, its routers forced to
+  ``sparse_layers`` (None: no router), and ``[1, context + 1]`` tokens."""
   model = Transformer(config, rngs=nnx.Rngs(0))
   if sparse_layers is not None:
     _force(model, sparse_layers)
   model.eval()
-  graphdef, weights = nnx.split(model)
-  max_len = context + 1
-  tokens = jax.random.randint(jax.random.key(1), (1, max_len), 0, config.vocab_size)
-  prompt, last = tokens[:, :context], tokens[:, context:]
-  _, cache = _prefill(graphdef, weights, prompt, max_len)
-  decided = None if sparse_layers is None else [bool(state.sparse[0]) for state in cache.layers]
+  tokens = jax.random.randint(jax.random.key(1), (1, config.context_len), 0, config.vocab_size)
+  return *nnx.split(model), tokens
+
+
+def _decode_call(graphdef: nnx.GraphDef, weights: nnx.State, cache: object, last_1x1: jax.Array
+                 ) -> Callable[[], jax.Array]:
+  """A zero-argument call that decodes ``last`` after the cache's rows and rewinds the length,
+  so that every call decodes the same row."""
   held = {"cache": cache}
 
   def decode_last() -> jax.Array:
-    logits, cache = _step(graphdef, weights, last, held["cache"])
+    logits, cache = _step(graphdef, weights, last_1x1, held["cache"])
     held["cache"] = cache._replace(length=cache.length - 1)
     return logits
 
-  return {"prefill": lambda: _prefill(graphdef, weights, prompt, max_len)[0],
-          "decode": decode_last}, decided
+  return decode_last
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
   parser = argparse.ArgumentParser(prog="python -m momentum_jax.experiments.bench.flux_routing",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--tiny", action="store_true", help="2 layers, context 64: seconds")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args(argv)
   shape = {**FULL, **(TINY if args.tiny else {})}
   context, window = shape.pop("context"), shape.pop("window")
-  base = TransformerConfig(**{**MODEL, **shape, "context_len": context + 1})
+  base = TransformerConfig(**{**MODEL, **shape, "context_len": context + 1})  # one more row
   flux = dataclasses.replace(base, flux_router=True, flux_window=window)
-  calls, decisions = {}, {}
+  max_len = flux.context_len
+  prefills, decodes, decisions = {}, {}, {}
   for routing in ROUTINGS:
     wanted = _sparse_layers(routing, flux.num_layers)
-    candidate, decided = _calls(flux, wanted, context)
-    if decided != wanted:
-      raise RuntimeError(f"routing {routing!r} decided {decided}, not the forced {wanted}")
-    calls.update({(routing, kind): call for kind, call in candidate.items()})
-    decisions[routing] = decided
-  candidate, _ = _calls(base, None, context)
-  calls.update({("softmax", kind): call for kind, call in candidate.items()})
-  medians = interleaved_medians(calls, args.repeats, settle=True)
+    graphdef, weights, tokens = _model(flux, wanted)
+    prompt = tokens[:, :context]
+    _, cache = _prefill(graphdef, weights, prompt, max_len)
+    decisions[routing] = [bool(state.sparse[0]) for state in cache.layers]
+    if decisions[routing] != wanted:
+      raise RuntimeError(f"routing {routing!r} decided {decisions[routing]}, not {wanted}")
+    prefills[routing] = functools.partial(lambda *args: _prefill(*args)[0], graphdef, weights,
+                                          prompt, max_len)
+    decodes[routing] = _decode_call(graphdef, weights, cache, tokens[:, context:])
+  # Without the router, decoding only (a cache of `context` rows: the step's cost does not
+  # depend on what they hold).
+  graphdef, weights, tokens = _model(base, None)
+  empty = init_cache(nnx.merge(graphdef, weights), 1, max_len)
+  decodes["softmax"] = _decode_call(graphdef, weights, empty._replace(length=jnp.int32(context)),
+                                    tokens[:, context:])
+  medians = {**{(r, "prefill"): t for r, t in interleaved_medians(prefills, args.repeats, warmup=1).items()},
+             **{(r, "decode"): t for r, t in interleaved_medians(decodes, 10 * args.repeats,
+                                                                  settle=True).items()}}
   print(f"{jax.devices()[0].device_kind}: {flux.num_layers} layers, d_model {flux.d_model}, "
         f"{flux.num_heads} heads, context {context}, window {window}, batch 1, median of "
-        f"{args.repeats}")
+        f"{args.repeats} prefills, {10 * args.repeats} decoding steps")
   print(f"{'routing':<10}{'sparse layers':>14}{'prefill s':>11}{'speed-up':>10}"
         f"{'decode ms':>11}{'speed-up':>10}")
   results: dict[str, dict[str, float]] = {}
-  for routing in (*ROUTINGS, "softmax"):
+  for routing in ROUTINGS:
     seconds = {kind: medians[(routing, kind)] for kind in ("prefill", "decode")}
     speedup = {kind: medians[("full", kind)] / seconds[kind] for kind in seconds}
     results[routing] = {**seconds, **{f"{kind}_speedup": s for kind, s in speedup.items()}}
-    sparse = "no router" if routing == "softmax" else f"{sum(decisions[routing])}/{flux.num_layers}"
-    print(f"{routing:<10}{sparse:>14}{seconds['prefill']:>11.3f}{speedup['prefill']:>10.2f}"
+    print(f"{routing:<10}{sum(decisions[routing]):>10}/{flux.num_layers:<3}"
+          f"{seconds['prefill']:>11.3f}{speedup['prefill']:>10.2f}"
           f"{1e3 * seconds['decode']:>11.3f}{speedup['decode']:>10.2f}")
+  seconds = medians[("softmax", "decode")]
+  results["softmax"] = {"decode": seconds, "decode_speedup": medians[("full", "decode")] / seconds}
+  print(f"{'softmax':<10}{'no router':>14}{'-':>11}{'-':>10}{1e3 * seconds:>11.3f}"
+        f"{results['softmax']['decode_speedup']:>10.2f}")
   return results
 
 

@@ -3,7 +3,8 @@
 Every public attention function with a kernel takes ``implementation: str | None``::
 
     None      the fastest implementation the backend has for the call (the table below).
-    "xla"     always the pure form (``jax.nn.dot_product_attention``'s XLA path for softmax).
+    "xla"     always the pure form (for softmax the materialised T×S form: an einsum, or
+              ``jax.nn.dot_product_attention``'s XLA path with a bias or sinks).
     "cudnn"   cuDNN's fused attention (``jax.nn.dot_product_attention(implementation="cudnn")``);
               off the GPU, or for options cuDNN lacks, ``ValueError`` naming them.
     "pallas"  always the kernel; off the GPU (the only backend the kernels are written for) it

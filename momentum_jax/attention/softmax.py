@@ -51,10 +51,10 @@ def softmax_attention(
     scale: float | None = None,
     implementation: str | None = None,
 ) -> jax.Array:
-  """Softmax attention on ``jax.nn.dot_product_attention``, layout ``[B, T, N, H]``.
+  """Softmax attention, layout ``[B, T, N, H]``: XLA's materialised form, cuDNN or a kernel.
 
-  Causal and window masks go through ``is_causal`` / ``local_window_size`` so that backend fast
-  paths apply; a boolean mask is built only for ``segment_ids`` (or with ``sinks``). Sinks are a
+  For cuDNN, causal and window masks go through ``is_causal`` / ``local_window_size`` so that its
+  fast paths apply; the XLA form applies one boolean visibility mask to the logits. Sinks are a
   zero key/value column prepended to k and v whose logit is ``sinks[n]`` (given as bias).
   GQA: query head n reads kv head n // (N // K).
 
@@ -70,7 +70,8 @@ def softmax_attention(
     scale: logit scale, default ``1 / sqrt(H)``.
     implementation: None picks by the table of :mod:`momentum_jax.attention.dispatch` (on a GPU
       cuDNN where it supports the call, else the fused kernel; elsewhere XLA); ``"xla"`` runs
-      ``jax.nn.dot_product_attention``'s XLA form; ``"cudnn"`` its cuDNN form; ``"pallas"`` the
+      the materialised T×S form (our einsum form without bias and sinks,
+      ``jax.nn.dot_product_attention``'s XLA form with them); ``"cudnn"`` its cuDNN form; ``"pallas"`` the
       fused Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`;
       interpret mode off the GPU); ``"splash"`` JAX's TPU splash kernel (interpret mode off the
       TPU). A forced choice that cannot run the call raises
@@ -104,6 +105,9 @@ def softmax_attention(
       keep_BxNxT = jnp.any(finite if visible is None else visible & finite, axis=-1)
     bias = jnp.maximum(bias, _BIAS_FLOOR)
 
+  if sinks is None and bias is None and route == "xla":
+    return _masked_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, scale, visibility_mask(
+        seq_q, seq_k, causal=causal, window=window, segment_ids=segment_ids))
   if sinks is None:
     mask = None
     if segment_ids is not None:
@@ -136,6 +140,29 @@ def softmax_attention(
   return jax.nn.dot_product_attention(
       q_BxTxNxH, k_BxS1xKxH, v_BxS1xKxH, bias=bias_BxNxTxS1, mask=mask, scale=scale
   )
+
+
+def _masked_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array,
+                      scale: float | jax.Array, visible: jax.Array | None) -> jax.Array:
+  """The XLA form without bias or sinks: logits ``[B, K, G, T, S]`` (query heads grouped by the kv
+  head they read), masked once by ``visible`` (``[B or 1, 1, T, S]``; every row keeps a key),
+  softmax in float32, and the weighted sum of values, in q's dtype.
+
+  ``jax.nn.dot_product_attention``'s XLA form computes the same, but it also masks inside the
+  softmax (``where=``) and its backward pass reduces over the keys in a slower loop: on the CPU
+  at nanoGPT's shape (B 12, T 64, N 4, H 32) this form costs 7 % less of the whole train step.
+  """
+  b, t, n, h = q_BxTxNxH.shape
+  kv_heads = k_BxSxKxH.shape[2]
+  q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, kv_heads, n // kv_heads, h)
+  logits_BxKxGxTxS = scale * jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+                                        preferred_element_type=jnp.float32)
+  if visible is not None:
+    logits_BxKxGxTxS = jnp.where(visible[:, :, None], logits_BxKxGxTxS,
+                                 jnp.finfo(jnp.float32).min)
+  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1).astype(v_BxSxKxH.dtype)
+  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", weights_BxKxGxTxS, v_BxSxKxH)
+  return out_BxTxKxGxH.reshape(b, t, n, h).astype(q_BxTxNxH.dtype)
 
 
 def softmax_attention_reference(

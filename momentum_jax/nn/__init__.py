@@ -1,5 +1,6 @@
 """Flax NNX modules: the transformer whose attention variant is chosen by name, and the attention
-layers with their own parameters (gated attention, Mixture-of-Head routing, the α projection of
+layers with their own parameters (gated attention, Mixture-of-Head routing with routed heads
+computed only at the rows that chose them (``moh_capacity_factor``), the α projection of
 affine-scaled attention, the flux layer router); scanned and rematerialised layers
 (``TransformerConfig.scan_layers`` / ``remat``, ``stack_layers`` / ``unstack_layers``)."""
 
@@ -17,7 +18,10 @@ from momentum_jax.nn.hooks import NamesFilter, Recorder
 from momentum_jax.nn.input_checks import checked
 from momentum_jax.nn.layer_layout import stack_layers, unstack_layers
 from momentum_jax.nn.layer_stats import DenseStats, value_grad_and_layer_stats
-from momentum_jax.nn.moh import MoHRouter, load_balance_loss
+from momentum_jax.nn.moh import (
+    HeadRoute, HeadSlots, MoHRouter, dropped_fraction, head_capacity, head_slots, kept_gates,
+    load_balance_loss, routed_head_attention,
+)
 from momentum_jax.nn.sampling import generate, sample_next
 from momentum_jax.nn.transformer import Attention, Block, Mlp, Transformer, segment_positions
 
@@ -31,6 +35,8 @@ __all__ = [
     "Dense",
     "DenseStats",
     "FluxRouter",
+    "HeadRoute",
+    "HeadSlots",
     "Mlp",
     "MoHRouter",
     "NamesFilter",
@@ -43,11 +49,16 @@ __all__ = [
     "checked",
     "decode",
     "decoding_form",
+    "dropped_fraction",
     "ema_update_model",
     "generate",
+    "head_capacity",
+    "head_slots",
     "init_cache",
+    "kept_gates",
     "load_balance_loss",
     "prefix_mean",
+    "routed_head_attention",
     "sample_next",
     "segment_positions",
     "sparsity_loss",

@@ -57,8 +57,9 @@ from momentum_jax.train.state import TrainState
 LossFn = Callable[[nnx.State, nnx.State, Batch],
                   tuple[jax.Array, tuple[dict[str, jax.Array], nnx.State]]]
 
-# Auxiliary losses of the model logged with the train metrics when the model has them.
-AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity")
+# Auxiliary losses of the model (and MoH's share of dropped routed rows) logged with the train
+# metrics when the model has them.
+AUX_LOSS_METRICS = ("moh_load_balance", "flux_sparsity", "moh_dropped")
 
 
 class Placement(NamedTuple):

@@ -16,8 +16,11 @@ def test_bench_train_step_tiny(capsys):
 
 @pytest.mark.slow
 def test_bench_decode_tiny(capsys):
-  results = bench_decode.main(["--contexts", "8", "16", "--repeats", "1"])
-  assert set(results) == set(bench_decode.VARIANTS)
+  # Two of the variants: a K/V cache and a recurrent state (decoding each variant equals its full
+  # pass in tests/nn/test_decoding.py; this checks the benchmark's own code).
+  results = bench_decode.main(["--contexts", "8", "16", "--repeats", "1",
+                               "--variants", "softmax", "linear"])
+  assert set(results) == {"softmax", "linear"}
   assert all(set(r[16]) == {"decode", "recompute"} for r in results.values())
   out = capsys.readouterr().out
   assert "speed-up" in out and "recompute" in out and "variant" in out

@@ -13,8 +13,9 @@ branch is computed. The decisions are forced by the routers' biases (±1e4 on th
   half      the odd layers sparse, the even ones full (the issue's setting)
   sparse    every layer sparse (the bound on what routing can save)
 
-and, beside them for decoding, the same model without the router (``softmax``: its own decoding
-step over a K/V cache of ``max_len`` rows). Two measurements, each a median of interleaved calls
+and, beside them for decoding, the same model without the router: ``softmax`` (its own decoding
+step over a K/V cache of ``max_len`` rows) and ``window`` (every layer a ``flux_window`` sliding
+window, a ring buffer: what a sparse layer's step should cost). Two measurements, each a median of interleaved calls
 (``experiments/bench/timing.py``): ``--repeats`` prefills, ten times as many decoding steps.
 
   prefill   the jitted first decoding call on an empty cache: the 4096-token prompt, every layer
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
   parser = argparse.ArgumentParser(prog="python -m momentum_jax.experiments.bench.flux_routing",
                                    description=__doc__.split("\n\n")[0])
   parser.add_argument("--tiny", action="store_true", help="2 layers, context 64: seconds")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
   shape = {**FULL, **(TINY if args.tiny else {})}
   context, window = shape.pop("context"), shape.pop("window")
@@ -128,10 +129,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     decodes[routing] = _decode_call(graphdef, weights, cache, tokens[:, context:])
   # Without the router, decoding only (a cache of `context` rows: the step's cost does not
   # depend on what they hold).
-  graphdef, weights, tokens = _model(base, None)
-  empty = init_cache(nnx.merge(graphdef, weights), 1, max_len)
-  decodes["softmax"] = _decode_call(graphdef, weights, empty._replace(length=jnp.int32(context)),
-                                    tokens[:, context:])
+  for name, config in (("softmax", base), ("window", dataclasses.replace(base, window=window))):
+    graphdef, weights, tokens = _model(config, None)
+    empty = init_cache(nnx.merge(graphdef, weights), 1, max_len)
+    decodes[name] = _decode_call(graphdef, weights, empty._replace(length=jnp.int32(context)),
+                                 tokens[:, context:])
   medians = {**{(r, "prefill"): t for r, t in interleaved_medians(prefills, args.repeats, warmup=1).items()},
              **{(r, "decode"): t for r, t in interleaved_medians(decodes, 10 * args.repeats,
                                                                   settle=True).items()}}
@@ -148,10 +150,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
     print(f"{routing:<10}{sum(decisions[routing]):>10}/{flux.num_layers:<3}"
           f"{seconds['prefill']:>11.3f}{speedup['prefill']:>10.2f}"
           f"{1e3 * seconds['decode']:>11.3f}{speedup['decode']:>10.2f}")
-  seconds = medians[("softmax", "decode")]
-  results["softmax"] = {"decode": seconds, "decode_speedup": medians[("full", "decode")] / seconds}
-  print(f"{'softmax':<10}{'no router':>14}{'-':>11}{'-':>10}{1e3 * seconds:>11.3f}"
-        f"{results['softmax']['decode_speedup']:>10.2f}")
+  for name, layers in (("softmax", "no router"), ("window", f"{window}-window")):
+    seconds = medians[(name, "decode")]
+    results[name] = {"decode": seconds, "decode_speedup": medians[("full", "decode")] / seconds}
+    print(f"{name:<10}{layers:>14}{'-':>11}{'-':>10}{1e3 * seconds:>11.3f}"
+          f"{results[name]['decode_speedup']:>10.2f}")
   return results
 
 

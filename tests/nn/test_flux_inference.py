@@ -92,6 +92,7 @@ def test_prefill_and_steps_equal_the_full_pass_with_the_same_decisions():
   assert state.ring.k.shape[2] == CONFIG.flux_window and state.full.k.shape[2] == T
 
 
+@pytest.mark.slow
 def test_the_prefill_gradient_equals_the_full_pass_gradient():
   model = _model(num_layers=1)  # sequences that disagree: the per-sequence branches
   tokens = jax.random.randint(jax.random.key(2), (B, PREFILL), 0, CONFIG.vocab_size)

@@ -1,8 +1,10 @@
 """Flax NNX modules: the transformer whose attention variant is chosen by name, and the attention
-layers with their own parameters (gated attention, Mixture-of-Head routing with routed heads
-computed only at the rows that chose them (``moh_capacity_factor``), the α projection of
-affine-scaled attention, the flux layer router); scanned and rematerialised layers
-(``TransformerConfig.scan_layers`` / ``remat``, ``stack_layers`` / ``unstack_layers``)."""
+layers with their own parameters (gated attention; Mixture-of-Head routing, whose routed heads
+run only at the rows that chose them under ``moh_capacity_factor``; the α projection of
+affine-scaled attention; the flux layer router, which at inference decides once per sequence and
+layer and computes only the chosen branch: ``model.eval()``, then ``decode``); scanned and
+rematerialised layers (``TransformerConfig.scan_layers`` / ``remat``, ``stack_layers`` /
+``unstack_layers``)."""
 
 from momentum_jax.nn.affine import AffineAlpha, AlphaEma
 from momentum_jax.nn.config import REMAT_POLICIES, TransformerConfig
@@ -12,7 +14,9 @@ from momentum_jax.nn.decode_state import (
 from momentum_jax.nn.decoding import decode, init_cache
 from momentum_jax.nn.dense import Dense
 from momentum_jax.nn.ema import ema_update_model
-from momentum_jax.nn.flux_router import FluxRouter, prefix_mean, sparsity_loss
+from momentum_jax.nn.flux_router import (
+    FluxCache, FluxRouter, flux_decode_step, init_flux_cache, prefix_mean, sparsity_loss,
+)
 from momentum_jax.nn.gated import AttentionGate
 from momentum_jax.nn.hooks import NamesFilter, Recorder
 from momentum_jax.nn.input_checks import checked
@@ -34,6 +38,7 @@ __all__ = [
     "DecodeState",
     "Dense",
     "DenseStats",
+    "FluxCache",
     "FluxRouter",
     "HeadRoute",
     "HeadSlots",
@@ -51,10 +56,12 @@ __all__ = [
     "decoding_form",
     "dropped_fraction",
     "ema_update_model",
+    "flux_decode_step",
     "generate",
     "head_capacity",
     "head_slots",
     "init_cache",
+    "init_flux_cache",
     "kept_gates",
     "load_balance_loss",
     "prefix_mean",

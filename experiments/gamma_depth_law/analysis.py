@@ -1,5 +1,5 @@
-"""γ*(N) from a γ grid, its bootstrap interval, the power-law fit γ* = a · N^b, and the summary
-of a run's units.
+"""γ*(N) from a γ grid by two estimators, their bootstrap intervals, the power-law fit
+γ* = a · N^b of each, and the summary of a run's units.
 
 The best γ of a depth is read off the seed-mean held-out loss over the grid γ_0 = 0 < γ_1 < … :
 the argmin γ_i, refined when γ_{i−1} > 0 and γ_{i+1} exist by the vertex of the parabola through
@@ -12,10 +12,26 @@ kept inside [u_{i−1}, u_{i+1}]. γ* = 0 when γ = 0 is best. The interval resa
 with replacement (the same resample for every γ of a depth, whose members share seeds) and
 takes the 2.5 and 97.5 percentiles of γ*. The fit is least squares of log γ* on log N over the
 depths with γ* > 0, on the point estimates and on each resample.
+
+The second estimator is the upper edge of the working window: the largest γ whose seed-mean
+held-out accuracy still reaches a threshold τ (``ACCURACY_THRESHOLD`` = 0.9 unless told
+otherwise). With γ_i the largest grid γ where accuracy α_i ≥ τ and α_{i+1} < τ, the edge is
+where the straight line through the two points in u = log γ crosses τ,
+
+    u_edge = u_i + (α_i − τ) / (α_i − α_{i+1}) · (u_{i+1} − u_i),
+
+so it lies in [γ_i, γ_{i+1}). Without a line in log γ it is the grid point: γ_i = 0 (only
+softmax reaches τ, no positive γ does) gives 0, which the fit skips like γ* = 0, and the top of
+the grid gives the top γ, a lower bound of the edge. No γ reaching τ gives NaN: the depth is
+left out of the fit and of the verdict. The interval uses the same seed resamples as γ*; a
+resample without an edge counts as 0 for the percentiles (the interval then reaches down to
+"no positive γ works") and as NaN in the fit (skipped). Both estimators get the verdict of
+``verdict`` against the paper's 4.17 · N^−0.74 (Maitra, arXiv 2602.04902).
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,6 +41,8 @@ from momentum_jax.experiments.gamma_depth_law.config import PAPER_A, PAPER_B, Ex
 
 # The learned-γ members of a unit: on the plain shear and on the gain-normalised one.
 SHEARS = ("learned", "learned_normalized")
+# The held-out accuracy a γ must reach to be inside the working window (a fraction in (0, 1]).
+ACCURACY_THRESHOLD = 0.9
 
 
 class Interval(NamedTuple):
@@ -84,6 +102,50 @@ def gamma_star(gammas: Sequence[float], loss_SxG: np.ndarray,
   return Interval(point, float(low), float(high)), draws_R
 
 
+def _checked_threshold(threshold: float) -> float:
+  if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+    raise TypeError(f"threshold must be a real number in (0, 1], got threshold={threshold!r}")
+  if not 0.0 < threshold <= 1.0:
+    raise ValueError(f"threshold must be an accuracy in (0, 1], got threshold={threshold}")
+  return float(threshold)
+
+
+def upper_edge(gammas: Sequence[float], accuracy_G: np.ndarray,
+               threshold: float = ACCURACY_THRESHOLD) -> float:
+  """The largest γ whose accuracy reaches ``threshold``, interpolated in log γ towards the next
+  grid γ (see the module docstring); NaN when no γ reaches it."""
+  threshold = _checked_threshold(threshold)
+  gammas = np.asarray(gammas, np.float64)
+  accuracy_G = np.asarray(accuracy_G, np.float64)
+  if accuracy_G.shape != gammas.shape:
+    raise ValueError(f"accuracy_G must hold one accuracy per γ, shape {gammas.shape}, got "
+                     f"shape {accuracy_G.shape}")
+  reached = np.flatnonzero(accuracy_G >= threshold)
+  if reached.size == 0:
+    return float("nan")
+  i = int(reached[-1])
+  if i == len(gammas) - 1 or gammas[i] == 0.0:
+    return float(gammas[i])
+  u = np.log(gammas[i:i + 2])
+  above, below = accuracy_G[i], accuracy_G[i + 1]
+  return float(np.exp(u[0] + (above - threshold) / (above - below) * (u[1] - u[0])))
+
+
+def upper_edge_interval(gammas: Sequence[float], accuracy_SxG: np.ndarray,
+                        resamples_RxS: np.ndarray, threshold: float = ACCURACY_THRESHOLD
+                        ) -> tuple[Interval, np.ndarray]:
+  """The upper edge of the seed-mean accuracy with its interval, and the edge of each resample
+  ``[R]`` (NaN where none reaches ``threshold``; such resamples count as 0 in the bounds)."""
+  accuracy_SxG = np.asarray(accuracy_SxG, np.float64)
+  if accuracy_SxG.ndim != 2:
+    raise ValueError(f"accuracy_SxG must be [seeds, gammas], got shape {accuracy_SxG.shape}")
+  point = upper_edge(gammas, accuracy_SxG.mean(0), threshold)
+  draws_R = np.asarray([upper_edge(gammas, accuracy_SxG[rows].mean(0), threshold)
+                        for rows in resamples_RxS])
+  low, high = np.percentile(np.nan_to_num(draws_R, nan=0.0), [2.5, 97.5])
+  return Interval(point, float(low), float(high)), draws_R
+
+
 def _fit_log_log(depths: np.ndarray, gamma_star_N: np.ndarray) -> tuple[float, float] | None:
   keep = gamma_star_N > 0
   if keep.sum() < 2:
@@ -135,26 +197,55 @@ def verdict(gamma_star_by_depth: dict[int, Interval], fit: PowerLawFit, paper_a:
                           f"fit's intervals are wide ({described})")
 
 
-def summarise(config: ExperimentConfig, units: dict[str, dict]) -> dict[str, dict]:
-  """Per task: γ*(N) with intervals, the fit, the verdict and the learned γ per depth, from
-  ``units`` (by unit name: the grid's and the learned members' losses per seed)."""
+def upper_edge_verdict(edge_by_depth: dict[int, Interval], fit: PowerLawFit, paper_a: float,
+                       paper_b: float, threshold: float = ACCURACY_THRESHOLD) -> tuple[str, str]:
+  """``verdict`` on the depths that have an upper edge; the depths where no γ reaches
+  ``threshold`` are named in the reason, and with none left the word is "undetermined"."""
+  missing = [n for n, interval in edge_by_depth.items() if np.isnan(interval.value)]
+  defined = {n: i for n, i in edge_by_depth.items() if not np.isnan(i.value)}
+  if not defined:
+    return "undetermined", f"no γ reaches {threshold:.0%} held-out accuracy at any depth"
+  word, reason = verdict(defined, fit, paper_a, paper_b)
+  if missing:
+    reason += f"; no γ reaches {threshold:.0%} at depths {missing}, left out"
+  return word, reason
+
+
+def _fit_json(fit: PowerLawFit) -> dict:
+  return {"a": fit.a._asdict(), "b": fit.b._asdict(), "depths_used": fit.depths_used,
+          "resamples_fitted": fit.resamples_fitted}
+
+
+def summarise(config: ExperimentConfig, units: dict[str, dict],
+              threshold: float = ACCURACY_THRESHOLD) -> dict[str, dict]:
+  """Per task, from ``units`` (by unit name: the grid's and the learned members' losses and
+  accuracies per seed): per depth γ* and the upper edge at ``threshold`` with their intervals
+  and the learned γ; for γ* its fit and verdict (``fit``, ``verdict``, ``reason``) and for the
+  upper edge the same under ``upper_edge``."""
+  threshold = _checked_threshold(threshold)
   sweep = config.sweep
   rng = np.random.default_rng(0)
   resamples = seed_resamples(sweep.seeds, sweep.bootstrap, rng)
   tasks = {}
   for task_name, _ in config.tasks:
-    by_depth, draws, rows = {}, [], {}
+    by_depth, draws, edges, edge_draws, rows = {}, [], {}, [], {}
     for name, _, _, depth in (u for u in config.units() if u[1] == task_name):
       unit = units[name]
       loss_SxG = np.asarray(unit["grid_loss"])
+      accuracy_SxG = np.asarray(unit["grid_accuracy"])
       interval, draws_R = gamma_star(sweep.gammas, loss_SxG, resamples)
       by_depth[depth] = interval
       draws.append(draws_R)
+      edges[depth], edge_draws_R = upper_edge_interval(sweep.gammas, accuracy_SxG, resamples,
+                                                       threshold)
+      edge_draws.append(edge_draws_R)
       best = int(np.argmin(loss_SxG.mean(0)))
       rows[depth] = {
           "gamma_star": interval._asdict(), "paper_gamma_star": PAPER_A * depth ** PAPER_B,
+          "upper_edge": edges[depth]._asdict(),
+          "upper_edge_at_grid_top": bool(accuracy_SxG.mean(0)[-1] >= threshold),
           "grid_loss_mean": loss_SxG.mean(0).tolist(),
-          "grid_accuracy_mean": np.asarray(unit["grid_accuracy"]).mean(0).tolist(),
+          "grid_accuracy_mean": accuracy_SxG.mean(0).tolist(),
           "best_grid_gamma": sweep.gammas[best],
           **{shear: {"gamma_mean": float(np.mean(unit[shear]["gamma"])),
                      "gamma_per_layer": np.mean(unit[shear]["gamma"], axis=(0, 2)).tolist(),
@@ -164,8 +255,11 @@ def summarise(config: ExperimentConfig, units: dict[str, dict]) -> dict[str, dic
     star_N = np.asarray([by_depth[d].value for d in sweep.depths])
     fit = fit_power_law(sweep.depths, star_N, np.stack(draws))
     word, reason = verdict(by_depth, fit, PAPER_A, PAPER_B)
-    tasks[task_name] = {"depths": rows, "fit": {"a": fit.a._asdict(), "b": fit.b._asdict(),
-                                                "depths_used": fit.depths_used,
-                                                "resamples_fitted": fit.resamples_fitted},
-                        "verdict": word, "reason": reason}
+    edge_fit = fit_power_law(sweep.depths, np.asarray([edges[d].value for d in sweep.depths]),
+                             np.stack(edge_draws))
+    edge_word, edge_reason = upper_edge_verdict(edges, edge_fit, PAPER_A, PAPER_B, threshold)
+    tasks[task_name] = {"depths": rows, "fit": _fit_json(fit), "verdict": word,
+                        "reason": reason,
+                        "upper_edge": {"threshold": threshold, "fit": _fit_json(edge_fit),
+                                       "verdict": edge_word, "reason": edge_reason}}
   return tasks

@@ -72,6 +72,110 @@ def test_verdict_words():
   assert analysis.verdict(mixed, fit, PAPER_A, PAPER_B)[0] == "undetermined"
 
 
+def _accuracy_falling_through(edge: float, at_zero: float = 1.0) -> np.ndarray:
+  """Accuracy over GRID that falls by 0.1 per unit of log γ and is 0.9 at γ = ``edge``."""
+  positive = np.maximum(GRID, 1e-30)
+  return np.where(np.asarray(GRID) > 0, 0.9 - 0.1 * np.log(positive / edge), at_zero)
+
+
+@pytest.mark.parametrize("edge", [0.2, 0.7, 1.4])
+def test_upper_edge_recovers_a_planted_edge(edge):
+  assert analysis.upper_edge(GRID, _accuracy_falling_through(edge)) == pytest.approx(edge)
+  # Another threshold is another crossing of the same line in log γ.
+  assert analysis.upper_edge(GRID, _accuracy_falling_through(edge), threshold=0.8) == (
+      pytest.approx(edge * np.e))
+
+
+def test_upper_edge_is_the_largest_working_gamma_and_its_grid_cases():
+  # Works at 0.125 and 0.5, not at 0.25 and above 0.5: the edge is past 0.5, not past 0.125.
+  window = np.array([0.1, 0.95, 0.5, 0.95, 0.85, 0.1, 0.1])
+  assert 0.5 < analysis.upper_edge(GRID, window) < 1.0
+  assert analysis.upper_edge(GRID, np.full(7, 0.95)) == 4.0  # the grid's top: a lower bound
+  assert analysis.upper_edge(GRID, np.array([0.95, 0.5, 0, 0, 0, 0, 0])) == 0.0  # softmax only
+  assert np.isnan(analysis.upper_edge(GRID, np.full(7, 0.5)))  # nothing reaches 90 %
+
+
+def _seed_curves(edge: float, spread: float) -> np.ndarray:
+  return np.stack([_accuracy_falling_through(edge * np.exp(spread * z))
+                   for z in (-1.0, -0.5, 0.0, 0.5, 1.0)])
+
+
+def test_upper_edge_interval_holds_the_planted_edge_and_shrinks_with_less_noise():
+  resamples = analysis.seed_resamples(5, 400, np.random.default_rng(0))
+  widths = []
+  for spread in (0.4, 0.1):
+    interval, draws = analysis.upper_edge_interval(GRID, _seed_curves(0.7, spread), resamples)
+    assert draws.shape == (400,) and np.isfinite(draws).all()
+    assert interval.value == pytest.approx(0.7)
+    assert interval.low < 0.7 < interval.high
+    widths.append(interval.high - interval.low)
+  assert widths[1] < 0.5 * widths[0]
+
+
+def test_upper_edge_without_a_working_gamma_is_nan_and_left_out_of_fit_and_verdict():
+  resamples = analysis.seed_resamples(2, 50, np.random.default_rng(0))
+  failing = np.full((2, len(GRID)), 0.3)
+  interval, draws = analysis.upper_edge_interval(GRID, failing, resamples)
+  assert np.isnan(interval.value) and np.isnan(draws).all()
+  assert interval.low == interval.high == 0.0  # resamples without an edge count as 0
+  # Depth 2 has no edge: the fit and the verdict use depths 1, 4 and 6 only.
+  depths = (1, 2, 4, 6)
+  paper = np.array([PAPER_A * n ** PAPER_B for n in depths])
+  paper[1] = np.nan
+  tilt = np.asarray(depths, np.float64) ** 0.1
+  draws = np.stack([1.1 * paper * tilt, 0.9 * paper / tilt], axis=1)
+  fit = analysis.fit_power_law(depths, paper, draws)
+  assert fit.depths_used == (1, 4, 6) and fit.b.value == pytest.approx(PAPER_B)
+  edges = {n: analysis.Interval(g, 0.9 * g, 1.1 * g) for n, g in zip(depths, paper)}
+  edges[2] = analysis.Interval(float("nan"), 0.0, 0.0)
+  word, reason = analysis.upper_edge_verdict(edges, fit, PAPER_A, PAPER_B)
+  assert word == "reproduced" and "depths [2], left out" in reason
+  none = {n: analysis.Interval(float("nan"), 0.0, 0.0) for n in depths}
+  word, reason = analysis.upper_edge_verdict(none, fit, PAPER_A, PAPER_B)
+  assert word == "undetermined" and "at any depth" in reason
+
+
+@pytest.mark.parametrize("threshold, error", [
+    (0.0, ValueError), (1.5, ValueError), (float("nan"), ValueError), ("0.9", TypeError),
+    (True, TypeError)])
+def test_upper_edge_names_a_bad_threshold(threshold, error):
+  with pytest.raises(error, match="threshold"):
+    analysis.upper_edge(GRID, _accuracy_falling_through(0.7), threshold=threshold)
+  with pytest.raises(error, match="threshold"):
+    analysis.summarise(get_config(quick=True), {}, threshold=threshold)
+
+
+def test_upper_edge_names_mismatched_accuracies():
+  with pytest.raises(ValueError, match="accuracy_G"):
+    analysis.upper_edge(GRID, np.ones(3))
+  with pytest.raises(ValueError, match="accuracy_SxG"):
+    analysis.upper_edge_interval(GRID, np.ones(7), np.zeros((2, 2), int))
+
+
+def test_summarise_carries_both_estimators_side_by_side():
+  config = get_config(quick=True)  # MQAR at depths 1 and 2, γ grid (0, 0.5, 2), 2 seeds
+  planted = {1: 1.5, 2: 0.8}
+  units = {}
+  for name, _, _, depth in config.units():
+    accuracy_G = np.array([0.2, *(0.9 - 0.1 * np.log(g / planted[depth]) for g in (0.5, 2.0))])
+    loss_G = np.array([3.0, 0.1, 0.2])
+    shear = {"gamma": np.full((2, depth, 2), 0.5).tolist(), "loss": [0.1, 0.1],
+             "accuracy": [0.9, 0.9]}
+    units[name] = {"grid_loss": [loss_G.tolist()] * 2, "grid_accuracy": [accuracy_G.tolist()] * 2,
+                   "learned": shear, "learned_normalized": shear}
+  task = analysis.summarise(config, units)["mqar"]
+  for depth, edge in planted.items():
+    row = task["depths"][depth]
+    assert row["gamma_star"]["value"] == 0.5  # the old keys as before
+    assert row["upper_edge"] == pytest.approx({"value": edge, "low": edge, "high": edge})
+    assert row["upper_edge_at_grid_top"] is False
+  assert task["verdict"] in {"reproduced", "refuted", "undetermined"}
+  edge = task["upper_edge"]
+  assert edge["threshold"] == 0.9 and edge["fit"]["depths_used"] == (1, 2)
+  assert edge["fit"]["b"]["value"] == pytest.approx(np.log(0.8 / 1.5) / np.log(2))
+  assert edge["verdict"] == "refuted" and "N=1: 1.50" in edge["reason"]
+
+
 def _tiny(task, depth=2):
   return TransformerConfig(vocab_size=task.vocab_size, context_len=task.seq_len,
                            num_layers=depth, d_model=16, num_heads=2, mlp_dim=0,

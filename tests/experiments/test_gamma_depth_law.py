@@ -262,6 +262,8 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
     for row in task["depths"].values():
       assert row["gamma_star"]["low"] <= row["gamma_star"]["value"] <= row["gamma_star"]["high"]
       assert row["learned"]["gamma_mean"] > 0 and row["learned_normalized"]["gamma_mean"] > 0
+      assert np.isnan(row["upper_edge"]["value"])  # no γ reaches 90 % in the smoke run
+    assert task["upper_edge"]["verdict"] == "undetermined"
   assert (tmp_path / "quick" / "gamma_star.png").stat().st_size > 1000
   for depth, (grid_loss, gamma_star, learned, normalized) in QUICK_MQAR.items():
     row = saved["tasks"]["mqar"]["depths"][depth]
@@ -270,7 +272,7 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
     assert row["learned"]["gamma_mean"] == pytest.approx(learned, rel=1e-5)
     assert row["learned_normalized"]["gamma_mean"] == pytest.approx(normalized, rel=1e-5)
   out = capsys.readouterr().out
-  assert "verdict:" in out and "fit γ* = a·N^b" in out
+  assert "verdict:" in out and "fit γ* = a·N^b" in out and "edge verdict:" in out
   again = main(argv)  # every unit finished: read back, not retrained
   assert "finished earlier" in capsys.readouterr().out
   assert json.loads(json.dumps(again["tasks"])) == json.loads(json.dumps(summary["tasks"]))

@@ -13,10 +13,12 @@ from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.momentum_vs_size.config import (
     MOMENTUM, PAPER_GAP, PRESETS, get_config)
 from momentum_jax.experiments.recipe import finish, hardware, new_figure, print_table
-from momentum_jax.experiments.text_models import data_record, train_text_models
+from momentum_jax.experiments.text_models import (
+    IN_CONTEXT_COLUMNS, data_record, in_context_legend, train_text_models)
 
 COLUMNS = [("params", "10", "parameters"), ("loss", "8.3f", "eval_loss"),
-           ("bpb", "8.3f", "eval_bits_per_byte"), ("time s", "8.1f", "seconds")]
+           ("bpb", "8.3f", "eval_bits_per_byte"), *IN_CONTEXT_COLUMNS,
+           ("time s", "8.1f", "seconds")]
 
 
 def gaps(models: dict[str, dict]) -> dict[str, dict]:
@@ -62,6 +64,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"{text.tokens_per_step} tokens for every model; held-out loss on "
         f"{config.train.eval_batches} validation batches")
   print_table("model", 14, COLUMNS, text.models)
+  print(in_context_legend(text.models[MOMENTUM]))
   print(f"\n{MOMENTUM} against each softmax baseline (gap = momentum − baseline; the paper: "
         f"within {PAPER_GAP:.1%} of a 2.8× baseline)")
   for name, gap in pairs.items():

@@ -15,11 +15,13 @@ import numpy as np
 from momentum_jax.experiments.cli import start_experiment
 from momentum_jax.experiments.recipe import finish, hardware, new_figure, print_table
 from momentum_jax.experiments.text_lm.config import PRESETS, get_config
-from momentum_jax.experiments.text_models import data_record, train_text_models
+from momentum_jax.experiments.text_models import (
+    IN_CONTEXT_COLUMNS, data_record, in_context_legend, train_text_models)
 
 BASELINE = "softmax"
 COLUMNS = [("params", "9", "parameters"), ("loss", "8.3f", "eval_loss"),
            ("bpb", "8.3f", "eval_bits_per_byte"), ("Δbpb", "+8.3f", "bits_per_byte_vs_softmax"),
+           *IN_CONTEXT_COLUMNS,
            ("tok/s", "9", lambda r: "-" if r["tokens_per_second"] is None
             else f"{r['tokens_per_second']:.0f}"), ("time s", "8.1f", "seconds")]
 
@@ -53,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"row; {config.train.steps} steps × {text.tokens_per_step} tokens; held-out loss on "
         f"{held_out}")
   print_table("model", 16, COLUMNS, models)
+  print(in_context_legend(models[BASELINE]))
   seconds = time.perf_counter() - total
   print(f"\nlowest held-out bits per byte: {best}; total {seconds:.0f} s")
   return finish(run, {"data": data_record(config, text), "train": config.train.to_dict(),

@@ -1,6 +1,8 @@
-"""momentum_vs_size: the pair gaps on hand values, the sizes of its configs, its --quick run."""
+"""momentum_vs_size: the pair gaps on hand values, the sizes of its configs, its --quick run
+(with the in-context evaluation of every model)."""
 
 import json
+import math
 
 import jax
 import pytest
@@ -8,6 +10,7 @@ from flax import nnx
 
 from momentum_jax.experiments.momentum_vs_size.__main__ import gaps, main
 from momentum_jax.experiments.momentum_vs_size.config import MOMENTUM, PRESETS, get_config
+from momentum_jax.experiments.text_models import ICL_ROWS
 from momentum_jax.nn import Transformer
 
 
@@ -65,5 +68,12 @@ def test_quick_run_reports_every_gap(tmp_path, capsys):
   assert summary["gaps"] == saved["gaps"]
   assert {name: r["eval_loss"] for name, r in saved["models"].items()} == pytest.approx(
       QUICK_LOSS, rel=1e-5)
+  for name, r in saved["models"].items():  # the in-context evaluation beside the loss
+    assert (r["icl_late"], r["icl_early"], r["icl_documents"]) == (31, 3, ICL_ROWS), name
+    assert math.isfinite(r["icl_score"]), name
+    assert r["repeat_loss_drop"] == pytest.approx(
+        r["repeat_first_loss"] - r["repeat_second_loss"]), name
   assert (tmp_path / "quick" / "momentum_vs_size.png").stat().st_size > 1000
-  assert "vs softmax_2.8x" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "vs softmax_2.8x" in out
+  assert "copy 1, copy 2: loss (nats/token) on the first and second copy" in out

@@ -1,15 +1,22 @@
 """The text_lm experiment runs end to end in its --quick configuration; its configs compare the
-brief's models on identical budgets, and the GPU preset is a ~125M-parameter model."""
+brief's models on identical budgets, and the GPU preset is a ~125M-parameter model. The
+in-context evaluation of its models (shared with momentum_vs_size) pairs each held-out
+document's losses as the model itself computes them."""
 
 import json
+import math
 
 import jax
+import numpy as np
+import optax
 import pytest
 from flax import nnx
 
+from momentum_jax.data import TextDataConfig, load_text_dataset
 from momentum_jax.experiments.text_lm.__main__ import main
 from momentum_jax.experiments.text_lm.config import GAMMAS, PRESETS, get_config, gpu_125m_config
-from momentum_jax.nn import Transformer
+from momentum_jax.experiments.text_models import ICL_ROWS, in_context_record
+from momentum_jax.nn import Transformer, TransformerConfig
 
 # The --quick run's held-out loss and bits per byte as recorded on the CPU (cosine decay, weight
 # decay on the matrices): the run is deterministic, so a change that changes its numbers shows
@@ -20,6 +27,10 @@ QUICK_TABLE = {"softmax": (4.2598912715911865, 6.145724012250786),
                "momentum_g1": (4.510094165802002, 6.506690486944795),
                "kv_shift": (4.46943998336792, 6.448038899555749),
                "sigmoid": (4.2132346630096436, 6.078412754425496)}
+
+
+# softmax's in-context numbers in the same --quick run: (first copy, second copy, ICL score).
+QUICK_IN_CONTEXT = (5.660905838012695, 5.636025905609131, 0.06202268600463867)
 
 
 @pytest.mark.slow
@@ -42,7 +53,18 @@ def test_quick_run_trains_every_model_and_reports_bits_per_byte(tmp_path, capsys
     r = saved["models"][name]
     assert (r["eval_loss"], r["eval_bits_per_byte"]) == pytest.approx((loss, bits_per_byte),
                                                                        rel=1e-5)
-  assert "lowest held-out bits per byte" in capsys.readouterr().out
+  for name, r in saved["models"].items():
+    assert (r["icl_late"], r["icl_early"], r["repeat_len"]) == (31, 3, 16), name
+    assert r["icl_documents"] == ICL_ROWS, name  # every quick row is one chapter's piece
+    assert r["icl_score"] == pytest.approx(r["icl_late_loss"] - r["icl_early_loss"]), name
+    assert r["repeat_loss_drop"] == pytest.approx(
+        r["repeat_first_loss"] - r["repeat_second_loss"]), name
+  softmax = saved["models"]["softmax"]
+  assert (softmax["repeat_first_loss"], softmax["repeat_second_loss"],
+          softmax["icl_score"]) == pytest.approx(QUICK_IN_CONTEXT, rel=1e-4)
+  out = capsys.readouterr().out
+  assert "lowest held-out bits per byte" in out
+  assert "ICL: loss at position 31 minus loss at position 3" in out
 
 
 def test_default_config_compares_softmax_momentum_and_two_variants_on_one_budget():
@@ -81,3 +103,28 @@ def test_gpu_preset_is_a_125m_parameter_bfloat16_model():
 def test_preset_and_quick_exclude_each_other(tmp_path):
   with pytest.raises(SystemExit):
     main(["--quick", "--preset", "gpu_125m", "--output-dir", str(tmp_path)])
+
+
+def test_in_context_record_pairs_each_held_out_document_s_own_losses(tmp_path):
+  # Documents of 40 to 120 bytes in rows of 16: some rows hold a boundary before position 15.
+  for i in range(30):
+    (tmp_path / f"{i:02d}.txt").write_text(f"verse {i} " * (5 + i % 12), encoding="utf-8")
+  dataset = load_text_dataset(TextDataConfig(source=str(tmp_path), seq_len=16,
+                                             validation_fraction=0.2))
+  model = Transformer(TransformerConfig(vocab_size=256, context_len=16, num_layers=1,
+                                        d_model=16, num_heads=2, mlp_dim=32),
+                      rngs=nnx.Rngs(0))
+  record = in_context_record(model, dataset, seed=3)
+  assert (record["icl_late"], record["icl_early"], record["repeat_len"]) == (15, 1, 8)
+  rows = min(ICL_ROWS, dataset.num_rows("validation"))
+  batch = next(dataset.iterator("validation", rows, seed=3, repeat=False))
+  logits = nnx.jit(lambda m, b: m(b.tokens, positions_BxT=b.positions,
+                                  segment_ids_BxT=b.segment_ids))(model, batch)
+  losses = np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, batch.targets))
+  reach = (batch.positions[:, 15] == 15) & (batch.loss_mask[:, 15] > 0)
+  assert 0 < reach.sum() < rows == record["icl_documents"] + (~reach).sum()
+  assert record["icl_late_loss"] == pytest.approx(losses[reach, 15].mean(), rel=1e-5)
+  assert record["icl_early_loss"] == pytest.approx(losses[reach, 1].mean(), rel=1e-5)
+  assert record["icl_score"] == pytest.approx(record["icl_late_loss"] - record["icl_early_loss"])
+  for key in ("repeat_first_loss", "repeat_second_loss"):
+    assert 0 < record[key] < 2 * math.log(256), key

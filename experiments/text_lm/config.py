@@ -16,7 +16,12 @@ clip 1, batch 16 × 256 tokens, 200 steps ≈ 0.8M tokens ≈ 0.2 epoch; 4 layer
 4 heads, GELU MLP 512, RoPE, 0.80M parameters): softmax; momentum with γ ∈ {0.25, 0.5, 1.0};
 KV-shift attention (learned mixes of each key/value with its predecessor, arXiv 2411.19574:
 the other "previous token" mechanism); sigmoid attention (arXiv 2409.04431). Reported: held-out
-loss (nats/byte) and bits per byte on the first 8 validation batches, and training tokens/s.
+loss (nats/byte) and bits per byte on the first 8 validation batches, training tokens/s, and
+the in-context evaluation of Olsson et al. (arXiv 2209.11895; ``experiments/text_models.py``):
+the loss on the first and second copy of 16 repeated random segments of 128 bytes (the drop is
+the induction signal) and the ICL score, the loss at position 255 of a held-out chapter minus
+the loss at position 25, over the chapters of the first 32 held-out rows that reach 255. The
+RESULT below predates it (a rerun computes it from the saved models without retraining).
 
 Command:   python -m momentum_jax.experiments.text_lm
            (--quick: a <1 minute smoke run into runs/text_lm/quick; --preset gpu_125m: the GPU /
@@ -24,7 +29,8 @@ Command:   python -m momentum_jax.experiments.text_lm
            --config.train.mesh_shape=(1,8,1) and the like override the config)
 Hardware:  CPU (2 cores), float32.
 Runtime:   14.9 min wall (889 s: 137-164 s per model, data 0.3 s), peak memory 1.5 GB;
-           --quick: 19 s wall on a quiet 2-core CPU.
+           --quick: 19 s wall on a quiet 2-core CPU, before the in-context evaluation (about 1 s
+           more per model, mostly compiling).
 
 RESULT (CPU, 2 cores, seed 0, jax 0.10.2; 15,309 train rows and 786 validation rows of 256
 bytes; held-out = the first 8 validation batches, 32,768 bytes), measured under the earlier
@@ -60,7 +66,10 @@ device step × 16 accumulated micro-batches on one device; on 8 devices give
 ``--config.train.mesh_shape=(1,8,1) --config.train.accumulate_steps=2``), 4,000 steps ≈ 2.1B
 tokens. Expected throughput: the H200's dense bfloat16 peak is 989 TFLOP/s, so at 40 % MFU
 (typical of a well-fused 125M model) one H200 trains 463k tokens/s, about 76 minutes per model;
-the run logs its measured ``tokens_per_second`` and ``mfu``.
+the run logs its measured ``tokens_per_second`` and ``mfu``. lm1b's documents are single
+sentences, far shorter than the context: no held-out document reaches position 1023, so the ICL
+score is None (printed "-") in this preset and only the repeated-segment losses (segments of 512
+tokens) measure in-context copying; a text of long documents is needed for the score.
 """
 
 from __future__ import annotations

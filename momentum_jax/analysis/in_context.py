@@ -15,8 +15,8 @@ the first copy is predictable, so a model's loss there is that of a guess; in th
 induction head, finding the earlier occurrence of the current token and copying the token after
 it, predicts every token. With ``losses_BxS[:, s]`` the loss of predicting token s + 1,
 
-    first  = (1/(L−1)) Σ_{i=1}^{L−1} ℓ[o + i − 1]          (tokens o+1 … o+L−1 of the first copy)
-    second = (1/(L−1)) Σ_{i=1}^{L−1} ℓ[o + L + i − 1]      (tokens o+L+1 … o+2L−1 of the copy)
+    first  = (1/(L−1)) Σ_{i=1}^{L−1} ℓ[o + i − 1]        (tokens o+1 … o+L−1: first copy)
+    second = (1/(L−1)) Σ_{i=1}^{L−1} ℓ[o + L + i − 1]    (tokens o+L+1 … o+2L−1: the copy)
 
 and first − second is the induction signal. The first token of each copy is left out of both:
 its predecessor (the prefix, or x_{L−1}) was never followed by it earlier, so copying cannot

@@ -32,8 +32,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from momentum_jax.analysis.in_context import (
-    in_context_score, repeated_segment_losses, token_losses)
+from momentum_jax.analysis import in_context_score, repeated_segment_losses, token_losses
 from momentum_jax.data import TextDataset, load_text_dataset, repeated_random_tokens
 from momentum_jax.experiments.cli import ExperimentRun
 from momentum_jax.experiments.recipe import Trained, each_model, series, train_models

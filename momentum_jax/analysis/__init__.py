@@ -2,15 +2,20 @@
 
 Head scores, attention sinks, interventions on attention weights (ACT, VAR, VHR, MotionCLR's
 editing, positional debiasing and BroadWay's temporal self-guidance and Fourier motion
-enhancement, with ``broadway_hooks`` for ``run_with_hooks``), reasoning metrics and spectral
-forensics of the momentum shear. Every function takes arrays (``weights_BxNxTxS``, hidden states,
-q/k), not models, so it works on attention maps from any source.
+enhancement, with ``broadway_hooks`` for ``run_with_hooks``), reasoning metrics, spectral
+forensics of the momentum shear, and in-context learning from a model's token losses (Olsson et
+al.'s repeated-segment losses and ICL score). Every function takes arrays (``weights_BxNxTxS``,
+hidden states, q/k, logits), not models, so it works on attention maps from any source.
 """
 
 from momentum_jax.analysis.head_scores import (
     HeadScore, chance_scores, detect_heads, duplicate_token_pattern, duplicate_token_score,
     induction_pattern, induction_score, pattern_score, prefix_matching_score,
     previous_token_pattern, previous_token_score, score_heads, uniform_weights,
+)
+from momentum_jax.analysis.in_context import (
+    InContextScore, RepeatedSegmentLosses, in_context_score, next_token_losses,
+    repeated_segment_losses, token_losses,
 )
 from momentum_jax.analysis.interventions import (
     act_calibrate, act_sink_columns, broadway, broadway_hooks, debias_scores, fit_recency_trend,
@@ -42,6 +47,8 @@ __all__ = [
     "BodeResponse",
     "FirFit",
     "HeadScore",
+    "InContextScore",
+    "RepeatedSegmentLosses",
     "SinkLevels",
     "Spectrum",
     "TopActivations",
@@ -65,6 +72,7 @@ __all__ = [
     "head_distance",
     "head_divergence",
     "head_sink_scores",
+    "in_context_score",
     "induction_pattern",
     "induction_score",
     "lagged",
@@ -76,6 +84,7 @@ __all__ = [
     "momentum_pair_norms",
     "momentum_phase",
     "momentum_response",
+    "next_token_losses",
     "pattern_score",
     "plot_attention_patterns",
     "plot_band_energies",
@@ -85,6 +94,7 @@ __all__ = [
     "prefix_matching_score",
     "previous_token_pattern",
     "previous_token_score",
+    "repeated_segment_losses",
     "replace_token_columns",
     "reweight_heads",
     "rope_momentum_gain",
@@ -105,6 +115,7 @@ __all__ = [
     "suppress_tokens",
     "temporal_self_guidance",
     "time_power_spectrum",
+    "token_losses",
     "top_activations",
     "top_k_head_score",
     "uniform_weights",

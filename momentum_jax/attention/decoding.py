@@ -229,8 +229,11 @@ def attend_written(q_BxTxNxH: jax.Array, cache: KVCache, context: DecodeContext,
   key_S = jnp.arange(capacity, dtype=jnp.int32)
   visible_BxTxS = (key_S[None, None, :] <= query_T[None, :, None])
   if context.segment_ids is not None:
+    # The ids may cover fewer rows than the cache holds; later slots are masked as s > t anyway.
     query_ids_BxT = jnp.take(context.segment_ids, query_T, axis=1)
-    visible_BxTxS = visible_BxTxS & (query_ids_BxT[:, :, None] == context.segment_ids[:, None, :])
+    last_id_row = context.segment_ids.shape[1] - 1
+    key_ids_BxS = jnp.take(context.segment_ids, jnp.minimum(key_S, last_id_row), axis=1)
+    visible_BxTxS = visible_BxTxS & (query_ids_BxT[:, :, None] == key_ids_BxS[:, None, :])
   logits_BxKxGxTxS = jnp.where(visible_BxTxS[:, None, None], logits_BxKxGxTxS, -jnp.inf)
   if sinks is not None:
     sink_1xKxGx1x1 = jnp.asarray(sinks, jnp.float32).reshape(1, kv_heads, -1, 1, 1)

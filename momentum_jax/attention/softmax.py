@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from momentum_jax.attention.decoding import (
-    DecodeContext, KVCache, check_new_rows, init_kv_cache, visible_rows, write_rows,
+    DecodeContext, KVCache, attend_written, check_new_rows, init_kv_cache, visible_rows, write_rows,
 )
 from momentum_jax.attention.dispatch import softmax_call, softmax_route
 from momentum_jax.attention.registry import AttentionVariant, Decoding, register_attention
@@ -71,11 +71,11 @@ def softmax_attention(
     implementation: None picks by the table of :mod:`momentum_jax.attention.dispatch` (on a GPU
       cuDNN where it supports the call, else the fused kernel; elsewhere XLA); ``"xla"`` runs
       the materialised T×S form (our einsum form without bias and sinks,
-      ``jax.nn.dot_product_attention``'s XLA form with them); ``"cudnn"`` its cuDNN form; ``"pallas"`` the
-      fused Pallas kernel (:func:`momentum_jax.kernels.flash_attention.flash_attention`;
-      interpret mode off the GPU); ``"splash"`` JAX's TPU splash kernel (interpret mode off the
-      TPU). A forced choice that cannot run the call raises
-      ``ValueError`` naming why.
+      ``jax.nn.dot_product_attention``'s XLA form with them); ``"cudnn"`` its cuDNN form;
+      ``"pallas"`` the fused Pallas kernel
+      (:func:`momentum_jax.kernels.flash_attention.flash_attention`; interpret mode off the GPU);
+      ``"splash"`` JAX's TPU splash kernel (interpret mode off the TPU). A forced choice that
+      cannot run the call raises ``ValueError`` naming why.
 
   Returns:
     ``[B, T, N, H]`` in q's dtype.
@@ -254,8 +254,15 @@ def softmax_decode(q_BxTxNxH: jax.Array, k_BxTxKxH: jax.Array, v_BxTxKxH: jax.Ar
     if int(context.length) + t > capacity:
       raise ValueError(f"writing T={t} rows after length={int(context.length)} passes the cache "
                        f"end max_len={capacity}")
+  if window is None:
+    # Written first, then read: reading the cache before writing it made XLA copy the whole
+    # cache on every step (twice the step's time at 4096 rows).
+    cache = write_rows(cache, k_BxTxKxH, v_BxTxKxH, context.length)
+    return attend_written(q_BxTxNxH, cache, context, sinks=sinks, scale=scale), cache
   scale = head_dim**-0.5 if scale is None else scale
   batch, kv_heads = q_BxTxNxH.shape[0], cache.k.shape[2]
+  # A window's ring: the new rows may overwrite slots that earlier new queries still see, so the
+  # cached rows are read before the new ones are written.
   # Query heads grouped by their kv head, so no K/V row is repeated or copied.
   q_BxTxKxGxH = q_BxTxNxH.astype(jnp.float32).reshape(
       batch, t, kv_heads, heads // kv_heads, head_dim)

@@ -25,10 +25,10 @@ scores second = 0; one that guesses uniformly over V tokens scores first = log V
 
 **ICL score.** Loss late in a document minus loss early in it, averaged over documents:
 
-    ICL = (1/|D|) Σ_{d ∈ D} (ℓ_d[late] − ℓ_d[early]),
+    ICL = (1/n_D) Σ_{d ∈ D} (ℓ_d[late] − ℓ_d[early]),
 
 with ℓ_d[p] the loss of document d's prediction at position p inside the document (made from
-its tokens 0 … p) and D the documents that reach position ``late``. Olsson
+its tokens 0 … p) and D the n_D documents that reach position ``late``. Olsson
 et al. take the 500th and the 50th token of contexts of 8192; a model whose loss does not fall
 with context scores 0, and the more negative the score, the more the context helps. At shorter
 contexts the indices are scaled (the experiments take late = T − 1 and early = late // 10, the

@@ -53,7 +53,7 @@ so rows stay on the simplex, A' − R = (1 − α)(A − R), and the difference 
 blocks shrinks by the same factor 1 − α. *Fourier-based motion enhancement* (eq. 6) works on the
 DFT along the key axis, Â[t,k] = Σ_s A[t,s] e^{−2πi ks/S}, with bin frequency f_k = min(k, S − k).
 The map's energy (eq. 4) E = mean_t Σ_s A[t,s]² splits by Parseval into E_low + E_high, with
-E_high = mean_t (1/S) Σ_{f_k > c} |Â[t,k]|². The edit multiplies the bins above the cut-off c by
+E_high = mean_t (1/S) Σ_{f_k > c} ‖Â[t,k]‖². The edit multiplies the bins above the cut-off c by
 β and transforms back,
 
     Â'[t,k] = β Â[t,k]  (f_k > c),      Â'[t,k] = Â[t,k]  (f_k <= c),      A' = IDFT(Â'),
@@ -371,7 +371,7 @@ def map_energy(weights_BxNxTxS: jax.Array) -> jax.Array:
 
 def map_band_energies(weights_BxNxTxS: jax.Array, cutoff: int = 0) -> BandEnergies:
   """The energy of each map split at the cut-off along the key axis: ``low`` (f_k <= cutoff) and
-  ``high`` (f_k > cutoff), E_band = mean_t (1/S) Σ_{k in band} |Â[t,k]|², both ``[B, N]``;
+  ``high`` (f_k > cutoff), E_band = mean_t (1/S) Σ_{k in band} ‖Â[t,k]‖², both ``[B, N]``;
   low + high = :func:`map_energy` (Parseval).
 
   Args:

@@ -18,8 +18,8 @@ its memory is O(window), not O(context). It is contiguous, not paged (vAttention
 and positions are kept once for all layers (:class:`DecodeContext`), not per layer.
 
 A step that reads a large cache inside a branch (``jax.lax.cond``) should write its rows first
-and read the written cache (:func:`attend_written`): XLA copies a large buffer that a branch
-passes through, but not one it only reads.
+and read the written cache (:func:`momentum_jax.attention.softmax.attend_written`): XLA copies a
+large buffer that a branch passes through, but not one it only reads.
 
 The variants whose rows depend on the row before (momentum's shear, KV-shift) cache that row
 (:class:`ShiftCache`); at a segment start (:func:`row_starts`) the previous row is the boundary
@@ -35,9 +35,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.core.checks import is_concrete
-
-_HI = jax.lax.Precision.HIGHEST
 
 
 class DecodeContext(NamedTuple):
@@ -189,57 +186,3 @@ def previous_rows(x_BxTxNxH: jax.Array, last_BxNxH: jax.Array, starts_BxT: jax.A
   prev_BxTxNxH = jnp.concatenate([last_BxNxH[:, None].astype(jnp.float32), x32[:, :-1]], axis=1)
   fill_BxTxNxH = x32 if boundary == "replicate" else jnp.zeros_like(x32)
   return jnp.where(starts_BxT[:, :, None, None], fill_BxTxNxH, prev_BxTxNxH)
-
-
-
-def attend_written(q_BxTxNxH: jax.Array, cache: KVCache, context: DecodeContext, *,
-                   sinks: jax.Array | None = None, scale: float | None = None) -> jax.Array:
-  """Causal softmax attention of T new queries over a ``max_len`` cache that already holds them.
-
-  The new rows are in the cache (:func:`write_rows` at ``context.length``), so query t sees
-  the rows s ≤ t of its segment among the C slots, and
-
-      out_t = Σ_s e^{l_ts} v_s / (e^{sink_n} + Σ_s e^{l_ts}),   l_ts = scale · q_t·k_s,
-
-  equal row for row to ``softmax_attention(q, k, v, causal=True, segment_ids=..., sinks=sinks,
-  scale=scale)`` over the whole sequence (float32 compute). Not for a ring buffer (its slots
-  hold only the newest C rows).
-
-  Returns:
-    ``[B, T, N, H]`` in q's dtype.
-
-  Raises:
-    ValueError: q does not fit the cache's batch, heads or head size, or (with a concrete
-      ``context.length``) the new rows pass the cache's end.
-  """
-  batch, capacity, kv_heads, head_dim = cache.k.shape
-  b, t, heads, h = q_BxTxNxH.shape
-  if b != batch or heads % kv_heads or h != head_dim:
-    raise ValueError(f"the new queries {tuple(q_BxTxNxH.shape)} do not fit the cache "
-                     f"[B={batch}, C={capacity}, K={kv_heads}, H={head_dim}] (same B and H; N a "
-                     f"multiple of K)")
-  if is_concrete(context.length) and int(context.length) + t > capacity:
-    raise ValueError(f"T={t} rows after length={int(context.length)} pass the cache end "
-                     f"max_len={capacity}")
-  scale = head_dim**-0.5 if scale is None else scale
-  q_BxTxKxGxH = q_BxTxNxH.astype(jnp.float32).reshape(batch, t, kv_heads, heads // kv_heads, h)
-  logits_BxKxGxTxS = scale * jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH,
-                                        cache.k.astype(jnp.float32), precision=_HI)
-  query_T = new_rows(context, t)
-  key_S = jnp.arange(capacity, dtype=jnp.int32)
-  visible_BxTxS = (key_S[None, None, :] <= query_T[None, :, None])
-  if context.segment_ids is not None:
-    # The ids may cover fewer rows than the cache holds; later slots are masked as s > t anyway.
-    query_ids_BxT = jnp.take(context.segment_ids, query_T, axis=1)
-    last_id_row = context.segment_ids.shape[1] - 1
-    key_ids_BxS = jnp.take(context.segment_ids, jnp.minimum(key_S, last_id_row), axis=1)
-    visible_BxTxS = visible_BxTxS & (query_ids_BxT[:, :, None] == key_ids_BxS[:, None, :])
-  logits_BxKxGxTxS = jnp.where(visible_BxTxS[:, None, None], logits_BxKxGxTxS, -jnp.inf)
-  if sinks is not None:
-    sink_1xKxGx1x1 = jnp.asarray(sinks, jnp.float32).reshape(1, kv_heads, -1, 1, 1)
-    sink_BxKxGxTx1 = jnp.broadcast_to(sink_1xKxGx1x1, logits_BxKxGxTxS.shape[:4] + (1,))
-    logits_BxKxGxTxS = jnp.concatenate([sink_BxKxGxTx1, logits_BxKxGxTxS], axis=-1)
-  weights_BxKxGxTxS = jax.nn.softmax(logits_BxKxGxTxS, axis=-1)[..., -capacity:]
-  out_BxTxKxGxH = jnp.einsum("bkgts,bskh->btkgh", weights_BxKxGxTxS,
-                             cache.v.astype(jnp.float32), precision=_HI)
-  return out_BxTxKxGxH.reshape(q_BxTxNxH.shape).astype(q_BxTxNxH.dtype)

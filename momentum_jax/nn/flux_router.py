@@ -61,9 +61,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from momentum_jax.attention.decoding import (
-    DecodeContext, KVCache, attend_written, cache_capacity, init_kv_cache, write_rows)
+    DecodeContext, KVCache, cache_capacity, init_kv_cache, write_rows)
 from momentum_jax.attention.registry import AttentionDims
-from momentum_jax.attention.softmax import softmax_decode
+from momentum_jax.attention.softmax import attend_written, softmax_decode
 from momentum_jax.nn.dense import Dense
 
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from momentum_jax.attention.decoding import DecodeContext, attend_written, init_kv_cache
+from momentum_jax.attention.decoding import DecodeContext, init_kv_cache
 from momentum_jax.attention.registry import AttentionDims
+from momentum_jax.attention.softmax import attend_written
 from momentum_jax.nn import Transformer, TransformerConfig, decode, decoding_form, init_cache
 from momentum_jax.nn.flux_router import FluxCache, prefix_mean
 

@@ -39,7 +39,8 @@ import numpy as np
 
 from momentum_jax.experiments.gamma_depth_law.config import PAPER_A, PAPER_B, ExperimentConfig
 
-# The learned-γ members of a unit: on the plain shear and on the gain-normalised one.
+# The learned-γ members of a unit: on the plain shear and on the gain-normalised one (each a
+# list with one entry per starting γ).
 SHEARS = ("learned", "learned_normalized")
 # The held-out accuracy a γ must reach to be inside the working window (a fraction in (0, 1]).
 ACCURACY_THRESHOLD = 0.9
@@ -216,11 +217,19 @@ def _fit_json(fit: PowerLawFit) -> dict:
           "resamples_fitted": fit.resamples_fitted}
 
 
+def _learned_row(start: dict) -> dict:
+  """The seed means of one start's learned-γ members: γ overall and per layer, loss, accuracy."""
+  return {"init": start["init"], "gamma_mean": float(np.mean(start["gamma"])),
+          "gamma_per_layer": np.mean(start["gamma"], axis=(0, 2)).tolist(),
+          "loss_mean": float(np.mean(start["loss"])),
+          "accuracy_mean": float(np.mean(start["accuracy"]))}
+
+
 def summarise(config: ExperimentConfig, units: dict[str, dict],
               threshold: float = ACCURACY_THRESHOLD) -> dict[str, dict]:
   """Per task, from ``units`` (by unit name: the grid's and the learned members' losses and
   accuracies per seed): per depth γ* and the upper edge at ``threshold`` with their intervals
-  and the learned γ; for γ* its fit and verdict (``fit``, ``verdict``, ``reason``) and for the
+  and, per shear and start, the learned γ; for γ* its fit and verdict (``fit``, ``verdict``, ``reason``) and for the
   upper edge the same under ``upper_edge``."""
   threshold = _checked_threshold(threshold)
   sweep = config.sweep
@@ -247,11 +256,7 @@ def summarise(config: ExperimentConfig, units: dict[str, dict],
           "grid_loss_mean": loss_SxG.mean(0).tolist(),
           "grid_accuracy_mean": accuracy_SxG.mean(0).tolist(),
           "best_grid_gamma": sweep.gammas[best],
-          **{shear: {"gamma_mean": float(np.mean(unit[shear]["gamma"])),
-                     "gamma_per_layer": np.mean(unit[shear]["gamma"], axis=(0, 2)).tolist(),
-                     "loss_mean": float(np.mean(unit[shear]["loss"])),
-                     "accuracy_mean": float(np.mean(unit[shear]["accuracy"]))}
-             for shear in SHEARS}}
+          **{shear: [_learned_row(start) for start in unit[shear]] for shear in SHEARS}}
     star_N = np.asarray([by_depth[d].value for d in sweep.depths])
     fit = fit_power_law(sweep.depths, star_N, np.stack(draws))
     word, reason = verdict(by_depth, fit, PAPER_A, PAPER_B)

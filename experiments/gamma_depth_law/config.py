@@ -78,6 +78,8 @@ PAPER_A = 4.17
 PAPER_B = -0.74
 
 GAMMAS = (0.0,) + tuple(PAPER_A * 2.0 ** -k for k in range(5, -1, -1))
+# The learned γ starts near the small-model optimum and at the paper's γ*(2) region (4.17 / 2).
+LEARNED_INITS = (LEARNED_GAMMA_INIT, PAPER_A / 2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,8 @@ class SweepConfig:
     depths: the numbers of layers N.
     gammas: the fixed-γ grid (0 included, γ ≥ 0, increasing).
     seeds: independent repetitions (initial weights and batches), ``>= 2`` for an interval.
-    learned_init: the starting value of every learned γ.
+    learned_inits: the starting values of the learned γ: one learned member per start, seed and
+      shear (plain and gain-normalised).
     d_model: residual width.
     num_heads: attention heads (= kv heads; each learns its own γ).
     steps: Adam steps per model.
@@ -102,7 +105,7 @@ class SweepConfig:
   depths: tuple[int, ...] = (1, 2, 3, 4, 6)
   gammas: tuple[float, ...] = GAMMAS
   seeds: int = 3
-  learned_init: float = LEARNED_GAMMA_INIT
+  learned_inits: tuple[float, ...] = LEARNED_INITS
   d_model: int = 64
   num_heads: int = 4
   steps: int = 1000
@@ -121,6 +124,9 @@ class SweepConfig:
                        f"gammas={self.gammas}")
     if self.seeds < 2:
       raise ValueError(f"seeds must be >= 2 for a bootstrap interval, got seeds={self.seeds}")
+    if not self.learned_inits or min(self.learned_inits) <= 0:
+      raise ValueError(f"learned_inits must be >= 1 positive starting γ, got "
+                       f"learned_inits={self.learned_inits}")
     if self.steps % self.chunk_steps:
       raise ValueError(f"steps must be a multiple of chunk_steps, got steps={self.steps}, "
                        f"chunk_steps={self.chunk_steps}")

@@ -13,6 +13,7 @@ experiment's ensembles of one (task, depth).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -191,34 +192,46 @@ def _model(task: Task, sweep: SweepConfig, depth: int, normalize_gain: bool) -> 
       vocab_size=task.vocab_size, context_len=task.seq_len, num_layers=depth,
       d_model=sweep.d_model, num_heads=sweep.num_heads, mlp_dim=0,
       attention="momentum_learned", attention_params={"normalize_gain": normalize_gain},
-      attention_init={"gamma": sweep.learned_init})
+      attention_init={"gamma": sweep.learned_inits[0]})
+
+
+def _learned_members(result: EnsembleResult, member_M: np.ndarray, inits: Sequence[float],
+                     seeds: int) -> list[dict]:
+  """Per start in ``inits``, the learned members' results (``member_M``: their indices, seed
+  major, start minor) as JSON-ready lists over seeds."""
+  members = []
+  for start, init in enumerate(inits):
+    index_S = member_M.reshape(seeds, len(inits))[:, start]
+    members.append({"init": float(init), "loss": result.eval_loss[index_S].tolist(),
+                    "accuracy": result.eval_accuracy[index_S].tolist(),
+                    "gamma": result.gamma[index_S].tolist(),
+                    "gamma_curve": result.gamma_curve[:, index_S].tolist()})
+  return members
 
 
 def train_unit(task: Task, depth: int, sweep: SweepConfig) -> dict:
   """The γ grid and the learned-γ members of one (task, depth), for every seed: the held-out
-  loss and accuracy of each, and the learned γ's values and curves (JSON-ready lists)."""
+  loss and accuracy of each, and the learned γ's values and curves (JSON-ready lists; per
+  shear, one entry per start in ``sweep.learned_inits``)."""
   eval_batch = task.sample(jax.random.key(EVAL_SEED), sweep.eval_sequences)
   seeds = np.arange(sweep.seeds)
-  grid = len(sweep.gammas)
+  grid, inits = len(sweep.gammas), list(sweep.learned_inits)
+  per_seed = grid + len(inits)
   budget = dict(steps=sweep.steps, chunk_steps=sweep.chunk_steps, batch_size=sweep.batch_size,
                 learning_rate=sweep.learning_rate, eval_batch=eval_batch)
-  # Ensemble 1: per seed, the grid (fixed γ) and one learned-γ member, on the plain shear.
-  members = Members(seed=np.repeat(seeds, grid + 1),
-                    gamma=np.tile(list(sweep.gammas) + [sweep.learned_init], sweep.seeds),
-                    learned=np.tile([False] * grid + [True], sweep.seeds))
+  # Ensemble 1: per seed, the grid (fixed γ) and one learned-γ member per start, plain shear.
+  members = Members(seed=np.repeat(seeds, per_seed),
+                    gamma=np.tile(list(sweep.gammas) + inits, sweep.seeds),
+                    learned=np.tile([False] * grid + [True] * len(inits), sweep.seeds))
   plain = train_ensemble(_model(task, sweep, depth, False), task, members, **budget)
-  by_seed = lambda x: x.reshape((sweep.seeds, grid + 1) + x.shape[1:])
-  loss, accuracy, gamma = by_seed(plain.eval_loss), by_seed(plain.eval_accuracy), by_seed(
-      plain.gamma)
-  curve = plain.gamma_curve.reshape((-1, sweep.seeds, grid + 1, depth))[:, :, grid]
-  unit = {"grid_loss": loss[:, :grid].tolist(), "grid_accuracy": accuracy[:, :grid].tolist(),
-          "learned": {"loss": loss[:, grid].tolist(), "accuracy": accuracy[:, grid].tolist(),
-                      "gamma": gamma[:, grid].tolist(), "gamma_curve": curve.tolist()}}
-  # Ensemble 2: per seed, one learned-γ member on the gain-normalised shear.
-  members = Members(seed=seeds, gamma=np.full(sweep.seeds, sweep.learned_init),
-                    learned=np.ones(sweep.seeds, bool))
+  grid_M = np.arange(len(members.seed)).reshape(sweep.seeds, per_seed)
+  unit = {"grid_loss": plain.eval_loss[grid_M[:, :grid]].tolist(),
+          "grid_accuracy": plain.eval_accuracy[grid_M[:, :grid]].tolist(),
+          "learned": _learned_members(plain, grid_M[:, grid:], inits, sweep.seeds)}
+  # Ensemble 2: per seed, one learned-γ member per start on the gain-normalised shear.
+  members = Members(seed=np.repeat(seeds, len(inits)), gamma=np.tile(inits, sweep.seeds),
+                    learned=np.ones(sweep.seeds * len(inits), bool))
   normalized = train_ensemble(_model(task, sweep, depth, True), task, members, **budget)
-  unit["learned_normalized"] = {
-      "loss": normalized.eval_loss.tolist(), "accuracy": normalized.eval_accuracy.tolist(),
-      "gamma": normalized.gamma.tolist(), "gamma_curve": normalized.gamma_curve.tolist()}
+  unit["learned_normalized"] = _learned_members(normalized, np.arange(len(members.seed)), inits,
+                                                sweep.seeds)
   return unit

@@ -159,8 +159,8 @@ def test_summarise_carries_both_estimators_side_by_side():
   for name, _, _, depth in config.units():
     accuracy_G = np.array([0.2, *(0.9 - 0.1 * np.log(g / planted[depth]) for g in (0.5, 2.0))])
     loss_G = np.array([3.0, 0.1, 0.2])
-    shear = {"gamma": np.full((2, depth, 2), 0.5).tolist(), "loss": [0.1, 0.1],
-             "accuracy": [0.9, 0.9]}
+    shear = [{"init": init, "gamma": np.full((2, depth, 2), init).tolist(), "loss": [0.1, 0.1],
+              "accuracy": [0.9, 0.9]} for init in config.sweep.learned_inits]
     units[name] = {"grid_loss": [loss_G.tolist()] * 2, "grid_accuracy": [accuracy_G.tolist()] * 2,
                    "learned": shear, "learned_normalized": shear}
   task = analysis.summarise(config, units)["mqar"]
@@ -169,6 +169,8 @@ def test_summarise_carries_both_estimators_side_by_side():
     assert row["gamma_star"]["value"] == 0.5  # the old keys as before
     assert row["upper_edge"] == pytest.approx({"value": edge, "low": edge, "high": edge})
     assert row["upper_edge_at_grid_top"] is False
+    assert [start["gamma_mean"] for start in row["learned"]] == pytest.approx(
+        config.sweep.learned_inits)  # one entry per start, in order
   assert task["verdict"] in {"reproduced", "refuted", "undetermined"}
   edge = task["upper_edge"]
   assert edge["threshold"] == 0.9 and edge["fit"]["depths_used"] == (1, 2)
@@ -236,14 +238,15 @@ def test_default_config_is_the_issue_design():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(depths=(0, 2)), "depths"), (dict(gammas=(0.0, 2.0, 1.0)), "gammas"),
-    (dict(seeds=1), "seeds"), (dict(steps=10, chunk_steps=3), "chunk_steps")])
+    (dict(seeds=1), "seeds"), (dict(steps=10, chunk_steps=3), "chunk_steps"),
+    (dict(learned_inits=()), "learned_inits"), (dict(learned_inits=(0.5, 0.0)), "learned_inits")])
 def test_sweep_config_names_a_bad_field(bad, match):
   with pytest.raises(ValueError, match=match):
     SweepConfig(**bad)
 
 # The --quick run's table for MQAR as recorded on the CPU (the run is deterministic, so a change
 # that changes its numbers shows here): per depth, the seed-mean held-out loss over the γ grid,
-# γ* and the mean learned γ on the plain and on the gain-normalised shear.
+# γ* and the mean learned γ from 0.5 on the plain and on the gain-normalised shear.
 QUICK_MQAR = {
     "1": ([4.680748462677002, 4.645368576049805, 4.65389347076416], 0.5, 0.5051329284906387,
           0.5005644410848618),
@@ -261,7 +264,9 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
     assert task["verdict"] in {"reproduced", "refuted", "undetermined"}
     for row in task["depths"].values():
       assert row["gamma_star"]["low"] <= row["gamma_star"]["value"] <= row["gamma_star"]["high"]
-      assert row["learned"]["gamma_mean"] > 0 and row["learned_normalized"]["gamma_mean"] > 0
+      for shear in ("learned", "learned_normalized"):
+        assert [start["init"] for start in row[shear]] == pytest.approx([0.5, PAPER_A / 2])
+        assert all(start["gamma_mean"] > 0 for start in row[shear])
       assert np.isnan(row["upper_edge"]["value"])  # no γ reaches 90 % in the smoke run
     assert task["upper_edge"]["verdict"] == "undetermined"
   assert (tmp_path / "quick" / "gamma_star.png").stat().st_size > 1000
@@ -269,8 +274,8 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
     row = saved["tasks"]["mqar"]["depths"][depth]
     assert row["grid_loss_mean"] == pytest.approx(grid_loss, rel=1e-5)
     assert row["gamma_star"]["value"] == pytest.approx(gamma_star, abs=1e-6)
-    assert row["learned"]["gamma_mean"] == pytest.approx(learned, rel=1e-5)
-    assert row["learned_normalized"]["gamma_mean"] == pytest.approx(normalized, rel=1e-5)
+    assert row["learned"][0]["gamma_mean"] == pytest.approx(learned, rel=1e-5)
+    assert row["learned_normalized"][0]["gamma_mean"] == pytest.approx(normalized, rel=1e-5)
   out = capsys.readouterr().out
   assert "verdict:" in out and "fit γ* = a·N^b" in out and "edge verdict:" in out
   again = main(argv)  # every unit finished: read back, not retrained

@@ -21,6 +21,7 @@ and computes every row alike; process 0 alone writes the results, the figures an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import re
@@ -32,7 +33,7 @@ import jax
 from matplotlib.figure import Figure
 
 from momentum_jax.data import Task, TextDataset
-from momentum_jax.experiments.cli import ExperimentRun
+from momentum_jax.experiments.cli import ExperimentRun, config_to_json
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, TrainResult, train
 from momentum_jax.train.distributed import is_main_process
@@ -89,25 +90,32 @@ def train_models(run: ExperimentRun,
   return rows
 
 
-def cached_unit(run: ExperimentRun, name: str, compute: Callable[[], dict]) -> dict:
+def cached_unit(run: ExperimentRun, name: str, compute: Callable[[], dict],
+                identity: Any = None) -> dict:
   """``compute()`` with ``seconds`` and ``config_hash`` added, saved in
-  ``<run folder>/<name>/unit.json``; read back instead when a run under this config saved it
-  (``--fresh`` removes it), refused when another config did.
+  ``<run folder>/<name>/unit.json``; read back instead when it was saved under the same hash
+  (``--fresh`` removes it), refused when under another.
 
-  For experiments whose units of work are not ``train`` runs (and so have no checkpoints).
+  The hash is the run's config hash, or with ``identity`` (a config, or a JSON-ready structure
+  of configs: what the unit's result depends on) the hash of ``identity`` alone: then a run whose
+  config differs elsewhere (fewer depths, another bootstrap) reads the unit back, so a sweep can
+  be run in parts. For experiments whose units of work are not ``train`` runs (and so have no
+  checkpoints).
   """
+  unit_hash = run.config_hash if identity is None else hashlib.sha256(json.dumps(
+      config_to_json(identity), sort_keys=True).encode()).hexdigest()[:16]
   path = run.out_dir / name / UNIT_FILE
   if path.exists():
     saved = json.loads(path.read_text())
-    if saved["config_hash"] != run.config_hash:
+    if saved["config_hash"] != unit_hash:
       raise SystemExit(f"{path} was computed under config {saved['config_hash']}, this run's "
-                       f"is {run.config_hash}: pass --fresh to recompute it, or another "
+                       f"is {unit_hash}: pass --fresh to recompute it, or another "
                        "--output-dir")
     print(f"{name}: finished earlier ({saved['seconds']:.0f} s), read from {path}")
     return saved
   start = time.perf_counter()
   unit = compute()
-  unit.update(seconds=time.perf_counter() - start, config_hash=run.config_hash)
+  unit.update(seconds=time.perf_counter() - start, config_hash=unit_hash)
   # In a run of several processes, process 0 writes, by a rename: the others may be reading it.
   if is_main_process():
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -147,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
   run = start_experiment(argv, __doc__, "gamma_depth_law", get_config,
                          workdirs=lambda config: (name for name, *_ in config.units()))
   start = time.perf_counter()
-  units = {name: cached_unit(run, name, lambda: train_unit(task, depth, run.config.sweep))
-           for name, _, task, depth in run.config.units()}
+  config = run.config
+  units = {name: cached_unit(
+      run, name, lambda: train_unit(task, depth, config.sweep, config.budget(task_name)),
+      identity=config.unit_identity(task_name, depth))
+           for name, task_name, task, depth in config.units()}
   tasks = summarise(run.config, units)
   _print(run.config, tasks)
   training_seconds = sum(unit["seconds"] for unit in units.values())

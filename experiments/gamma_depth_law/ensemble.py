@@ -24,7 +24,7 @@ from flax import nnx
 
 from momentum_jax.data import Batch
 from momentum_jax.data.batch import Task
-from momentum_jax.experiments.gamma_depth_law.config import SweepConfig
+from momentum_jax.experiments.gamma_depth_law.config import Budget, SweepConfig
 from momentum_jax.nn import Transformer, TransformerConfig
 from momentum_jax.train import optimizer_step, token_loss
 
@@ -187,10 +187,11 @@ def _evaluate(graphdef: nnx.GraphDef, states: nnx.State, rest: nnx.State,
   return totals["loss_sum"] / count, totals["correct_sum"] / count
 
 
-def _model(task: Task, sweep: SweepConfig, depth: int, normalize_gain: bool) -> TransformerConfig:
+def _model(task: Task, sweep: SweepConfig, budget: Budget, depth: int,
+           normalize_gain: bool) -> TransformerConfig:
   return TransformerConfig(
       vocab_size=task.vocab_size, context_len=task.seq_len, num_layers=depth,
-      d_model=sweep.d_model, num_heads=sweep.num_heads, mlp_dim=0,
+      d_model=budget.d_model, num_heads=budget.num_heads, mlp_dim=0,
       attention="momentum_learned", attention_params={"normalize_gain": normalize_gain},
       attention_init={"gamma": sweep.learned_inits[0]})
 
@@ -209,21 +210,24 @@ def _learned_members(result: EnsembleResult, member_M: np.ndarray, inits: Sequen
   return members
 
 
-def train_unit(task: Task, depth: int, sweep: SweepConfig) -> dict:
-  """The γ grid and the learned-γ members of one (task, depth), for every seed: the held-out
+def train_unit(task: Task, depth: int, sweep: SweepConfig, budget: Budget) -> dict:
+  """The γ grid and the learned-γ members of one (task, depth) trained with ``budget``, for
+  every seed: the held-out
   loss and accuracy of each, and the learned γ's values and curves (JSON-ready lists; per
   shear, one entry per start in ``sweep.learned_inits``)."""
   eval_batch = task.sample(jax.random.key(EVAL_SEED), sweep.eval_sequences)
   seeds = np.arange(sweep.seeds)
   grid, inits = len(sweep.gammas), list(sweep.learned_inits)
   per_seed = grid + len(inits)
-  budget = dict(steps=sweep.steps, chunk_steps=sweep.chunk_steps, batch_size=sweep.batch_size,
-                learning_rate=sweep.learning_rate, eval_batch=eval_batch)
+  training = dict(steps=budget.steps, chunk_steps=sweep.chunk_steps,
+                  batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+                  eval_batch=eval_batch)
   # Ensemble 1: per seed, the grid (fixed γ) and one learned-γ member per start, plain shear.
   members = Members(seed=np.repeat(seeds, per_seed),
                     gamma=np.tile(list(sweep.gammas) + inits, sweep.seeds),
                     learned=np.tile([False] * grid + [True] * len(inits), sweep.seeds))
-  plain = train_ensemble(_model(task, sweep, depth, False), task, members, **budget)
+  plain = train_ensemble(_model(task, sweep, budget, depth, False), task, members,
+                         **training)
   grid_M = np.arange(len(members.seed)).reshape(sweep.seeds, per_seed)
   unit = {"grid_loss": plain.eval_loss[grid_M[:, :grid]].tolist(),
           "grid_accuracy": plain.eval_accuracy[grid_M[:, :grid]].tolist(),
@@ -231,7 +235,8 @@ def train_unit(task: Task, depth: int, sweep: SweepConfig) -> dict:
   # Ensemble 2: per seed, one learned-γ member per start on the gain-normalised shear.
   members = Members(seed=np.repeat(seeds, len(inits)), gamma=np.tile(inits, sweep.seeds),
                     learned=np.ones(sweep.seeds * len(inits), bool))
-  normalized = train_ensemble(_model(task, sweep, depth, True), task, members, **budget)
+  normalized = train_ensemble(_model(task, sweep, budget, depth, True), task, members,
+                              **training)
   unit["learned_normalized"] = _learned_members(normalized, np.arange(len(members.seed)), inits,
                                                 sweep.seeds)
   return unit

@@ -1,5 +1,6 @@
 """The γ*–depth law experiment: its estimators on known curves, its vmapped ensemble, its run."""
 
+import dataclasses
 import json
 
 import jax
@@ -10,7 +11,7 @@ from momentum_jax.data import AssociativeRecallTask
 from momentum_jax.experiments.gamma_depth_law import analysis
 from momentum_jax.experiments.gamma_depth_law.__main__ import main
 from momentum_jax.experiments.gamma_depth_law.config import (
-    PAPER_A, PAPER_B, SweepConfig, get_config)
+    PAPER_A, PAPER_B, Budget, SweepConfig, TaskBudgets, get_config)
 from momentum_jax.experiments.gamma_depth_law.ensemble import Members, train_ensemble
 from momentum_jax.nn import TransformerConfig
 
@@ -238,11 +239,42 @@ def test_default_config_is_the_issue_design():
 
 @pytest.mark.parametrize("bad, match", [
     (dict(depths=(0, 2)), "depths"), (dict(gammas=(0.0, 2.0, 1.0)), "gammas"),
-    (dict(seeds=1), "seeds"), (dict(steps=10, chunk_steps=3), "chunk_steps"),
+    (dict(seeds=1), "seeds"),
     (dict(learned_inits=()), "learned_inits"), (dict(learned_inits=(0.5, 0.0)), "learned_inits")])
 def test_sweep_config_names_a_bad_field(bad, match):
   with pytest.raises(ValueError, match=match):
     SweepConfig(**bad)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(d_model=100, num_heads=3), "d_model must be a multiple of num_heads"),
+    (dict(steps=0), "steps"), (dict(learning_rate=0.0), "learning_rate")])
+def test_budget_names_a_bad_field(bad, match):
+  with pytest.raises(ValueError, match=match):
+    Budget(**bad)
+
+
+def test_each_task_has_its_own_budget_whose_steps_fit_the_chunks():
+  config = get_config()
+  assert config.budget("mqar") != config.budget("induction")
+  with pytest.raises(ValueError, match=r"budgets.mqar.steps must be a multiple of "
+                     r"sweep.chunk_steps, got steps=150, chunk_steps=100"):
+    dataclasses.replace(config, budgets=TaskBudgets(mqar=Budget(steps=150)))
+  with pytest.raises(ValueError, match="task 'copy' has no budget"):
+    dataclasses.replace(config, tasks=config.tasks + (("copy", config.tasks[0][1]),))
+
+
+def test_a_units_identity_leaves_out_the_other_depths_and_the_bootstrap():
+  config = get_config()
+  fewer = dataclasses.replace(config, sweep=dataclasses.replace(
+      config.sweep, depths=(2,), bootstrap=100))
+  assert fewer.unit_identity("mqar", 2) == config.unit_identity("mqar", 2)
+  assert config.unit_identity("mqar", 2) != config.unit_identity("mqar", 3)
+  assert config.unit_identity("mqar", 2) != config.unit_identity("induction", 2)
+  longer = dataclasses.replace(config, budgets=TaskBudgets(
+      mqar=dataclasses.replace(config.budget("mqar"), steps=9000)))
+  assert longer.unit_identity("mqar", 2) != config.unit_identity("mqar", 2)
+  assert longer.unit_identity("induction", 2) == config.unit_identity("induction", 2)
 
 # The --quick run's table for MQAR as recorded on the CPU (the run is deterministic, so a change
 # that changes its numbers shows here): per depth, the seed-mean held-out loss over the γ grid,
@@ -281,3 +313,8 @@ def test_quick_run_writes_tables_json_plot_and_resumes(tmp_path, capsys):
   again = main(argv)  # every unit finished: read back, not retrained
   assert "finished earlier" in capsys.readouterr().out
   assert json.loads(json.dumps(again["tasks"])) == json.loads(json.dumps(summary["tasks"]))
+  # A run of part of the sweep (one depth, other bootstrap) reads its unit back as well.
+  part = main(argv + ["--config.sweep.depths=(2,)", "--config.sweep.bootstrap=20"])
+  assert "mqar_N2: finished earlier" in capsys.readouterr().out
+  assert part["tasks"]["mqar"]["depths"][2]["grid_loss_mean"] == pytest.approx(
+      summary["tasks"]["mqar"]["depths"][2]["grid_loss_mean"])

@@ -236,7 +236,7 @@ def summarise(config: ExperimentConfig, units: dict[str, dict],
   rng = np.random.default_rng(0)
   resamples = seed_resamples(sweep.seeds, sweep.bootstrap, rng)
   tasks = {}
-  for task_name, _ in config.tasks:
+  for task_name, _ in config.chosen_tasks():
     by_depth, draws, edges, edge_draws, rows = {}, [], {}, [], {}
     for name, _, _, depth in (u for u in config.units() if u[1] == task_name):
       unit = units[name]

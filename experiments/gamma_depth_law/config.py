@@ -196,11 +196,26 @@ class SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
+  """The tasks, the sweep and each task's budget.
+
+  Attributes:
+    tasks: ``(name, task)`` of every task the experiment knows.
+    sweep: the depths, γ values and statistics, shared by the tasks.
+    budgets: the width and training budget of each task.
+    run_tasks: the names of the tasks this run trains and summarises, ``()`` for all
+      (``--config.run_tasks='("mqar",)'``).
+  """
+
   tasks: tuple[tuple[str, AssociativeRecallTask | InductionTask], ...]
   sweep: SweepConfig
   budgets: TaskBudgets = TaskBudgets()
+  run_tasks: tuple[str, ...] = ()
 
   def __post_init__(self):
+    unknown = set(self.run_tasks) - {name for name, _ in self.tasks}
+    if unknown:
+      raise ValueError(f"run_tasks names unknown tasks {sorted(unknown)}, the tasks are "
+                       f"{[name for name, _ in self.tasks]}")
     for name, _ in self.tasks:
       budget = getattr(self.budgets, name, None)
       if budget is None:
@@ -213,10 +228,15 @@ class ExperimentConfig:
   def budget(self, task_name: str) -> Budget:
     return getattr(self.budgets, task_name)
 
+  def chosen_tasks(self) -> tuple[tuple[str, AssociativeRecallTask | InductionTask], ...]:
+    """``(name, task)`` of the tasks this run trains (``run_tasks``, or all)."""
+    return tuple((name, task) for name, task in self.tasks
+                 if not self.run_tasks or name in self.run_tasks)
+
   def units(self) -> list[tuple[str, str, AssociativeRecallTask | InductionTask, int]]:
     """``(unit name, task name, task, depth)`` of every (task, depth) the sweep trains; the
     unit's results are saved in the run folder's ``<unit name>/``."""
-    return [(f"{name}_N{depth}", name, task, depth) for name, task in self.tasks
+    return [(f"{name}_N{depth}", name, task, depth) for name, task in self.chosen_tasks()
             for depth in self.sweep.depths]
 
   def unit_identity(self, task_name: str, depth: int) -> dict:

@@ -264,6 +264,15 @@ def test_each_task_has_its_own_budget_whose_steps_fit_the_chunks():
     dataclasses.replace(config, tasks=config.tasks + (("copy", config.tasks[0][1]),))
 
 
+def test_run_tasks_chooses_the_units_and_names_an_unknown_task():
+  config = get_config()
+  only = dataclasses.replace(config, run_tasks=("induction",))
+  assert [name for name, *_ in only.units()] == [f"induction_N{n}" for n in (1, 2, 3, 4, 6)]
+  assert [name for name, _ in config.chosen_tasks()] == ["mqar", "induction"]
+  with pytest.raises(ValueError, match=r"run_tasks names unknown tasks \['copy'\]"):
+    dataclasses.replace(config, run_tasks=("copy",))
+
+
 def test_a_units_identity_leaves_out_the_other_depths_and_the_bootstrap():
   config = get_config()
   fewer = dataclasses.replace(config, sweep=dataclasses.replace(

@@ -51,7 +51,7 @@ def _print_learned(summary: dict) -> None:
   """Per depth, each learned γ's seed mean (held-out loss) by shear and start."""
   first = next(iter(summary["depths"].values()))
   columns = [(shear, start) for shear in SHEARS for start in range(len(first[shear]))]
-  print(f"\nlearned γ (held-out loss), mean of the seeds, by shear and starting γ:")
+  print("\nlearned γ (held-out loss), mean of the seeds, by shear and starting γ:")
   print(f"{'N':>3}" + "".join(
       f"{shear.replace('learned_normalized', 'norm.').replace('learned', 'plain')}"
       f" from {first[shear][start]['init']:.2f}".rjust(20) for shear, start in columns))

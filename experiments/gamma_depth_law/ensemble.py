@@ -212,9 +212,8 @@ def _learned_members(result: EnsembleResult, member_M: np.ndarray, inits: Sequen
 
 def train_unit(task: Task, depth: int, sweep: SweepConfig, budget: Budget) -> dict:
   """The γ grid and the learned-γ members of one (task, depth) trained with ``budget``, for
-  every seed: the held-out
-  loss and accuracy of each, and the learned γ's values and curves (JSON-ready lists; per
-  shear, one entry per start in ``sweep.learned_inits``)."""
+  every seed: the held-out loss and accuracy of each, and the learned γ's values and curves
+  (JSON-ready lists; per shear, one entry per start in ``sweep.learned_inits``)."""
   eval_batch = task.sample(jax.random.key(EVAL_SEED), sweep.eval_sequences)
   seeds = np.arange(sweep.seeds)
   grid, inits = len(sweep.gammas), list(sweep.learned_inits)

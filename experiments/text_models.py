@@ -45,14 +45,15 @@ from momentum_jax.nn import Transformer
 TOKEN_FOLDER = "tokens"
 # The in-context evaluation (module docstring): held-out rows for the ICL score, repeated random
 # segments, and the rows of one forward pass (its logits are [ICL_BATCH, T, vocabulary]).
-ICL_ROWS = 32
+ICL_ROWS = 256
 REPEAT_SEQUENCES = 16
 ICL_BATCH = 8
 #: The in-context columns of both experiments' tables (``recipe.print_table``): the
 #: repeated-segment losses on the first and second copy and the ICL score (- where undefined).
 IN_CONTEXT_COLUMNS = [
     ("copy 1", "8.3f", "repeat_first_loss"), ("copy 2", "8.3f", "repeat_second_loss"),
-    ("ICL", "8", lambda r: "-" if r["icl_score"] is None else f"{r['icl_score']:+.3f}")]
+    ("ICL ± s.e.", "14", lambda r: "-" if r["icl_score"] is None
+     else f"{r['icl_score']:+.3f}±{r['icl_stderr']:.3f}")]
 
 
 class TextModels(NamedTuple):
@@ -89,7 +90,8 @@ def _losses_of(model: Transformer):
 def in_context_record(model: Transformer, dataset: TextDataset, seed: int) -> dict:
   """The in-context evaluation of the module docstring: ``{"repeat_first_loss",
   "repeat_second_loss", "repeat_loss_drop", "repeat_len", "icl_score", "icl_late_loss",
-  "icl_early_loss", "icl_documents", "icl_late", "icl_early"}`` (losses in nats per token).
+  "icl_early_loss", "icl_stderr", "icl_documents", "icl_late", "icl_early"}`` (losses in nats
+  per token; ``icl_stderr`` the score's standard error over the documents).
   ``seed`` orders the held-out rows (as the held-out loss's batches) and draws the segments."""
   seq_len = dataset.seq_len
   losses = _losses_of(model)
@@ -121,6 +123,7 @@ def in_context_record(model: Transformer, dataset: TextDataset, seed: int) -> di
           "icl_score": float(icl.score) if documents else None,
           "icl_late_loss": float(icl.late_loss) if documents else None,
           "icl_early_loss": float(icl.early_loss) if documents else None,
+          "icl_stderr": float(icl.stderr) if documents > 1 else None,
           "icl_documents": documents, "icl_late": late, "icl_early": early}
 
 

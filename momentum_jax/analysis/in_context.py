@@ -131,12 +131,15 @@ def repeated_segment_losses(
 class InContextScore(NamedTuple):
   """The ICL score over the documents reaching ``late`` (module docstring): ``score`` =
   ``late_loss − early_loss``, each the mean over those ``count`` documents; NaN when
-  ``count`` is 0."""
+  ``count`` is 0. ``stderr`` is the standard error of ``score``, √(s² / count) with s² the
+  sample variance of the per-document differences ℓ_d[late] − ℓ_d[early] (NaN below two
+  documents)."""
 
   score: jax.Array
   late_loss: jax.Array
   early_loss: jax.Array
   count: jax.Array
+  stderr: jax.Array
 
 
 def in_context_score(
@@ -185,4 +188,9 @@ def in_context_score(
   count = jnp.sum(pairs_BxP)
   late_loss = jnp.sum(pairs_BxP * losses_BxT[:, gap:]) / count
   early_loss = jnp.sum(pairs_BxP * losses_BxT[:, :seq - gap]) / count
-  return InContextScore(late_loss - early_loss, late_loss, early_loss, count.astype(jnp.int32))
+  score = late_loss - early_loss
+  deviation_BxP = jnp.where(pairs_BxP > 0, losses_BxT[:, gap:] - losses_BxT[:, :seq - gap] - score,
+                            0.0)
+  variance = jnp.sum(deviation_BxP ** 2) / (count - 1)
+  stderr = jnp.where(count >= 2, jnp.sqrt(variance / count), jnp.nan)
+  return InContextScore(score, late_loss, early_loss, count.astype(jnp.int32), stderr)

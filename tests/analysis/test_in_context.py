@@ -86,11 +86,14 @@ def test_icl_score_pairs_late_and_early_losses_inside_each_document_piece():
   late, early = (losses[0, 4] + losses[1, 7]) / 2, (losses[0, 1] + losses[1, 4]) / 2
   np.testing.assert_allclose((out.late_loss, out.early_loss, out.score),
                              (late, early, late - early), rtol=1e-6)
+  differences = np.array([losses[0, 4] - losses[0, 1], losses[1, 7] - losses[1, 4]])
+  np.testing.assert_allclose(out.stderr, np.std(differences, ddof=1) / np.sqrt(2), rtol=1e-6)
   # A masked loss removes its pair; no pair left gives NaN, not a number.
   mask = np.ones((3, 8), np.float32)
   mask[1, 4] = 0.0
-  assert int(ic.in_context_score(losses, late=4, early=1, positions_BxT=positions,
-                                 loss_mask_BxT=mask).count) == 1
+  one = ic.in_context_score(losses, late=4, early=1, positions_BxT=positions,
+                            loss_mask_BxT=mask)
+  assert int(one.count) == 1 and math.isnan(float(one.stderr))  # no spread from one document
   assert math.isnan(float(ic.in_context_score(losses[1:], late=7, early=6,
                                               positions_BxT=positions[1:]).score))
 

@@ -69,7 +69,7 @@ def test_quick_run_reports_every_gap(tmp_path, capsys):
   assert {name: r["eval_loss"] for name, r in saved["models"].items()} == pytest.approx(
       QUICK_LOSS, rel=1e-5)
   for name, r in saved["models"].items():  # the in-context evaluation beside the loss
-    assert (r["icl_late"], r["icl_early"], r["icl_documents"]) == (31, 3, ICL_ROWS), name
+    assert (r["icl_late"], r["icl_early"], r["icl_documents"]) == (31, 3, ICL_ROWS - 1), name
     assert math.isfinite(r["icl_score"]), name
     assert r["repeat_loss_drop"] == pytest.approx(
         r["repeat_first_loss"] - r["repeat_second_loss"]), name

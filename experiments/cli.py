@@ -95,8 +95,7 @@ class ExperimentRun:
   @functools.cached_property
   def config_hash(self) -> str:
     """Hash of the resolved config without the schedule-only ``TrainConfig`` fields."""
-    text = json.dumps(config_to_json(self.config, schedule=False), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_hash(config_to_json(self.config, schedule=False))
 
   @property
   def experiment(self) -> dict[str, Any]:
@@ -255,6 +254,11 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> Any:
   for path, value in overrides.items():
     config = _replace(config, path.split("."), value, path, prefix="")
   return config
+
+
+def json_hash(value: Any) -> str:
+  """The first 16 hex digits of the SHA-256 of ``value`` as JSON with sorted keys."""
+  return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_to_json(value: Any, *, schedule: bool = True) -> Any:

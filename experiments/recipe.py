@@ -21,7 +21,6 @@ and computes every row alike; process 0 alone writes the results, the figures an
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import re
@@ -33,7 +32,7 @@ import jax
 from matplotlib.figure import Figure
 
 from momentum_jax.data import Task, TextDataset
-from momentum_jax.experiments.cli import ExperimentRun, config_to_json
+from momentum_jax.experiments.cli import ExperimentRun, config_to_json, json_hash
 from momentum_jax.nn import TransformerConfig
 from momentum_jax.train import TrainConfig, TrainResult, train
 from momentum_jax.train.distributed import is_main_process
@@ -102,8 +101,7 @@ def cached_unit(run: ExperimentRun, name: str, compute: Callable[[], dict],
   be run in parts. For experiments whose units of work are not ``train`` runs (and so have no
   checkpoints).
   """
-  unit_hash = run.config_hash if identity is None else hashlib.sha256(json.dumps(
-      config_to_json(identity), sort_keys=True).encode()).hexdigest()[:16]
+  unit_hash = run.config_hash if identity is None else json_hash(config_to_json(identity))
   path = run.out_dir / name / UNIT_FILE
   if path.exists():
     saved = json.loads(path.read_text())

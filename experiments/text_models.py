@@ -53,7 +53,8 @@ ICL_BATCH = 8
 IN_CONTEXT_COLUMNS = [
     ("copy 1", "8.3f", "repeat_first_loss"), ("copy 2", "8.3f", "repeat_second_loss"),
     ("ICL ± s.e.", "14", lambda r: "-" if r["icl_score"] is None
-     else f"{r['icl_score']:+.3f}±{r['icl_stderr']:.3f}")]
+     else f"{r['icl_score']:+.3f}" + ("" if r["icl_stderr"] is None
+                                       else f"±{r['icl_stderr']:.3f}"))]
 
 
 class TextModels(NamedTuple):

@@ -105,8 +105,7 @@ at N ≥ 3 the accuracy drops from ≥ 99.9 % at γ = 1.04 to ≤ 71 % at 2.08, 
 lies inside that one grid step at N = 3, 4 and on its edge at N = 6. A grid finer than a factor
 2 between 1 and 4 is what would decide it.
 On induction at its budget the deeper models (N ≥ 3) learn nothing at any fixed γ, softmax
-included, so the depth trend there rests
-on the learned γ: training does not pull a large plain γ down (started at 2.085 it stays at
+included, so the depth trend there rests on the learned γ: training does not pull a large plain γ down (started at 2.085 it stays at
 2.0-2.8 and the model stays at chance at N ≥ 2), while the gain-normalised shear learns (the
 lowest losses of all at N ≥ 3, 0.28-0.50 against the best fixed γ's 1.04-2.53) and its γ falls
 with depth from N = 2 on, 1.76 → 0.98 and 3.59 → 2.49 (slopes about −0.5 and −0.3 against the

@@ -15,7 +15,7 @@ from flax import nnx
 from momentum_jax.data import TextDataConfig, load_text_dataset
 from momentum_jax.experiments.text_lm.__main__ import main
 from momentum_jax.experiments.text_lm.config import GAMMAS, PRESETS, get_config, gpu_125m_config
-from momentum_jax.experiments.text_models import ICL_ROWS, in_context_record
+from momentum_jax.experiments.text_models import IN_CONTEXT_COLUMNS, ICL_ROWS, in_context_record
 from momentum_jax.nn import Transformer, TransformerConfig
 
 # The --quick run's held-out loss and bits per byte as recorded on the CPU (cosine decay, weight
@@ -130,3 +130,10 @@ def test_in_context_record_pairs_each_held_out_document_s_own_losses(tmp_path):
   assert record["icl_score"] == pytest.approx(record["icl_late_loss"] - record["icl_early_loss"])
   for key in ("repeat_first_loss", "repeat_second_loss"):
     assert 0 < record[key] < 2 * math.log(256), key
+
+
+def test_the_icl_column_prints_the_standard_error_only_where_there_is_one():
+  icl_cell = IN_CONTEXT_COLUMNS[-1][2]
+  assert icl_cell({"icl_score": None, "icl_stderr": None}) == "-"
+  assert icl_cell({"icl_score": 0.25, "icl_stderr": None}) == "+0.250"
+  assert icl_cell({"icl_score": -0.125, "icl_stderr": 0.063}) == "-0.125±0.063"
